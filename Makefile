@@ -1,0 +1,39 @@
+# One venv for everything; each target installs what it needs.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test run lint format bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[test,chaos]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## test: install into .venv and run the whole suite (this is what CI runs)
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+## run: install into .venv and start a local 3-node cluster (Ctrl-C stops it)
+run: $(STAMP)
+	$(BIN)/raftq up $(UP_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/raftq bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache data chaos-results

@@ -1,0 +1,49 @@
+"""Typed errors of the consensus layer.
+
+Split the h11 way: *local* errors say the caller misused the API or asked the wrong
+node; *remote* errors say a peer (or the disk) gave us something we must not trust.
+"""
+
+from __future__ import annotations
+
+
+class RaftError(Exception):
+    """Base of every error raised by the raft package."""
+
+
+class NotLeader(RaftError):
+    """This node cannot serve the request; `leader_id`/`leader_addr` hint where to go (None if unknown)."""
+
+    def __init__(self, leader_id: int | None, leader_addr: str | None = None) -> None:
+        self.leader_id = leader_id
+        self.leader_addr = leader_addr
+        super().__init__(f"not the leader (leader_id={leader_id}, leader_addr={leader_addr})")
+
+
+class ProposalDropped(RaftError):
+    """The proposal will never commit: leadership was lost or its log slot was overwritten."""
+
+
+class InvalidMessage(RaftError):
+    """A peer sent bytes that do not decode to a valid message (remote error)."""
+
+
+class StorageError(RaftError):
+    """The durable store failed or holds something we cannot trust."""
+
+
+class StorageCorruption(StorageError):
+    """A stored record failed its checksum or shape check; `index` names the log index."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        self.index = index
+        self.reason = reason
+        super().__init__(f"log entry {index} is corrupt: {reason}")
+
+
+class Compacted(StorageError):
+    """The requested index was compacted away (a snapshot covers it)."""
+
+
+class Unavailable(StorageError):
+    """The requested index is beyond the last stored index."""

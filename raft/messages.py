@@ -1,0 +1,253 @@
+"""Wire types of the Raft core: entries, messages, hard/soft state and the Ready batch.
+
+Every type is a frozen, slotted dataclass. Messages have one `encode_message` and one
+*validating* `decode_message`: a peer's bytes are untrusted, so decoding checks every
+field's type and range and raises `InvalidMessage` instead of letting garbage reach the
+core (a bool where an int belongs, a negative index, an unknown type...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+
+from raft.errors import InvalidMessage
+
+MAX_U63 = (1 << 63) - 1
+WIRE_VERSION = 1
+
+
+class MessageType(IntEnum):
+    VOTE = 1
+    VOTE_RESP = 2
+    PRE_VOTE = 3
+    PRE_VOTE_RESP = 4
+    APP = 5
+    APP_RESP = 6
+    HEARTBEAT = 7
+    HEARTBEAT_RESP = 8
+    TIMEOUT_NOW = 9
+    SNAP = 10  # reserved: InstallSnapshot (later issue)
+    SNAP_RESP = 11  # reserved
+
+
+class EntryKind(IntEnum):
+    NORMAL = 0
+    NOOP = 1  # appended by a new leader at the start of its term
+    CONF_CHANGE = 2  # reserved: membership change (later issue)
+
+
+class Role(IntEnum):
+    FOLLOWER = 0
+    PRE_CANDIDATE = 1
+    CANDIDATE = 2
+    LEADER = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    index: int
+    term: int
+    kind: EntryKind = EntryKind.NORMAL
+    data: bytes = b""
+
+    def size(self) -> int:
+        return len(self.data) + 24
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One Raft message. Fields unused by a type stay at their zero value (the etcd shape).
+
+    - `log_term`/`index`: for APP the (term, index) of the entry preceding `entries`;
+      for VOTE/PRE_VOTE the candidate's last (term, index); for APP_RESP `index` is the
+      follower's last matching index (accept) or the rejected index (reject).
+    - `reject_hint`/`hint_term`: on a rejected APP_RESP, the follower's conflict index
+      and the term there, for fast backtracking.
+    - `context`: opaque bytes (ReadIndex request ids, campaign-transfer marker).
+    """
+
+    type: MessageType
+    to: int
+    frm: int
+    term: int = 0
+    log_term: int = 0
+    index: int = 0
+    entries: tuple[Entry, ...] = ()
+    commit: int = 0
+    reject: bool = False
+    reject_hint: int = 0
+    hint_term: int = 0
+    context: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """What must be durable before any vote or append reply leaves the node."""
+
+    term: int = 0
+    vote: int = 0  # 0 = voted for nobody
+    commit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SoftState:
+    """Volatile facts the driver wants to notice changing (not persisted)."""
+
+    leader_id: int  # 0 = unknown
+    role: Role
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """A ReadIndex request became safe: reads are linearizable once applied >= index."""
+
+    index: int
+    context: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ConfState:
+    """The voting and learning members (membership changes are a later issue)."""
+
+    voters: tuple[int, ...]
+    learners: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """One batch of work the core hands to its driver.
+
+    Order the driver must follow:
+      1. send `messages` at once (leader-originated APP/HEARTBEAT/TIMEOUT_NOW: safe to
+         send in parallel with the local fsync);
+      2. persist `hard_state` (if not None) and `entries` in ONE durable write
+         (`entries` may overwrite a suffix starting at entries[0].index);
+      3. then send `messages_after_persist` (votes, append/vote responses: they assert
+         durable state);
+      4. apply `committed_entries` in order;
+      5. call `core.advance(ready)`.
+    """
+
+    soft_state: SoftState | None = None
+    hard_state: HardState | None = None
+    entries: tuple[Entry, ...] = ()
+    messages: tuple[Message, ...] = ()
+    messages_after_persist: tuple[Message, ...] = ()
+    committed_entries: tuple[Entry, ...] = ()
+    read_states: tuple[ReadState, ...] = ()
+    # Reserved for the snapshot issue.
+    snapshot: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def is_empty(self) -> bool:
+        return not (
+            self.soft_state
+            or self.hard_state
+            or self.entries
+            or self.messages
+            or self.messages_after_persist
+            or self.committed_entries
+            or self.read_states
+            or self.snapshot
+        )
+
+
+# ---------------------------------------------------------------- codec
+
+
+def encode_entry(e: Entry) -> list[Any]:
+    return [e.index, e.term, int(e.kind), e.data]
+
+
+def encode_message(m: Message) -> bytes:
+    return msgpack.packb(
+        [
+            WIRE_VERSION,
+            int(m.type),
+            m.to,
+            m.frm,
+            m.term,
+            m.log_term,
+            m.index,
+            [encode_entry(e) for e in m.entries],
+            m.commit,
+            m.reject,
+            m.reject_hint,
+            m.hint_term,
+            m.context,
+        ],
+        use_bin_type=True,
+    )
+
+
+def _uint(value: Any, name: str) -> int:
+    # bool is an int subclass in Python: refuse it explicitly.
+    if type(value) is not int or value < 0 or value > MAX_U63:
+        raise InvalidMessage(f"{name} must be an integer in [0, 2^63): got {value!r:.80}")
+    return value
+
+
+def _bytes(value: Any, name: str) -> bytes:
+    if type(value) is not bytes:
+        raise InvalidMessage(f"{name} must be bytes: got {type(value).__name__}")
+    return value
+
+
+def decode_entry(raw: Any) -> Entry:
+    if type(raw) is not list or len(raw) != 4:
+        raise InvalidMessage("entry must be a 4-element array")
+    index, term, kind, data = raw
+    try:
+        k = EntryKind(_uint(kind, "entry.kind"))
+    except ValueError as exc:
+        raise InvalidMessage(f"unknown entry kind {kind!r}") from exc
+    return Entry(_uint(index, "entry.index"), _uint(term, "entry.term"), k, _bytes(data, "entry.data"))
+
+
+def decode_message(data: bytes) -> Message:
+    """Decode and validate one message; raise InvalidMessage on anything off."""
+    try:
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise InvalidMessage(f"undecodable msgpack: {exc}") from exc
+    if type(raw) is not list or len(raw) != 13:
+        raise InvalidMessage("message must be a 13-element array")
+    (ver, mtype, to, frm, term, log_term, index, entries, commit, reject, hint, hint_term, ctx) = raw
+    if ver != WIRE_VERSION or type(ver) is not int:
+        raise InvalidMessage(f"unsupported wire version {ver!r:.40}")
+    try:
+        t = MessageType(_uint(mtype, "type"))
+    except ValueError as exc:
+        raise InvalidMessage(f"unknown message type {mtype!r}") from exc
+    if type(entries) is not list:
+        raise InvalidMessage("entries must be an array")
+    if type(reject) is not bool:
+        raise InvalidMessage("reject must be a bool")
+    decoded = tuple(decode_entry(e) for e in entries)
+    for prev, nxt in zip(decoded, decoded[1:], strict=False):
+        if nxt.index != prev.index + 1:
+            raise InvalidMessage("entries must have consecutive indexes")
+    if decoded and decoded[0].index != _uint(index, "index") + 1:
+        raise InvalidMessage("first entry index must follow message index")
+    return Message(
+        type=t,
+        to=_uint(to, "to"),
+        frm=_uint(frm, "frm"),
+        term=_uint(term, "term"),
+        log_term=_uint(log_term, "log_term"),
+        index=_uint(index, "index"),
+        entries=decoded,
+        commit=_uint(commit, "commit"),
+        reject=reject,
+        reject_hint=_uint(hint, "reject_hint"),
+        hint_term=_uint(hint_term, "hint_term"),
+        context=_bytes(ctx, "context"),
+    )

@@ -1,0 +1,410 @@
+"""The aiohttp application: API.md's routes on top of the Broker.
+
+Handlers only parse, validate and shape; every write goes through `Broker.propose`, every
+linearizable read through `Broker.linearizable`, and every error through `ApiError` and the
+middleware, so statuses and error bodies are the same everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from node.broker import Broker
+from node.http import (
+    ApiError,
+    bad_request,
+    error_response,
+    get_int,
+    get_number,
+    not_found,
+    read_body,
+    reject_unknown,
+    respond,
+    wants_msgpack,
+)
+from node.validation import check_queue_name, parse_messages, parse_receipts, parse_receive
+
+log = structlog.get_logger("node.api")
+
+QUEUE_CONFIG_FIELDS = frozenset(
+    {
+        "fifo",
+        "visibility_timeout_s",
+        "max_receives",
+        "dead_letter_queue",
+        "retention_s",
+        "delay_s",
+        "dedup_window_s",
+        "max_message_bytes",
+        "content_based_dedup",
+    }
+)
+
+BROKER_KEY = web.AppKey("broker", Broker)
+NODE_KEY = web.AppKey("node", object)
+
+
+def render_messages(request: web.Request, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Bodies are bytes inside raftq; JSON clients get `body` (UTF-8) or `body_b64`."""
+    if wants_msgpack(request):
+        return messages
+    out = []
+    for m in messages:
+        m = dict(m)
+        body = m.pop("body", b"")
+        try:
+            m["body"] = body.decode("utf-8")
+        except UnicodeDecodeError:
+            m["body_b64"] = base64.b64encode(body).decode("ascii")
+        out.append(m)
+    return out
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    broker: Broker = request.app[BROKER_KEY]
+    started = time.perf_counter()
+    route = (
+        request.match_info.route.resource.canonical if request.match_info.route.resource else "?"
+    )
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except ApiError as err:
+        status = err.status
+        if err.status == 307:
+            url = f"{err.extra['leader_url']}{request.path_qs}"
+            err.headers["Location"] = url
+        return error_response(request, err)
+    except web.HTTPException as exc:
+        status = exc.status
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+            exc.status, "bad_request"
+        )
+        return error_response(request, ApiError(exc.status, code, exc.reason))
+    except Exception:
+        log.exception("api.internal_error", path=request.path)
+        return error_response(request, ApiError(500, "internal", "internal error; see node logs"))
+    finally:
+        broker.metrics.observe_request(request.method, route, status, time.perf_counter() - started)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    limits = request.app[BROKER_KEY].config.limits
+    return await read_body(request, limits.max_body_bytes, limits.max_json_depth)
+
+
+def _queue_name(request: web.Request) -> str:
+    return check_queue_name(request.match_info["name"])
+
+
+def _stale_ok(request: web.Request) -> bool:
+    return request.query.get("consistency", "linearizable") == "stale"
+
+
+async def _read_consistent(request: web.Request) -> Broker:
+    broker: Broker = request.app[BROKER_KEY]
+    if not _stale_ok(request):
+        broker.require_leader()
+        await broker.linearizable()
+    return broker
+
+
+# ---------------------------------------------------------------- cluster
+
+
+async def health(request: web.Request) -> web.Response:
+    broker: Broker = request.app[BROKER_KEY]
+    return respond(request, {"status": "ok", "node_id": broker.config.node_id})
+
+
+async def ready(request: web.Request) -> web.Response:
+    broker: Broker = request.app[BROKER_KEY]
+    st = broker.raft.status()
+    leader = st.get("leader_id") or 0
+    caught_up = st.get("applied", 0) >= st.get("commit", 0)
+    ok = bool(leader) and caught_up
+    return respond(
+        request,
+        {"ready": ok, "node_id": broker.config.node_id, "leader_id": leader or None},
+        status=200 if ok else 503,
+    )
+
+
+def cluster_view(broker: Broker) -> dict[str, Any]:
+    st = broker.raft.status()
+    cfg = broker.config
+    leader_id = st.get("leader_id") or 0
+    progress = st.get("progress") or {}
+    nodes = []
+    for pid, peer in sorted(cfg.peers.items()):
+        pr = progress.get(str(pid)) or {}
+        role = (
+            st.get("role") if pid == cfg.node_id else ("leader" if pid == leader_id else "follower")
+        )
+        nodes.append(
+            {
+                "id": pid,
+                "url": peer.http_url,
+                "raft_addr": f"{peer.raft_host}:{peer.raft_port}",
+                "role": role,
+                "match_index": pr.get(
+                    "match", st.get("last_index") if pid == cfg.node_id else None
+                ),
+                "voter": True,
+            }
+        )
+    leader_peer = cfg.peers.get(leader_id)
+    return {
+        "cluster_id": cfg.cluster_id,
+        "node_id": cfg.node_id,
+        "leader": {"id": leader_id, "url": leader_peer.http_url} if leader_peer else None,
+        "term": st.get("term", 0),
+        "role": st.get("role"),
+        "commit_index": st.get("commit", 0),
+        "applied_index": st.get("applied", 0),
+        "last_index": st.get("last_index", 0),
+        "nodes": nodes,
+    }
+
+
+async def cluster(request: web.Request) -> web.Response:
+    return respond(request, cluster_view(request.app[BROKER_KEY]))
+
+
+async def transfer_leader(request: web.Request) -> web.Response:
+    broker: Broker = request.app[BROKER_KEY]
+    body = await _body(request)
+    reject_unknown(body, {"to"}, "body")
+    to = get_int(body, "to", None, 1, 1 << 31)
+    if to is None or to not in broker.config.peers:
+        raise bad_request("body.to must name a member node id", field="to")
+    broker.require_leader()
+    if to == broker.config.node_id:
+        return respond(request, {"leader_id": to, "transferred": False})
+    await broker.raft.transfer_leader(to)
+    return respond(request, {"leader_id": broker.raft.leader_id, "transferred": True})
+
+
+async def members_unsupported(request: web.Request) -> web.Response:
+    raise ApiError(
+        501,
+        "not_supported",
+        "membership changes are not available in this version; the member list is static "
+        "(set with --peers)",
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    broker: Broker = request.app[BROKER_KEY]
+    text = broker.metrics.render(broker)
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+# ---------------------------------------------------------------- queues
+
+
+async def put_queue(request: web.Request) -> web.Response:
+    broker: Broker = request.app[BROKER_KEY]
+    name = _queue_name(request)
+    body = await _body(request)
+    reject_unknown(body, QUEUE_CONFIG_FIELDS, "queue config")
+    result = await broker.propose("queue_put", name=name, config=body)
+    return respond(request, result["queue"], status=201 if result.get("created") else 200)
+
+
+async def list_queues(request: web.Request) -> web.Response:
+    broker = await _read_consistent(request)
+    return respond(request, {"queues": broker.sm.list_queues(broker.stamp_ms())})
+
+
+async def show_queue(request: web.Request) -> web.Response:
+    name = _queue_name(request)
+    broker = await _read_consistent(request)
+    info = broker.sm.queue_info(name, broker.stamp_ms())
+    if info is None:
+        raise not_found(f"queue {name!r} does not exist")
+    return respond(request, info)
+
+
+async def delete_queue(request: web.Request) -> web.Response:
+    broker: Broker = request.app[BROKER_KEY]
+    name = _queue_name(request)
+    result = await broker.propose("queue_delete", name=name)
+    return respond(request, result or {"deleted": name})
+
+
+async def purge_queue(request: web.Request) -> web.Response:
+    broker: Broker = request.app[BROKER_KEY]
+    return respond(request, await broker.propose("queue_purge", name=_queue_name(request)))
+
+
+def _queue_limits(broker: Broker, name: str) -> tuple[int, bool]:
+    info = broker.sm.queue_info(name, broker.stamp_ms())
+    if info is None:
+        raise not_found(f"queue {name!r} does not exist")
+    max_bytes = min(
+        int(info.get("max_message_bytes", 262144)), broker.config.limits.max_message_bytes
+    )
+    return max_bytes, bool(info.get("fifo"))
+
+
+def _producer(body: dict[str, Any]) -> dict[str, Any] | None:
+    producer = body.get("producer")
+    if producer is None:
+        return None
+    if not isinstance(producer, dict):
+        raise bad_request("producer must be an object {id, epoch, seq}")
+    reject_unknown(producer, {"id", "epoch", "seq"}, "producer")
+    if not isinstance(producer.get("id"), str) or not producer["id"]:
+        raise bad_request("producer.id must be a non-empty string")
+    return {
+        "id": producer["id"],
+        "epoch": get_int(producer, "epoch", 0, 0, 1 << 62, "producer"),
+        "seq": get_int(producer, "seq", None, 0, 1 << 62, "producer"),
+    }
+
+
+async def send_messages(request: web.Request) -> web.Response:
+    broker: Broker = request.app[BROKER_KEY]
+    name = _queue_name(request)
+    ack = request.query.get("ack", "all")
+    if ack not in ("all", "none"):
+        raise bad_request("ack must be 'all' or 'none'")
+    broker.require_leader()
+    body = await _body(request)
+    reject_unknown(body, {"messages", "producer"}, "body")
+    max_bytes, fifo = _queue_limits(broker, name)
+    messages = parse_messages(body, broker.config.limits, max_bytes, fifo)
+    fields: dict[str, Any] = {"queue": name, "messages": messages}
+    producer = _producer(body)
+    if producer is not None:
+        if producer["seq"] is None:
+            raise bad_request("producer.seq is required")
+        fields["producer"] = producer
+    if ack == "none":
+        broker.propose_detached("send", **fields)
+        broker.metrics.count_sent(name, len(messages))
+        return respond(request, {"accepted": len(messages)}, status=202)
+    result = await broker.propose("send", **fields)
+    broker.metrics.count_sent(name, len(messages))
+    return respond(request, result)
+
+
+async def receive_messages(request: web.Request) -> web.Response:
+    broker: Broker = request.app[BROKER_KEY]
+    name = _queue_name(request)
+    broker.require_leader()
+    params = parse_receive(await _body(request), broker.config.limits)
+    wait_s = params.pop("wait_s")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while True:
+        event = broker.queue_event(name)  # taken before proposing: no lost wakeup
+        result = await broker.propose("receive", queue=name, **params)
+        messages = result.get("messages", [])
+        remaining = deadline - loop.time()
+        if messages or remaining <= 0 or broker.closing:
+            break
+        try:
+            await asyncio.wait_for(event.wait(), remaining)
+        except TimeoutError:
+            pass
+        broker.require_leader()
+    broker.metrics.count_received(name, len(messages))
+    return respond(request, {"messages": render_messages(request, messages)})
+
+
+async def _receipt_op(request: web.Request, op: str, extra: dict[str, Any]) -> web.Response:
+    broker: Broker = request.app[BROKER_KEY]
+    name = _queue_name(request)
+    body = await _body(request)
+    reject_unknown(body, {"receipts", *extra}, "body")
+    fields: dict[str, Any] = {"queue": name, "receipts": parse_receipts(body, broker.config.limits)}
+    for key, (default, lo, hi) in extra.items():
+        fields[key] = get_number(body, key, default, lo, hi)
+    result = await broker.propose(op, **fields)
+    if op == "ack":
+        broker.metrics.count_acked(name, int(result.get("acked", 0)))
+    return respond(request, result)
+
+
+async def ack_messages(request: web.Request) -> web.Response:
+    return await _receipt_op(request, "ack", {})
+
+
+async def nack_messages(request: web.Request) -> web.Response:
+    return await _receipt_op(request, "nack", {"delay_s": (0, 0, 43_200)})
+
+
+async def extend_messages(request: web.Request) -> web.Response:
+    return await _receipt_op(request, "extend", {"visibility_timeout_s": (30, 0, 43_200)})
+
+
+async def redrive(request: web.Request) -> web.Response:
+    broker: Broker = request.app[BROKER_KEY]
+    return respond(request, await broker.propose("redrive", queue=_queue_name(request)))
+
+
+# ---------------------------------------------------------------- admin (chaos checker)
+
+
+async def admin_log(request: web.Request) -> web.Response:
+    """(index, term, crc32) of committed entries: P7/P8 of the chaos checker compare these."""
+    node = request.app[NODE_KEY]
+    try:
+        lo = int(request.query.get("from", "1"))
+        hi = int(request.query.get("to", "0")) or None
+        limit = min(int(request.query.get("max", "10000")), 100_000)
+    except ValueError:
+        raise bad_request("from, to and max must be integers") from None
+    entries = node.committed_log(lo, hi, limit)
+    return respond(
+        request, {"entries": entries, "commit_index": node.raft.status().get("commit", 0)}
+    )
+
+
+async def admin_state(request: web.Request) -> web.Response:
+    broker: Broker = request.app[BROKER_KEY]
+    return respond(
+        request,
+        {"applied_index": broker.sm.applied_index(), "state_hash": broker.sm.state_hash()},
+    )
+
+
+def build_app(broker: Broker, node: Any) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware], client_max_size=broker.config.limits.max_body_bytes
+    )
+    app[BROKER_KEY] = broker
+    app[NODE_KEY] = node
+    r = app.router
+    r.add_get("/v1/health", health)
+    r.add_get("/v1/ready", ready)
+    r.add_get("/v1/cluster", cluster)
+    r.add_post("/v1/cluster/transfer-leader", transfer_leader)
+    r.add_post("/v1/cluster/members", members_unsupported)
+    r.add_delete("/v1/cluster/members/{id}", members_unsupported)
+    r.add_get("/metrics", metrics)
+    r.add_get("/v1/queues", list_queues)
+    r.add_put("/v1/queues/{name}", put_queue)
+    r.add_get("/v1/queues/{name}", show_queue)
+    r.add_delete("/v1/queues/{name}", delete_queue)
+    r.add_post("/v1/queues/{name}/purge", purge_queue)
+    r.add_post("/v1/queues/{name}/messages", send_messages)
+    r.add_post("/v1/queues/{name}/receive", receive_messages)
+    r.add_post("/v1/queues/{name}/ack", ack_messages)
+    r.add_post("/v1/queues/{name}/nack", nack_messages)
+    r.add_post("/v1/queues/{name}/extend", extend_messages)
+    r.add_post("/v1/queues/{name}/redrive", redrive)
+    r.add_get("/v1/admin/log", admin_log)
+    r.add_get("/v1/admin/state", admin_state)
+    return app

@@ -1,0 +1,185 @@
+"""Configuration of one raftq node: flags, an optional TOML file, and the enforced limits.
+
+Why one dataclass: the API, the Raft driver and the launcher must agree on ids, addresses
+and limits; parsing happens once, here, and everything else receives a frozen value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """The node configuration is invalid; the message names the offending setting."""
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    id: int
+    http_url: str  # e.g. http://127.0.0.1:7001
+    raft_host: str
+    raft_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Input limits enforced by the API before anything is proposed."""
+
+    max_body_bytes: int = 16 << 20
+    max_message_bytes: int = 256 << 10  # ceiling; a queue may lower it
+    max_batch: int = 1000
+    max_receive: int = 1000
+    max_wait_s: float = 20.0
+    max_attributes: int = 32
+    max_attribute_bytes: int = 1024
+    max_json_depth: int = 32
+    max_dedup_id_chars: int = 128
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    node_id: int
+    http_host: str
+    http_port: int
+    raft_host: str
+    raft_port: int
+    peers: dict[int, Peer]
+    data_dir: str
+    cluster_id: str = "raftq"
+    log_format: str = "json"  # json | console
+    log_level: str = "info"
+    fsync: bool = True
+    tick_ms: int = 50
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    propose_timeout_s: float = 10.0
+    shutdown_grace_s: float = 5.0
+    secret: str | None = None
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def http_url(self) -> str:
+        return self.peers[self.node_id].http_url
+
+    def raft_peers(self) -> dict[int, tuple[str, int]]:
+        return {p.id: (p.raft_host, p.raft_port) for p in self.peers.values()}
+
+
+def parse_hostport(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what} must be HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def parse_peers(text: str) -> dict[int, Peer]:
+    """Parse `ID=HTTP_URL@RAFT_HOST:PORT,...` (the form API.md gives for `raftq node`)."""
+    peers: dict[int, Peer] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        ident, sep, rest = item.partition("=")
+        http_url, at, raft_addr = rest.rpartition("@")
+        if not sep or not at or not ident.isdigit() or int(ident) <= 0:
+            raise ConfigError(f"peer must be ID=HTTP_URL@RAFT_HOST:PORT with ID > 0, got {item!r}")
+        if not http_url.startswith(("http://", "https://")):
+            raise ConfigError(f"peer {ident}: HTTP URL must start with http:// or https://")
+        host, port = parse_hostport(raft_addr, f"peer {ident} raft address")
+        pid = int(ident)
+        if pid in peers:
+            raise ConfigError(f"peer id {pid} listed twice")
+        peers[pid] = Peer(pid, http_url.rstrip("/"), host, port)
+    return peers
+
+
+def build_config(values: dict[str, Any]) -> NodeConfig:
+    """Validate raw settings (from flags or TOML) into a NodeConfig."""
+    try:
+        node_id = int(values["id"])
+        http_host, http_port = parse_hostport(str(values["http"]), "--http")
+        raft_host, raft_port = parse_hostport(str(values["raft"]), "--raft")
+        data_dir = str(values["data_dir"])
+    except KeyError as exc:
+        raise ConfigError(f"missing required setting {exc.args[0]!r}") from None
+    if node_id <= 0:
+        raise ConfigError("id must be a positive integer")
+    peers_raw = values.get("peers") or ""
+    peers = (
+        parse_peers(peers_raw) if isinstance(peers_raw, str) else parse_peers(",".join(peers_raw))
+    )
+    me = Peer(node_id, f"http://{http_host}:{http_port}", raft_host, raft_port)
+    if node_id in peers and (peers[node_id].raft_host, peers[node_id].raft_port) != (
+        raft_host,
+        raft_port,
+    ):
+        raise ConfigError(f"--peers gives node {node_id} a raft address different from --raft")
+    peers.setdefault(node_id, me)
+    limits_raw = values.get("limits") or {}
+    known = {f.name for f in fields(Limits)}
+    unknown = set(limits_raw) - known
+    if unknown:
+        raise ConfigError(f"unknown limits: {sorted(unknown)}")
+    cfg = NodeConfig(
+        node_id=node_id,
+        http_host=http_host,
+        http_port=http_port,
+        raft_host=raft_host,
+        raft_port=raft_port,
+        peers=peers,
+        data_dir=data_dir,
+        limits=replace(Limits(), **limits_raw),
+    )
+    simple = {
+        "cluster_id": str,
+        "log_format": str,
+        "log_level": str,
+        "fsync": bool,
+        "tick_ms": int,
+        "election_ticks": int,
+        "heartbeat_ticks": int,
+        "propose_timeout_s": float,
+        "shutdown_grace_s": float,
+        "secret": str,
+    }
+    overrides = {k: conv(values[k]) for k, conv in simple.items() if values.get(k) is not None}
+    cfg = replace(cfg, **overrides)
+    if cfg.log_format not in ("json", "console"):
+        raise ConfigError("log_format must be json or console")
+    if cfg.tick_ms <= 0 or cfg.election_ticks <= cfg.heartbeat_ticks:
+        raise ConfigError("need tick_ms > 0 and election_ticks > heartbeat_ticks")
+    return cfg
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="raftq node", description="Run one raftq node.")
+    p.add_argument("--config", help="TOML file; flags override its values")
+    p.add_argument("--id", type=int)
+    p.add_argument("--http", help="HOST:PORT for the HTTP API")
+    p.add_argument("--raft", help="HOST:PORT for Raft peer traffic")
+    p.add_argument("--peers", help="ID=HTTP_URL@RAFT_HOST:PORT,... (all members)")
+    p.add_argument("--data-dir", dest="data_dir")
+    p.add_argument("--cluster-id", dest="cluster_id")
+    p.add_argument("--log-format", dest="log_format", choices=["json", "console"])
+    p.add_argument("--log-level", dest="log_level")
+    p.add_argument("--no-fsync", dest="fsync", action="store_false", default=None)
+    p.add_argument("--tick-ms", dest="tick_ms", type=int)
+    p.add_argument("--election-ticks", dest="election_ticks", type=int)
+    p.add_argument("--secret", help="shared secret for the peer handshake HMAC")
+    return p
+
+
+def load_config(argv: list[str] | None = None) -> NodeConfig:
+    args = argument_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    if args.config:
+        try:
+            with open(args.config, "rb") as fh:
+                values.update(tomllib.load(fh))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {args.config}: {exc}") from exc
+        values = {k.replace("-", "_"): v for k, v in values.items()}
+    for k, v in vars(args).items():
+        if k != "config" and v is not None:
+            values[k] = v
+    return build_config(values)

@@ -1,0 +1,159 @@
+"""Prometheus metrics for one node: the numbers operators watch.
+
+Why hand-rolled: the exposition format is small and stable, and a node must not pull a
+dependency for it. Queue gauges (depth, in flight, delayed, DLQ size, oldest age) come
+from the replicated state at scrape time; rates come from node-local counters
+(`rate(raftq_messages_sent_total[1m])`), latency from a histogram per route.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+LATENCY_BUCKETS_S = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(**labels: Any) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
+    return "{" + inner + "}"
+
+
+class Histogram:
+    __slots__ = ("count", "counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(LATENCY_BUCKETS_S)
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        for i, bound in enumerate(LATENCY_BUCKETS_S):
+            if value <= bound:
+                self.counts[i] += 1
+                break
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
+        self.latency: dict[str, Histogram] = defaultdict(Histogram)
+        self.sent: dict[str, int] = defaultdict(int)
+        self.received: dict[str, int] = defaultdict(int)
+        self.acked: dict[str, int] = defaultdict(int)
+        self.leader_changes = 0
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests[(method, route, status)] += 1
+        self.latency[route].observe(seconds)
+
+    def count_sent(self, queue: str, n: int) -> None:
+        self.sent[queue] += n
+
+    def count_received(self, queue: str, n: int) -> None:
+        self.received[queue] += n
+
+    def count_acked(self, queue: str, n: int) -> None:
+        self.acked[queue] += n
+
+    def render(self, broker: Any) -> str:
+        out: list[str] = []
+
+        def family(name: str, kind: str, help_text: str) -> None:
+            out.append(f"# HELP {name} {help_text}")
+            out.append(f"# TYPE {name} {kind}")
+
+        family("raftq_http_requests_total", "counter", "HTTP requests by route and status.")
+        for (method, route, status), n in sorted(self.requests.items()):
+            out.append(
+                f"raftq_http_requests_total{_labels(method=method, route=route, status=status)} {n}"
+            )
+        family("raftq_http_request_duration_seconds", "histogram", "HTTP request latency.")
+        for route, h in sorted(self.latency.items()):
+            cumulative = 0
+            for bound, c in zip(LATENCY_BUCKETS_S, h.counts, strict=True):
+                cumulative += c
+                out.append(
+                    f"raftq_http_request_duration_seconds_bucket{_labels(route=route, le=bound)} {cumulative}"
+                )
+            out.append(
+                f"raftq_http_request_duration_seconds_bucket{_labels(route=route, le='+Inf')} {h.count}"
+            )
+            out.append(
+                f"raftq_http_request_duration_seconds_sum{_labels(route=route)} {h.total:.6f}"
+            )
+            out.append(f"raftq_http_request_duration_seconds_count{_labels(route=route)} {h.count}")
+        for name, data, help_text in (
+            ("raftq_messages_sent_total", self.sent, "Messages accepted by this node's API."),
+            ("raftq_messages_received_total", self.received, "Messages delivered by this node."),
+            ("raftq_messages_acked_total", self.acked, "Messages acknowledged via this node."),
+        ):
+            family(name, "counter", help_text)
+            for q, n in sorted(data.items()):
+                out.append(f"{name}{_labels(queue=q)} {n}")
+
+        st = broker.raft.status()
+        family("raftq_raft_term", "gauge", "Current Raft term.")
+        out.append(f"raftq_raft_term {st.get('term', 0)}")
+        family("raftq_raft_commit_index", "gauge", "Raft commit index.")
+        out.append(f"raftq_raft_commit_index {st.get('commit', 0)}")
+        family("raftq_raft_applied_index", "gauge", "Index applied to the state machine.")
+        out.append(f"raftq_raft_applied_index {st.get('applied', 0)}")
+        family("raftq_raft_is_leader", "gauge", "1 if this node leads.")
+        out.append(f"raftq_raft_is_leader {1 if broker.raft.is_leader else 0}")
+        family("raftq_raft_leader_changes_total", "counter", "Leader changes seen by this node.")
+        out.append(f"raftq_raft_leader_changes_total {self.leader_changes}")
+
+        queues = broker.sm.list_queues(broker.stamp_ms())
+        dead_letter_targets = {
+            q.get("dead_letter_queue") for q in queues if q.get("dead_letter_queue")
+        }
+        gauges = (
+            ("raftq_queue_depth", "depth", "Messages ready to receive."),
+            ("raftq_queue_in_flight", "in_flight", "Messages received and not yet acked."),
+            ("raftq_queue_delayed", "delayed", "Messages waiting for their delay."),
+            ("raftq_queue_oldest_age_seconds", "oldest_age_ms", "Age of the oldest ready message."),
+            ("raftq_queue_sent_total", "sent_total", "Messages ever enqueued (replicated)."),
+            ("raftq_queue_acked_total", "acked_total", "Messages ever acked (replicated)."),
+            (
+                "raftq_queue_dead_lettered_total",
+                "dead_lettered_total",
+                "Messages moved to the DLQ.",
+            ),
+        )
+        for name, key, help_text in gauges:
+            family(name, "counter" if name.endswith("_total") else "gauge", help_text)
+            for q in queues:
+                value = q.get(key) or 0
+                if key == "oldest_age_ms":
+                    value = value / 1000.0
+                out.append(f"{name}{_labels(queue=q['name'])} {value}")
+        family("raftq_dlq_depth", "gauge", "Messages waiting in dead-letter queues.")
+        for q in queues:
+            if q["name"] in dead_letter_targets:
+                out.append(f"raftq_dlq_depth{_labels(queue=q['name'])} {q.get('depth', 0)}")
+        return "\n".join(out) + "\n"

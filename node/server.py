@@ -1,0 +1,129 @@
+"""One broker process: LMDB env + Raft log + queue state machine + driver + HTTP API.
+
+Why this shape: one LMDB environment per node holds both the Raft log and the state, so a
+batch's state changes and `applied_index` commit together; the driver owns Raft, the
+broker owns proposals and wakeups, the API owns HTTP. This module wires them and owns the
+process lifecycle (graceful SIGTERM: stop accepting, finish in-flight requests, hand
+leadership over, close LMDB).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import zlib
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from node.api import build_app
+from node.broker import Broker
+from node.config import NodeConfig
+from node.logging import bind_raft_state
+from node.metrics import Metrics
+from node.state_machine import QueueStateMachine
+from raft.driver import RaftNode
+from raft.lmdb_env import LmdbEnv
+from raft.lmdb_storage import LmdbStorage
+from raft.messages import Role
+
+log = structlog.get_logger("node.server")
+
+
+class BrokerNode:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        os.makedirs(config.data_dir, exist_ok=True)
+        self.env = LmdbEnv(os.path.join(config.data_dir, "lmdb"), sync=config.fsync)
+        self.storage = LmdbStorage(self.env)
+        self.sm = QueueStateMachine(self.env)
+        self.metrics = Metrics()
+        self.raft = RaftNode(
+            config.node_id,
+            config.raft_peers(),
+            self.storage,
+            self.sm,
+            cluster_id=config.cluster_id,
+            env=self.env,
+            tick_ms=config.tick_ms,
+            election_ticks=config.election_ticks,
+            heartbeat_ticks=config.heartbeat_ticks,
+            listen=(config.raft_host, config.raft_port),
+            on_role_change=self._on_role_change,
+            transport_options={"secret": config.secret.encode()} if config.secret else None,
+        )
+        self.broker = Broker(config, self.raft, self.sm, self.metrics)
+        self.app = build_app(self.broker, self)
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._last_leader: int | None = None
+
+    def _on_role_change(self, role: Role, term: int, leader_id: int) -> None:
+        bind_raft_state(term, role.label)
+        if leader_id != self._last_leader:
+            self._last_leader = leader_id
+            self.metrics.leader_changes += 1
+            self.broker.wake_all()
+
+    def committed_log(self, lo: int, hi: int | None, limit: int) -> list[list[int]]:
+        commit = self.raft.status().get("commit", 0)
+        first = self.storage.first_index()
+        lo = max(lo, first)
+        hi = min(hi or commit, commit, lo + limit - 1)
+        if hi < lo:
+            return []
+        return [
+            [e.index, e.term, zlib.crc32(e.data) ^ (int(e.kind) << 1)]
+            for e in self.storage.entries(lo, hi + 1)
+        ]
+
+    async def start(self) -> None:
+        await self.raft.start()
+        self._runner = web.AppRunner(
+            self.app,
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=self.config.shutdown_grace_s,
+        )
+        await self._runner.setup()
+        self._site = web.TCPSite(
+            self._runner, self.config.http_host, self.config.http_port, reuse_address=True
+        )
+        await self._site.start()
+        self.broker.start()
+        log.info(
+            "node.started",
+            http=self.config.http_url,
+            raft=f"{self.config.raft_host}:{self.config.raft_port}",
+        )
+
+    async def stop(self) -> None:
+        """Graceful stop: no new requests, in-flight ones finish, leadership moves, LMDB closes."""
+        log.info("node.stopping")
+        self.broker.closing = True
+        self.broker.wake_all()
+        if self._runner is not None:
+            await self._runner.cleanup()  # stops listening, waits for in-flight handlers
+        await self.broker.stop()
+        await self.raft.stop(transfer=True)
+        self.env.close()
+        log.info("node.stopped")
+
+
+async def run_node(config: NodeConfig) -> None:
+    node = BrokerNode(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await node.start()
+    try:
+        await stop.wait()
+    finally:
+        await node.stop()
+
+
+def main_with(config: NodeConfig) -> Any:
+    return asyncio.run(run_node(config))

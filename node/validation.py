@@ -1,0 +1,131 @@
+"""Validation of queue requests at the API edge, before anything is proposed.
+
+Why here and not only in the state machine: a bad request must cost nothing (no Raft
+entry, no fsync) and must get an error that names the field. The state machine still
+re-checks what matters for determinism, so a buggy client of the log cannot corrupt state.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any
+
+from node.config import Limits
+from node.http import bad_request, get_int, get_number, get_str, reject_unknown, too_large
+
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,80}$")
+MESSAGE_FIELDS = frozenset(
+    {"body", "body_b64", "attributes", "delay_s", "dedup_id", "group_id", "priority"}
+)
+MAX_DELAY_S = 86_400
+
+
+def check_queue_name(name: str) -> str:
+    if not QUEUE_NAME.match(name) or name in (".", ".."):
+        raise bad_request(
+            f"invalid queue name {name[:100]!r}: use 1-80 characters of A-Z a-z 0-9 _ . -",
+            field="name",
+        )
+    return name
+
+
+def decode_body(msg: dict[str, Any], where: str) -> bytes:
+    has_text, has_b64 = "body" in msg, "body_b64" in msg
+    if has_text == has_b64:
+        raise bad_request(f"{where} needs exactly one of body or body_b64")
+    if has_text:
+        body = msg["body"]
+        if isinstance(body, bytes):  # msgpack clients may send raw bytes
+            return body
+        if not isinstance(body, str):
+            raise bad_request(f"{where}.body must be a string (use body_b64 for bytes)")
+        return body.encode("utf-8", "surrogatepass")
+    b64 = msg["body_b64"]
+    if not isinstance(b64, str):
+        raise bad_request(f"{where}.body_b64 must be a base64 string")
+    try:
+        return base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise bad_request(f"{where}.body_b64 is not valid base64") from None
+
+
+def check_attributes(value: Any, limits: Limits, where: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise bad_request(f"{where}.attributes must be an object of strings")
+    if len(value) > limits.max_attributes:
+        raise bad_request(f"{where}.attributes has more than {limits.max_attributes} entries")
+    for k, v in value.items():
+        if not isinstance(v, str) or not k or len(k) > 256:
+            raise bad_request(f"{where}.attributes[{k[:40]!r}] must be a string value")
+        if len(k.encode()) + len(v.encode()) > limits.max_attribute_bytes:
+            raise too_large(
+                f"{where}.attributes[{k[:40]!r}] exceeds {limits.max_attribute_bytes} bytes"
+            )
+    return dict(value)
+
+
+def parse_message(
+    msg: Any, i: int, limits: Limits, max_message_bytes: int, fifo: bool
+) -> dict[str, Any]:
+    """One message of a send request → the command's message dict (body as bytes)."""
+    where = f"messages[{i}]"
+    if not isinstance(msg, dict):
+        raise bad_request(f"{where} must be an object")
+    reject_unknown(msg, MESSAGE_FIELDS, where)
+    body = decode_body(msg, where)
+    if len(body) > max_message_bytes:
+        raise too_large(
+            f"{where} body is {len(body)} bytes; the queue allows {max_message_bytes}",
+            index=i,
+        )
+    out: dict[str, Any] = {
+        "body": body,
+        "attributes": check_attributes(msg.get("attributes"), limits, where),
+        "delay_s": get_int(msg, "delay_s", 0, 0, MAX_DELAY_S, where),
+        "dedup_id": get_str(msg, "dedup_id", None, limits.max_dedup_id_chars, where),
+        "group_id": get_str(msg, "group_id", None, 128, where),
+        "priority": get_int(msg, "priority", 0, 0, 9, where),
+    }
+    if fifo and out["group_id"] is None:
+        raise bad_request(f"{where}.group_id is required on a FIFO queue", field="group_id")
+    return out
+
+
+def parse_messages(
+    body: dict[str, Any], limits: Limits, max_message_bytes: int, fifo: bool
+) -> list[dict[str, Any]]:
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise bad_request("messages must be a non-empty array")
+    if len(msgs) > limits.max_batch:
+        raise too_large(f"batch of {len(msgs)} messages exceeds {limits.max_batch}")
+    return [parse_message(m, i, limits, max_message_bytes, fifo) for i, m in enumerate(msgs)]
+
+
+def parse_receipts(body: dict[str, Any], limits: Limits) -> list[str]:
+    receipts = body.get("receipts")
+    if not isinstance(receipts, list) or not receipts:
+        raise bad_request("receipts must be a non-empty array of strings")
+    if len(receipts) > limits.max_batch:
+        raise too_large(f"{len(receipts)} receipts exceed the batch limit {limits.max_batch}")
+    for r in receipts:
+        if not isinstance(r, str) or not 0 < len(r) <= 512:
+            raise bad_request("every receipt must be a non-empty string")
+    return receipts
+
+
+def parse_receive(body: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    reject_unknown(body, {"max", "visibility_timeout_s", "wait_s", "auto_ack"}, "body")
+    auto_ack = body.get("auto_ack", False)
+    if type(auto_ack) is not bool:
+        raise bad_request("body.auto_ack must be true or false")
+    return {
+        "max": get_int(body, "max", 1, 1, limits.max_receive),
+        "visibility_timeout_s": get_number(body, "visibility_timeout_s", None, 0, 43_200),
+        "wait_s": get_number(body, "wait_s", 0, 0, limits.max_wait_s),
+        "auto_ack": auto_ack,
+    }

@@ -85,7 +85,7 @@ def parse_message(
     out: dict[str, Any] = {
         "body": body,
         "attributes": check_attributes(msg.get("attributes"), limits, where),
-        "delay_s": get_int(msg, "delay_s", 0, 0, MAX_DELAY_S, where),
+        "delay_s": get_number(msg, "delay_s", 0, 0, MAX_DELAY_S, where),
         "dedup_id": get_str(msg, "dedup_id", None, limits.max_dedup_id_chars, where),
         "group_id": get_str(msg, "group_id", None, 128, where),
         "priority": get_int(msg, "priority", 0, 0, 9, where),

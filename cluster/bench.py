@@ -1,0 +1,358 @@
+"""`raftq bench`: the benchmark workloads, printing a table.
+
+Why a command and not timed tests: throughput depends on the machine and on what else runs;
+a benchmark states its setup and prints figures, a test asserts behaviour. By default it
+starts its own local 3-node cluster (fsync on) in a temporary directory and stops it after;
+`--servers` points it at a running cluster instead. It talks raw HTTP to the leader so the
+figures measure the cluster, not client-side retry logic.
+
+Workloads:
+  send1       1 message per request, --concurrency requests in flight
+  send100     100 messages per request (no dedup ids)
+  send100dd   100 messages per request, each with a dedup id
+  recvack     receive batches of 10 and ack them (queue prefilled)
+  txn         1-ack-1-send transactions, --txn-workers in flight (needs /v1/transactions)
+  memory      fill one queue with --messages 100-byte messages, then report each node's
+              resident memory and the latency of single receives
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from cluster.launcher import LocalCluster, free_ports
+
+WORKLOADS = ("send1", "send100", "send100dd", "recvack", "txn", "memory")
+DEFAULT_SET = ("send1", "send100", "send100dd", "recvack", "txn")
+
+
+@dataclass
+class Result:
+    workload: str
+    ops: int
+    msgs: int
+    seconds: float
+    latencies_ms: list[float]
+    errors: int
+    note: str = ""
+
+    def row(self) -> list[str]:
+        lat = sorted(self.latencies_ms) or [0.0]
+        p50 = lat[len(lat) // 2]
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        rate = self.msgs / self.seconds if self.seconds else 0.0
+        return [
+            self.workload,
+            f"{rate:,.0f}",
+            f"{self.ops / self.seconds:,.0f}" if self.seconds else "0",
+            f"{p50:.2f}",
+            f"{p99:.2f}",
+            str(self.errors),
+            self.note,
+        ]
+
+
+class Bench:
+    def __init__(self, leader_url: str, session: aiohttp.ClientSession, duration_s: float) -> None:
+        self.url = leader_url
+        self.session = session
+        self.duration_s = duration_s
+
+    async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        async with self.session.post(self.url + path, json=body) as resp:
+            data = await resp.json(content_type=None)
+            if resp.status >= 300:
+                raise RuntimeError(f"{path}: {resp.status} {data}")
+            return data
+
+    async def put_queue(self, name: str, **config: Any) -> None:
+        async with self.session.put(self.url + f"/v1/queues/{name}", json=config) as resp:
+            if resp.status >= 300:
+                raise RuntimeError(f"create {name}: {resp.status} {await resp.text()}")
+
+    async def run_loop(
+        self, name: str, workers: int, op: Callable[[int], Awaitable[int]], note: str = ""
+    ) -> Result:
+        """Run `op` in `workers` concurrent loops for duration_s; op returns messages done."""
+        latencies: list[float] = []
+        counts = {"ops": 0, "msgs": 0, "errors": 0}
+        loop = asyncio.get_running_loop()
+        stop_at = loop.time() + self.duration_s
+        seq = itertools.count()
+
+        async def worker() -> None:
+            while loop.time() < stop_at:
+                t0 = time.perf_counter()
+                try:
+                    n = await op(next(seq))
+                except Exception:
+                    counts["errors"] += 1
+                    await asyncio.sleep(0.05)
+                    continue
+                latencies.append((time.perf_counter() - t0) * 1000)
+                counts["ops"] += 1
+                counts["msgs"] += n
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        elapsed = time.perf_counter() - started
+        return Result(
+            name, counts["ops"], counts["msgs"], elapsed, latencies, counts["errors"], note
+        )
+
+    async def send1(self, concurrency: int) -> Result:
+        await self.put_queue("bench-send1")
+        body = {"messages": [{"body": "x" * 100}]}
+        return await self.run_loop(
+            "send1",
+            concurrency,
+            lambda _i: self._send("bench-send1", body),
+            f"1 msg/request, {concurrency} in flight",
+        )
+
+    async def send100(self, concurrency: int, dedup: bool) -> Result:
+        name = "bench-send100dd" if dedup else "bench-send100"
+        await self.put_queue(name)
+
+        async def op(_i: int) -> int:
+            msgs = [{"body": "x" * 100} for _ in range(100)]
+            if dedup:
+                for m in msgs:
+                    m["dedup_id"] = uuid.uuid4().hex
+            return await self._send(name, {"messages": msgs})
+
+        label = "send100dd" if dedup else "send100"
+        return await self.run_loop(
+            label,
+            concurrency,
+            op,
+            f"100 msgs/request{' + dedup ids' if dedup else ''}, {concurrency} in flight",
+        )
+
+    async def _send(self, queue: str, body: dict[str, Any]) -> int:
+        data = await self.post(f"/v1/queues/{queue}/messages", body)
+        return len(data["messages"])
+
+    async def prefill(
+        self, queue: str, count: int, body_bytes: int = 100, concurrency: int = 8
+    ) -> None:
+        chunks = [min(1000, count - i) for i in range(0, count, 1000)]
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(n: int) -> None:
+            async with sem:
+                await self.post(
+                    f"/v1/queues/{queue}/messages",
+                    {"messages": [{"body": "y" * body_bytes} for _ in range(n)]},
+                )
+
+        await asyncio.gather(*(one(n) for n in chunks))
+
+    async def recvack(self, concurrency: int, prefill: int) -> Result:
+        await self.put_queue("bench-recv", visibility_timeout_s=300)
+        await self.prefill("bench-recv", prefill)
+
+        async def op(_i: int) -> int:
+            got = await self.post("/v1/queues/bench-recv/receive", {"max": 10})
+            receipts = [m["receipt"] for m in got["messages"]]
+            if not receipts:
+                return 0
+            await self.post("/v1/queues/bench-recv/ack", {"receipts": receipts})
+            return len(receipts)
+
+        return await self.run_loop(
+            "recvack", concurrency, op, f"batches of 10, {concurrency} consumers"
+        )
+
+    async def txn(self, workers: int, prefill: int) -> Result:
+        await self.put_queue("bench-txn-in", visibility_timeout_s=300)
+        await self.put_queue("bench-txn-out")
+        await self.prefill("bench-txn-in", prefill)
+
+        async def op(i: int) -> int:
+            got = await self.post("/v1/queues/bench-txn-in/receive", {"max": 1})
+            if not got["messages"]:
+                return 0
+            m = got["messages"][0]
+            await self.post(
+                "/v1/transactions",
+                {
+                    "txn_id": f"bench-{m['id']}",
+                    "ack": [{"queue": "bench-txn-in", "receipt": m["receipt"]}],
+                    "send": [{"queue": "bench-txn-out", "messages": [{"body": m["body"]}]}],
+                },
+            )
+            return 1
+
+        return await self.run_loop(
+            "txn", workers, op, f"receive + 1-ack-1-send txn, {workers} workers"
+        )
+
+    async def memory(self, count: int, cluster: LocalCluster | None) -> Result:
+        await self.put_queue("bench-memory", visibility_timeout_s=300)
+        t0 = time.perf_counter()
+        await self.prefill("bench-memory", count, concurrency=4)
+        fill_s = time.perf_counter() - t0
+        latencies = []
+        for _ in range(200):
+            t = time.perf_counter()
+            await self.post("/v1/queues/bench-memory/receive", {"max": 1})
+            latencies.append((time.perf_counter() - t) * 1000)
+        rss = ""
+        if cluster is not None:
+            rss = ", ".join(
+                f"node{i} {_rss_mb(pid):.0f} MB" for i, pid in sorted(cluster.pids.items())
+            )
+        return Result(
+            "memory",
+            200,
+            200,
+            sum(latencies) / 1000,
+            latencies,
+            0,
+            f"{count:,} msgs filled in {fill_s:.0f}s; RSS {rss or 'n/a (external cluster)'}",
+        )
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+async def _find_leader(session: aiohttp.ClientSession, servers: list[str]) -> str:
+    for _ in range(100):
+        for url in servers:
+            try:
+                async with session.get(url + "/v1/cluster") as resp:
+                    view = await resp.json()
+                    if view.get("leader"):
+                        return view["leader"]["url"]
+            except aiohttp.ClientError:
+                continue
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"no leader among {servers}")
+
+
+async def run(
+    args: argparse.Namespace, servers: list[str], cluster: LocalCluster | None
+) -> list[Result]:
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=120)
+    ) as session:
+        bench = Bench(await _find_leader(session, servers), session, args.duration)
+        results = []
+        for name in args.workloads:
+            if name == "send1":
+                results.append(await bench.send1(args.concurrency))
+            elif name == "send100":
+                results.append(await bench.send100(args.batch_concurrency, dedup=False))
+            elif name == "send100dd":
+                results.append(await bench.send100(args.batch_concurrency, dedup=True))
+            elif name == "recvack":
+                results.append(await bench.recvack(args.consumers, args.prefill))
+            elif name == "txn":
+                try:
+                    results.append(await bench.txn(args.txn_workers, args.prefill))
+                except RuntimeError as exc:
+                    results.append(Result("txn", 0, 0, 0, [], 1, f"unavailable: {exc}"[:80]))
+            elif name == "memory":
+                results.append(await bench.memory(args.messages, cluster))
+        return results
+
+
+def print_table(results: list[Result], out: Any = sys.stdout) -> None:
+    header = ["workload", "msgs/s", "req/s", "p50 ms", "p99 ms", "errors", "setup"]
+    rows = [header] + [r.row() for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)), file=out)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="raftq bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("workloads", nargs="*", help=f"default: {' '.join(DEFAULT_SET)}")
+    p.add_argument(
+        "--servers", default=os.environ.get("RAFTQ_BENCH_SERVERS"), help="use a running cluster"
+    )
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per workload")
+    p.add_argument("--concurrency", type=int, default=64, help="send1 requests in flight")
+    p.add_argument("--batch-concurrency", type=int, default=8, help="send100 requests in flight")
+    p.add_argument("--consumers", type=int, default=16, help="recvack consumers")
+    p.add_argument("--txn-workers", type=int, default=32)
+    p.add_argument(
+        "--prefill", type=int, default=100_000, help="messages prefilled for recvack/txn"
+    )
+    p.add_argument(
+        "--messages", type=int, default=1_000_000, help="messages for the memory workload"
+    )
+    p.add_argument("--no-fsync", action="store_true", help="(own cluster) run nodes without fsync")
+    p.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    args.workloads = args.workloads or list(DEFAULT_SET)
+    cluster = None
+    tmp = None
+    if args.servers:
+        servers = [s.strip().rstrip("/") for s in args.servers.split(",") if s.strip()]
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="raftq-bench-")
+        ports = free_ports(2 * args.nodes)
+        extra = ("--log-level", "warning") + (("--no-fsync",) if args.no_fsync else ())
+        cluster = LocalCluster(
+            nodes=args.nodes,
+            data_dir=tmp.name,
+            http_port=ports[: args.nodes],
+            raft_port=ports[args.nodes :],
+            extra_args=extra,
+        )
+        cluster.start()
+        cluster.wait_for_leader(timeout_s=30)
+        servers = cluster.urls
+    try:
+        results = asyncio.run(run(args, servers, cluster))
+    finally:
+        if cluster is not None:
+            cluster.stop_all()
+        if tmp is not None:
+            tmp.cleanup()
+    if args.json:
+        print(json.dumps([r.__dict__ | {"row": r.row()} for r in results], default=str))
+    else:
+        setup = f"{len(servers)} nodes, fsync {'off' if args.no_fsync else 'on'}, {os.cpu_count()} cores"
+        print(f"raftq bench — {setup}, {args.duration:g}s per workload")
+        print_table(results)
+        lat = [r.latencies_ms for r in results if r.latencies_ms]
+        if lat:
+            print(
+                f"(median of medians {statistics.median(statistics.median(x) for x in lat):.2f} ms)"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

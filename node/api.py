@@ -21,11 +21,13 @@ from node.http import (
     bad_request,
     error_response,
     get_int,
+    get_list,
     get_number,
     not_found,
     read_body,
     reject_unknown,
     respond,
+    too_large,
     wants_msgpack,
 )
 from node.validation import check_queue_name, parse_messages, parse_receipts, parse_receive
@@ -354,6 +356,74 @@ async def redrive(request: web.Request) -> web.Response:
     return respond(request, await broker.propose("redrive", queue=_queue_name(request)))
 
 
+# ---------------------------------------------------------------- exactly-once
+
+
+def _txn_acks(body: dict[str, Any]) -> list[dict[str, str]]:
+    acks = get_list(body, "ack", required=False)
+    out = []
+    for i, item in enumerate(acks):
+        where = f"ack[{i}]"
+        if not isinstance(item, dict):
+            raise bad_request(f"{where} must be an object {{queue, receipt}}")
+        reject_unknown(item, {"queue", "receipt"}, where)
+        receipt = item.get("receipt")
+        if not isinstance(receipt, str) or not 0 < len(receipt) <= 512:
+            raise bad_request(f"{where}.receipt must be a non-empty string")
+        out.append({"queue": check_queue_name(str(item.get("queue", ""))), "receipt": receipt})
+    return out
+
+
+def _txn_sends(broker: Broker, body: dict[str, Any]) -> list[dict[str, Any]]:
+    sends = get_list(body, "send", required=False)
+    out = []
+    for i, item in enumerate(sends):
+        where = f"send[{i}]"
+        if not isinstance(item, dict):
+            raise bad_request(f"{where} must be an object {{queue, messages}}")
+        reject_unknown(item, {"queue", "messages"}, where)
+        name = check_queue_name(str(item.get("queue", "")))
+        max_bytes, fifo = _queue_limits(broker, name)
+        out.append(
+            {"queue": name, "messages": parse_messages(item, broker.config.limits, max_bytes, fifo)}
+        )
+    return out
+
+
+async def transaction(request: web.Request) -> web.Response:
+    """Acks and sends applied all or nothing, once per txn_id (consume-transform-produce)."""
+    broker: Broker = request.app[BROKER_KEY]
+    broker.require_leader()
+    body = await _body(request)
+    reject_unknown(body, {"txn_id", "ack", "send", "publish", "commit_offsets"}, "body")
+    txn_id = body.get("txn_id")
+    if not isinstance(txn_id, str) or not 0 < len(txn_id) <= 256:
+        raise bad_request("txn_id must be a string of 1 to 256 characters", field="txn_id")
+    if body.get("publish") or body.get("commit_offsets"):
+        raise bad_request("publish and commit_offsets need topics, which this version lacks")
+    acks, sends = _txn_acks(body), _txn_sends(broker, body)
+    if not acks and not sends:
+        raise bad_request("a transaction needs at least one ack or send")
+    if len(acks) + sum(len(s["messages"]) for s in sends) > broker.config.limits.max_batch:
+        raise too_large(f"a transaction may hold at most {broker.config.limits.max_batch} items")
+    result = await broker.propose("txn", txn_id=txn_id, ack=acks, send=sends, commit_offsets=[])
+    return respond(request, result)
+
+
+async def producer_init(request: web.Request) -> web.Response:
+    """Hand out a producer id, or bump the epoch of a given one (fencing older instances)."""
+    broker: Broker = request.app[BROKER_KEY]
+    body = await _body(request)
+    reject_unknown(body, {"producer_id"}, "body")
+    producer_id = body.get("producer_id")
+    if producer_id is not None and (
+        not isinstance(producer_id, str) or not 0 < len(producer_id) <= 128
+    ):
+        raise bad_request("producer_id must be a string of 1 to 128 characters")
+    fields = {"producer_id": producer_id} if producer_id else {}
+    return respond(request, await broker.propose("producer_init", **fields))
+
+
 # ---------------------------------------------------------------- admin (chaos checker)
 
 
@@ -405,6 +475,8 @@ def build_app(broker: Broker, node: Any) -> web.Application:
     r.add_post("/v1/queues/{name}/nack", nack_messages)
     r.add_post("/v1/queues/{name}/extend", extend_messages)
     r.add_post("/v1/queues/{name}/redrive", redrive)
+    r.add_post("/v1/transactions", transaction)
+    r.add_post("/v1/producers", producer_init)
     r.add_get("/v1/admin/log", admin_log)
     r.add_get("/v1/admin/state", admin_state)
     return app

@@ -1,0 +1,86 @@
+"""Node configuration: flags, TOML, and clear errors for bad settings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from node.config import ConfigError, load_config, parse_peers
+
+PEERS = "1=http://127.0.0.1:7001@127.0.0.1:7101,2=http://127.0.0.1:7002@127.0.0.1:7102"
+
+
+def test_flags_build_a_config():
+    cfg = load_config(
+        [
+            "--id",
+            "1",
+            "--http",
+            "127.0.0.1:7001",
+            "--raft",
+            "127.0.0.1:7101",
+            "--peers",
+            PEERS,
+            "--data-dir",
+            "/tmp/x",
+            "--no-fsync",
+        ]
+    )
+    assert cfg.node_id == 1 and cfg.http_url == "http://127.0.0.1:7001"
+    assert cfg.raft_peers() == {1: ("127.0.0.1", 7101), 2: ("127.0.0.1", 7102)}
+    assert cfg.fsync is False and cfg.limits.max_batch == 1000
+
+
+def test_toml_file_and_flag_override(tmp_path):
+    path = tmp_path / "node.toml"
+    path.write_text(
+        'id = 2\nhttp = "127.0.0.1:7002"\nraft = "127.0.0.1:7102"\n'
+        f'peers = "{PEERS}"\ndata-dir = "/tmp/n2"\ncluster_id = "prod"\n'
+        "[limits]\nmax_batch = 10\n"
+    )
+    cfg = load_config(["--config", str(path), "--cluster-id", "override"])
+    assert cfg.node_id == 2 and cfg.cluster_id == "override" and cfg.limits.max_batch == 10
+
+
+@pytest.mark.parametrize(
+    ("peers", "needle"),
+    [
+        ("x=http://a:1@b:2", "ID"),
+        ("1=ftp://a:1@b:2", "http"),
+        ("1=http://a:1@b", "HOST:PORT"),
+        ("1=http://a:1@b:2,1=http://a:1@b:3", "twice"),
+    ],
+)
+def test_bad_peers_are_named(peers, needle):
+    with pytest.raises(ConfigError, match=needle):
+        parse_peers(peers)
+
+
+def test_conflicting_self_address_is_refused():
+    with pytest.raises(ConfigError, match="different"):
+        load_config(
+            [
+                "--id",
+                "1",
+                "--http",
+                "127.0.0.1:7001",
+                "--raft",
+                "127.0.0.1:9999",
+                "--peers",
+                PEERS,
+                "--data-dir",
+                "/tmp/x",
+            ]
+        )
+
+
+def test_missing_setting_exits_2_with_a_message():
+    proc = subprocess.run(
+        [sys.executable, "-m", "node", "--id", "1", "--http", "127.0.0.1:7001"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2 and "missing required setting" in proc.stderr

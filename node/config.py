@@ -58,6 +58,7 @@ class NodeConfig:
     propose_timeout_s: float = 10.0
     shutdown_grace_s: float = 5.0
     secret: str | None = None
+    max_map_bytes: int = 1 << 40  # LMDB map ceiling: a small one simulates a full disk
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -141,6 +142,7 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         "propose_timeout_s": float,
         "shutdown_grace_s": float,
         "secret": str,
+        "max_map_bytes": int,
     }
     overrides = {k: conv(values[k]) for k, conv in simple.items() if values.get(k) is not None}
     cfg = replace(cfg, **overrides)
@@ -166,6 +168,9 @@ def argument_parser() -> argparse.ArgumentParser:
     p.add_argument("--tick-ms", dest="tick_ms", type=int)
     p.add_argument("--election-ticks", dest="election_ticks", type=int)
     p.add_argument("--secret", help="shared secret for the peer handshake HMAC")
+    p.add_argument(
+        "--max-map-bytes", dest="max_map_bytes", type=int, help="LMDB size ceiling (default 1 TiB)"
+    )
     return p
 
 

@@ -36,7 +36,12 @@ class BrokerNode:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         os.makedirs(config.data_dir, exist_ok=True)
-        self.env = LmdbEnv(os.path.join(config.data_dir, "lmdb"), sync=config.fsync)
+        self.env = LmdbEnv(
+            os.path.join(config.data_dir, "lmdb"),
+            sync=config.fsync,
+            map_size=min(64 << 20, config.max_map_bytes),
+            max_map_size=config.max_map_bytes,
+        )
         self.storage = LmdbStorage(self.env)
         self.sm = QueueStateMachine(self.env)
         self.metrics = Metrics()

@@ -201,15 +201,43 @@ def _bytes(value: Any, name: str) -> bytes:
     return value
 
 
+_ENTRY_KINDS = {int(k): k for k in EntryKind}
+_MESSAGE_TYPES = {int(t): t for t in MessageType}
+
+
 def decode_entry(raw: Any) -> Entry:
     if type(raw) is not list or len(raw) != 4:
         raise InvalidMessage("entry must be a 4-element array")
     index, term, kind, data = raw
-    try:
-        k = EntryKind(_uint(kind, "entry.kind"))
-    except ValueError as exc:
-        raise InvalidMessage(f"unknown entry kind {kind!r}") from exc
+    k = _ENTRY_KINDS.get(kind) if type(kind) is int else None
+    if k is None:
+        raise InvalidMessage(f"unknown entry kind {kind!r:.40}")
     return Entry(_uint(index, "entry.index"), _uint(term, "entry.term"), k, _bytes(data, "entry.data"))
+
+
+def _decode_entries(raw: list[Any], prev_index: int) -> tuple[Entry, ...]:
+    """Decode entries that must follow `prev_index` consecutively (hot path: inlined checks)."""
+    out = []
+    expected = prev_index + 1
+    kinds = _ENTRY_KINDS
+    for item in raw:
+        if type(item) is not list or len(item) != 4:
+            raise InvalidMessage("entry must be a 4-element array")
+        index, term, kind, data = item
+        if index != expected or type(index) is not int:
+            raise InvalidMessage("entries must have consecutive indexes following message index")
+        if type(term) is not int or not 0 <= term <= MAX_U63:
+            raise InvalidMessage(f"entry.term must be an integer in [0, 2^63): got {term!r:.80}")
+        k = kinds.get(kind) if type(kind) is int else None
+        if k is None:
+            raise InvalidMessage(f"unknown entry kind {kind!r:.40}")
+        if type(data) is not bytes:
+            raise InvalidMessage(f"entry.data must be bytes: got {type(data).__name__}")
+        out.append(Entry(index, term, k, data))
+        expected += 1
+    if expected - 1 > MAX_U63:
+        raise InvalidMessage("entry index out of range")
+    return tuple(out)
 
 
 def decode_message(data: bytes) -> Message:
@@ -220,23 +248,19 @@ def decode_message(data: bytes) -> Message:
         raise InvalidMessage(f"undecodable msgpack: {exc}") from exc
     if type(raw) is not list or len(raw) != 13:
         raise InvalidMessage("message must be a 13-element array")
-    (ver, mtype, to, frm, term, log_term, index, entries, commit, reject, hint, hint_term, ctx) = raw
+    (ver, mtype, to, frm, term, log_term, index, entries, commit, reject, hint, hint_term, ctx) = (
+        raw
+    )
     if ver != WIRE_VERSION or type(ver) is not int:
         raise InvalidMessage(f"unsupported wire version {ver!r:.40}")
-    try:
-        t = MessageType(_uint(mtype, "type"))
-    except ValueError as exc:
-        raise InvalidMessage(f"unknown message type {mtype!r}") from exc
+    t = _MESSAGE_TYPES.get(mtype) if type(mtype) is int else None
+    if t is None:
+        raise InvalidMessage(f"unknown message type {mtype!r:.40}")
     if type(entries) is not list:
         raise InvalidMessage("entries must be an array")
     if type(reject) is not bool:
         raise InvalidMessage("reject must be a bool")
-    decoded = tuple(decode_entry(e) for e in entries)
-    for prev, nxt in zip(decoded, decoded[1:], strict=False):
-        if nxt.index != prev.index + 1:
-            raise InvalidMessage("entries must have consecutive indexes")
-    if decoded and decoded[0].index != _uint(index, "index") + 1:
-        raise InvalidMessage("first entry index must follow message index")
+    decoded = _decode_entries(entries, _uint(index, "index")) if entries else ()
     return Message(
         type=t,
         to=_uint(to, "to"),

@@ -68,6 +68,7 @@ STATUS_BY_CODE = {
     "producer_fenced": 409,
     "unauthorized": 401,
     "forbidden": 403,
+    "internal": 500,
 }
 
 

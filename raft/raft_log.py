@@ -1,0 +1,219 @@
+"""The core's view of its log: durable entries in LogStorage plus unstable ones in memory.
+
+Entries the core appends (proposals, or entries received from a leader) first live in
+the `unstable` tail; the driver persists them from a Ready and `stable_to` then moves the
+boundary. The boundary matters for safety: the leader only counts itself toward a
+quorum, and any node only hands entries out for applying, once they are durable here.
+
+Pointers: `committed` (known committed, may exceed the persisted tail on a follower),
+`applying` (handed out in a Ready), `applied` (confirmed by advance()).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from raft.errors import Compacted, RaftError, Unavailable
+from raft.messages import Entry
+from raft.storage import LogStorage
+
+NO_LIMIT = 1 << 62
+
+
+class LogConflict(RaftError):
+    """A peer asked to overwrite an entry this node knows is committed (a safety violation)."""
+
+
+class RaftLog:
+    def __init__(self, storage: LogStorage, committed: int, applied: int) -> None:
+        self.storage = storage
+        last = storage.last_index()
+        self.unstable: list[Entry] = []
+        self.unstable_offset = last + 1  # index of unstable[0]
+        # Highest index already handed to the driver for persisting (via a Ready).
+        self.in_progress = last
+        if applied > last:
+            raise ValueError(f"applied index {applied} is beyond the last log index {last}")
+        self.committed = max(committed, applied, storage.first_index() - 1)
+        if self.committed > last:
+            raise ValueError(f"commit index {self.committed} is beyond the last log index {last}")
+        self.applied = max(applied, storage.first_index() - 1)
+        self.applying = self.applied
+
+    # ------------------------------------------------------------ reading
+
+    def first_index(self) -> int:
+        return self.storage.first_index()
+
+    def last_index(self) -> int:
+        if self.unstable:
+            return self.unstable[-1].index
+        return self.unstable_offset - 1
+
+    def persisted_last_index(self) -> int:
+        """Last index of this log that is known durable (the storage prefix we still use)."""
+        return self.unstable_offset - 1
+
+    def term(self, index: int) -> int:
+        """Term at `index`; raises Compacted / Unavailable outside the log."""
+        if index >= self.unstable_offset:
+            pos = index - self.unstable_offset
+            if pos < len(self.unstable):
+                return self.unstable[pos].term
+            raise Unavailable(f"index {index} is beyond the last index {self.last_index()}")
+        if index < self.storage.first_index() - 1:
+            raise Compacted(f"index {index} is compacted")
+        return self.storage.term(index)
+
+    def term_or_zero(self, index: int) -> int:
+        try:
+            return self.term(index)
+        except (Compacted, Unavailable):
+            return 0
+
+    def last_term(self) -> int:
+        return self.term_or_zero(self.last_index())
+
+    def match_term(self, index: int, term: int) -> bool:
+        try:
+            return self.term(index) == term
+        except (Compacted, Unavailable):
+            return False
+
+    def is_up_to_date(self, last_index: int, last_term: int) -> bool:
+        """Raft §5.4.1: a candidate's log at least as up to date as ours gets our vote."""
+        mine = self.last_term()
+        return last_term > mine or (last_term == mine and last_index >= self.last_index())
+
+    def entries(self, lo: int, max_bytes: int = NO_LIMIT) -> list[Entry]:
+        """Entries from `lo` to the end: at least one if any, then stop before max_bytes."""
+        hi = self.last_index() + 1
+        if lo >= hi:
+            return []
+        if lo < self.first_index():
+            raise Compacted(f"index {lo} is compacted")
+        out: list[Entry] = []
+        if lo < self.unstable_offset:
+            out = self.storage.entries(lo, min(hi, self.unstable_offset), max_bytes)
+            if out and out[-1].index < min(hi, self.unstable_offset) - 1:
+                return out  # the byte limit cut the durable part short
+        size = sum(e.size() for e in out)
+        start = max(lo, self.unstable_offset) - self.unstable_offset
+        for e in self.unstable[start:]:
+            if out and size + e.size() > max_bytes:
+                break
+            out.append(e)
+            size += e.size()
+        return out
+
+    def find_conflict(self, entries: Sequence[Entry]) -> int:
+        """Index of the first entry that is new or differs from ours; 0 if all match."""
+        for e in entries:
+            if not self.match_term(e.index, e.term):
+                return e.index
+        return 0
+
+    def find_conflict_by_term(self, index: int, term: int) -> tuple[int, int]:
+        """Largest index <= `index` whose term is <= `term`, and that term.
+
+        Used on both sides of fast backtracking: every entry above the returned index
+        has a term greater than `term`, so cannot match an entry of the other log
+        whose term is `term` or lower.
+        """
+        index = min(index, self.last_index())
+        while index > 0:
+            try:
+                our_term = self.term(index)
+            except Compacted:
+                return index, 0
+            if our_term <= term:
+                return index, our_term
+            index -= 1
+        return 0, 0
+
+    # ------------------------------------------------------------ writing
+
+    def append(self, entries: Sequence[Entry]) -> int:
+        """Append (overwriting a conflicting suffix) to the unstable tail; new last index."""
+        if not entries:
+            return self.last_index()
+        after = entries[0].index - 1
+        if after < self.committed:
+            raise LogConflict(f"append after {after} would overwrite committed {self.committed}")
+        if after > self.last_index():
+            raise ValueError(f"append after {after} leaves a gap after {self.last_index()}")
+        first = entries[0].index
+        if first == self.unstable_offset + len(self.unstable):
+            self.unstable.extend(entries)
+        elif first <= self.unstable_offset:
+            self.unstable = list(entries)
+            self.unstable_offset = first
+        else:
+            self.unstable = self.unstable[: first - self.unstable_offset] + list(entries)
+        self.in_progress = min(self.in_progress, first - 1)
+        return self.last_index()
+
+    def maybe_append(
+        self, index: int, log_term: int, committed: int, entries: Sequence[Entry]
+    ) -> int | None:
+        """Follower side of AppendEntries; new last index, or None if (index, log_term) mismatch."""
+        if not self.match_term(index, log_term):
+            return None
+        last_new = index + len(entries)
+        conflict = self.find_conflict(entries)
+        if conflict:
+            if conflict <= self.committed:
+                raise LogConflict(f"entry {conflict} conflicts with committed {self.committed}")
+            self.append(entries[conflict - index - 1 :])
+        self.commit_to(min(committed, last_new))
+        return last_new
+
+    def commit_to(self, index: int) -> None:
+        if index > self.committed:
+            if index > self.last_index():
+                raise ValueError(f"commit {index} beyond last index {self.last_index()}")
+            self.committed = index
+
+    def maybe_commit(self, index: int, term: int) -> bool:
+        """Advance commit to `index` only if that entry is of `term` (Raft §5.4.2)."""
+        if index > self.committed and self.term_or_zero(index) == term:
+            self.commit_to(index)
+            return True
+        return False
+
+    # ------------------------------------------------------------ Ready plumbing
+
+    def has_entries_to_persist(self) -> bool:
+        return self.last_index() > self.in_progress
+
+    def take_entries_to_persist(self) -> tuple[Entry, ...]:
+        start = max(self.in_progress + 1, self.unstable_offset) - self.unstable_offset
+        out = tuple(self.unstable[start:])
+        self.in_progress = self.last_index()
+        return out
+
+    def stable_to(self, index: int, term: int) -> None:
+        """The driver persisted entries through (index, term): move them out of unstable."""
+        if index < self.unstable_offset or not self.match_term(index, term):
+            return  # already stable, or overwritten since the Ready was handed out
+        self.unstable = self.unstable[index + 1 - self.unstable_offset :]
+        self.unstable_offset = index + 1
+        self.in_progress = max(self.in_progress, index)
+
+    def _committed_durable(self) -> int:
+        return min(self.committed, self.persisted_last_index())
+
+    def has_committed_to_apply(self) -> bool:
+        return self._committed_durable() > self.applying
+
+    def take_committed_to_apply(self) -> tuple[Entry, ...]:
+        hi = self._committed_durable()
+        if hi <= self.applying:
+            return ()
+        out = tuple(self.storage.entries(self.applying + 1, hi + 1))
+        self.applying = hi
+        return out
+
+    def applied_to(self, index: int) -> None:
+        if index > self.applied:
+            self.applied = index

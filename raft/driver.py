@@ -1,0 +1,920 @@
+"""The asyncio Raft driver: one task owns the pure core and does its I/O.
+
+Why one task: the core is a plain object with no locks; serialising every call through a
+single task (STYLE.md point 2) makes its state transitions race-free and gives natural
+batching: while an fsync runs, proposals and peer messages pile up in the inbox, and the
+next turn feeds them all to the core, so they share one append and one fsync.
+
+One turn of the driver task:
+  1. drain the inbox (peer messages, proposals, reads, ticks, transfers, and the storage
+     thread's completions) into the core;
+  2. take one Ready; send `messages` at once (the leader replicates while it fsyncs);
+  3. hand the Ready to the storage thread and go on (at most `max_inflight_readies` wait).
+The storage thread (one per node, so LMDB sees one writer and no transaction ever spans an
+`await`) takes every Ready queued since its last turn and
+  4. persists their hard state + entries in ONE transaction (group commit; a Ready that
+     overwrites an earlier queued one's entries starts a new transaction), then posts
+     "persisted": the task sends `messages_after_persist` (votes and append replies assert
+     durable state) and advances the core's stable index;
+  5. applies their committed entries in ONE state machine transaction and posts
+     "applied": the task resolves proposal futures and reads, calls `on_applied`, and
+     advances the core's applied index.
+Committed entries are handed out only once durable, so 4 and 5 may run in either order; a
+leader applies first (answers leave one fsync sooner), a follower persists first (its
+acks, which the leader's commit waits for, leave sooner).
+
+Pipelining (the task steps new input while earlier Readies are still on their way to the
+disk) is the etcd "async storage writes" shape: a reply leaves only after its own Ready is
+durable, possibly after the node has moved on, and it still speaks for the term it was
+made in (a peer in a newer term ignores it).
+
+Safety: a proposal future resolves only after its entry was applied here, which the core
+allows only once a majority has it durably and it is durable here too. Futures are keyed by
+(index, term): the entry applied at that index decides the outcome, same term -> the state
+machine's result, different term -> ProposalDropped. As log terms never decrease along the
+log, applying an entry of term T also proves every pending proposal of a term below T can
+never commit; those fail at once with ProposalDropped. A failed persist stops the driver
+(NodeStopped for every waiter): the process must exit and restart from its files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import queue
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import structlog
+
+from raft.core import Config, RaftCore
+from raft.errors import NotLeader, ProposalDropped, RaftError, StorageError
+from raft.failpoints import failpoint
+from raft.lmdb_env import LmdbEnv
+from raft.messages import Entry, HardState, Message, MessageType, Ready, Role, SoftState
+from raft.state_machine import StateMachine
+from raft.storage import DurableStorage
+from raft.transport import Transport
+
+log = structlog.get_logger("raft.driver")
+
+Address = tuple[str, int]
+
+# Messages that may leave before the local fsync: leader-originated replication traffic.
+# Everything else (votes, every response) asserts durable state and waits for the persist.
+_SEND_BEFORE_PERSIST = frozenset(
+    {MessageType.APP, MessageType.HEARTBEAT, MessageType.TIMEOUT_NOW, MessageType.SNAP}
+)
+
+# Inbox item kinds (first element of each tuple).
+_MSG = 0
+_PROPOSE = 1
+_READ = 2
+_TICK = 3
+_TRANSFER = 4
+_PERSISTED = 5
+_APPLIED = 6
+_STORAGE_FAILED = 7
+
+
+class NodeStopped(RaftError):
+    """The node stopped (or failed) before this request's outcome was known."""
+
+
+class Overloaded(RaftError):
+    """Too many proposals are waiting for commit; retry later (nothing was proposed)."""
+
+    def __init__(self, waiting: int, limit: int) -> None:
+        self.waiting = waiting
+        self.limit = limit
+        super().__init__(f"{waiting} proposals already waiting (limit {limit}); retry later")
+
+
+class RaftNode:
+    """A Raft member: the core, its LMDB log, its TCP transport and a state machine."""
+
+    def __init__(
+        self,
+        node_id: int,
+        peers: dict[int, Address],
+        storage: DurableStorage,
+        state_machine: StateMachine,
+        *,
+        cluster_id: str,
+        env: LmdbEnv | None = None,
+        tick_ms: int = 50,
+        election_ticks: int = 10,
+        heartbeat_ticks: int = 1,
+        rng_seed: int | None = None,
+        listen: Address | None = None,
+        on_applied: Callable[[Sequence[Entry], list[Any]], None] | None = None,
+        on_role_change: Callable[[Role, int, int], None] | None = None,
+        advertise: dict[int, str] | None = None,
+        slow_fsync_ms: float = 100.0,
+        max_inflight_readies: int = 4,
+        leader_applies_first: bool = True,
+        max_pending_proposals: int = 100_000,
+        pre_vote: bool = True,
+        check_quorum: bool = True,
+        core_options: dict[str, Any] | None = None,
+        transport_options: dict[str, Any] | None = None,
+    ) -> None:
+        if node_id not in peers:
+            raise ValueError(f"peers must include this node ({node_id}): got {sorted(peers)}")
+        self.node_id = node_id
+        self.peers = dict(peers)
+        self.cluster_id = cluster_id
+        self._storage = storage
+        self._sm = state_machine
+        self._env = env
+        self.tick_s = tick_ms / 1000.0
+        self.election_ticks = election_ticks
+        self._on_applied = on_applied
+        self._on_role_change = on_role_change
+        self._advertise = advertise or {
+            pid: f"{host}:{port}" for pid, (host, port) in self.peers.items()
+        }
+        self.slow_fsync_ms = slow_fsync_ms
+        self._log = log.bind(node_id=node_id)
+        self._listen = listen if listen is not None else self.peers[node_id]
+        self._transport_options = transport_options or {}
+        self._rng = random.Random(rng_seed)
+        self._cfg_options = dict(
+            id=node_id,
+            peers=tuple(sorted(self.peers)),
+            election_ticks=election_ticks,
+            heartbeat_ticks=heartbeat_ticks,
+            pre_vote=pre_vote,
+            check_quorum=check_quorum,
+            **(core_options or {}),
+        )
+        Config(**self._cfg_options).validate()  # fail at construction, not at start()
+        self._core: RaftCore | None = None
+        self._transport: Transport | None = None
+        self._worker: _StorageWorker | None = None
+        self.max_inflight_readies = max_inflight_readies
+        self.leader_applies_first = leader_applies_first
+        self.max_pending_proposals = max_pending_proposals
+        self._queued_proposals = 0  # in the inbox, not yet handed to the core
+        self._inflight_persists = 0
+        self._apply_issued = 0
+
+        self._inbox: deque[tuple[Any, ...]] = deque()
+        self._wake: asyncio.Event | None = None
+        self._run_task: asyncio.Task[None] | None = None
+        self._tick_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._started = False
+        self._failure: BaseException | None = None
+
+        self._applied = 0
+        self._applied_term = 0
+        self._role = Role.FOLLOWER
+        self._leader_id = 0
+        self._term = 0
+        # index -> (term, future); resolved when that index is applied.
+        self._pending: dict[int, tuple[int, asyncio.Future[Any]]] = {}
+        self._read_ctx = itertools.count(1)
+        self._reads_by_ctx: dict[bytes, list[asyncio.Future[int]]] = {}
+        self._reads_waiting_apply: list[tuple[int, asyncio.Future[int]]] = []
+        self._leader_waiters: list[asyncio.Future[None]] = []
+        self._transfer_target = 0
+        self._votes_granted: dict[int, set[int]] = {}
+        self.stats: dict[str, int] = {
+            "readies": 0,
+            "persists": 0,
+            "applied_batches": 0,
+            "proposals": 0,
+            "slow_fsyncs": 0,
+        }
+        self._last_persist_ms = 0.0
+        self._max_persist_ms = 0.0
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Restore the core from storage, bind the transport and start ticking."""
+        if self._started:
+            return
+        self._started = True
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._applied = self._sm.applied_index()
+        self._apply_issued = self._applied
+        cfg = Config(applied=self._applied, **self._cfg_options)
+        self._core = RaftCore(cfg, self._storage, self._rng)
+        st = self._core.status()
+        self._term = st.term
+        if self._applied:
+            with contextlib.suppress(RaftError):
+                self._applied_term = self._storage.term(self._applied)
+        self._transport = Transport(
+            self.node_id,
+            self.cluster_id,
+            self._listen,
+            {pid: addr for pid, addr in self.peers.items() if pid != self.node_id},
+            self._on_transport_message,
+            **self._transport_options,
+        )
+        await self._transport.start()
+        self._log.info(
+            "raft.node_started",
+            term=st.term,
+            commit=st.commit,
+            applied=self._applied,
+            last_index=self._storage.last_index(),
+            listen=f"{self._transport.listen_addr[0]}:{self._transport.listen_addr[1]}",
+        )
+        self._worker = _StorageWorker(self, loop)
+        self._run_task = loop.create_task(self._run(), name=f"raft-driver-{self.node_id}")
+        self._tick_task = loop.create_task(self._ticker(), name=f"raft-ticker-{self.node_id}")
+
+    async def stop(
+        self, *, transfer: bool = False, transfer_timeout_s: float | None = None
+    ) -> None:
+        """Stop the node; with transfer=True a leader first hands leadership to a peer."""
+        if not self._started or self._stopping:
+            return
+        if transfer and self.is_leader and self._failure is None:
+            target = self._best_transfer_target()
+            if target:
+                timeout_s = transfer_timeout_s or self.tick_s * self.election_ticks * 2
+                try:
+                    await self.transfer_leader(target, timeout_s=timeout_s)
+                except RaftError as exc:
+                    self._log.warning("raft.transfer_on_stop_failed", to=target, error=str(exc))
+        self._stopping = True
+        for task in (self._tick_task, self._run_task):
+            if task is not None:
+                task.cancel()
+        for task in (self._tick_task, self._run_task):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self._transport is not None:
+            await self._transport.stop()
+        self._fail_all(NodeStopped("node stopped before the outcome was known"))
+        if self._worker is not None:
+            # Wait for an in-flight persist/apply: its transaction must finish or abort cleanly.
+            self._worker.close()
+            await asyncio.get_running_loop().run_in_executor(None, self._worker.join, 30.0)
+        self._log.info("raft.node_stopped", term=self._term, applied=self._applied)
+
+    async def wait_closed(self) -> BaseException | None:
+        """Wait until the driver task ends (stop() or a fatal storage error); the failure."""
+        if self._run_task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.shield(self._run_task)
+        return self._failure
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The fatal error that stopped the driver, if any (the node must then exit)."""
+        return self._failure
+
+    @property
+    def listen_addr(self) -> Address:
+        assert self._transport is not None
+        return self._transport.listen_addr
+
+    # ------------------------------------------------------------ public requests
+
+    @property
+    def leader_id(self) -> int:
+        return self._leader_id
+
+    @property
+    def is_leader(self) -> bool:
+        return self._role == Role.LEADER
+
+    @property
+    def role(self) -> Role:
+        return self._role
+
+    @property
+    def term(self) -> int:
+        return self._term
+
+    @property
+    def applied_index(self) -> int:
+        return self._applied
+
+    def not_leader(self) -> NotLeader:
+        lid = self._leader_id or None
+        return NotLeader(lid, self._advertise.get(lid) if lid else None)
+
+    def propose_nowait(self, data: bytes) -> asyncio.Future[Any]:
+        """Queue a proposal; the future gets the state machine's result once applied here.
+
+        The lean entry point for servers that answer from a done-callback (no task per
+        request). Raises NotLeader at once on a node that is not the leader.
+        """
+        if type(data) is not bytes:
+            raise TypeError(f"proposal data must be bytes, got {type(data).__name__}")
+        self._check_running()
+        if self._role != Role.LEADER:
+            raise self.not_leader()
+        waiting = len(self._pending) + self._queued_proposals
+        if waiting >= self.max_pending_proposals:
+            raise Overloaded(waiting, self.max_pending_proposals)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queued_proposals += 1
+        self._push((_PROPOSE, data, fut))
+        return fut
+
+    async def propose(self, data: bytes, timeout_s: float | None = None) -> Any:
+        """Replicate `data`; return the state machine's result once committed and applied.
+
+        Raises NotLeader (with the leader hint) on a follower, ProposalDropped if the entry
+        can no longer commit, TimeoutError after `timeout_s` (outcome unknown then).
+        """
+        fut = self.propose_nowait(data)
+        if timeout_s is None:
+            return await fut
+        async with asyncio.timeout(timeout_s):
+            return await fut
+
+    async def read_index(self, timeout_s: float | None = None) -> int:
+        """Linearizable read barrier: returns a read index once applied_index reaches it."""
+        self._check_running()
+        if self._role != Role.LEADER:
+            raise self.not_leader()
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._push((_READ, fut))
+        if timeout_s is None:
+            return await fut
+        async with asyncio.timeout(timeout_s):
+            return await fut
+
+    async def transfer_leader(self, to: int, timeout_s: float | None = None) -> None:
+        """Ask the leader to hand leadership to `to`; returns once `to` leads."""
+        self._check_running()
+        if to not in self.peers:
+            raise ValueError(f"unknown transfer target {to}")
+        if self._leader_id == to:
+            return
+        if self._role != Role.LEADER:
+            raise self.not_leader()
+        timeout_s = timeout_s or self.tick_s * self.election_ticks * 2
+        self._push((_TRANSFER, to))
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self._leader_id != to:
+                    await self._wait_leader_change()
+        except TimeoutError as exc:
+            self._transfer_target = 0  # the core aborts it after an election timeout too
+            raise RaftError(
+                f"leadership transfer to {to} did not complete within {timeout_s:.2f} s "
+                f"(leader_id={self._leader_id})"
+            ) from exc
+
+    async def wait_for_leader(self, timeout_s: float = 10.0) -> int:
+        """Wait until some leader is known; return its id."""
+        async with asyncio.timeout(timeout_s):
+            while not self._leader_id:
+                await self._wait_leader_change()
+        return self._leader_id
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-friendly snapshot of this node's Raft state."""
+        out: dict[str, Any] = {
+            "id": self.node_id,
+            "role": self._role.label,
+            "term": self._term,
+            "leader_id": self._leader_id,
+            "applied": self._applied,
+            "persisted_index": self._storage.last_index() if self._started else 0,
+            "pending_proposals": len(self._pending),
+            "last_persist_ms": round(self._last_persist_ms, 3),
+            "max_persist_ms": round(self._max_persist_ms, 3),
+            "driver": dict(self.stats),
+            "failed": repr(self._failure) if self._failure else None,
+        }
+        if self._core is not None:
+            st = self._core.status()
+            out["commit"] = st.commit
+            out["last_index"] = st.last_index
+            out["progress"] = {
+                str(pid): {"match": p[0], "next": p[1], "state": str(p[2])}
+                for pid, p in (st.progress or {}).items()
+            }
+        if self._transport is not None:
+            out["transport"] = {
+                str(pid): {
+                    "connected": s.connected,
+                    "queued": s.queued,
+                    "sent": s.sent,
+                    "dropped": s.dropped,
+                    "reconnects": s.reconnects,
+                }
+                for pid, s in self._transport.stats().items()
+            }
+            out["transport_received"] = self._transport.received
+        return out
+
+    # ------------------------------------------------------------ internals: inbox
+
+    def _check_running(self) -> None:
+        if self._failure is not None:
+            raise NodeStopped(f"node failed: {self._failure!r}")
+        if not self._started or self._stopping:
+            raise NodeStopped("node is not running")
+
+    def _push(self, item: tuple[Any, ...]) -> None:
+        self._inbox.append(item)
+        wake = self._wake
+        if wake is not None and not wake.is_set():
+            wake.set()
+
+    def _on_transport_message(self, msg: Message) -> None:
+        self._push((_MSG, msg))
+
+    async def _ticker(self) -> None:
+        tick = (_TICK,)
+        while True:
+            await asyncio.sleep(self.tick_s)
+            self._push(tick)
+
+    async def _wait_leader_change(self) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._leader_waiters.append(fut)
+        try:
+            await fut
+        finally:
+            with contextlib.suppress(ValueError):
+                self._leader_waiters.remove(fut)
+
+    # ------------------------------------------------------------ internals: the loop
+
+    async def _run(self) -> None:
+        core = self._core
+        assert core is not None and self._wake is not None
+        wake = self._wake
+        max_inflight = self.max_inflight_readies
+        try:
+            while True:
+                if not self._inbox and not (
+                    self._inflight_persists < max_inflight and core.has_ready()
+                ):
+                    wake.clear()
+                    await wake.wait()
+                self._drain_inbox(core)
+                if self._inflight_persists < max_inflight and core.has_ready():
+                    self._issue_ready(core.ready())
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._failure = exc
+            self._log.critical("raft.driver_failed", error=repr(exc), exc_info=True)
+            self._fail_all(NodeStopped(f"raft driver failed: {exc!r}"))
+            raise
+
+    def _drain_inbox(self, core: RaftCore) -> None:
+        inbox = self._inbox
+        reads: list[asyncio.Future[int]] = []
+        pending = self._pending
+        n_props = 0
+        while inbox:
+            item = inbox.popleft()
+            kind = item[0]
+            if kind == _MSG:
+                msg = item[1]
+                if msg.type is MessageType.VOTE_RESP and not msg.reject:
+                    seen = self._votes_granted.get(msg.term, set())
+                    self._votes_granted = {msg.term: seen | {msg.frm}}  # this term only
+                try:
+                    core.step(msg)
+                except (RaftError, ValueError) as exc:
+                    self._log.warning(
+                        "raft.message_rejected",
+                        frm=msg.frm,
+                        type=msg.type.name,
+                        term=msg.term,
+                        error=str(exc),
+                    )
+            elif kind == _PROPOSE:
+                self._queued_proposals -= 1
+                fut = item[2]
+                if fut.done():
+                    continue
+                try:
+                    index, term = core.propose(item[1])
+                except (RaftError, ValueError, TypeError) as exc:
+                    fut.set_exception(exc if not isinstance(exc, NotLeader) else self.not_leader())
+                    continue
+                stale = pending.get(index)
+                if stale is not None and not stale[1].done():  # our log slot was overwritten
+                    stale[1].set_exception(
+                        ProposalDropped(f"entry {index} of term {stale[0]} was overwritten")
+                    )
+                pending[index] = (term, fut)
+                n_props += 1
+            elif kind == _PERSISTED:
+                self._on_persisted(core, item[1])
+            elif kind == _APPLIED:
+                self._on_applied_batch(core, item[1], item[2], item[3])
+            elif kind == _TICK:
+                core.tick()
+            elif kind == _READ:
+                if not item[1].done():
+                    reads.append(item[1])
+            elif kind == _TRANSFER:
+                self._transfer_target = item[1]
+                try:
+                    core.transfer_leader(item[1])
+                except (RaftError, ValueError) as exc:
+                    self._log.warning("raft.transfer_refused", to=item[1], error=str(exc))
+            elif kind == _STORAGE_FAILED:
+                raise StorageError(f"storage thread failed: {item[1]!r}") from item[1]
+        if n_props:
+            self.stats["proposals"] += n_props
+        if reads:
+            # All reads that arrived together share one ReadIndex round.
+            ctx = next(self._read_ctx).to_bytes(8, "big")
+            try:
+                core.read_index(ctx)
+            except RaftError as exc:
+                err = self.not_leader() if isinstance(exc, NotLeader) else exc
+                for fut in reads:
+                    if not fut.done():
+                        fut.set_exception(err)
+            else:
+                self._reads_by_ctx[ctx] = reads
+
+    def _issue_ready(self, rd: Ready) -> None:
+        """Send what may leave now and queue the persist + apply on the storage thread."""
+        self.stats["readies"] += 1
+        transport = self._transport
+        worker = self._worker
+        assert transport is not None and worker is not None
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state, rd)
+        elif rd.hard_state is not None and rd.hard_state.term != self._term:
+            self._term = rd.hard_state.term
+
+        deferred: list[Message] = []
+        for m in rd.messages:
+            if m.type in _SEND_BEFORE_PERSIST:
+                self._send(transport, m)
+            else:
+                deferred.append(m)  # never let a response out before its state is durable
+        if deferred:
+            self._log.error(
+                "raft.core_order_violation",
+                detail="response/vote in Ready.messages; sent after persist instead",
+                types=sorted({m.type.name for m in deferred}),
+            )
+        applying = [e for e in rd.committed_entries if e.index > self._apply_issued]
+        if applying:
+            self._apply_issued = applying[-1].index
+        if rd.read_states:
+            self._on_read_states(rd.read_states)
+        self._inflight_persists += 1
+        worker.submit(_Job(rd, applying, deferred))
+
+    def _on_persisted(self, core: RaftCore, jobs: list[_Job]) -> None:
+        """The jobs' hard state and entries are durable: release replies, advance the log."""
+        transport = self._transport
+        assert transport is not None
+        self._inflight_persists -= len(jobs)
+        for job in jobs:
+            for m in job.deferred:
+                self._send(transport, m)
+            for m in job.rd.messages_after_persist:
+                self._send(transport, m)
+            if job.rd.entries or job.rd.hard_state is not None:
+                # Stability now; the committed part is advanced once it is applied.
+                core.advance(replace(job.rd, committed_entries=()))
+
+    def _on_applied_batch(
+        self, core: RaftCore, jobs: list[_Job], applied: list[Entry], results: list[Any]
+    ) -> None:
+        if applied:
+            self._after_apply(applied, results)
+        for job in jobs:
+            if job.rd.committed_entries:
+                core.advance(Ready(committed_entries=job.rd.committed_entries))
+
+    def _send(self, transport: Transport, m: Message) -> None:
+        if m.to == self.node_id:
+            self._push((_MSG, m))
+        else:
+            transport.send(m)
+
+    # ------------------------------------------------------------ storage thread
+
+    def _persist(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
+        started = time.perf_counter()
+        self._storage.save(hard_state, entries)
+        took_ms = (time.perf_counter() - started) * 1000.0
+        self._last_persist_ms = took_ms
+        if took_ms > self._max_persist_ms:
+            self._max_persist_ms = took_ms
+        self.stats["persists"] += 1
+        if took_ms > self.slow_fsync_ms:
+            self.stats["slow_fsyncs"] += 1
+            self._log.warning("raft.slow_fsync", took_ms=round(took_ms, 1), entries=len(entries))
+
+    # ------------------------------------------------------------ after apply
+
+    def _after_apply(self, entries: list[Entry], results: list[Any]) -> None:
+        self.stats["applied_batches"] += 1
+        last = entries[-1]
+        self._applied = last.index
+        pending = self._pending
+        if pending:
+            for e, result in zip(entries, results, strict=True):
+                p = pending.pop(e.index, None)
+                if p is None:
+                    continue
+                term, fut = p
+                if fut.done():
+                    continue
+                if term == e.term:
+                    fut.set_result(result)
+                else:
+                    fut.set_exception(
+                        ProposalDropped(
+                            f"entry {e.index} proposed in term {term} was replaced by term {e.term}"
+                        )
+                    )
+        if last.term > self._applied_term:
+            self._applied_term = last.term
+            self._drop_stale_proposals(last.term)
+        if self._reads_waiting_apply:
+            still: list[tuple[int, asyncio.Future[int]]] = []
+            for index, fut in self._reads_waiting_apply:
+                if index <= self._applied:
+                    if not fut.done():
+                        fut.set_result(index)
+                else:
+                    still.append((index, fut))
+            self._reads_waiting_apply = still
+        if self._on_applied is not None:
+            try:
+                self._on_applied(entries, results)
+            except Exception as exc:
+                self._log.error("raft.on_applied_failed", error=repr(exc), exc_info=True)
+
+    def _drop_stale_proposals(self, applied_term: int) -> None:
+        """Fail proposals of older terms: a log's terms never decrease, so they cannot commit."""
+        stale = [i for i, (t, _f) in self._pending.items() if t < applied_term]
+        for i in stale:
+            term, fut = self._pending.pop(i)
+            if not fut.done():
+                fut.set_exception(
+                    ProposalDropped(
+                        f"entry {i} of term {term} cannot commit: term {applied_term} is applied"
+                    )
+                )
+
+    def _on_read_states(self, read_states: Sequence[Any]) -> None:
+        for rs in read_states:
+            futs = self._reads_by_ctx.pop(rs.context, None)
+            if not futs:
+                continue
+            for fut in futs:
+                if fut.done():
+                    continue
+                if rs.index <= self._applied:
+                    fut.set_result(rs.index)
+                else:
+                    self._reads_waiting_apply.append((rs.index, fut))
+
+    # ------------------------------------------------------------ role changes
+
+    def _on_soft_state(self, ss: SoftState, rd: Ready) -> None:
+        old_role, old_term = self._role, self._term
+        new_term = rd.hard_state.term if rd.hard_state is not None else self._core_term()
+        self._term = new_term
+        leader_changed = ss.leader_id != self._leader_id
+        self._leader_id = ss.leader_id
+        self._role = ss.role
+        if ss.role != old_role:
+            self._log.info(
+                "raft.role_change",
+                old=old_role.label,
+                new=ss.role.label,
+                term=new_term,
+                leader_id=ss.leader_id,
+            )
+            if ss.role == Role.LEADER:
+                self._log.info("raft.elected", term=new_term, votes=self._votes_for_log(new_term))
+            elif old_role == Role.LEADER:
+                if self._transfer_target:
+                    reason = "leadership_transferred"
+                elif new_term > old_term:
+                    reason = "higher_term"
+                else:
+                    reason = "lost_quorum"
+                self._log.warning("raft.stepped_down", term=new_term, reason=reason)
+                self._on_lost_leadership()
+            if self._on_role_change is not None:
+                try:
+                    self._on_role_change(ss.role, new_term, ss.leader_id)
+                except Exception as exc:
+                    self._log.error("raft.on_role_change_failed", error=repr(exc))
+        if ss.role != Role.LEADER:
+            self._transfer_target = 0
+        if leader_changed or ss.role != old_role:
+            waiters, self._leader_waiters = self._leader_waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _core_term(self) -> int:
+        assert self._core is not None
+        return self._core.status().term
+
+    def _votes_for_log(self, term: int) -> int:
+        """Granted votes seen for `term`, our own included (the core forgets them on winning)."""
+        granted = self._votes_granted.get(term, set()) | {self.node_id}
+        self._votes_granted = {}
+        return len(granted)
+
+    def _on_lost_leadership(self) -> None:
+        """Reads cannot be confirmed by a non-leader; proposals wait for the log to decide."""
+        err = self.not_leader()
+        for futs in self._reads_by_ctx.values():
+            for fut in futs:
+                if not fut.done():
+                    fut.set_exception(err)
+        self._reads_by_ctx.clear()
+
+    def _best_transfer_target(self) -> int:
+        assert self._core is not None
+        st = self._core.status()
+        best, best_match = 0, -1
+        for pid, p in (st.progress or {}).items():
+            if pid != self.node_id and p[0] > best_match:
+                best, best_match = pid, p[0]
+        return best
+
+    def _fail_all(self, err: RaftError) -> None:
+        for _term, fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(err)
+        self._pending.clear()
+        for futs in self._reads_by_ctx.values():
+            for fut in futs:
+                if not fut.done():
+                    fut.set_exception(err)
+        self._reads_by_ctx.clear()
+        for _index, fut in self._reads_waiting_apply:
+            if not fut.done():
+                fut.set_exception(err)
+        self._reads_waiting_apply.clear()
+        while self._inbox:
+            item = self._inbox.popleft()
+            if item[0] == _PROPOSE:
+                self._queued_proposals -= 1
+                if not item[2].done():
+                    item[2].set_exception(err)
+            elif item[0] == _READ and not item[1].done():
+                item[1].set_exception(err)
+
+
+class _Job:
+    """One Ready on its way through the storage thread."""
+
+    __slots__ = ("applying", "deferred", "rd")
+
+    def __init__(self, rd: Ready, applying: list[Entry], deferred: list[Message]) -> None:
+        self.rd = rd
+        self.applying = applying
+        self.deferred = deferred
+
+
+def merge_entries(merged: list[Entry], entries: Sequence[Entry]) -> list[Entry]:
+    """Append `entries` to `merged` the way storage would: a lower first index overwrites."""
+    if not entries:
+        return merged
+    if not merged:
+        return list(entries)
+    first = entries[0].index
+    if first == merged[-1].index + 1:
+        merged.extend(entries)
+        return merged
+    if first <= merged[0].index:
+        return list(entries)
+    if first > merged[-1].index + 1:
+        raise StorageError(f"entries from {first} leave a gap after {merged[-1].index}")
+    del merged[first - merged[0].index :]
+    merged.extend(entries)
+    return merged
+
+
+def split_at_overwrites(jobs: list[_Job]) -> list[list[_Job]]:
+    """Cut a group commit where a Ready's entries overwrite an earlier Ready's in the group.
+
+    Each earlier Ready's append replies must be true when they leave: its entries must
+    reach the disk, so they cannot be merged away by a later overwrite in the same save.
+    """
+    segments: list[list[_Job]] = [[]]
+    last = 0
+    for job in jobs:
+        entries = job.rd.entries
+        if entries and last and entries[0].index <= last:
+            segments.append([])
+            last = 0
+        segments[-1].append(job)
+        if entries:
+            last = entries[-1].index
+    return segments
+
+
+class _StorageWorker:
+    """The single storage thread: group-commits queued Readies, then applies.
+
+    Every Ready queued while the previous fsync ran is persisted in ONE save (hard state =
+    the latest, entries appended in order), so concurrent batches share an fsync, except
+    that a Ready overwriting an earlier one's entries starts a new save (that earlier
+    Ready's replies must describe what is on disk). The committed entries of all of them
+    are applied in ONE state machine transaction. Results go back to the driver task
+    through the event loop, in order.
+    """
+
+    def __init__(self, node: RaftNode, loop: asyncio.AbstractEventLoop) -> None:
+        self._node = node
+        self._loop = loop
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.apply_first = node.leader_applies_first
+        self._thread = threading.Thread(
+            target=self._main, name=f"raft-storage-{node.node_id}", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, job: _Job) -> None:
+        self._queue.put(job)
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
+
+    def _post(self, item: tuple[Any, ...]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the node is stopping
+            self._loop.call_soon_threadsafe(self._node._push, item)
+
+    def _take_jobs(self) -> tuple[list[_Job], bool]:
+        """Block for the first job, then take all queued ones; (jobs, stop requested)."""
+        q = self._queue
+        first = q.get()
+        if first is None:
+            return [], True
+        jobs = [first]
+        while True:
+            try:
+                nxt = q.get_nowait()
+            except queue.Empty:
+                return jobs, False
+            if nxt is None:
+                return jobs, True
+            jobs.append(nxt)
+
+    def _main(self) -> None:
+        node = self._node
+        while True:
+            jobs, stop = self._take_jobs()
+            if stop:
+                return  # queued Readies are dropped unpersisted: none of them was acked
+            try:
+                applying = [e for job in jobs for e in job.applying]
+                # Committed entries are durable already (the core hands out only persisted
+                # ones), so the order of the two transactions is free: a leader applies
+                # first (answers leave one fsync sooner), a follower persists first (its
+                # append replies, which the leader's commit waits for, leave sooner).
+                apply_first = self.apply_first and node._role == Role.LEADER
+                if apply_first:
+                    self._apply(jobs, applying)
+                for segment in split_at_overwrites(jobs):
+                    hard_state = None
+                    entries: list[Entry] = []
+                    for job in segment:
+                        if job.rd.hard_state is not None:
+                            hard_state = job.rd.hard_state
+                        entries = merge_entries(entries, job.rd.entries)
+                    if hard_state is not None or entries:
+                        failpoint("raft.before_persist")
+                        node._persist(hard_state, entries)
+                        failpoint("raft.after_persist_before_ack")
+                    self._post((_PERSISTED, segment))
+                if not apply_first:
+                    self._apply(jobs, applying)
+            except BaseException as exc:
+                node._log.critical("raft.storage_failed", error=repr(exc), exc_info=True)
+                self._post((_STORAGE_FAILED, exc))
+                return
+
+    def _apply(self, jobs: list[_Job], applying: list[Entry]) -> None:
+        results = self._node._sm.apply(applying) if applying else []
+        if applying:
+            failpoint("raft.after_apply_before_answer")
+        self._post((_APPLIED, jobs, applying, results))

@@ -17,8 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(config.node_id, config.log_format, config.log_level)
     from node.server import main_with  # after logging is configured
 
-    main_with(config)
-    return 0
+    return main_with(config)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ import structlog
 from node.commands import encode_command
 from node.config import NodeConfig
 from node.http import STATUS_BY_CODE, ApiError
-from raft.driver import NodeStopped
+from raft.driver import NodeStopped, Overloaded
 from raft.errors import NotLeader, ProposalDropped
+from raft.failpoints import failpoint
 
 log = structlog.get_logger("node.broker")
 
@@ -104,6 +105,14 @@ class Broker:
             raise ApiError(
                 503, "shutting_down", "this node is stopping; the write's outcome is unknown"
             ) from None
+        except Overloaded as exc:
+            raise ApiError(
+                503,
+                "overloaded",
+                f"{exc.waiting} writes are waiting to commit; nothing was proposed: retry later",
+                {"Retry-After": "1"},
+            ) from None
+        failpoint("after_apply_before_response")
         if isinstance(result, dict) and "error" in result:
             err = dict(result["error"])
             code = err.pop("code", "bad_request")

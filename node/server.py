@@ -13,7 +13,6 @@ import asyncio
 import os
 import signal
 import zlib
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -117,18 +116,31 @@ class BrokerNode:
         log.info("node.stopped")
 
 
-async def run_node(config: NodeConfig) -> None:
+async def run_node(config: NodeConfig) -> int:
+    """Serve until SIGTERM/SIGINT (exit 0) or until the Raft driver fails (exit 1).
+
+    A node whose storage failed must not keep answering: it could no longer persist, so
+    it exits and lets its supervisor (or the operator) restart it after repair.
+    """
     node = BrokerNode(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await node.start()
+    stopped = loop.create_task(stop.wait())
+    driver_done = loop.create_task(node.raft.wait_closed())
     try:
-        await stop.wait()
+        await asyncio.wait({stopped, driver_done}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        failure = node.raft.failure
+        if failure is not None:
+            log.critical("node.raft_failed", error=repr(failure))
+        stopped.cancel()
         await node.stop()
+        driver_done.cancel()
+    return 1 if failure is not None else 0
 
 
-def main_with(config: NodeConfig) -> Any:
+def main_with(config: NodeConfig) -> int:
     return asyncio.run(run_node(config))

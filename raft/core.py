@@ -374,7 +374,7 @@ class RaftCore:
         self.lead = lead
         self.role = Role.FOLLOWER
         if was_leader:
-            log.info("raft.stepped_down", node_id=self.id, term=term, leader_id=lead)
+            log.debug("raft.core.became_follower", node_id=self.id, term=term, leader_id=lead)
 
     def _become_pre_candidate(self) -> None:
         # Pre-vote does not touch term or vote: a partitioned node cannot inflate terms.
@@ -402,7 +402,7 @@ class RaftCore:
         own.match_index = self.log.persisted_last_index()
         own.become_replicate()
         own.recent_active = True
-        log.info("raft.elected", node_id=self.id, term=self.term)
+        log.debug("raft.core.became_leader", node_id=self.id, term=self.term)
         # A NOOP of our own term lets us commit (and so serve reads) promptly (§5.4.2, §8).
         self._append_entries([Entry(next_index, self.term, EntryKind.NOOP)])
 

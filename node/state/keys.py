@@ -1,0 +1,78 @@
+"""Byte layouts of every key in the node.* sub-databases.
+
+Why big-endian fixed-width integers: LMDB orders keys bytewise, so a key that starts with
+a big-endian deadline or (queue id, priority, seq) makes "the earliest deadline" or "the
+next message to deliver" the first key of a cursor range - no scans, no sorting.
+"""
+
+from __future__ import annotations
+
+import struct
+
+_U64 = struct.Struct(">Q")
+_U16 = struct.Struct(">H")
+
+MAX_PRIORITY = 9
+
+
+def u64(n: int) -> bytes:
+    return _U64.pack(n)
+
+
+def read_u64(b: bytes, offset: int = 0) -> int:
+    return _U64.unpack_from(b, offset)[0]
+
+
+def message_key(qid: int, seq: int) -> bytes:
+    """node.messages: (queue id, seq) -> message metadata."""
+    return _U64.pack(qid) + _U64.pack(seq)
+
+
+def ready_key(qid: int, priority: int, seq: int) -> bytes:
+    """node.ready: (queue id, priority descending, seq) -> b''. Delivery order is key order."""
+    return _U64.pack(qid) + bytes((MAX_PRIORITY - priority,)) + _U64.pack(seq)
+
+
+def split_ready_key(key: bytes) -> tuple[int, int]:
+    """(qid, seq) of a ready key."""
+    return read_u64(key, 0), read_u64(key, 9)
+
+
+def timer_key(at_ms: int, qid: int, seq: int) -> bytes:
+    """node.leases / node.delayed / node.retention: (deadline, queue id, seq) -> b''."""
+    return _U64.pack(at_ms) + _U64.pack(qid) + _U64.pack(seq)
+
+
+def split_timer_key(key: bytes) -> tuple[int, int, int]:
+    return read_u64(key, 0), read_u64(key, 8), read_u64(key, 16)
+
+
+def group_key(qid: int, group_id: str, seq: int) -> bytes:
+    """node.fifo_groups: (queue id, group, seq) -> b''; the first seq is the group's head."""
+    g = group_id.encode()
+    return _U64.pack(qid) + _U16.pack(len(g)) + g + _U64.pack(seq)
+
+
+def group_prefix(qid: int, group_id: str) -> bytes:
+    g = group_id.encode()
+    return _U64.pack(qid) + _U16.pack(len(g)) + g
+
+
+def dedup_key(qid: int, dedup_id: str) -> bytes:
+    """node.dedup: (queue id, dedup id) -> {id, seq, expire_ms}."""
+    return _U64.pack(qid) + dedup_id.encode()
+
+
+def dedup_expiry_key(expire_ms: int, qid: int, dedup_id: str) -> bytes:
+    """node.dedup_expiry: (expiry, queue id, dedup id) -> b''."""
+    return _U64.pack(expire_ms) + _U64.pack(qid) + dedup_id.encode()
+
+
+def split_dedup_expiry_key(key: bytes) -> tuple[int, bytes]:
+    """(expiry, dedup key) of a dedup expiry key."""
+    return read_u64(key, 0), key[8:]
+
+
+def expiry_key(expire_ms: int, ident: bytes) -> bytes:
+    """Generic expiry index entry: (expiry, ident) -> b''."""
+    return _U64.pack(expire_ms) + ident

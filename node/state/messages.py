@@ -1,0 +1,212 @@
+"""Message storage and its indexes: the only code that moves a message between states.
+
+A message lives at node.messages[(queue id, seq)] (metadata) and node.bodies[seq] (the
+body, never rewritten when a message changes state or queue). Exactly one state index
+holds it at a time:
+  READY     -> node.ready[(qid, 9 - priority, seq)] (FIFO: only the head of its group)
+  IN_FLIGHT -> node.leases[(deadline, qid, seq)]
+  DELAYED   -> node.delayed[(release time, qid, seq)]
+and node.retention[(expire, qid, seq)] drops it when its retention ends. FIFO queues
+also keep node.fifo_groups[(qid, group, seq)]: the smallest seq of a group is its head,
+and only a READY head is deliverable, which keeps each group in send order and blocks a
+group while its head is in flight or delayed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from node.state import counters, keys
+from node.state.tables import Ctx
+
+READY = 0
+IN_FLIGHT = 1
+DELAYED = 2
+
+STATE_COUNTER = {READY: "depth", IN_FLIGHT: "in_flight", DELAYED: "delayed"}
+
+
+def message_id(seq: int) -> str:
+    return format(seq, "016x")
+
+
+def receipt_of(meta: dict[str, Any]) -> str:
+    """Names one delivery: a later delivery of the same message gets a new lease number."""
+    return f"{meta['id']}.{meta['lease']}"
+
+
+def parse_receipt(receipt: Any) -> tuple[int, int] | None:
+    """(seq, lease number) of a well-formed receipt, else None."""
+    if not isinstance(receipt, str) or len(receipt) > 40:
+        return None
+    ident, dot, lease = receipt.partition(".")
+    if not dot or len(ident) != 16 or not lease.isdigit() or not lease.isascii():
+        return None
+    try:
+        seq = int(ident, 16)
+    except ValueError:
+        return None
+    if ident != format(seq, "016x"):
+        return None
+    return seq, int(lease)
+
+
+def new_meta(
+    *,
+    seq: int,
+    ident: str,
+    enqueued_at: int,
+    expire_ms: int,
+    priority: int,
+    group_id: str | None,
+    attributes: dict[str, str],
+    dedup_id: str | None,
+    source_queue: str | None = None,
+    receive_count: int = 0,
+    lease: int = 0,
+) -> dict[str, Any]:
+    # Key order is fixed here: the stored bytes (and state_hash) depend on it.
+    return {
+        "id": ident,
+        "seq": seq,
+        "state": READY,
+        "rc": receive_count,
+        "lease": lease,
+        "deadline": 0,
+        "expire": expire_ms,
+        "enq": enqueued_at,
+        "prio": priority,
+        "group": group_id,
+        "attrs": attributes,
+        "dedup": dedup_id,
+        "src": source_queue,
+    }
+
+
+def get(ctx: Ctx, qid: int, seq: int) -> dict[str, Any] | None:
+    return ctx.get(ctx.t.messages, keys.message_key(qid, seq))
+
+
+def save(ctx: Ctx, qid: int, meta: dict[str, Any]) -> None:
+    ctx.put(ctx.t.messages, keys.message_key(qid, meta["seq"]), meta)
+
+
+def body(ctx: Ctx, seq: int) -> bytes:
+    raw = ctx.txn.get(keys.u64(seq), db=ctx.t.bodies)
+    return b"" if raw is None else bytes(raw)
+
+
+def _ready_priority(queue: dict[str, Any], meta: dict[str, Any]) -> int:
+    # FIFO queues deliver strictly by seq across groups: priority does not reorder them.
+    return 0 if queue["fifo"] else meta["prio"]
+
+
+def _is_group_head(ctx: Ctx, qid: int, meta: dict[str, Any]) -> bool:
+    first = ctx.first_key(ctx.t.fifo_groups, keys.group_prefix(qid, meta["group"]))
+    return first == keys.group_key(qid, meta["group"], meta["seq"])
+
+
+def _index_add(ctx: Ctx, queue: dict[str, Any], meta: dict[str, Any]) -> None:
+    qid, seq, state = queue["id"], meta["seq"], meta["state"]
+    if state == READY:
+        if not queue["fifo"] or _is_group_head(ctx, qid, meta):
+            key = keys.ready_key(qid, _ready_priority(queue, meta), seq)
+            ctx.txn.put(key, b"", db=ctx.t.ready)
+    elif state == IN_FLIGHT:
+        ctx.txn.put(keys.timer_key(meta["deadline"], qid, seq), b"", db=ctx.t.leases)
+    else:
+        ctx.txn.put(keys.timer_key(meta["deadline"], qid, seq), b"", db=ctx.t.delayed)
+    counters.bump(ctx, qid, STATE_COUNTER[state], 1)
+
+
+def _index_remove(ctx: Ctx, queue: dict[str, Any], meta: dict[str, Any]) -> None:
+    qid, seq, state = queue["id"], meta["seq"], meta["state"]
+    if state == READY:
+        key = keys.ready_key(qid, _ready_priority(queue, meta), seq)
+        ctx.txn.delete(key, db=ctx.t.ready)
+    elif state == IN_FLIGHT:
+        ctx.txn.delete(keys.timer_key(meta["deadline"], qid, seq), db=ctx.t.leases)
+    else:
+        ctx.txn.delete(keys.timer_key(meta["deadline"], qid, seq), db=ctx.t.delayed)
+    counters.bump(ctx, qid, STATE_COUNTER[state], -1)
+
+
+def insert(
+    ctx: Ctx, queue: dict[str, Any], meta: dict[str, Any], body_bytes: bytes | None, delay_ms: int
+) -> None:
+    """Store a new message in `queue` (READY, or DELAYED when delay_ms > 0).
+
+    `body_bytes` None means the body is already stored (a move between queues)."""
+    qid, seq = queue["id"], meta["seq"]
+    if body_bytes is not None:
+        ctx.txn.put(keys.u64(seq), body_bytes, db=ctx.t.bodies)
+    if queue["fifo"]:
+        ctx.txn.put(keys.group_key(qid, meta["group"], seq), b"", db=ctx.t.fifo_groups)
+    ctx.txn.put(keys.timer_key(meta["expire"], qid, seq), b"", db=ctx.t.retention)
+    if delay_ms > 0:
+        meta["state"], meta["deadline"] = DELAYED, ctx.now_ms + delay_ms
+    else:
+        meta["state"], meta["deadline"] = READY, 0
+    save(ctx, qid, meta)
+    _index_add(ctx, queue, meta)
+
+
+def remove(ctx: Ctx, queue: dict[str, Any], meta: dict[str, Any], *, keep_body: bool) -> None:
+    """Delete a message and every index entry; promote its FIFO group's next head."""
+    qid, seq = queue["id"], meta["seq"]
+    _index_remove(ctx, queue, meta)
+    ctx.txn.delete(keys.timer_key(meta["expire"], qid, seq), db=ctx.t.retention)
+    ctx.txn.delete(keys.message_key(qid, seq), db=ctx.t.messages)
+    if not keep_body:
+        ctx.txn.delete(keys.u64(seq), db=ctx.t.bodies)
+    if queue["fifo"]:
+        ctx.txn.delete(keys.group_key(qid, meta["group"], seq), db=ctx.t.fifo_groups)
+        _promote_head(ctx, queue, meta["group"])
+
+
+def _promote_head(ctx: Ctx, queue: dict[str, Any], group_id: str) -> None:
+    qid = queue["id"]
+    first = ctx.first_key(ctx.t.fifo_groups, keys.group_prefix(qid, group_id))
+    if first is None:
+        return
+    head = get(ctx, qid, keys.read_u64(first, len(first) - 8))
+    if head is not None and head["state"] == READY:
+        ctx.txn.put(keys.ready_key(qid, 0, head["seq"]), b"", db=ctx.t.ready)
+
+
+def transition(
+    ctx: Ctx, queue: dict[str, Any], meta: dict[str, Any], state: int, deadline_ms: int = 0
+) -> None:
+    """Move a stored message to `state` (READY / IN_FLIGHT / DELAYED) and save it."""
+    _index_remove(ctx, queue, meta)
+    meta["state"], meta["deadline"] = state, (0 if state == READY else deadline_ms)
+    save(ctx, queue["id"], meta)
+    _index_add(ctx, queue, meta)
+
+
+def drop_all(ctx: Ctx, queue: dict[str, Any]) -> int:
+    """Delete every message of a queue (purge / delete); returns how many."""
+    qid = queue["id"]
+    prefix = keys.u64(qid)
+    n = 0
+    cur = ctx.txn.cursor(db=ctx.t.messages)
+    cur.set_range(prefix)
+    while True:
+        key = cur.key()
+        if not key or not key.startswith(prefix):
+            break
+        meta = ctx.get(ctx.t.messages, key)
+        seq = meta["seq"]
+        ctx.txn.delete(keys.u64(seq), db=ctx.t.bodies)
+        ctx.txn.delete(keys.timer_key(meta["expire"], qid, seq), db=ctx.t.retention)
+        if meta["state"] == READY:
+            ctx.txn.delete(keys.ready_key(qid, _ready_priority(queue, meta), seq), db=ctx.t.ready)
+        elif meta["state"] == IN_FLIGHT:
+            ctx.txn.delete(keys.timer_key(meta["deadline"], qid, seq), db=ctx.t.leases)
+        else:
+            ctx.txn.delete(keys.timer_key(meta["deadline"], qid, seq), db=ctx.t.delayed)
+        if queue["fifo"]:
+            ctx.txn.delete(keys.group_key(qid, meta["group"], seq), db=ctx.t.fifo_groups)
+        n += 1
+        cur.delete()  # moves to the next record
+    return n

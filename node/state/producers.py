@@ -1,0 +1,102 @@
+"""Idempotent producer sessions: (producer id, epoch, seq) per queue.
+
+Why: a client that retries a send after a timeout or a leader change must not enqueue
+twice, even without per-message dedup ids. The session of (producer, queue) remembers
+the last seq and its result: a repeat of that seq answers the same result marked
+duplicate; a gap or a reorder is refused (out_of_order_sequence); a zombie producer with
+an older epoch than the latest producer_init is fenced (producer_fenced).
+
+Layout in node.producers:
+  b"P" + producer id           -> {"epoch"}                    (latest epoch)
+  b"S" + qid(8) + producer id  -> {"epoch", "seq", "result"}   (per-queue session)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from node.errors import BadRequest, OutOfOrderSequence, ProducerFenced
+from node.state import fields, keys, sending
+from node.state.tables import META_NEXT_PRODUCER, Ctx
+
+MAX_EPOCH = (1 << 31) - 1
+MAX_SEQ = (1 << 63) - 1
+
+
+def _producer_key(producer_id: str) -> bytes:
+    return b"P" + producer_id.encode()
+
+
+def _session_key(qid: int, producer_id: str) -> bytes:
+    return b"S" + keys.u64(qid) + producer_id.encode()
+
+
+def producer_init(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
+    """A new producer id at epoch 0, or the next epoch of an existing one (fencing the old)."""
+    producer_id = fields.optional_id(cmd.get("producer_id"), "producer_id")
+    if producer_id is None:
+        producer_id = format(ctx.next_counter(META_NEXT_PRODUCER), "016x")
+        producer_id = f"p{producer_id}"
+    record = ctx.get(ctx.t.producers, _producer_key(producer_id))
+    epoch = 0 if record is None else record["epoch"] + 1
+    if epoch > MAX_EPOCH:
+        raise BadRequest("producer epoch exhausted; use a new producer id", field="producer_id")
+    ctx.put(ctx.t.producers, _producer_key(producer_id), {"epoch": epoch})
+    return {"producer_id": producer_id, "epoch": epoch}
+
+
+def check_producer(value: Any) -> tuple[str, int, int]:
+    if not isinstance(value, dict):
+        raise BadRequest("producer must be a map {id, epoch, seq}", field="producer")
+    producer_id = fields.optional_id(value.get("id"), "producer.id")
+    if producer_id is None:
+        raise BadRequest("producer.id is required", field="producer.id")
+    epoch = fields.int_field(value.get("epoch"), "producer.epoch", 0, MAX_EPOCH)
+    seq = fields.int_field(value.get("seq"), "producer.seq", 0, MAX_SEQ)
+    return producer_id, epoch, seq
+
+
+def send_with_session(
+    ctx: Ctx, queue: dict[str, Any], batch: list[dict[str, Any]], producer: Any
+) -> dict[str, Any]:
+    producer_id, epoch, seq = check_producer(producer)
+    record = ctx.get(ctx.t.producers, _producer_key(producer_id))
+    latest_epoch = -1 if record is None else record["epoch"]
+    skey = _session_key(queue["id"], producer_id)
+    session = ctx.get(ctx.t.producers, skey)
+    if session is not None:
+        latest_epoch = max(latest_epoch, session["epoch"])
+    if epoch < latest_epoch:
+        raise ProducerFenced(
+            f"producer {producer_id!r} epoch {epoch} is fenced by epoch {latest_epoch}",
+            producer_id=producer_id,
+            epoch=latest_epoch,
+        )
+    if session is not None and session["epoch"] == epoch:
+        if seq == session["seq"]:
+            original = session["result"]["messages"]
+            return {"messages": [{**m, "duplicate": True} for m in original]}
+        if seq != session["seq"] + 1:
+            raise OutOfOrderSequence(
+                f"producer {producer_id!r} sent seq {seq}; expected {session['seq'] + 1}",
+                expected_seq=session["seq"] + 1,
+                last_seq=session["seq"],
+            )
+    # A new session (or a new epoch) starts at whatever seq the producer sends first.
+    if record is None or record["epoch"] < epoch:
+        ctx.put(ctx.t.producers, _producer_key(producer_id), {"epoch": epoch})
+    result = {"messages": sending.enqueue(ctx, queue, batch)}
+    ctx.put(ctx.t.producers, skey, {"epoch": epoch, "seq": seq, "result": result})
+    return result
+
+
+def drop_sessions(ctx: Ctx, qid: int) -> None:
+    """Forget every producer session of a deleted queue."""
+    prefix = b"S" + keys.u64(qid)
+    cur = ctx.txn.cursor(db=ctx.t.producers)
+    cur.set_range(prefix)
+    while True:
+        key = cur.key()
+        if not key or not key.startswith(prefix):
+            break
+        cur.delete()

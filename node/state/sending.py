@@ -1,0 +1,93 @@
+"""The send op: validate a batch, deduplicate, enqueue (ready or delayed)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from node.errors import BadRequest, TooLarge
+from node.state import counters, dedup, fields, messages
+from node.state.tables import META_NEXT_SEQ, Ctx
+
+MESSAGE_FIELDS = frozenset({"body", "attributes", "delay_s", "dedup_id", "group_id", "priority"})
+
+
+def check_message(msg: Any, i: int, queue: dict[str, Any]) -> dict[str, Any]:
+    """Validate one message of a batch; the result is normalised (defaults filled)."""
+    where = f"messages[{i}]"
+    if not isinstance(msg, dict):
+        raise BadRequest(f"{where} must be a map", field=where)
+    for key in msg:
+        if key not in MESSAGE_FIELDS:
+            raise BadRequest(f"{where} has unknown field {str(key)[:40]!r}", field=f"{where}.{key}")
+    body = msg.get("body")
+    if not isinstance(body, bytes):
+        raise BadRequest(f"{where}.body must be bytes", field=f"{where}.body")
+    if len(body) > queue["max_message_bytes"]:
+        raise TooLarge(
+            f"{where}.body is {len(body)} bytes; queue {queue['name']!r} allows "
+            f"{queue['max_message_bytes']}",
+            index=i,
+        )
+    delay = msg.get("delay_s")
+    delay_ms = (
+        0
+        if delay is None
+        else fields.seconds_to_ms(delay, f"{where}.delay_s", 0, fields.MAX_DELAY_S)
+    )
+    priority = msg.get("priority")
+    priority = 0 if priority is None else fields.int_field(priority, f"{where}.priority", 0, 9)
+    group_id = fields.optional_id(msg.get("group_id"), f"{where}.group_id")
+    if queue["fifo"] and group_id is None:
+        raise BadRequest(f"{where}.group_id is required on a FIFO queue", field=f"{where}.group_id")
+    dedup_id = fields.optional_id(msg.get("dedup_id"), f"{where}.dedup_id")
+    if dedup_id is None and queue["content_based_dedup"]:
+        dedup_id = hashlib.sha256(body).hexdigest()
+    return {
+        "body": body,
+        "attributes": fields.attributes(msg.get("attributes"), f"{where}.attributes"),
+        # A per-message delay wins when given (> 0); otherwise the queue's delay applies.
+        "delay_ms": delay_ms if delay_ms > 0 else queue["delay_s"] * 1000,
+        "dedup_id": dedup_id,
+        "group_id": group_id,
+        "priority": priority,
+    }
+
+
+def check_batch(value: Any, queue: dict[str, Any]) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not value:
+        raise BadRequest("messages must be a non-empty list", field="messages")
+    if len(value) > fields.MAX_BATCH:
+        raise TooLarge(f"batch of {len(value)} messages exceeds {fields.MAX_BATCH}")
+    return [check_message(m, i, queue) for i, m in enumerate(value)]
+
+
+def enqueue(ctx: Ctx, queue: dict[str, Any], batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Enqueue validated messages; a live dedup id answers the original id instead."""
+    qid = queue["id"]
+    window_ms = queue["dedup_window_s"] * 1000
+    results = []
+    for msg in batch:
+        dedup_id = msg["dedup_id"]
+        if dedup_id is not None and window_ms > 0:
+            seen = dedup.lookup(ctx, qid, dedup_id)
+            if seen is not None:
+                results.append({"id": seen["id"], "seq": seen["seq"], "duplicate": True})
+                continue
+        seq = ctx.next_counter(META_NEXT_SEQ)
+        meta = messages.new_meta(
+            seq=seq,
+            ident=messages.message_id(seq),
+            enqueued_at=ctx.now_ms,
+            expire_ms=ctx.now_ms + queue["retention_s"] * 1000,
+            priority=msg["priority"],
+            group_id=msg["group_id"],
+            attributes=msg["attributes"],
+            dedup_id=dedup_id,
+        )
+        messages.insert(ctx, queue, meta, msg["body"], msg["delay_ms"])
+        counters.bump(ctx, qid, "sent_total")
+        if dedup_id is not None and window_ms > 0:
+            dedup.remember(ctx, qid, dedup_id, meta["id"], seq, window_ms)
+        results.append({"id": meta["id"], "seq": seq, "duplicate": False})
+    return results

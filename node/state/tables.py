@@ -1,0 +1,115 @@
+"""The node.* sub-database handles and the per-command context.
+
+Why one object: every handle must be opened before any write transaction starts (opening
+a sub-db runs its own write transaction, which would deadlock inside another), and every
+model function needs the same three things - the transaction, the handles and the
+command's effective time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import lmdb
+import msgpack
+
+from raft.lmdb_env import LmdbEnv
+
+# Every sub-db the queue state machine owns, in the order state_hash visits them.
+TABLE_NAMES: tuple[str, ...] = (
+    "node.meta",
+    "node.queues",
+    "node.queue_ids",
+    "node.counters",
+    "node.messages",
+    "node.bodies",
+    "node.ready",
+    "node.leases",
+    "node.delayed",
+    "node.retention",
+    "node.fifo_groups",
+    "node.dedup",
+    "node.dedup_expiry",
+    "node.producers",
+    "node.txns",
+    "node.txn_expiry",
+)
+
+META_APPLIED_INDEX = b"applied_index"
+META_LAST_TS = b"last_ts_ms"
+META_NEXT_QUEUE_ID = b"next_queue_id"
+META_NEXT_SEQ = b"next_seq"
+META_NEXT_PRODUCER = b"next_producer_id"
+
+
+class Tables:
+    """Open handles of every node.* sub-db in one LmdbEnv."""
+
+    def __init__(self, env: LmdbEnv) -> None:
+        self.env = env
+        self.handles: dict[str, Any] = {name: env.db(name) for name in TABLE_NAMES}
+        h = self.handles
+        self.meta = h["node.meta"]
+        self.queues = h["node.queues"]
+        self.queue_ids = h["node.queue_ids"]
+        self.counters = h["node.counters"]
+        self.messages = h["node.messages"]
+        self.bodies = h["node.bodies"]
+        self.ready = h["node.ready"]
+        self.leases = h["node.leases"]
+        self.delayed = h["node.delayed"]
+        self.retention = h["node.retention"]
+        self.fifo_groups = h["node.fifo_groups"]
+        self.dedup = h["node.dedup"]
+        self.dedup_expiry = h["node.dedup_expiry"]
+        self.producers = h["node.producers"]
+        self.txns = h["node.txns"]
+        self.txn_expiry = h["node.txn_expiry"]
+
+
+def pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False)
+
+
+@dataclass(slots=True)
+class Ctx:
+    """One command's view: its transaction, the tables and its effective time."""
+
+    txn: lmdb.Transaction
+    t: Tables
+    now_ms: int
+    pending_counters: dict[int, dict[str, int]] = field(default_factory=dict)
+    released: dict[str, int] = field(default_factory=dict)
+
+    def get(self, db: Any, key: bytes) -> Any:
+        raw = self.txn.get(key, db=db)
+        return None if raw is None else unpack(raw)
+
+    def put(self, db: Any, key: bytes, value: Any) -> None:
+        self.txn.put(key, pack(value), db=db)
+
+    def get_int(self, key: bytes, default: int = 0) -> int:
+        raw = self.txn.get(key, db=self.t.meta)
+        return default if raw is None else int.from_bytes(raw, "big")
+
+    def put_int(self, key: bytes, value: int) -> None:
+        self.txn.put(key, value.to_bytes(8, "big"), db=self.t.meta)
+
+    def next_counter(self, key: bytes) -> int:
+        """Allocate the next value of a global counter (starts at 1)."""
+        n = self.get_int(key) + 1
+        self.put_int(key, n)
+        return n
+
+    def first_key(self, db: Any, prefix: bytes = b"") -> bytes | None:
+        """The smallest key starting with `prefix`, or None."""
+        cur = self.txn.cursor(db=db)
+        if not cur.set_range(prefix):
+            return None
+        key = cur.key()
+        return key if key.startswith(prefix) else None

@@ -1,0 +1,77 @@
+"""Release of due work before each command: retention, leases, delays, dedup windows.
+
+Every deadline lives in a sub-db keyed by (deadline, queue id, seq), so "what is due"
+is a prefix of a cursor walk, never a scan of all messages. Each category releases at
+most RELEASE_LIMIT entries per command so one command stays bounded; the rest is
+released by the next command or tick (next_deadline_ms says when that is), and every
+receipt check compares the deadline itself, so a late release is never observable as
+an accepted stale ack.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from node.state import counters, dedup, keys, messages, transactions
+from node.state.tables import Ctx
+
+RELEASE_LIMIT = 10_000
+
+
+def _due(ctx: Ctx, db: Any) -> tuple[int, int] | None:
+    """(qid, seq) of the earliest entry of a timer index if it is due."""
+    cur = ctx.txn.cursor(db=db)
+    if not cur.first():
+        return None
+    at, qid, seq = keys.split_timer_key(cur.key())
+    return (qid, seq) if at <= ctx.now_ms else None
+
+
+def _queue_of(ctx: Ctx, cache: dict[int, dict[str, Any]], qid: int) -> dict[str, Any]:
+    queue = cache.get(qid)
+    if queue is None:
+        name = ctx.txn.get(keys.u64(qid), db=ctx.t.queue_ids)
+        queue = ctx.get(ctx.t.queues, bytes(name))
+        cache[qid] = queue
+    return queue
+
+
+def release_due(ctx: Ctx, limit: int = RELEASE_LIMIT) -> dict[str, int]:
+    cache: dict[int, dict[str, Any]] = {}
+    expired = leases = delayed = 0
+    while expired < limit and (due := _due(ctx, ctx.t.retention)) is not None:
+        queue = _queue_of(ctx, cache, due[0])
+        meta = messages.get(ctx, due[0], due[1])
+        messages.remove(ctx, queue, meta, keep_body=False)
+        counters.bump(ctx, queue["id"], "expired_total")
+        expired += 1
+    while leases < limit and (due := _due(ctx, ctx.t.leases)) is not None:
+        queue = _queue_of(ctx, cache, due[0])
+        meta = messages.get(ctx, due[0], due[1])
+        messages.transition(ctx, queue, meta, messages.READY)
+        leases += 1
+    while delayed < limit and (due := _due(ctx, ctx.t.delayed)) is not None:
+        queue = _queue_of(ctx, cache, due[0])
+        meta = messages.get(ctx, due[0], due[1])
+        messages.transition(ctx, queue, meta, messages.READY)
+        delayed += 1
+    dedup_expired = dedup.expire_due(ctx, limit)
+    txns_expired = transactions.expire_due(ctx, limit)
+    return {
+        "expired": expired,
+        "leases_expired": leases,
+        "delays_ended": delayed,
+        "dedup_expired": dedup_expired,
+        "txns_expired": txns_expired,
+    }
+
+
+def next_deadline_ms(ctx: Ctx) -> int | None:
+    """The earliest lease / delay / retention deadline (dedup expiry is not urgent)."""
+    earliest = None
+    for db in (ctx.t.retention, ctx.t.leases, ctx.t.delayed):
+        cur = ctx.txn.cursor(db=db)
+        if cur.first():
+            at = keys.read_u64(cur.key())
+            earliest = at if earliest is None else min(earliest, at)
+    return earliest

@@ -94,6 +94,13 @@ class QueueStateMachine:
     def apply(self, entries: Sequence[Entry]) -> list[Any]:
         return self.env.write(lambda txn: self._apply_batch(txn, entries))
 
+    def apply_in_txn(self, txn: lmdb.Transaction, entries: Sequence[Entry]) -> list[Any]:
+        """Apply inside the driver's transaction (shared with the log append)."""
+        return self._apply_batch(txn, entries)
+
+    def committed(self, entries: Sequence[Entry]) -> None:
+        """Nothing to publish: every piece of state is read back from LMDB."""
+
     # ---- read-only queries (any thread) ------------------------------------------------
 
     def queue_info(self, name: str, now_ms: int) -> dict[str, Any] | None:

@@ -56,26 +56,31 @@ class KvStateMachine:
                 f"entry {entries[0].index} already applied (applied_index={self._applied_index})"
             )
 
-        def write(txn: Any) -> list[Any]:
-            kv, meta = self._kv, self._meta
-            count = _u64(txn.get(_META_COUNT, db=meta))
-            digest = _u64(txn.get(_META_DIGEST, db=meta))
-            results: list[Any] = []
-            for e in entries:
-                if e.kind != EntryKind.NORMAL:
-                    results.append(None)
-                    continue
-                count += 1
-                data = e.data
-                digest = zlib.crc32(data, zlib.crc32(_U64.pack(e.index), digest))
-                results.append(self._apply_one(txn, kv, e.index, data))
-            txn.put(_META_COUNT, _U64.pack(count), db=meta)
-            txn.put(_META_DIGEST, _U64.pack(digest), db=meta)
-            txn.put(_META_APPLIED, _U64.pack(entries[-1].index), db=meta)
-            return results
+        results = self._env.write(lambda txn: self.apply_in_txn(txn, entries))
+        self.committed(entries)
+        return results
 
-        results = self._env.write(write)
-        self._applied_index = entries[-1].index
+    def committed(self, entries: Sequence[Entry]) -> None:
+        if entries:
+            self._applied_index = entries[-1].index
+
+    def apply_in_txn(self, txn: Any, entries: Sequence[Entry]) -> list[Any]:
+        """Apply inside the caller's write transaction (the driver's, shared with the log)."""
+        kv, meta = self._kv, self._meta
+        count = _u64(txn.get(_META_COUNT, db=meta))
+        digest = _u64(txn.get(_META_DIGEST, db=meta))
+        results: list[Any] = []
+        for e in entries:
+            if e.kind != EntryKind.NORMAL:
+                results.append(None)
+                continue
+            count += 1
+            data = e.data
+            digest = zlib.crc32(data, zlib.crc32(_U64.pack(e.index), digest))
+            results.append(self._apply_one(txn, kv, e.index, data))
+        txn.put(_META_COUNT, _U64.pack(count), db=meta)
+        txn.put(_META_DIGEST, _U64.pack(digest), db=meta)
+        txn.put(_META_APPLIED, _U64.pack(entries[-1].index), db=meta)
         return results
 
     @staticmethod

@@ -46,7 +46,7 @@ import struct
 import tempfile
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,6 +194,14 @@ class _Loaded:
     cluster_id: str | None
     node_id: int
     verified_entries: int
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedSave:
+    """A validated, encoded save: `write(txn)` inside a write txn, `publish()` after commit."""
+
+    write: Callable[[lmdb.Transaction], None]
+    publish: Callable[[], None]
 
 
 class LmdbStorage:
@@ -474,7 +482,21 @@ class LmdbStorage:
     # ------------------------------------------------------------ DurableStorage
 
     def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
-        """Persist hard state and entries in ONE fsynced transaction (see module doc).
+        """Persist hard state and entries in ONE fsynced transaction (see module doc)."""
+        prepared = self.prepare_save(hard_state, entries)
+        if prepared is not None:
+            self._env.write(prepared.write)
+            prepared.publish()
+
+    def prepare_save(
+        self, hard_state: HardState | None, entries: Sequence[Entry]
+    ) -> PreparedSave | None:
+        """Validate and encode a save; the caller writes it inside ITS write transaction.
+
+        Why: the driver commits the log append and the state machine's apply of earlier
+        entries in one transaction, paying LMDB's fsyncs once per batch instead of twice.
+        Call `write(txn)` inside the transaction and `publish()` after it committed; None
+        means nothing would change.
 
         Refuses, changing nothing: a gap after the last index, non-consecutive indexes,
         decreasing terms, an entry term above the hard state term, overwriting a
@@ -520,7 +542,7 @@ class LmdbStorage:
             else None
         )
         if not values and (hs_value is None or hs == self._hard_state):
-            return  # nothing changes: no transaction, no fsync
+            return None  # nothing changes: no transaction, no fsync
 
         def txn_fn(txn: lmdb.Transaction) -> None:
             if hs_value is not None:
@@ -537,11 +559,13 @@ class LmdbStorage:
                         "raft.log holds keys beyond the last index"
                     )
 
-        self._env.write(txn_fn)
-        # Committed and fsynced: only now publish the new state.
-        self._hard_state = hs
-        if values:
-            self._bounds = _Bounds(b.snap_index, b.snap_term, new_last, new_last_term)
+        def publish() -> None:
+            # Committed and fsynced: only now publish the new state.
+            self._hard_state = hs
+            if values:
+                self._bounds = _Bounds(b.snap_index, b.snap_term, new_last, new_last_term)
+
+        return PreparedSave(txn_fn, publish)
 
     def _check_hard_state(self, hs: HardState) -> None:
         if not (_is_uint(hs.term) and _is_uint(hs.vote) and _is_uint(hs.commit)):

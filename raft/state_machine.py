@@ -25,3 +25,20 @@ class StateMachine(Protocol):
     def apply(self, entries: Sequence[Entry]) -> list[Any]:
         """Apply the batch atomically; return one result per entry (None for NOOP)."""
         ...
+
+
+@runtime_checkable
+class SharedTxnStateMachine(StateMachine, Protocol):
+    """A state machine living in the Raft log's own LMDB environment.
+
+    The driver may then apply a batch inside the same write transaction that appends the
+    next log entries: one commit (LMDB's fsyncs paid once) instead of two per batch.
+    """
+
+    def apply_in_txn(self, txn: Any, entries: Sequence[Entry]) -> list[Any]:
+        """Like `apply`, but inside the caller's write transaction (which commits it)."""
+        ...
+
+    def committed(self, entries: Sequence[Entry]) -> None:
+        """The transaction holding `apply_in_txn(…, entries)` committed: publish caches."""
+        ...

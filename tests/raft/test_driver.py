@@ -363,6 +363,12 @@ class _FailingSaves:
             raise StorageError("injected: disk is gone")
         self.inner.save(hard_state, entries)
 
+    def prepare_save(self, hard_state: Any, entries: Any) -> Any:
+        # the driver's shared-transaction path (log append + apply in one commit)
+        if self.broken:
+            raise StorageError("injected: disk is gone")
+        return self.inner.prepare_save(hard_state, entries)
+
 
 async def test_failed_persist_stops_the_node_and_acknowledges_nothing(
     cluster: dict[int, Member],

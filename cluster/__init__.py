@@ -1,0 +1,55 @@
+"""raftq cluster tooling: the client library (sync and async), the CLI, the local launcher.
+
+    from cluster import Client
+
+    with Client("http://127.0.0.1:7001,http://127.0.0.1:7002") as client:
+        q = client.queue("tasks")
+        q.create()
+        q.send({"image_id": 123})
+        msg = q.receive(wait_s=5)
+
+This package talks to nodes over HTTP only; it never imports `node` or `raft`.
+"""
+
+from cluster.client import AsyncClient, AsyncQueue
+from cluster.consumer import Consumer, ConsumerStats
+from cluster.errors import (
+    BadRequest,
+    ClusterUnavailable,
+    Conflict,
+    Forbidden,
+    NotFound,
+    RaftqError,
+    ServerError,
+    TooLarge,
+    Unauthorized,
+)
+from cluster.launcher import ClusterStartError, LeaderInfo, LocalCluster, free_ports
+from cluster.message import AckResult, Message, OutgoingMessage, SendResult
+from cluster.sync_client import Client, Queue
+
+__all__ = [
+    "AckResult",
+    "AsyncClient",
+    "AsyncQueue",
+    "BadRequest",
+    "Client",
+    "ClusterStartError",
+    "ClusterUnavailable",
+    "Conflict",
+    "Consumer",
+    "ConsumerStats",
+    "Forbidden",
+    "LeaderInfo",
+    "LocalCluster",
+    "Message",
+    "NotFound",
+    "OutgoingMessage",
+    "Queue",
+    "RaftqError",
+    "SendResult",
+    "ServerError",
+    "TooLarge",
+    "Unauthorized",
+    "free_ports",
+]

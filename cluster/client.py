@@ -1,0 +1,499 @@
+"""The asyncio client: `AsyncClient` (cluster-level calls) and `AsyncQueue` (one queue).
+
+    async with AsyncClient() as client:            # servers from $RAFTQ_SERVERS or defaults
+        q = client.queue("tasks")
+        await q.create(visibility_timeout_s=30)
+        await q.send({"image_id": 123})            # dict -> JSON body, returns the id
+        msg = await q.receive(wait_s=5)            # Message or None
+        if msg:
+            process(msg.data["image_id"])
+            await q.acknowledge(msg)
+
+Receive rule: without `max` you get one `Message` or `None`; with `max=N` (any N, even
+1) you get a `list[Message]`, possibly empty.
+
+Every call has one deadline (`timeout_s`, default 30 s) for leader discovery and retries
+(see `cluster.discovery`). Sends carry a generated `dedup_id` per message, reused by every
+retry, so a send that fails ambiguously (timeout, reset, failover) never enqueues twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, overload
+from urllib.parse import quote
+
+import aiohttp
+
+from cluster.discovery import LeaderRouter, resolve_servers
+from cluster.errors import RaftqError
+from cluster.message import AckResult, Message, OutgoingMessage, SendResult
+
+if TYPE_CHECKING:
+    from cluster.consumer import Consumer, ConsumerStats, Handler
+
+#: The API's long-poll limit: a longer `wait_s` is served as several polls.
+MAX_POLL_WAIT_S = 20.0
+#: How many message-id -> receipt pairs a queue handle remembers, so that
+#: `acknowledge(msg.id)` works for messages this handle received.
+RECEIPT_MEMORY = 10_000
+
+MessageRef = Message | str
+
+
+class AsyncQueue:
+    """Handle on one queue. Cheap; get it from `AsyncClient.queue(name)`."""
+
+    def __init__(self, client: AsyncClient, name: str) -> None:
+        if not name or not isinstance(name, str):
+            raise ValueError("queue name must be a non-empty string")
+        self.client = client
+        self.name = name
+        self._path = f"/v1/queues/{quote(name, safe='')}"
+        self._receipts: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._consumers: set[Consumer] = set()
+
+    def __repr__(self) -> str:
+        return f"AsyncQueue(name={self.name!r})"
+
+    async def _call(self, method: str, suffix: str = "", body: Any = None, **kw: Any) -> Any:
+        return await self.client.request(method, self._path + suffix, json_body=body, **kw)
+
+    # --- admin ---------------------------------------------------------------------------
+
+    async def create(self, **config: Any) -> dict[str, Any]:
+        """Create the queue or update its config (fields as in API.md: `fifo`,
+        `visibility_timeout_s`, `max_receives`, `dead_letter_queue`, `retention_s`,
+        `delay_s`, `dedup_window_s`, `max_message_bytes`); returns the stored config."""
+        return await self._call("PUT", body=config) or {}
+
+    async def info(self) -> dict[str, Any]:
+        """Config and stats: depth, in_flight, delayed, sent/acked/dead-lettered totals."""
+        return await self._call("GET") or {}
+
+    async def delete(self) -> None:
+        """Delete the queue and every message in it."""
+        await self._call("DELETE")
+
+    async def purge(self) -> dict[str, Any]:
+        """Drop every message, keep the queue and its config."""
+        return await self._call("POST", "/purge", {}) or {}
+
+    async def redrive(self) -> dict[str, Any]:
+        """Move this dead-letter queue's messages back to their source queues."""
+        return await self._call("POST", "/redrive", {}) or {}
+
+    # --- produce -------------------------------------------------------------------------
+
+    async def send(
+        self,
+        body: Any,
+        *,
+        attributes: Mapping[str, str] | None = None,
+        dedup_id: str | None = None,
+        delay_s: float | None = None,
+        group_id: str | None = None,
+        priority: int | None = None,
+        timeout_s: float | None = None,
+    ) -> str:
+        """Send one message after it is committed; returns its id.
+
+        `body`: str as-is, bytes as base64, anything else JSON-encoded (see
+        `cluster.message`). Repeating a `dedup_id` inside the queue's dedup window returns
+        the original id and enqueues nothing.
+        """
+        msg = OutgoingMessage(
+            body,
+            attributes=dict(attributes or {}),
+            dedup_id=dedup_id,
+            delay_s=delay_s,
+            group_id=group_id,
+            priority=priority,
+        )
+        results = await self.send_many([msg], timeout_s=timeout_s)
+        return results[0].id
+
+    async def send_many(
+        self,
+        bodies: Iterable[Any],
+        *,
+        attributes: Mapping[str, str] | None = None,
+        delay_s: float | None = None,
+        group_id: str | None = None,
+        priority: int | None = None,
+        batch_size: int = 256,
+        timeout_s: float | None = None,
+    ) -> list[SendResult]:
+        """Send many messages in batches of `batch_size` (one Raft entry per batch).
+
+        Items are bodies or `OutgoingMessage`s (whose own options win over the shared
+        keyword options). Returns one `SendResult` per item, in order. Each batch is
+        retried with the same dedup ids, so none is ever enqueued twice.
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        wire: list[dict[str, Any]] = []
+        for item in bodies:
+            if not isinstance(item, OutgoingMessage):
+                item = OutgoingMessage(
+                    item,
+                    attributes=dict(attributes or {}),
+                    delay_s=delay_s,
+                    group_id=group_id,
+                    priority=priority,
+                )
+            wire.append(item.to_wire())
+        results: list[SendResult] = []
+        for start in range(0, len(wire), batch_size):
+            batch = wire[start : start + batch_size]
+            answer = await self._call("POST", "/messages", {"messages": batch}, timeout_s=timeout_s)
+            items = (answer or {}).get("messages") or []
+            if len(items) != len(batch):
+                raise RaftqError(
+                    f"server answered {len(items)} results for {len(batch)} messages",
+                    code="bad_response",
+                    body=answer if isinstance(answer, dict) else {},
+                )
+            for sent, item in zip(batch, items, strict=True):
+                results.append(
+                    SendResult(
+                        id=str(item.get("id")),
+                        seq=item.get("seq"),
+                        duplicate=bool(item.get("duplicate", False)),
+                        dedup_id=sent["dedup_id"],
+                    )
+                )
+        return results
+
+    async def send_at_most_once(
+        self,
+        bodies: Iterable[Any],
+        *,
+        attributes: Mapping[str, str] | None = None,
+        delay_s: float | None = None,
+        group_id: str | None = None,
+        priority: int | None = None,
+        timeout_s: float | None = None,
+    ) -> int:
+        """At-most-once produce (`?ack=none`): the leader answers before the batch commits,
+        so a leader crash right after may lose it. Faster; for metrics-like data. Returns
+        the number of messages accepted. Retries still carry the same dedup ids, so even a
+        retried batch is never enqueued twice."""
+        wire = [
+            OutgoingMessage(
+                item,
+                attributes=dict(attributes or {}),
+                delay_s=delay_s,
+                group_id=group_id,
+                priority=priority,
+            ).to_wire()
+            if not isinstance(item, OutgoingMessage)
+            else item.to_wire()
+            for item in bodies
+        ]
+        if not wire:
+            return 0
+        answer = await self._call(
+            "POST", "/messages", {"messages": wire}, params={"ack": "none"}, timeout_s=timeout_s
+        )
+        return int((answer or {}).get("accepted", len(wire)))
+
+    # --- consume -------------------------------------------------------------------------
+
+    @overload
+    async def receive(
+        self,
+        max: None = None,
+        *,
+        wait_s: float = 0.0,
+        visibility_timeout_s: float | None = None,
+        auto_ack: bool = False,
+    ) -> Message | None: ...
+
+    @overload
+    async def receive(
+        self,
+        max: int,
+        *,
+        wait_s: float = 0.0,
+        visibility_timeout_s: float | None = None,
+        auto_ack: bool = False,
+    ) -> list[Message]: ...
+
+    async def receive(
+        self,
+        max: int | None = None,
+        *,
+        wait_s: float = 0.0,
+        visibility_timeout_s: float | None = None,
+        auto_ack: bool = False,
+    ) -> Message | list[Message] | None:
+        """Lease up to `max` messages, long-polling up to `wait_s` seconds for the first.
+
+        Without `max`: one `Message` or `None`. With `max`: a list (maybe empty). Each
+        message stays invisible to others for the visibility timeout; ack it or it comes
+        back with `receive_count + 1`. `auto_ack=True` acks on delivery (at-most-once).
+        """
+        count = 1 if max is None else int(max)
+        if count < 1:
+            raise ValueError("max must be >= 1")
+        if wait_s < 0:
+            raise ValueError("wait_s must be >= 0")
+        loop = asyncio.get_running_loop()
+        until = loop.time() + wait_s
+        while True:
+            poll_s = min(MAX_POLL_WAIT_S, max_(0.0, until - loop.time()))
+            body: dict[str, Any] = {"max": count, "wait_s": round(poll_s, 3)}
+            if visibility_timeout_s is not None:
+                body["visibility_timeout_s"] = visibility_timeout_s
+            if auto_ack:
+                body["auto_ack"] = True
+            answer = await self._call("POST", "/receive", body, extra_request_s=poll_s)
+            messages = [Message.from_wire(self.name, m) for m in (answer or {}).get("messages", [])]
+            if messages or loop.time() >= until:
+                break
+        if not auto_ack:
+            for m in messages:
+                self._remember(m)
+        if max is None:
+            return messages[0] if messages else None
+        return messages
+
+    async def messages(
+        self,
+        *,
+        max: int = 10,
+        wait_s: float = MAX_POLL_WAIT_S,
+        visibility_timeout_s: float | None = None,
+    ) -> AsyncIterator[Message]:
+        """Endless stream of received messages (`async for msg in q.messages(): ...`).
+
+        Polls in batches of `max`; you ack each message yourself. Break out to stop; the
+        messages of the current batch you did not take come back after their lease.
+        """
+        while True:
+            batch = await self.receive(
+                max, wait_s=wait_s, visibility_timeout_s=visibility_timeout_s
+            )
+            for msg in batch:
+                yield msg
+
+    def _remember(self, msg: Message) -> None:
+        self._receipts[msg.id] = msg.receipt
+        self._receipts.move_to_end(msg.id)
+        while len(self._receipts) > RECEIPT_MEMORY:
+            self._receipts.popitem(last=False)
+
+    def _receipt(self, ref: MessageRef) -> str:
+        if isinstance(ref, Message):
+            return ref.receipt
+        if isinstance(ref, str) and ref:
+            return self._receipts.get(ref, ref)
+        raise TypeError(f"expected a Message, a message id or a receipt, got {ref!r}")
+
+    def _forget(self, refs: Iterable[MessageRef]) -> None:
+        for ref in refs:
+            key = ref.id if isinstance(ref, Message) else ref
+            self._receipts.pop(key, None)
+
+    async def acknowledge(self, message: MessageRef) -> bool:
+        """Ack one message (a `Message`, or the id of one this handle received, or a
+        receipt). True if acked; False if the receipt was stale (the lease expired and the
+        message may be redelivered). Caveat: when an attempt fails ambiguously (the ack
+        applied, the answer was lost) the retry reports the receipt stale, so False means
+        "not acked by this call", never "acked twice"."""
+        return bool(await self.acknowledge_many([message]))
+
+    async def acknowledge_many(self, messages: Iterable[MessageRef]) -> AckResult:
+        """Ack many messages in one request; the result lists stale receipts."""
+        refs = list(messages)
+        receipts = [self._receipt(r) for r in refs]
+        if not receipts:
+            return AckResult(0)
+        answer = await self._call("POST", "/ack", {"receipts": receipts}) or {}
+        self._forget(refs)
+        stale = tuple(str(s) for s in answer.get("stale") or ())
+        return AckResult(int(answer.get("acked", len(receipts) - len(stale))), stale)
+
+    async def retry(self, message: MessageRef, delay_s: float = 0.0) -> bool:
+        """Nack: make the message visible again after `delay_s` (its receive_count is kept).
+        False if the receipt was already stale."""
+        return bool(await self.retry_many([message], delay_s=delay_s))
+
+    async def retry_many(self, messages: Iterable[MessageRef], delay_s: float = 0.0) -> AckResult:
+        """Nack many messages in one request."""
+        refs = list(messages)
+        receipts = [self._receipt(r) for r in refs]
+        if not receipts:
+            return AckResult(0)
+        body = {"receipts": receipts, "delay_s": delay_s}
+        answer = await self._call("POST", "/nack", body) or {}
+        self._forget(refs)
+        stale = tuple(str(s) for s in answer.get("stale") or ())
+        return AckResult(len(receipts) - len(stale), stale)
+
+    async def extend(self, message: MessageRef, visibility_timeout_s: float) -> bool:
+        """Push the lease deadline to now + `visibility_timeout_s`. False if already stale."""
+        receipt = self._receipt(message)
+        body = {"receipts": [receipt], "visibility_timeout_s": visibility_timeout_s}
+        answer = await self._call("POST", "/extend", body) or {}
+        return receipt not in (answer.get("stale") or ())
+
+    # --- consumer loop -------------------------------------------------------------------
+
+    def consumer(self, handler: Handler, **options: Any) -> Consumer:
+        """A `Consumer` for this queue (not started); see `cluster.consumer.Consumer`."""
+        from cluster.consumer import Consumer
+
+        return Consumer(self, handler, **options)
+
+    async def consume(self, handler: Handler, **options: Any) -> ConsumerStats:
+        """Run a consumer loop until `stop()`, SIGINT/SIGTERM or `stop_event`.
+
+        `handler(msg)` may be async or sync (sync ones run in worker threads). Success
+        acks; an exception nacks with capped exponential delay; the lease is extended
+        while the handler runs. Options: `concurrency`, `visibility_timeout_s`,
+        `poll_wait_s`, `retry_base_delay_s`, `retry_max_delay_s`, `stop_event`,
+        `handle_signals`.
+        """
+        return await self.consumer(handler, **options).run()
+
+    def stop(self) -> None:
+        """Ask every consumer loop running on this handle to stop (drains, then returns)."""
+        for consumer in list(self._consumers):
+            consumer.stop()
+
+
+def max_(a: float, b: float) -> float:
+    """`max` of two floats (the builtin is shadowed by the `max` parameter above)."""
+    return a if a >= b else b
+
+
+class AsyncClient:
+    """Client of a raftq cluster: finds the leader, retries inside one deadline per call.
+
+    `servers`: list or comma-separated string of node URLs; default `$RAFTQ_SERVERS`, else
+    http://127.0.0.1:7001,7002,7003. `timeout_s` is the total deadline of each call,
+    `request_timeout_s` the limit of a single HTTP attempt. Pass `session` to share an
+    aiohttp session (it is not closed by `close()`).
+    """
+
+    def __init__(
+        self,
+        servers: str | Iterable[str] | None = None,
+        *,
+        timeout_s: float = 30.0,
+        request_timeout_s: float = 10.0,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.servers = resolve_servers(servers)
+        self.timeout_s = timeout_s
+        self.request_timeout_s = request_timeout_s
+        self._router = LeaderRouter(
+            self.servers,
+            timeout_s=timeout_s,
+            request_timeout_s=request_timeout_s,
+            probe_timeout_s=min(2.0, request_timeout_s),
+            session=session,
+        )
+        self._queues: dict[str, AsyncQueue] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"AsyncClient(servers={list(self.servers)!r}, leader={self.leader_url!r}, "
+            f"timeout_s={self.timeout_s})"
+        )
+
+    @property
+    def leader_url(self) -> str | None:
+        """The leader URL currently cached (None before the first call or after a failover)."""
+        return self._router.leader_url
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close connections (idempotent)."""
+        await self._router.close()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+        extra_request_s: float = 0.0,
+    ) -> Any:
+        """Low-level: one API call routed to the leader with retries; the decoded answer."""
+        return await self._router.request(
+            method,
+            path,
+            json_body=json_body,
+            params=params,
+            timeout_s=timeout_s,
+            extra_request_s=extra_request_s,
+        )
+
+    def queue(self, name: str) -> AsyncQueue:
+        """The handle of queue `name` (not created on the server: call `create()`)."""
+        q = self._queues.get(name)
+        if q is None:
+            q = self._queues[name] = AsyncQueue(self, name)
+        return q
+
+    async def queues(self) -> list[dict[str, Any]]:
+        """Every queue with its depth, in_flight and delayed counts."""
+        answer = await self.request("GET", "/v1/queues") or {}
+        return list(answer.get("queues") or [])
+
+    async def cluster(self) -> dict[str, Any]:
+        """The cluster as seen by the leader: members, roles, term, commit/applied index."""
+        return await self.request("GET", "/v1/cluster") or {}
+
+    async def node_cluster_view(self, url: str, timeout_s: float | None = None) -> dict[str, Any]:
+        """`GET /v1/cluster` of one specific node (its own term, indexes and role)."""
+        return await self._router.request_node(url, "GET", "/v1/cluster", timeout_s=timeout_s)
+
+    async def cluster_views(
+        self, urls: Iterable[str] | None = None, timeout_s: float = 2.0
+    ) -> dict[str, dict[str, Any] | Exception]:
+        """Every node's own view, fetched in parallel: url -> answer or the exception.
+
+        Nodes named in any answer are asked too, so a partial server list still shows the
+        whole cluster.
+        """
+        targets = list(urls if urls is not None else self.servers)
+        views: dict[str, dict[str, Any] | Exception] = {}
+
+        async def fetch(url: str) -> None:
+            try:
+                views[url] = await self.node_cluster_view(url, timeout_s=timeout_s)
+            except (TimeoutError, RaftqError, aiohttp.ClientError, OSError) as exc:
+                views[url] = exc
+
+        while targets:
+            await asyncio.gather(*(fetch(u) for u in targets))
+            known = set(views)
+            targets = []
+            for view in list(views.values()):
+                if isinstance(view, dict):
+                    for node in view.get("nodes") or []:
+                        url = node.get("url") if isinstance(node, dict) else None
+                        if isinstance(url, str) and url.rstrip("/") not in known:
+                            targets.append(url.rstrip("/"))
+                            known.add(url.rstrip("/"))
+        return views
+
+    async def health(self, url: str) -> dict[str, Any]:
+        """`GET /v1/health` of one node (raises if it is down)."""
+        return await self._router.request_node(url, "GET", "/v1/health")
+
+
+__all__ = ["AsyncClient", "AsyncQueue", "Message", "MessageRef"]

@@ -1,0 +1,427 @@
+"""Leader discovery and the retry policy: how one client call finds a node that can serve it.
+
+Every call gets ONE deadline. Inside it the router sends the request to the cached leader;
+when there is none it asks every server's `GET /v1/cluster` at once and takes the first
+answer that names a leader. A follower's 307 hint replaces the cached leader at once;
+connection errors, timeouts, `503 no_leader` (honouring `Retry-After`) and 5xx answers
+forget the leader and back off with capped, jittered delays. Definite answers (4xx) are
+raised at once. When the deadline passes, `ClusterUnavailable` names every server and the
+last error seen there.
+
+The router re-sends the *same* request body on every attempt: callers put idempotency keys
+(`dedup_id`) in the body once, so an ambiguous failure never enqueues twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import structlog
+
+from cluster.errors import DEFINITE_STATUSES, ClusterUnavailable, error_from_response
+
+log = structlog.get_logger("raftq.client")
+
+DEFAULT_SERVERS: tuple[str, ...] = (
+    "http://127.0.0.1:7001",
+    "http://127.0.0.1:7002",
+    "http://127.0.0.1:7003",
+)
+SERVERS_ENV = "RAFTQ_SERVERS"
+#: A follower pointing at another follower more often than this in one call means the
+#: hints are stale (an election is under way): stop following and back off instead.
+MAX_REDIRECTS_PER_ROUND = 4
+#: Answers that mean "not now": retried with backoff (Retry-After honoured) until the deadline.
+TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+#: Other 5xx answers are retried this many times, then raised as ServerError.
+MAX_SERVER_ERROR_RETRIES = 2
+
+
+def normalize_server(url: str) -> str:
+    """Return `url` as `scheme://host:port` without a trailing slash (`http://` if omitted)."""
+    url = url.strip()
+    if not url:
+        raise ValueError("empty server URL")
+    if "://" not in url:
+        url = "http://" + url
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"invalid server URL {url!r}: expected http://host:port")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def resolve_servers(servers: str | Iterable[str] | None = None) -> tuple[str, ...]:
+    """Servers from the argument, else `$RAFTQ_SERVERS` (comma-separated), else the defaults."""
+    if servers is None:
+        servers = os.environ.get(SERVERS_ENV) or None
+    if servers is None:
+        return DEFAULT_SERVERS
+    items = servers.split(",") if isinstance(servers, str) else list(servers)
+    result: list[str] = []
+    for item in items:
+        if item.strip():
+            url = normalize_server(item)
+            if url not in result:
+                result.append(url)
+    if not result:
+        raise ValueError("no server URLs given")
+    return tuple(result)
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Capped exponential backoff with "equal jitter": delay in [d/2, d], d = min(cap, base*2^n).
+
+    Jitter spreads the retries of many clients after a leader crash so they do not all hit
+    the new leader in the same millisecond.
+    """
+
+    base_s: float = 0.05
+    cap_s: float = 2.0
+    attempt: int = 0
+    rng: random.Random | None = None
+
+    def next_delay_s(self) -> float:
+        d = min(self.cap_s, self.base_s * (2 ** min(self.attempt, 30)))
+        self.attempt += 1
+        rng = self.rng or random
+        return d / 2 + rng.random() * d / 2
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """One HTTP answer: status, headers and the decoded JSON body (None when empty)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: Any
+
+
+def describe_exception(exc: BaseException) -> str:
+    """Short human description of a transport failure, for ClusterUnavailable reports."""
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return "timed out"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        errno = exc.os_error.errno
+        reason = os.strerror(errno) if errno else str(exc.os_error) or "refused"
+        return f"cannot connect: {reason}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server disconnected"
+    if isinstance(exc, aiohttp.ClientOSError):
+        return f"connection error: {exc.strerror or exc}"
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:200]
+
+
+def _error_summary(resp: Response) -> str:
+    err = resp.body.get("error") if isinstance(resp.body, dict) else None
+    if isinstance(err, dict):
+        return f"{resp.status} {err.get('code', '')}: {err.get('message', '')}".strip()[:200]
+    return f"HTTP {resp.status}"
+
+
+def leader_hint(resp: Response) -> str | None:
+    """The leader base URL a 307 points at: JSON `leader_url`, else the `Location` origin."""
+    if isinstance(resp.body, dict):
+        url = resp.body.get("leader_url")
+        if isinstance(url, str) and url:
+            try:
+                return normalize_server(url)
+            except ValueError:
+                pass
+    location = resp.headers.get("Location")
+    if location and "://" in location:
+        try:
+            return normalize_server(location)
+        except ValueError:
+            return None
+    return None
+
+
+def retry_after_s(resp: Response) -> float | None:
+    """Seconds from a `Retry-After: <seconds>` header (HTTP dates are ignored)."""
+    value = resp.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+class LeaderRouter:
+    """Sends requests to the current leader, discovering and re-discovering it as needed.
+
+    One router per client; it owns (or borrows) one aiohttp session and the cached leader
+    URL shared by all concurrent calls on that client.
+    """
+
+    def __init__(
+        self,
+        servers: Sequence[str],
+        *,
+        timeout_s: float,
+        request_timeout_s: float,
+        probe_timeout_s: float = 2.0,
+        session: aiohttp.ClientSession | None = None,
+        backoff_base_s: float = 0.05,
+        backoff_cap_s: float = 2.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        if timeout_s <= 0 or request_timeout_s <= 0:
+            raise ValueError("timeouts must be positive")
+        self.servers: tuple[str, ...] = tuple(servers)
+        self.timeout_s = timeout_s
+        self.request_timeout_s = request_timeout_s
+        self.probe_timeout_s = probe_timeout_s
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        self._rng = rng or random.Random()
+        self._session = session
+        self._owns_session = session is None
+        self.leader_url: str | None = None
+        self._last_leader_url: str | None = None  # only for the leader_changed log event
+
+    def __repr__(self) -> str:
+        return f"LeaderRouter(servers={list(self.servers)!r}, leader={self.leader_url!r})"
+
+    # --- session -------------------------------------------------------------------------
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            if not self._owns_session:
+                raise RuntimeError("the session passed to the client is closed")
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256, force_close=False),
+                headers={"Accept": "application/json"},
+            )
+        return self._session
+
+    async def close(self) -> None:
+        """Close the session if this router created it (a borrowed one stays open)."""
+        if self._owns_session and self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None if self._owns_session else self._session
+
+    # --- one HTTP exchange ---------------------------------------------------------------
+
+    async def send_once(
+        self,
+        base_url: str,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, str] | None = None,
+        timeout_s: float,
+    ) -> Response:
+        """One request to one node, no retry; transport errors propagate."""
+        session = self._get_session()
+        async with session.request(
+            method,
+            base_url + path,
+            json=json_body,
+            params=params,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=max(0.001, timeout_s)),
+        ) as resp:
+            raw = await resp.read()
+            body: Any = None
+            if raw:
+                try:
+                    body = await resp.json(content_type=None)
+                except ValueError:
+                    body = raw.decode("utf-8", "replace")
+            return Response(resp.status, dict(resp.headers), body)
+
+    # --- discovery -----------------------------------------------------------------------
+
+    async def _probe(self, url: str, timeout_s: float) -> tuple[str, str | None, int, str | None]:
+        """Ask one node who leads: (url, leader_url or None, term, error text or None)."""
+        try:
+            resp = await self.send_once(url, "GET", "/v1/cluster", timeout_s=timeout_s)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return url, None, -1, describe_exception(exc)
+        if resp.status != 200 or not isinstance(resp.body, dict):
+            return url, None, -1, _error_summary(resp)
+        term = resp.body.get("term")
+        term = term if isinstance(term, int) else 0
+        leader = resp.body.get("leader")
+        if isinstance(leader, dict) and isinstance(leader.get("url"), str) and leader["url"]:
+            try:
+                return url, normalize_server(leader["url"]), term, None
+            except ValueError:
+                return url, None, term, f"bad leader url {leader['url']!r}"
+        return url, None, term, f"no leader known (term {term})"
+
+    async def discover(
+        self, deadline: float, errors: dict[str, str], reachable: list[str] | None = None
+    ) -> str | None:
+        """Ask all servers at once which node leads; None if nobody knows.
+
+        The leader named in the highest term wins, so a partitioned ex-leader that still
+        believes in its old term loses to the majority's answer. It returns as soon as a
+        majority of the servers agree (a hung server cannot delay it), else when every probe
+        is answered or the probe timeout passes. Servers that answered without naming a
+        leader are appended to `reachable`: the caller may still send there and follow a 307.
+        """
+        loop = asyncio.get_running_loop()
+        timeout_s = min(self.probe_timeout_s, deadline - loop.time())
+        if timeout_s <= 0:
+            return None
+        majority = len(self.servers) // 2 + 1
+        best: tuple[int, str] | None = None  # (term, leader url)
+        votes: dict[tuple[int, str], int] = {}
+        tasks = [asyncio.ensure_future(self._probe(url, timeout_s)) for url in self.servers]
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                url, leader, term, err = await next_done
+                if leader is None:
+                    errors[url] = err or "no leader known"
+                    if reachable is not None and term >= 0:
+                        reachable.append(url)
+                    continue
+                key = (term, leader)
+                votes[key] = votes.get(key, 0) + 1
+                if best is None or key[0] > best[0]:
+                    best = key
+                if best == key and votes[key] >= majority:
+                    break
+        except TimeoutError:
+            pass
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if best is None:
+            return None
+        self.leader_url = best[1]
+        if self._last_leader_url is not None and self._last_leader_url != best[1]:
+            log.info("client.leader_changed", old=self._last_leader_url, new=best[1], term=best[0])
+        self._last_leader_url = best[1]
+        return best[1]
+
+    def forget_leader(self, url: str | None = None) -> None:
+        """Drop the cached leader (only if it is still `url`, when given)."""
+        if url is None or self.leader_url == url:
+            self.leader_url = None
+
+    # --- the retry loop ------------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+        extra_request_s: float = 0.0,
+    ) -> Any:
+        """Send to the leader with discovery and retries; return the decoded 2xx body.
+
+        `timeout_s` overrides the client's total deadline for this call; `extra_request_s`
+        lengthens each attempt's own timeout (a long poll may legitimately take `wait_s`).
+        """
+        loop = asyncio.get_running_loop()
+        budget_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = loop.time() + budget_s + extra_request_s
+        errors: dict[str, str] = {}
+        backoff = Backoff(self.backoff_base_s, self.backoff_cap_s, rng=self._rng)
+        redirects = 0
+        server_errors = 0
+
+        async def pause(delay_s: float) -> None:
+            await asyncio.sleep(max(0.0, min(delay_s, deadline - loop.time())))
+
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise self._unavailable(budget_s + extra_request_s, errors)
+            target = self.leader_url
+            if target is None:
+                reachable: list[str] = []
+                target = await self.discover(deadline, errors, reachable)
+                if target is None and reachable:
+                    # Nobody names a leader in /v1/cluster: ask one live node directly;
+                    # it answers 307 with a hint or 503 no_leader with Retry-After.
+                    target = reachable[0]
+                if target is None:
+                    await pause(backoff.next_delay_s())
+                    continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                continue
+            try:
+                resp = await self.send_once(
+                    target,
+                    method,
+                    path,
+                    json_body=json_body,
+                    params=params,
+                    timeout_s=min(self.request_timeout_s + extra_request_s, remaining),
+                )
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                errors[target] = describe_exception(exc)
+                log.debug("client.request_failed", url=target, path=path, error=errors[target])
+                self.forget_leader(target)
+                await pause(backoff.next_delay_s())
+                continue
+            if 200 <= resp.status < 300:
+                return resp.body
+            if resp.status in (307, 308):
+                hint = leader_hint(resp)
+                errors[target] = f"{resp.status} not_leader (leader hint {hint})"
+                self.forget_leader(target)
+                if hint is not None and hint != target and redirects < MAX_REDIRECTS_PER_ROUND:
+                    redirects += 1
+                    self.leader_url = hint
+                    continue
+                redirects = 0
+                await pause(backoff.next_delay_s())
+                continue
+            if resp.status in DEFINITE_STATUSES:
+                raise error_from_response(resp.status, resp.body)
+            if resp.status in TRANSIENT_STATUSES or resp.status >= 500:
+                errors[target] = _error_summary(resp)
+                if resp.status not in TRANSIENT_STATUSES:
+                    # An internal error may be a bug that repeats forever: retry a little
+                    # (it may be a node dying mid-request), then let the caller see it.
+                    server_errors += 1
+                    if server_errors > MAX_SERVER_ERROR_RETRIES:
+                        raise error_from_response(resp.status, resp.body)
+                self.forget_leader(target)
+                hinted = retry_after_s(resp)
+                delay_s = backoff.next_delay_s()
+                if hinted is not None:
+                    delay_s = max(hinted * (0.8 + 0.4 * self._rng.random()), 0.01)
+                await pause(delay_s)
+                continue
+            raise error_from_response(resp.status, resp.body)
+
+    def _unavailable(self, budget_s: float, errors: Mapping[str, str]) -> ClusterUnavailable:
+        attempts = {url: errors.get(url, "not reached") for url in self.servers}
+        attempts.update({url: err for url, err in errors.items() if url not in attempts})
+        log.warning("client.cluster_unavailable", deadline_s=budget_s, attempts=attempts)
+        return ClusterUnavailable(budget_s, attempts)
+
+    async def request_node(
+        self, base_url: str, method: str, path: str, *, timeout_s: float | None = None
+    ) -> Any:
+        """One request to one specific node (no leader routing); errors raise typed."""
+        resp = await self.send_once(
+            normalize_server(base_url),
+            method,
+            path,
+            timeout_s=self.request_timeout_s if timeout_s is None else timeout_s,
+        )
+        if 200 <= resp.status < 300:
+            return resp.body
+        raise error_from_response(resp.status, resp.body)

@@ -1,0 +1,385 @@
+"""`LocalCluster`: N real `python -m node` processes on this machine, for `raftq up` and tests.
+
+Node *i* (1-based id) gets HTTP port `http_port + i - 1` and Raft port `raft_port + i - 1`
+(or the i-th entry when lists of ports are given, e.g. from `free_ports`), its data in
+`data_dir/node-i` and its stdout/stderr in `log_dir/node-i.log` (appended across restarts).
+
+It never leaves processes behind: `stop_all()` runs on `__exit__`, at interpreter exit, and
+(Linux, when started from the main thread) the kernel SIGTERMs the nodes if this process
+dies without cleaning up.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("raftq.launcher")
+
+_PR_SET_PDEATHSIG = 1
+#: Loopback polling must never go through an HTTP proxy from the environment.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+#: Every node process started by any LocalCluster and not yet reaped: the atexit hook
+#: stops them even if their LocalCluster was dropped without stop_all().
+_LIVE: set[subprocess.Popen[bytes]] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def _stop_leftovers(grace_s: float = 3.0) -> None:
+    """atexit: SIGTERM every node still running, SIGKILL after `grace_s`."""
+    with _LIVE_LOCK:
+        procs = [p for p in _LIVE if p.poll() is None]
+        _LIVE.clear()
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGCONT)
+            proc.terminate()
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+atexit.register(_stop_leftovers)
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """`n` distinct TCP ports free on `host` right now (bound together, then released)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: get SIGTERM when the parent thread dies (Linux)."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _ports(value: int | Sequence[int], n: int, what: str) -> list[int]:
+    if isinstance(value, int):
+        return [value + i for i in range(n)]
+    ports = list(value)
+    if len(ports) != n:
+        raise ValueError(f"{what}: {len(ports)} ports given for {n} nodes")
+    return ports
+
+
+class ClusterStartError(RuntimeError):
+    """The nodes could not form a cluster (all exited, or no leader in time)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    """Where one node listens and keeps its files."""
+
+    id: int
+    host: str
+    http_port: int
+    raft_port: int
+    data_dir: Path
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def raft_addr(self) -> str:
+        return f"{self.host}:{self.raft_port}"
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderInfo:
+    """The leader as `wait_for_leader` found it."""
+
+    id: int
+    url: str
+    term: int
+
+
+class LocalCluster:
+    """Starts, kills, restarts and stops a local N-node raftq cluster."""
+
+    def __init__(
+        self,
+        nodes: int = 3,
+        data_dir: str | os.PathLike[str] = "./data",
+        http_port: int | Sequence[int] = 7001,
+        raft_port: int | Sequence[int] = 7101,
+        host: str = "127.0.0.1",
+        extra_args: Sequence[str] = (),
+        python: str = sys.executable,
+        log_dir: str | os.PathLike[str] | None = None,
+        stop_grace_s: float = 10.0,
+    ) -> None:
+        if nodes < 1:
+            raise ValueError("nodes must be >= 1")
+        self.data_dir = Path(data_dir).resolve()
+        self.log_dir = Path(log_dir).resolve() if log_dir is not None else self.data_dir
+        self.host = host
+        self.extra_args = tuple(extra_args)
+        self.python = python
+        self.stop_grace_s = stop_grace_s
+        http_ports = _ports(http_port, nodes, "http_port")
+        raft_ports = _ports(raft_port, nodes, "raft_port")
+        self.specs: dict[int, NodeSpec] = {
+            i + 1: NodeSpec(
+                id=i + 1,
+                host=host,
+                http_port=http_ports[i],
+                raft_port=raft_ports[i],
+                data_dir=self.data_dir / f"node-{i + 1}",
+                log_path=self.log_dir / f"node-{i + 1}.log",
+            )
+            for i in range(nodes)
+        }
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    def __repr__(self) -> str:
+        return f"LocalCluster(nodes={len(self.specs)}, data_dir={str(self.data_dir)!r}, running={sorted(self.running())})"
+
+    # --- addresses -----------------------------------------------------------------------
+
+    @property
+    def ids(self) -> list[int]:
+        return sorted(self.specs)
+
+    @property
+    def urls(self) -> list[str]:
+        """HTTP base URL of every node, in id order."""
+        return [self.specs[i].url for i in self.ids]
+
+    @property
+    def servers(self) -> str:
+        """The URLs comma-joined, as `--servers`/`RAFTQ_SERVERS` expect."""
+        return ",".join(self.urls)
+
+    @property
+    def pids(self) -> dict[int, int]:
+        """PID of every running node by id."""
+        return {i: p.pid for i, p in self._procs.items() if p.poll() is None}
+
+    def url(self, node_id: int) -> str:
+        return self._spec(node_id).url
+
+    def running(self) -> list[int]:
+        return sorted(i for i, p in self._procs.items() if p.poll() is None)
+
+    def peers_arg(self) -> str:
+        """The `--peers` value: every member as `id=http_url@raft_addr`."""
+        return ",".join(f"{s.id}={s.url}@{s.raft_addr}" for s in self.specs.values())
+
+    def command(self, node_id: int) -> list[str]:
+        """The argv that runs node `node_id`."""
+        s = self._spec(node_id)
+        return [
+            self.python,
+            "-m",
+            "node",
+            "--id",
+            str(s.id),
+            "--http",
+            f"{s.host}:{s.http_port}",
+            "--raft",
+            s.raft_addr,
+            "--peers",
+            self.peers_arg(),
+            "--data-dir",
+            str(s.data_dir),
+            *self.extra_args,
+        ]
+
+    def _spec(self, node_id: int) -> NodeSpec:
+        try:
+            return self.specs[node_id]
+        except KeyError:
+            raise ValueError(f"no node {node_id} (ids are {self.ids})") from None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> LocalCluster:
+        """Start every node that is not running."""
+        for i in self.ids:
+            self.start_node(i)
+        return self
+
+    def start_node(self, node_id: int) -> int:
+        """Start one node (no-op if running); returns its PID."""
+        proc = self._procs.get(node_id)
+        if proc is not None and proc.poll() is None:
+            return proc.pid
+        s = self._spec(node_id)
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        s.log_path.parent.mkdir(parents=True, exist_ok=True)
+        main_thread = threading.current_thread() is threading.main_thread()
+        with open(s.log_path, "ab") as log_file:
+            proc = subprocess.Popen(
+                self.command(node_id),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if main_thread and sys.platform == "linux" else None,
+            )
+        self._procs[node_id] = proc
+        with _LIVE_LOCK:
+            _LIVE.difference_update([p for p in _LIVE if p.poll() is not None])
+            _LIVE.add(proc)
+        log.info("launcher.node_started", node_id=node_id, pid=proc.pid, url=s.url)
+        return proc.pid
+
+    def kill(self, node_id: int, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to node `node_id` (default SIGKILL: a crash); waits if it kills."""
+        self._spec(node_id)
+        proc = self._procs.get(node_id)
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        if sig == signal.SIGKILL:
+            proc.wait()
+        log.info("launcher.node_signalled", node_id=node_id, signal=int(sig))
+
+    def stop(self, node_id: int, grace_s: float | None = None) -> int | None:
+        """SIGTERM, then SIGKILL after `grace_s`; returns the exit code (None if never run)."""
+        self._spec(node_id)
+        proc = self._procs.get(node_id)
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGCONT)  # a SIGSTOPped node must see the SIGTERM
+                proc.terminate()
+            try:
+                proc.wait(timeout=self.stop_grace_s if grace_s is None else grace_s)
+            except subprocess.TimeoutExpired:
+                log.warning("launcher.node_kill_after_grace", node_id=node_id, pid=proc.pid)
+                proc.kill()
+                proc.wait()
+        log.info("launcher.node_stopped", node_id=node_id, returncode=proc.returncode)
+        return proc.returncode
+
+    def restart(self, node_id: int) -> int:
+        """Stop (gracefully) and start node `node_id` on the same data dir; returns the PID."""
+        self.stop(node_id)
+        return self.start_node(node_id)
+
+    def stop_all(self, grace_s: float | None = None) -> None:
+        """SIGTERM every node at once, then SIGKILL whatever outlives the grace period."""
+        live = [p for p in self._procs.values() if p.poll() is None]
+        for proc in live:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGCONT)
+                proc.terminate()
+        deadline = time.monotonic() + (self.stop_grace_s if grace_s is None else grace_s)
+        for proc in live:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if live:
+            log.info("launcher.stopped_all", nodes=len(live))
+
+    def returncodes(self) -> dict[int, int | None]:
+        """Exit code of every node started so far (None while running)."""
+        return {i: p.poll() for i, p in self._procs.items()}
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+    # --- observation ---------------------------------------------------------------------
+
+    def cluster_view(self, node_id: int, timeout_s: float = 1.0) -> dict[str, Any] | None:
+        """Node `node_id`'s `GET /v1/cluster`, or None if it does not answer."""
+        try:
+            with _DIRECT.open(self.url(node_id) + "/v1/cluster", timeout=timeout_s) as resp:
+                return json.loads(resp.read())
+        except (OSError, ValueError, urllib.error.URLError):
+            return None
+
+    def leader(self) -> LeaderInfo | None:
+        """The node that claims leadership in the highest term, if any does now."""
+        best: LeaderInfo | None = None
+        for i in self.running():
+            view = self.cluster_view(i)
+            if not view:
+                continue
+            leader = view.get("leader") or {}
+            if leader.get("id") == view.get("node_id") == i:
+                term = int(view.get("term") or 0)
+                if best is None or term > best.term:
+                    best = LeaderInfo(id=i, url=self.url(i), term=term)
+        return best
+
+    def wait_for_leader(self, timeout_s: float = 30.0, poll_s: float = 0.1) -> LeaderInfo:
+        """Poll `/v1/cluster` until a node says it leads.
+
+        Raises ClusterStartError (naming the node logs) when every node has exited or no
+        leader appears within `timeout_s`.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = self.leader()
+            if found is not None:
+                return found
+            dead = {i: rc for i, rc in self.returncodes().items() if rc is not None}
+            if dead and len(dead) == len(self._procs):
+                logs = ", ".join(str(self.specs[i].log_path) for i in sorted(dead))
+                raise ClusterStartError(f"every node exited (codes {dead}); see {logs}")
+            if time.monotonic() >= deadline:
+                logs = ", ".join(str(self.specs[i].log_path) for i in self.ids)
+                raise ClusterStartError(
+                    f"no leader within {timeout_s:g}s (exited nodes: {dead or 'none'}; logs: {logs})"
+                )
+            time.sleep(poll_s)
+
+    def wait_ready(self, node_id: int, timeout_s: float = 30.0) -> None:
+        """Wait until node `node_id` answers `GET /v1/ready` with 200."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with _DIRECT.open(self.url(node_id) + "/v1/ready", timeout=1.0) as r:
+                    if r.status == 200:
+                        return
+            except (OSError, urllib.error.URLError):
+                pass
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"node {node_id} not ready within {timeout_s:g}s")
+            time.sleep(0.1)
+
+
+__all__ = ["ClusterStartError", "LeaderInfo", "LocalCluster", "NodeSpec", "free_ports"]

@@ -1,0 +1,551 @@
+"""Client behaviour against fake nodes on real loopback sockets: discovery, redirects,
+retries with the same dedup ids, typed errors, deadlines, bodies and the consumer loop."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from cluster import (
+    AsyncClient,
+    BadRequest,
+    Client,
+    ClusterUnavailable,
+    Conflict,
+    Message,
+    NotFound,
+    OutgoingMessage,
+    TooLarge,
+)
+from cluster.consumer import retry_delay_s
+from cluster.discovery import DEFAULT_SERVERS, resolve_servers
+from tests.cluster.conftest import FakeCluster
+
+# --- servers and discovery ---------------------------------------------------------------
+
+
+def test_servers_from_argument_env_and_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAFTQ_SERVERS", raising=False)
+    assert resolve_servers() == DEFAULT_SERVERS
+    monkeypatch.setenv("RAFTQ_SERVERS", "127.0.0.1:9001, http://127.0.0.1:9002/")
+    assert resolve_servers() == ("http://127.0.0.1:9001", "http://127.0.0.1:9002")
+    assert resolve_servers(["http://h:1", "http://h:1"]) == ("http://h:1",)
+    with pytest.raises(ValueError):
+        resolve_servers("ftp://x:1")
+
+
+async def test_discovers_leader_from_any_node(fake: FakeCluster) -> None:
+    async with AsyncClient([fake.url(3), fake.url(2), fake.url(1)], timeout_s=5) as client:
+        q = client.queue("tasks")
+        await q.create()
+        await q.send("hello")
+        assert client.leader_url == fake.url(1)
+    # every queue request went straight to the leader: discovery used /v1/cluster
+    assert {n for n, *_ in fake.requests} == {1}
+
+
+async def test_follows_307_when_cached_leader_is_stale(fake: FakeCluster) -> None:
+    async with AsyncClient(fake.urls, timeout_s=5) as client:
+        q = client.queue("tasks")
+        await q.create()
+        fake.leader_id, fake.term = 2, 2
+        mid = await q.send({"n": 1})
+        assert client.leader_url == fake.url(2)
+    assert fake.count("/messages", node=1) == 1  # answered 307
+    assert fake.count("/messages", node=2) == 1
+    assert mid in fake.queues["tasks"].messages
+
+
+async def test_follower_only_list_finds_leader_via_307(fake: FakeCluster) -> None:
+    fake.hide_leader = True  # /v1/cluster names no leader: only the 307 can tell
+    async with AsyncClient([fake.url(3)], timeout_s=5) as client:
+        await client.queue("tasks").create()
+        assert client.leader_url == fake.url(1)
+    assert fake.count("/v1/queues/tasks", node=3) == 1
+    assert fake.count("/v1/queues/tasks", node=1) == 1
+
+
+async def test_discovery_prefers_highest_term_over_stale_leader(fake: FakeCluster) -> None:
+    # node 3 answers first-ish but still believes it leads in an old term
+    fake.term = 5
+    fake.cluster_overrides[3] = {"leader": {"id": 3, "url": fake.url(3)}, "term": 4}
+    async with AsyncClient([fake.url(3), fake.url(1), fake.url(2)], timeout_s=5) as client:
+        await client.queue("tasks").create()
+        assert client.leader_url == fake.url(1)
+    assert fake.count("/v1/queues/tasks", node=3) == 0
+
+
+async def test_dead_first_server_still_works(fake: FakeCluster, dead_url: str) -> None:
+    async with AsyncClient([dead_url, fake.url(2)], timeout_s=5) as client:
+        await client.queue("tasks").create()
+        assert await client.queue("tasks").send("x")
+
+
+async def test_leader_dies_client_rediscovers(fake: FakeCluster) -> None:
+    async with AsyncClient(fake.urls, timeout_s=5) as client:
+        q = client.queue("tasks")
+        await q.create()
+        fake.take_down(1)
+        fake.leader_id, fake.term = 3, 2
+        await q.send("after failover")
+        assert client.leader_url == fake.url(3)
+
+
+async def test_503_no_leader_respects_retry_after_then_succeeds(fake: FakeCluster) -> None:
+    async with AsyncClient(fake.urls, timeout_s=5) as client:
+        q = client.queue("tasks")
+        await q.create()
+        fake.leader_id = None
+        fake.retry_after_s = "0.3"
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.5, lambda: setattr(fake, "leader_id", 2))
+        start = time.monotonic()
+        await q.send("during election")
+        elapsed = time.monotonic() - start
+    assert 0.4 < elapsed < 3.0
+    # Retry-After (0.3 s) spaced the retries: a handful of requests, not a hot loop
+    assert 1 <= fake.count("/messages") - 1 <= 8
+
+
+async def test_retry_after_dropped_connection_reuses_dedup_id(fake: FakeCluster) -> None:
+    async with AsyncClient(fake.urls, timeout_s=5) as client:
+        q = client.queue("tasks")
+        await q.create()
+        fake.drop_after_apply = 1
+        results = await q.send_many(["a", "b", "c"])
+    sends = [body for _, _, path, body in fake.requests if path.endswith("/messages")]
+    assert len(sends) == 2
+    first_ids = [m["dedup_id"] for m in sends[0]["messages"]]
+    assert first_ids == [m["dedup_id"] for m in sends[1]["messages"]]
+    assert len(set(first_ids)) == 3
+    assert [r.duplicate for r in results] == [True, True, True]
+    assert len(fake.queues["tasks"].messages) == 3  # applied once, never twice
+    assert {r.id for r in results} == set(fake.queues["tasks"].messages)
+
+
+async def test_send_at_most_once_uses_ack_none(fake: FakeCluster) -> None:
+    async with AsyncClient(fake.urls, timeout_s=5) as client:
+        q = client.queue("tasks")
+        await q.create()
+        assert await q.send_at_most_once(["a", {"b": 1}]) == 2
+        assert await q.send_at_most_once([]) == 0
+    assert len(fake.queues["tasks"].messages) == 2
+
+
+async def test_caller_dedup_id_is_kept(fake: FakeCluster) -> None:
+    async with AsyncClient(fake.urls, timeout_s=5) as client:
+        q = client.queue("tasks")
+        await q.create()
+        first = await q.send("order", dedup_id="order-42")
+        again = await q.send("order", dedup_id="order-42")
+    assert first == again
+    assert len(fake.queues["tasks"].messages) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "exc_type"),
+    [
+        (400, "bad_request", BadRequest),
+        (404, "not_found", NotFound),
+        (409, "conflict", Conflict),
+        (413, "too_large", TooLarge),
+    ],
+)
+async def test_definite_errors_raise_typed_and_are_not_retried(
+    fake: FakeCluster, status: int, code: str, exc_type: type[Exception]
+) -> None:
+    async with AsyncClient(fake.urls, timeout_s=5) as client:
+        q = client.queue("tasks")
+        await q.create()
+        fake.scripted.append((status, code))
+        with pytest.raises(exc_type) as info:
+            await q.send("x")
+    err = info.value
+    assert (err.status, err.code) == (status, code)  # type: ignore[attr-defined]
+    assert err.message == f"scripted {code}"  # type: ignore[attr-defined]
+    assert err.body["error"]["code"] == code  # type: ignore[attr-defined]
+    assert fake.count("/messages") == 1
+
+
+async def test_real_not_found_and_bad_request(fake: FakeCluster) -> None:
+    async with AsyncClient(fake.urls, timeout_s=5) as client:
+        with pytest.raises(NotFound, match="does not exist"):
+            await client.queue("missing").info()
+        with pytest.raises(BadRequest):
+            await client.queue("q").create(visibility_timeout_s="soon")
+
+
+async def test_cluster_unavailable_names_every_server_within_deadline(
+    fake: FakeCluster, dead_url: str
+) -> None:
+    fake.leader_id = None
+    servers = [dead_url, fake.url(1), fake.url(2)]
+    async with AsyncClient(servers, timeout_s=1.0, request_timeout_s=0.5) as client:
+        start = time.monotonic()
+        with pytest.raises(ClusterUnavailable) as info:
+            await client.queue("tasks").send("x")
+        elapsed = time.monotonic() - start
+    assert 0.9 < elapsed < 2.5
+    err = info.value
+    assert set(err.attempts) == set(servers)
+    assert err.attempts[dead_url].startswith("cannot connect")
+    assert "no_leader" in err.attempts[fake.url(1)] or "no leader" in err.attempts[fake.url(1)]
+    for url in servers:
+        assert url in str(err)
+
+
+# --- bodies and messages -----------------------------------------------------------------
+
+
+async def test_bodies_round_trip_and_message_helpers(fake: FakeCluster) -> None:
+    async with AsyncClient(fake.urls, timeout_s=5) as client:
+        q = client.queue("tasks")
+        await q.create()
+        await q.send({"image_id": 123})
+        await q.send("plain text")
+        await q.send(b"\x00\xffbin")
+        sent = [b["messages"][0] for *_, p, b in fake.requests if p.endswith("/messages")]
+        assert sent[0]["body"] == '{"image_id":123}'
+        assert sent[0]["attributes"] == {"content_type": "application/json"}
+        assert sent[1]["body"] == "plain text" and "attributes" not in sent[1]
+        assert base64.b64decode(sent[2]["body_b64"]) == b"\x00\xffbin"
+        assert all(len(m["dedup_id"]) == 32 for m in sent)
+
+        msgs = await q.receive(max=10)
+        assert isinstance(msgs, list) and len(msgs) == 3
+        as_json, text, binary = msgs
+        assert as_json.data == {"image_id": 123} and as_json.json() == {"image_id": 123}
+        assert text.data == "plain text" and text.body == "plain text"
+        assert binary.body_bytes == b"\x00\xffbin" and binary.data == b"\x00\xffbin"
+        assert as_json.receive_count == 1 and as_json.retry_count == 0
+        assert "image_id" in repr(as_json) and "tasks" in repr(as_json)
+        # seed style: acknowledge by message id works for messages received here
+        assert await q.acknowledge(as_json.id)
+        assert (await q.acknowledge_many([text, binary])).acked == 2
+        assert fake.queues["tasks"].messages == {}
+
+
+async def test_receive_rule_single_or_list(fake: FakeCluster) -> None:
+    async with AsyncClient(fake.urls, timeout_s=5) as client:
+        q = client.queue("tasks")
+        await q.create()
+        assert await q.receive() is None
+        assert await q.receive(max=1) == []
+        await q.send("one")
+        msg = await q.receive()
+        assert isinstance(msg, Message) and msg.body == "one"
+        with pytest.raises(ValueError):
+            await q.receive(max=0)
+        with pytest.raises(TypeError):
+            await q.send(object())
+
+
+async def test_receive_long_poll_waits_for_a_message(fake: FakeCluster) -> None:
+    async with AsyncClient(fake.urls, timeout_s=5) as client:
+        q = client.queue("tasks")
+        await q.create()
+        asyncio.get_running_loop().call_later(0.3, lambda: asyncio.ensure_future(q.send("late")))
+        msg = await q.receive(wait_s=3)
+        assert msg is not None and msg.body == "late"
+
+
+async def test_stale_ack_returns_false_and_nack_extend(fake: FakeCluster) -> None:
+    async with AsyncClient(fake.urls, timeout_s=5) as client:
+        q = client.queue("tasks")
+        await q.create()
+        await q.send_many([OutgoingMessage("p", priority=3, group_id="g"), "q"])
+        first = await q.receive(visibility_timeout_s=0.2)
+        assert first is not None and first.group_id == "g"
+        await asyncio.sleep(0.3)  # lease expires
+        again = await q.receive()
+        assert again is not None and again.id == first.id and again.receive_count == 2
+        assert await q.acknowledge(first) is False
+        assert await q.extend(again, 10) is True
+        assert await q.retry(again, delay_s=5) is True
+        assert fake.nacks == [(again.id, 5.0)]
+        info = await q.info()
+        assert info["delayed"] == 1 and info["depth"] == 1
+
+
+async def test_admin_calls(fake: FakeCluster) -> None:
+    async with AsyncClient(fake.urls, timeout_s=5) as client:
+        q = client.queue("jobs")
+        config = await q.create(visibility_timeout_s=12, max_receives=3)
+        assert config["visibility_timeout_s"] == 12
+        await q.send("x")
+        assert [x["name"] for x in await client.queues()] == ["jobs"]
+        assert (await q.purge())["purged"] == 1
+        assert (await client.cluster())["leader"]["id"] == 1
+        await q.delete()
+        assert await client.queues() == []
+
+
+# --- the consumer loop -------------------------------------------------------------------
+
+
+def test_retry_delay_is_exponential_and_capped() -> None:
+    assert [retry_delay_s(n, 1.0, 10.0) for n in (1, 2, 3, 4, 5)] == [1, 2, 4, 8, 10]
+
+
+async def test_consumer_extends_lease_of_slow_handler_and_acks(fake: FakeCluster) -> None:
+    async with AsyncClient(fake.urls, timeout_s=5) as client:
+        q = client.queue("tasks")
+        await q.create()
+        await q.send("slow")
+        seen: list[Message] = []
+
+        async def handler(msg: Message) -> None:
+            seen.append(msg)
+            await asyncio.sleep(1.0)  # > visibility timeout: only extensions keep the lease
+            q.stop()
+
+        stats = await q.consume(handler, visibility_timeout_s=0.45, handle_signals=False)
+    assert len(seen) == 1 and seen[0].receive_count == 1
+    assert stats.succeeded == 1 and stats.failed == 0
+    assert len(fake.extends) >= 2 and stats.extended >= 2
+    assert fake.queues["tasks"].messages == {}
+
+
+async def test_consumer_nacks_failures_with_exponential_delay(fake: FakeCluster) -> None:
+    async with AsyncClient(fake.urls, timeout_s=5) as client:
+        q = client.queue("tasks")
+        await q.create()
+        await q.send("flaky")
+        counts: list[int] = []
+
+        async def handler(msg: Message) -> None:
+            counts.append(msg.receive_count)
+            if msg.receive_count < 3:
+                raise RuntimeError("boom")
+            q.stop()
+
+        stats = await asyncio.wait_for(
+            q.consume(
+                handler,
+                visibility_timeout_s=5,
+                retry_base_delay_s=0.1,
+                poll_wait_s=0.2,
+                handle_signals=False,
+            ),
+            timeout=10,
+        )
+    assert counts == [1, 2, 3]
+    assert [d for _, d in fake.nacks] == [0.1, 0.2]
+    assert stats.failed == 2 and stats.succeeded == 1
+
+
+async def test_consumer_stop_drains_running_handlers(fake: FakeCluster) -> None:
+    async with AsyncClient(fake.urls, timeout_s=5) as client:
+        q = client.queue("tasks")
+        await q.create()
+        await q.send_many([f"m{i}" for i in range(6)])
+        started = asyncio.Event()
+        finished: list[str] = []
+
+        def handler(msg: Message) -> None:  # sync handlers run in worker threads
+            started.set()
+            time.sleep(0.3)
+            finished.append(msg.body)
+
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(
+            q.consume(handler, concurrency=3, stop_event=stop, handle_signals=False)
+        )
+        await asyncio.wait_for(started.wait(), 5)
+        stop.set()
+        stats = await asyncio.wait_for(task, 5)
+    # the handlers that were running finished and were acked; nothing else was taken
+    assert stats.succeeded == len(finished) >= 1
+    assert stats.received == stats.succeeded + stats.returned
+    remaining = fake.queues["tasks"]
+    assert len(remaining.messages) == 6 - len(finished)
+    assert all(m.receipt is None for m in remaining.messages.values())
+
+
+async def test_async_messages_iterator(fake: FakeCluster) -> None:
+    async with AsyncClient(fake.urls, timeout_s=5) as client:
+        q = client.queue("tasks")
+        await q.create()
+        await q.send_many(["a", "b", "c"])
+        got = []
+        async for msg in q.messages(max=2, wait_s=1):
+            got.append(msg.body)
+            await q.acknowledge(msg)
+            if len(got) == 3:
+                break
+    assert got == ["a", "b", "c"]
+
+
+# --- the sync client ---------------------------------------------------------------------
+
+
+def test_sync_client_seed_style(fake: FakeCluster) -> None:
+    with Client(fake.urls, timeout_s=5) as client:
+        q = client.queue("tasks")
+        q.create()
+        mid = q.send({"image_id": 123})
+        message = q.receive(wait_s=1)
+        assert message is not None and message.id == mid
+        assert message.data["image_id"] == 123
+        assert q.acknowledge(message.id)
+        assert q.receive() is None
+        assert client.leader_url == fake.url(1)
+        assert "Client(" in repr(client)
+    with pytest.raises(RuntimeError, match="closed"):
+        q.info()
+
+
+def test_sync_consume_stops_on_stop_event(fake: FakeCluster) -> None:
+    with Client(fake.urls, timeout_s=5) as client:
+        q = client.queue("tasks")
+        q.create()
+        q.send_many(["a", "b"])
+        stop = threading.Event()
+        done: list[str] = []
+
+        def handler(msg: Message) -> None:
+            done.append(msg.body)
+            if len(done) == 2:
+                stop.set()
+
+        stats = q.consume(handler, concurrency=2, stop_event=stop, poll_wait_s=0.2)
+    assert sorted(done) == ["a", "b"] and stats.succeeded == 2
+
+
+def test_sync_consume_stops_cleanly_on_sigterm(fake: FakeCluster) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from cluster import Client
+        with Client({fake.urls!r}, timeout_s=5) as client:
+            q = client.queue("tasks")
+            def handler(msg):
+                print("start", msg.body, flush=True)
+                time.sleep(0.5)
+                print("done", msg.body, flush=True)
+            stats = q.consume(handler, poll_wait_s=0.2)
+            print("stats", stats.succeeded, flush=True)
+        """
+    )
+    with Client(fake.urls, timeout_s=5) as client:
+        client.queue("tasks").create()
+        client.queue("tasks").send("job")
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    try:
+        assert proc.stdout is not None
+        first = ""
+        while not first.startswith("start"):  # skip any log lines
+            first = proc.stdout.readline().decode()
+            assert first, "consumer exited early"
+        assert first.strip() == "start job"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err.decode()
+    lines = [x for x in out.decode().splitlines() if x.startswith(("done", "stats"))]
+    assert lines == ["done job", "stats 1"]
+    assert fake.queues["tasks"].messages == {}
+    assert json.loads(json.dumps(fake.queues["tasks"].stats()))["acked_total"] == 1
+
+
+def test_async_consume_stops_cleanly_on_sigint(fake: FakeCluster) -> None:
+    script = textwrap.dedent(
+        f"""
+        import asyncio
+        from cluster import AsyncClient
+
+        async def main():
+            async with AsyncClient({fake.urls!r}, timeout_s=5) as client:
+                q = client.queue("tasks")
+                async def handler(msg):
+                    print("start", msg.body, flush=True)
+                    await asyncio.sleep(0.5)
+                    print("done", msg.body, flush=True)
+                stats = await q.consume(handler, concurrency=2, poll_wait_s=0.2)
+                print("stats", stats.succeeded, flush=True)
+
+        asyncio.run(main())
+        """
+    )
+    with Client(fake.urls, timeout_s=5) as client:
+        client.queue("tasks").create()
+        client.queue("tasks").send("job")
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    try:
+        assert proc.stdout is not None
+        first = ""
+        while not first.startswith("start"):
+            first = proc.stdout.readline().decode()
+            assert first, "consumer exited early"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err.decode()
+    lines = [x for x in out.decode().splitlines() if x.startswith(("done", "stats"))]
+    assert lines == ["done job", "stats 1"]
+    assert fake.queues["tasks"].messages == {}
+
+
+async def test_borrowed_session_is_used_and_left_open(fake: FakeCluster) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with AsyncClient(fake.urls, timeout_s=5, session=session) as client:
+            await client.queue("tasks").create()
+            assert "AsyncClient(" in repr(client) and fake.url(1) in repr(client)
+        assert not session.closed
+        async with session.get(fake.url(1) + "/v1/health") as resp:
+            assert resp.status == 200
+
+
+def test_sync_queue_stop_from_another_thread_and_messages_iterator(fake: FakeCluster) -> None:
+    with Client(fake.urls, timeout_s=5) as client:
+        q = client.queue("tasks")
+        q.create()
+        q.send_many(["a", "b", "c"])
+        got = []
+        for msg in q.messages(max=2, wait_s=1):
+            got.append(msg.body)
+            q.acknowledge(msg)
+            if len(got) == 3:
+                break
+        assert got == ["a", "b", "c"]
+
+        q.send("d")
+        handled = threading.Event()
+        result: list[object] = []
+
+        def handler(msg: Message) -> None:
+            handled.set()
+
+        worker = threading.Thread(
+            target=lambda: result.append(q.consume(handler, handle_signals=False, poll_wait_s=0.2))
+        )
+        worker.start()
+        assert handled.wait(5)
+        q.stop()
+        worker.join(10)
+        assert not worker.is_alive()
+        assert result[0].succeeded == 1  # type: ignore[attr-defined]

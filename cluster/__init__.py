@@ -27,11 +27,19 @@ from cluster.errors import (
 from cluster.launcher import ClusterStartError, LeaderInfo, LocalCluster, free_ports
 from cluster.message import AckResult, Message, OutgoingMessage, SendResult
 from cluster.sync_client import Client, Queue
+from cluster.transactions import (
+    AsyncTransaction,
+    Transaction,
+    TransactionAborted,
+    TxnResult,
+    consume_exactly_once,
+)
 
 __all__ = [
     "AckResult",
     "AsyncClient",
     "AsyncQueue",
+    "AsyncTransaction",
     "BadRequest",
     "Client",
     "ClusterStartError",
@@ -50,6 +58,10 @@ __all__ = [
     "SendResult",
     "ServerError",
     "TooLarge",
+    "Transaction",
+    "TransactionAborted",
+    "TxnResult",
     "Unauthorized",
+    "consume_exactly_once",
     "free_ports",
 ]

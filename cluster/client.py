@@ -33,6 +33,7 @@ from cluster.message import AckResult, Message, OutgoingMessage, SendResult
 
 if TYPE_CHECKING:
     from cluster.consumer import Consumer, ConsumerStats, Handler
+    from cluster.transactions import AsyncTransaction
 
 #: The API's long-poll limit: a longer `wait_s` is served as several polls.
 MAX_POLL_WAIT_S = 20.0
@@ -360,6 +361,16 @@ class AsyncQueue:
         """
         return await self.consumer(handler, **options).run()
 
+    async def consume_exactly_once(
+        self, handler: Handler, *, output: Any = None, **options: Any
+    ) -> ConsumerStats:
+        """The consumer loop with a transaction instead of an ack: the input's ack and
+        the handler's outputs (sent to `output`) commit all or nothing, exactly once per
+        delivery. See `cluster.transactions.exactly_once_consumer`."""
+        from cluster.transactions import consume_exactly_once
+
+        return await consume_exactly_once(self, handler, output=output, **options)
+
     def stop(self) -> None:
         """Ask every consumer loop running on this handle to stop (drains, then returns)."""
         for consumer in list(self._consumers):
@@ -440,6 +451,12 @@ class AsyncClient:
             timeout_s=timeout_s,
             extra_request_s=extra_request_s,
         )
+
+    def transaction(self, txn_id: str | None = None) -> AsyncTransaction:
+        """Start collecting acks and sends to commit atomically (`async with` commits)."""
+        from cluster.transactions import AsyncTransaction
+
+        return AsyncTransaction(self, txn_id)
 
     def queue(self, name: str) -> AsyncQueue:
         """The handle of queue `name` (not created on the server: call `create()`)."""

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger("raftq.consumer")
 
 Handler = Callable[[Message], Awaitable[Any] | Any]
+#: How a handled message is completed (default: ack). Gets the message and the handler's
+#: result; returns False when the delivery went stale (someone else has the message now).
+Completion = Callable[[Message, Any], Awaitable[bool]]
 DEFAULT_VISIBILITY_TIMEOUT_S = 30.0
 
 
@@ -75,6 +78,8 @@ class Consumer:
         retry_max_delay_s: float = 300.0,
         stop_event: asyncio.Event | None = None,
         handle_signals: bool = True,
+        complete: Completion | None = None,
+        extend_leases: bool = True,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -88,6 +93,8 @@ class Consumer:
         self.retry_base_delay_s = retry_base_delay_s
         self.retry_max_delay_s = retry_max_delay_s
         self.stats = ConsumerStats()
+        self._complete = complete
+        self.extend_leases = extend_leases
         self._external_stop = stop_event
         self._handle_signals = handle_signals
         self._stop: asyncio.Event | None = None
@@ -261,10 +268,9 @@ class Consumer:
         except RaftqError as exc:
             log.warning("consumer.hand_back_failed", queue=self.queue.name, error=str(exc))
 
-    async def _call_handler(self, msg: Message) -> None:
+    async def _call_handler(self, msg: Message) -> Any:
         if inspect.iscoroutinefunction(self.handler):
-            await self.handler(msg)
-            return
+            return await self.handler(msg)
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self.concurrency, thread_name_prefix="raftq-handler"
@@ -272,13 +278,16 @@ class Consumer:
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(self._executor, functools.partial(self.handler, msg))
         if inspect.isawaitable(result):
-            await result
+            result = await result
+        return result
 
     async def _handle(self, msg: Message, slots: asyncio.Semaphore, vt: float) -> None:
-        extender = asyncio.ensure_future(self._keep_lease(msg, vt))
+        extender = asyncio.ensure_future(
+            self._keep_lease(msg, vt) if self.extend_leases else asyncio.sleep(0)
+        )
         try:
             try:
-                await self._call_handler(msg)
+                result = await self._call_handler(msg)
             except Exception as exc:
                 extender.cancel()
                 delay_s = retry_delay_s(
@@ -301,7 +310,12 @@ class Consumer:
                 return
             extender.cancel()
             try:
-                if await self.queue.acknowledge(msg):
+                done = (
+                    await self._complete(msg, result)
+                    if self._complete is not None
+                    else await self.queue.acknowledge(msg)
+                )
+                if done:
                     self.stats.succeeded += 1
                 else:
                     self.stats.stale += 1
@@ -328,4 +342,4 @@ class Consumer:
             self.stats.extended += 1
 
 
-__all__ = ["Consumer", "ConsumerStats", "Handler", "retry_delay_s"]
+__all__ = ["Completion", "Consumer", "ConsumerStats", "Handler", "retry_delay_s"]

@@ -23,11 +23,14 @@ import contextlib
 import signal
 import threading
 from collections.abc import Coroutine, Iterable, Iterator, Mapping
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from cluster.client import AsyncClient, AsyncQueue, MessageRef
 from cluster.consumer import ConsumerStats, Handler
 from cluster.message import AckResult, Message, SendResult
+
+if TYPE_CHECKING:
+    from cluster.transactions import Transaction
 
 T = TypeVar("T")
 
@@ -212,6 +215,30 @@ class Queue:
             handle_signals=False,
             **options,
         )
+        return self._run_consumer(consumer, stop_event, handle_signals)
+
+    def consume_exactly_once(
+        self,
+        handler: Handler,
+        *,
+        output: Any = None,
+        stop_event: threading.Event | None = None,
+        handle_signals: bool = True,
+        **options: Any,
+    ) -> ConsumerStats:
+        """Like `consume`, but each message's ack and the handler's outputs (sent to
+        `output`) commit as one transaction, exactly once per delivery."""
+        from cluster.transactions import exactly_once_consumer
+
+        consumer = exactly_once_consumer(
+            self._aq, handler, output=output, handle_signals=False, **options
+        )
+        return self._run_consumer(consumer, stop_event, handle_signals)
+
+    def _run_consumer(
+        self, consumer: Any, stop_event: threading.Event | None, handle_signals: bool
+    ) -> ConsumerStats:
+        """Run an async consumer on the client's loop; signals and stop_event stop it."""
         future = asyncio.run_coroutine_threadsafe(consumer.run(), self.client._loop.loop)
         restore: list[tuple[int, Any]] = []
         if handle_signals and threading.current_thread() is threading.main_thread():
@@ -300,6 +327,12 @@ class Client:
             coro.close()
             raise RuntimeError("client is closed")
         return self._loop.run(coro)
+
+    def transaction(self, txn_id: str | None = None) -> Transaction:
+        """Collect acks and sends to commit atomically; `with` commits on a clean exit."""
+        from cluster.transactions import Transaction
+
+        return Transaction(self._async.transaction(txn_id), self._run)
 
     def queue(self, name: str) -> Queue:
         """The handle of queue `name` (call `create()` to create it on the server)."""

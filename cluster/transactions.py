@@ -5,8 +5,9 @@ ONE Raft entry, all or nothing. Its `txn_id` is what makes a retried commit safe
 whose outcome was unknown (timeout, reset, leader change) is retried with the same id, and
 the cluster answers the first result instead of applying it twice.
 
-`consume_exactly_once` derives the txn id from the delivery it processes (the receipt, which
-names the message id and this lease), so:
+`consume_exactly_once` (also `queue.consume_exactly_once(...)`) is the consumer loop with a
+transaction as its completion step. It derives the txn id from the delivery it processes
+(the receipt, which names the message id and this lease), so:
 - a retried commit of the same delivery is recognised (same id → first result), and
 - a zombie worker whose lease expired (the message went to someone else) commits with a
   stale receipt and gets 409: its output is never produced.
@@ -14,7 +15,6 @@ names the message id and this lease), so:
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +27,7 @@ from cluster.message import Message, OutgoingMessage
 
 if TYPE_CHECKING:
     from cluster.client import AsyncClient, AsyncQueue
+    from cluster.consumer import Consumer, ConsumerStats
 
 log = structlog.get_logger("raftq.transactions")
 
@@ -117,43 +118,99 @@ def _outputs(output: Output, message: Message, result: Any) -> list[tuple[str, A
     return [(output, r) for r in results]
 
 
+def delivery_txn_id(queue: str, message: Message) -> str:
+    """The txn id of one delivery: stable across retries of its commit, new per delivery."""
+    return f"eo:{queue}:{message.receipt}"
+
+
+def exactly_once_consumer(
+    queue: AsyncQueue,
+    handler: Callable[[Message], Awaitable[Any] | Any],
+    *,
+    output: Output = None,
+    **options: Any,
+) -> Consumer:
+    """A `Consumer` whose completion step is a transaction instead of an ack.
+
+    `handler(msg)` returns the output body (or a list of bodies) for the `output` queue, or
+    None to only ack; `output` may instead be a function `(msg, result) -> [(queue, body),
+    ...]`. The ack of the input and every output commit as ONE transaction whose id comes
+    from the delivery (`delivery_txn_id`). Everything else is the ordinary consumer loop:
+    `concurrency`, leases extended while the handler runs (`extend_leases=False` to
+    disable), failures nacked with backoff, clean stop.
+    """
+    from cluster.consumer import Consumer
+
+    client = queue.client
+
+    async def complete(msg: Message, result: Any) -> bool:
+        txn = AsyncTransaction(client, txn_id=delivery_txn_id(queue.name, msg))
+        txn.acknowledge(msg)
+        for out_queue, body in _outputs(output, msg, result):
+            txn.send(out_queue, body)
+        try:
+            await txn.commit()
+        except TransactionAborted:
+            log.info("exactly_once.stale_delivery", queue=queue.name, message_id=msg.id)
+            return False
+        finally:
+            queue._forget([msg])
+        return True
+
+    return Consumer(queue, handler, complete=complete, **options)
+
+
 async def consume_exactly_once(
     queue: AsyncQueue,
     handler: Callable[[Message], Awaitable[Any] | Any],
     *,
     output: Output = None,
-    max_messages: int | None = None,
-    batch: int = 10,
-    wait_s: float = 5.0,
-    visibility_timeout_s: float | None = None,
-    stop_event: asyncio.Event | None = None,
-) -> int:
-    """Receive from `queue`, run `handler`, and commit (ack input + send outputs) atomically.
+    **options: Any,
+) -> ConsumerStats:
+    """Run `exactly_once_consumer(...)` until stopped; returns its stats.
 
-    `handler(msg)` returns the output body (or a list of bodies) for the `output` queue,
-    or None to only ack. `output` may instead be a function `(msg, result) -> [(queue,
-    body), ...]`. Returns the number of messages committed. A delivery whose commit is
-    refused (its lease went stale) is skipped: another delivery of it will be processed.
+    Options are the consumer's: `concurrency`, `visibility_timeout_s`, `poll_wait_s`,
+    `retry_base_delay_s`, `retry_max_delay_s`, `stop_event`, `handle_signals`,
+    `extend_leases`.
     """
-    done = 0
-    stop = stop_event or asyncio.Event()
-    client = queue.client
-    while not stop.is_set() and (max_messages is None or done < max_messages):
-        messages = await queue.receive(
-            max=batch, wait_s=wait_s, visibility_timeout_s=visibility_timeout_s
-        )
-        for msg in messages:
-            result = handler(msg)
-            if asyncio.iscoroutine(result):
-                result = await result
-            txn = AsyncTransaction(client, txn_id=f"eo:{queue.name}:{msg.receipt}")
-            txn.acknowledge(msg)
-            for out_queue, body in _outputs(output, msg, result):
-                txn.send(out_queue, body)
-            try:
-                await txn.commit()
-            except TransactionAborted:
-                log.info("exactly_once.stale_delivery", queue=queue.name, id=msg.id)
-                continue
-            done += 1
-    return done
+    return await exactly_once_consumer(queue, handler, output=output, **options).run()
+
+
+class Transaction:
+    """The blocking twin of `AsyncTransaction` (from `Client.transaction()`).
+
+    with client.transaction() as txn:
+        txn.acknowledge(msg)
+        txn.send("out", {"result": 42})
+    """
+
+    def __init__(self, inner: AsyncTransaction, run: Callable[[Any], Any]) -> None:
+        self._inner = inner
+        self._run = run
+
+    def __repr__(self) -> str:
+        return repr(self._inner).replace("AsyncTransaction", "Transaction", 1)
+
+    @property
+    def txn_id(self) -> str:
+        return self._inner.txn_id
+
+    @property
+    def result(self) -> TxnResult | None:
+        return self._inner.result
+
+    def acknowledge(self, message: Message, queue: str | None = None) -> None:
+        self._inner.acknowledge(message, queue)
+
+    def send(self, queue: str, body: Any, **options: Any) -> None:
+        self._inner.send(queue, body, **options)
+
+    def commit(self, timeout_s: float | None = None) -> TxnResult:
+        return self._run(self._inner.commit(timeout_s))
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if exc_type is None:
+            self.commit()

@@ -86,9 +86,15 @@ async def transcode_worker(
         url = f"cdn/{job['video_id']}/{job['resolution']}.mp4"
         return {"video_id": job["video_id"], "resolution": job["resolution"], "url": url}
 
-    # batch=1: a worker holds only the job it is working on (leases are not extended here)
+    # extend_leases=False plays a frozen worker: a stalled process cannot extend its lease
     await consume_exactly_once(
-        client.queue(JOBS), transcode, output=COMPLETIONS, batch=1, wait_s=1, stop_event=stop
+        client.queue(JOBS),
+        transcode,
+        output=COMPLETIONS,
+        poll_wait_s=1,
+        stop_event=stop,
+        handle_signals=False,
+        extend_leases=stall is None,
     )
 
 

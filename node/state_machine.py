@@ -26,6 +26,7 @@ from node.state import (
     dead_letters,
     delivery,
     producers,
+    queue_config,
     queues,
     sending,
     timers,
@@ -104,6 +105,9 @@ class QueueStateMachine:
     # ---- read-only queries (any thread) ------------------------------------------------
 
     def queue_info(self, name: str, now_ms: int) -> dict[str, Any] | None:
+        if not isinstance(name, str) or not queue_config.QUEUE_NAME.match(name):
+            return None
+
         def read(txn: lmdb.Transaction) -> dict[str, Any] | None:
             ctx = self._ctx(txn, now_ms)
             queue = queues.get_queue(ctx, name)
@@ -175,9 +179,12 @@ class QueueStateMachine:
         except CommandError as exc:
             child.abort()
             return exc.to_result()
-        except lmdb.Error:
+        except lmdb.BadValsizeError as exc:  # a key built from input was too long
             child.abort()
-            raise  # MapFullError and disk trouble: LmdbEnv.write grows/retries or fails
+            return BadRequest(f"a field is too long to store: {exc}").to_result()
+        except (lmdb.Error, MemoryError):
+            child.abort()
+            raise  # MapFullError, disk or memory trouble: not the command's fault; never a result
         except Exception as exc:  # a bug must not stop the node; the command changes nothing
             child.abort()
             log.exception("node.apply_failed", index=entry.index)

@@ -29,12 +29,8 @@ def zero() -> dict[str, int]:
 
 
 def bump(ctx: Ctx, qid: int, name: str, delta: int = 1) -> None:
-    pending = ctx_deltas(ctx).setdefault(qid, {})
+    pending = ctx.pending_counters.setdefault(qid, {})
     pending[name] = pending.get(name, 0) + delta
-
-
-def ctx_deltas(ctx: Ctx) -> dict[int, dict[str, int]]:
-    return ctx.pending_counters
 
 
 def flush(ctx: Ctx) -> None:

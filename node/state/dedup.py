@@ -25,10 +25,10 @@ def remember(ctx: Ctx, qid: int, dedup_id: str, ident: str, seq: int, window_ms:
     key = keys.dedup_key(qid, dedup_id)
     old = ctx.get(ctx.t.dedup, key)
     if old is not None:
-        ctx.txn.delete(keys.u64(old["expire"]) + key, db=ctx.t.dedup_expiry)
+        ctx.txn.delete(keys.expiry_key(old["expire"], key), db=ctx.t.dedup_expiry)
     expire = ctx.now_ms + window_ms
     ctx.put(ctx.t.dedup, key, {"id": ident, "seq": seq, "expire": expire})
-    ctx.txn.put(keys.u64(expire) + key, b"", db=ctx.t.dedup_expiry)
+    ctx.txn.put(keys.expiry_key(expire, key), b"", db=ctx.t.dedup_expiry)
 
 
 def expire_due(ctx: Ctx, limit: int) -> int:

@@ -10,6 +10,7 @@ MAX_BATCH = 1000
 MAX_VISIBILITY_TIMEOUT_S = 43_200
 MAX_DELAY_S = 86_400
 MAX_ID_CHARS = 128
+MAX_ID_BYTES = 400  # ids become parts of LMDB keys, which are limited to 511 bytes
 MAX_ATTRIBUTES = 64
 MAX_ATTRIBUTE_BYTES = 4096
 
@@ -33,11 +34,19 @@ def bool_field(value: Any, field: str) -> bool:
     return value
 
 
-def optional_id(value: Any, field: str) -> str | None:
+def optional_id(value: Any, field: str, max_chars: int = MAX_ID_CHARS) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_CHARS:
-        raise BadRequest(f"{field} must be a string of 1..{MAX_ID_CHARS} characters", field=field)
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= max_chars
+        or len(value.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES
+    ):
+        raise BadRequest(
+            f"{field} must be a string of 1..{max_chars} characters "
+            f"(at most {MAX_ID_BYTES} bytes of UTF-8)",
+            field=field,
+        )
     return value
 
 

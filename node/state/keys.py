@@ -63,16 +63,6 @@ def dedup_key(qid: int, dedup_id: str) -> bytes:
     return _U64.pack(qid) + dedup_id.encode()
 
 
-def dedup_expiry_key(expire_ms: int, qid: int, dedup_id: str) -> bytes:
-    """node.dedup_expiry: (expiry, queue id, dedup id) -> b''."""
-    return _U64.pack(expire_ms) + _U64.pack(qid) + dedup_id.encode()
-
-
-def split_dedup_expiry_key(key: bytes) -> tuple[int, bytes]:
-    """(expiry, dedup key) of a dedup expiry key."""
-    return read_u64(key, 0), key[8:]
-
-
 def expiry_key(expire_ms: int, ident: bytes) -> bytes:
-    """Generic expiry index entry: (expiry, ident) -> b''."""
+    """node.dedup_expiry / node.txn_expiry: (expiry, dedup key or txn id) -> b''."""
     return _U64.pack(expire_ms) + ident

@@ -91,7 +91,7 @@ def _drop_dedup(ctx: Ctx, qid: int) -> None:
         if not key or not key.startswith(prefix):
             break
         entry = ctx.get(ctx.t.dedup, key)
-        ctx.txn.delete(keys.u64(entry["expire"]) + key, db=ctx.t.dedup_expiry)
+        ctx.txn.delete(keys.expiry_key(entry["expire"], key), db=ctx.t.dedup_expiry)
         cur.delete()
 
 

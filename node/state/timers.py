@@ -36,7 +36,10 @@ def _queue_of(ctx: Ctx, cache: dict[int, dict[str, Any]], qid: int) -> dict[str,
     return queue
 
 
-def release_due(ctx: Ctx, limit: int = RELEASE_LIMIT) -> dict[str, int]:
+def release_due(ctx: Ctx, limit: int | None = None) -> dict[str, int]:
+    """Release what is due at ctx.now_ms (at most `limit` per category)."""
+    if limit is None:
+        limit = RELEASE_LIMIT
     cache: dict[int, dict[str, Any]] = {}
     expired = leases = delayed = 0
     while expired < limit and (due := _due(ctx, ctx.t.retention)) is not None:

@@ -19,6 +19,7 @@ from node.state.tables import Ctx
 
 TXN_DEDUP_WINDOW_MS = 300_000
 MAX_TXN_ITEMS = 1000
+MAX_TXN_ID_CHARS = 256
 
 
 def _list_field(cmd: dict[str, Any], name: str) -> list[Any]:
@@ -31,7 +32,7 @@ def _list_field(cmd: dict[str, Any], name: str) -> list[Any]:
 
 
 def txn(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
-    txn_id = fields.optional_id(cmd.get("txn_id"), "txn_id")
+    txn_id = fields.optional_id(cmd.get("txn_id"), "txn_id", max_chars=MAX_TXN_ID_CHARS)
     if txn_id is None:
         raise BadRequest("txn_id is required", field="txn_id")
     acks = _list_field(cmd, "ack")

@@ -1,0 +1,290 @@
+"""QueueStateMachine against the reference model, driven by random command sequences.
+
+Every step applies one command to both and demands the same result (error results are
+compared by code: the messages are free text). An invariant compares every queue's
+config and counters. At the end the whole command log is applied, as ONE batch, to a
+fresh state machine, which must reach the same state_hash and results: replicas that
+apply the same log agree byte for byte.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from node.commands import encode_command
+from node.state_machine import QueueStateMachine
+from raft.lmdb_env import LmdbEnv
+from raft.messages import Entry
+from tests.node.model import QueueModel
+
+NAMES = ("a", "b", "dlq", "f.fifo", "dlq.fifo")
+BODIES = (b"", b"x", b"hello", b"y" * 40)
+GROUPS = ("g1", "g2", "g3")
+DEDUP_IDS = (None, None, "d1", "d2", "d3")
+PRODUCERS = ("alpha", "beta")
+TXN_IDS = ("t1", "t2", "t3")
+
+
+def comparable(result: Any) -> Any:
+    if isinstance(result, dict) and "error" in result:
+        return {"error": {"code": result["error"]["code"]}}
+    return result
+
+
+@st.composite
+def configs(draw: st.DrawFn, name: str) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    options = {
+        "visibility_timeout_s": st.sampled_from([0, 1, 5, 30]),
+        "retention_s": st.sampled_from([60, 600, 345_600]),
+        "delay_s": st.sampled_from([0, 2]),
+        "dedup_window_s": st.sampled_from([0, 10, 300]),
+        "max_message_bytes": st.sampled_from([20, 262_144]),
+    }
+    for key, strategy in options.items():
+        if draw(st.booleans()):
+            config[key] = draw(strategy)
+    if name.endswith(".fifo") and draw(st.booleans()):
+        config["content_based_dedup"] = draw(st.booleans())
+    if draw(st.integers(0, 3)) == 0:
+        config["fifo"] = draw(st.booleans())  # sometimes a clash
+    if draw(st.booleans()):
+        dlq = "dlq.fifo" if name.endswith(".fifo") else "dlq"
+        config["dead_letter_queue"] = draw(st.sampled_from([dlq, dlq, "dlq.fifo", "missing"]))
+        config["max_receives"] = draw(st.sampled_from([1, 2, 3]))
+    return config
+
+
+class QueueComparison(RuleBasedStateMachine):
+    @initialize()
+    def start(self) -> None:
+        self.dirs = [tempfile.mkdtemp(prefix="raftq-sm-")]
+        self.env = LmdbEnv(self.dirs[0], sync=False)
+        self.sm = QueueStateMachine(self.env)
+        self.model = QueueModel()
+        self.now_ms = 1_000_000
+        self.log: list[Entry] = []
+        self.results: list[Any] = []
+        self.receipts: list[str] = ["garbage", "0000000000000001.1"]
+        self.producers: dict[str, int] = {}
+        self.producer_seqs: dict[tuple[str, str], int] = {}
+        self.txn_counter = 0
+        for name in ("dlq", "dlq.fifo"):
+            self.run("queue_put", name=name, config={"visibility_timeout_s": 5})
+        self.run("queue_put", name="a", config={"max_receives": 2, "dead_letter_queue": "dlq"})
+        self.run("queue_put", name="b", config={"retention_s": 600, "delay_s": 2})
+        self.run(
+            "queue_put",
+            name="f.fifo",
+            config={"max_receives": 3, "dead_letter_queue": "dlq.fifo", "visibility_timeout_s": 3},
+        )
+
+    def pick_queue(self, data: st.DataObject) -> str:
+        """Mostly an existing queue; sometimes any name (maybe a missing one)."""
+        existing = sorted(self.model.state.queues)
+        if existing and data.draw(st.integers(0, 9)) > 0:
+            return data.draw(st.sampled_from(existing))
+        return data.draw(st.sampled_from(NAMES))
+
+    def run(self, op: str, ts_ms: int | None = None, **fields: Any) -> Any:
+        ts = self.now_ms if ts_ms is None else ts_ms
+        entry = Entry(len(self.log) + 1, 1, data=encode_command(op, ts, **fields))
+        self.log.append(entry)
+        got = self.sm.apply([entry])[0]
+        self.results.append(got)
+        expected = self.model.apply(op, ts, **fields)
+        assert comparable(got) == comparable(expected), (op, fields, got, expected)
+        delivered = got.get("messages") if isinstance(got, dict) else None
+        for msg in delivered if isinstance(delivered, list) else []:
+            if "receipt" in msg:
+                self.receipts.append(msg["receipt"])
+        return got
+
+    @rule(name=st.sampled_from(NAMES), data=st.data())
+    def queue_put(self, name: str, data: st.DataObject) -> None:
+        self.run("queue_put", name=name, config=data.draw(configs(name)))
+
+    @rule(
+        name=st.sampled_from(NAMES),
+        action=st.sampled_from(["delete", "purge", "purge", "redrive", "redrive", "tick", "stale"]),
+    )
+    def admin(self, name: str, action: str) -> None:
+        if action == "delete":
+            self.run("queue_delete", name=name)
+        elif action == "purge":
+            self.run("queue_purge", name=name)
+        elif action == "redrive":
+            self.run("redrive", queue=name)
+        elif action == "tick":
+            self.run("tick")
+        else:  # stamped earlier than the last command: time must not go back
+            self.run("tick", ts_ms=self.now_ms - 5000)
+
+    @rule(
+        data=st.data(),
+        messages=st.lists(
+            st.fixed_dictionaries(
+                {"body": st.sampled_from(BODIES)},
+                optional={
+                    "priority": st.integers(0, 9),
+                    "delay_s": st.sampled_from([0, 1, 3]),
+                    "dedup_id": st.sampled_from(DEDUP_IDS),
+                    "group_id": st.sampled_from(GROUPS),
+                    "attributes": st.dictionaries(
+                        st.sampled_from(["k", "z", "a"]), st.sampled_from(["1", "2"])
+                    ),
+                },
+            ),
+            min_size=1,
+            max_size=4,
+        ),
+    )
+    def send(self, data: st.DataObject, messages: list[dict[str, Any]]) -> None:
+        self.do_send(data, messages)
+
+    @rule(data=st.data(), body=st.sampled_from(BODIES), priority=st.integers(0, 9))
+    def send_one(self, data: st.DataObject, body: bytes, priority: int) -> None:
+        self.do_send(data, [{"body": body, "priority": priority}])
+
+    def do_send(self, data: st.DataObject, messages: list[dict[str, Any]]) -> None:
+        name = self.pick_queue(data)
+        if name.endswith(".fifo") and data.draw(st.integers(0, 9)) > 0:
+            for msg in messages:
+                msg.setdefault("group_id", data.draw(st.sampled_from(GROUPS)))
+        self.run("send", queue=name, messages=messages)
+
+    @rule(
+        data=st.data(),
+        max_n=st.integers(1, 5),
+        vt=st.sampled_from([None, 0, 1, 5]),
+        auto_ack=st.booleans(),
+    )
+    def receive(self, data: st.DataObject, max_n: int, vt: int | None, auto_ack: bool) -> None:
+        name = self.pick_queue(data)
+        self.run("receive", queue=name, max=max_n, visibility_timeout_s=vt, auto_ack=auto_ack)
+
+    @rule(data=st.data())
+    def receive_and_ack(self, data: st.DataObject) -> None:
+        name = self.pick_queue(data)
+        got = self.run("receive", queue=name, max=data.draw(st.integers(1, 3)))
+        if "messages" in got and got["messages"] and data.draw(st.booleans()):
+            self.run("ack", queue=name, receipts=[m["receipt"] for m in got["messages"]])
+
+    def pick_receipts(self, data: st.DataObject) -> list[str]:
+        recent = self.receipts[-8:]
+        return data.draw(st.lists(st.sampled_from(recent), min_size=1, max_size=3))
+
+    @rule(data=st.data())
+    def ack(self, data: st.DataObject) -> None:
+        self.run("ack", queue=self.pick_queue(data), receipts=self.pick_receipts(data))
+
+    @rule(delay=st.sampled_from([None, 0, 2]), data=st.data())
+    def nack(self, delay: int | None, data: st.DataObject) -> None:
+        name = self.pick_queue(data)
+        self.run("nack", queue=name, receipts=self.pick_receipts(data), delay_s=delay)
+
+    @rule(vt=st.sampled_from([None, 1, 10]), data=st.data())
+    def extend(self, vt: int | None, data: st.DataObject) -> None:
+        name = self.pick_queue(data)
+        self.run("extend", queue=name, receipts=self.pick_receipts(data), visibility_timeout_s=vt)
+
+    @rule(data=st.data(), named=st.integers(0, 3))
+    def producer_init(self, data: st.DataObject, named: int) -> None:
+        if named > 0:
+            got = self.run("producer_init", producer_id=data.draw(st.sampled_from(PRODUCERS)))
+        else:
+            got = self.run("producer_init")
+        self.producers[got["producer_id"]] = got["epoch"]
+
+    @rule(data=st.data(), body=st.sampled_from(BODIES))
+    def send_as_producer(self, data: st.DataObject, body: bytes) -> None:
+        name = self.pick_queue(data)
+        pid = data.draw(st.sampled_from(sorted(self.producers) or list(PRODUCERS)))
+        epoch = self.producers.get(pid, 0) - data.draw(st.sampled_from([0, 0, 0, 1]))
+        key = (pid, name)
+        seq = self.producer_seqs.get(key, -1) + data.draw(st.sampled_from([1, 1, 1, 0, 2]))
+        message = {"body": body}
+        if name.endswith(".fifo"):
+            message["group_id"] = data.draw(st.sampled_from(GROUPS))
+        producer = {"id": pid, "epoch": max(epoch, 0), "seq": max(seq, 0)}
+        got = self.run("send", queue=name, messages=[message], producer=producer)
+        if "error" not in got:
+            self.producer_seqs[key] = producer["seq"]
+
+    @rule(data=st.data(), n_ack=st.integers(0, 2), n_send=st.integers(0, 2))
+    def transaction(self, data: st.DataObject, n_ack: int, n_send: int) -> None:
+        acks = []
+        for _ in range(n_ack):
+            acks.append({"queue": self.pick_queue(data), "receipt": self.pick_receipts(data)[0]})
+        sends = []
+        for _ in range(n_send):
+            name = self.pick_queue(data)
+            message: dict[str, Any] = {"body": data.draw(st.sampled_from(BODIES))}
+            if name.endswith(".fifo"):
+                message["group_id"] = data.draw(st.sampled_from(GROUPS))
+            sends.append({"queue": name, "messages": [message]})
+        txn_id = data.draw(st.sampled_from(TXN_IDS))
+        self.run("txn", txn_id=txn_id, ack=acks, send=sends)
+
+    @rule(data=st.data())
+    def consume_transform_produce(self, data: st.DataObject) -> None:
+        """The exactly-once loop: receive from one queue, ack + send in one txn."""
+        source = self.pick_queue(data)
+        got = self.run("receive", queue=source, max=2)
+        if "error" in got or not got["messages"]:
+            return
+        if data.draw(st.booleans()):
+            self.now_ms += data.draw(st.sampled_from([1000, 6000]))  # maybe too late
+        target = self.pick_queue(data)
+        message: dict[str, Any] = {"body": b"out"}
+        if target.endswith(".fifo"):
+            message["group_id"] = "g1"
+        self.txn_counter += 1
+        self.run(
+            "txn",
+            txn_id=f"loop-{self.txn_counter}",
+            ack=[{"queue": source, "receipt": m["receipt"]} for m in got["messages"]],
+            send=[{"queue": target, "messages": [message]}],
+        )
+
+    @rule(seconds=st.sampled_from([0.5, 1, 1, 2, 2, 3, 5, 11, 61, 700]))
+    def advance_time(self, seconds: float) -> None:
+        self.now_ms += int(seconds * 1000)
+
+    @invariant()
+    def same_queues(self) -> None:
+        assert self.sm.list_queues(self.now_ms) == self.model.list_queues(self.now_ms)
+
+    def teardown(self) -> None:
+        try:
+            if not hasattr(self, "env"):
+                return
+            replica_dir = tempfile.mkdtemp(prefix="raftq-sm-")
+            self.dirs.append(replica_dir)
+            replica_env = LmdbEnv(replica_dir, sync=False)
+            try:
+                replica = QueueStateMachine(replica_env)
+                assert replica.apply(self.log) == self.results
+                assert replica.state_hash() == self.sm.state_hash()
+                assert replica.applied_index() == self.sm.applied_index() == len(self.log)
+            finally:
+                replica_env.close()
+            self.env.close()
+        finally:
+            for d in getattr(self, "dirs", []):
+                shutil.rmtree(d, ignore_errors=True)
+
+
+QueueComparison.TestCase.settings = settings(
+    max_examples=100,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestQueueComparison = QueueComparison.TestCase

@@ -14,6 +14,7 @@ from typing import Any
 
 from node.config import Limits
 from node.http import bad_request, get_int, get_number, get_str, reject_unknown, too_large
+from node.state.fields import MAX_ID_BYTES
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,80}$")
 MESSAGE_FIELDS = frozenset(
@@ -90,6 +91,10 @@ def parse_message(
         "group_id": get_str(msg, "group_id", None, 128, where),
         "priority": get_int(msg, "priority", 0, 0, 9, where),
     }
+    for key in ("dedup_id", "group_id"):
+        value = out[key]
+        if value is not None and len(value.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+            raise bad_request(f"{where}.{key} is over {MAX_ID_BYTES} bytes of UTF-8", field=key)
     if fifo and out["group_id"] is None:
         raise bad_request(f"{where}.group_id is required on a FIFO queue", field="group_id")
     return out

@@ -231,6 +231,11 @@ BAD_JSON_BODIES = [
     ("bad_b64", b'{"messages": [{"body_b64": "***"}]}', 400),
     ("empty_batch", b'{"messages": []}', 400),
     ("attr_not_str", b'{"messages": [{"body": "x", "attributes": {"a": 1}}]}', 400),
+    (  # 110 characters but 440 bytes of UTF-8: over the 400-byte key budget
+        "dedup_id_bytes",
+        ('{"messages": [{"body": "x", "dedup_id": "' + chr(0x1F600) * 110 + '"}]}').encode(),
+        400,
+    ),
 ]
 
 

@@ -7,9 +7,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import structlog
 
 from cluster.launcher import LocalCluster, free_ports
 from tests.support.api_client import ApiClient
+
+
+@pytest.fixture(autouse=True)
+def _isolated_structlog() -> Iterator[None]:
+    """A CLI run in-process configures structlog (with logger caching) for the whole
+    pytest process; reset after every test so later tests can capture log events."""
+    yield
+    structlog.reset_defaults()
 
 
 def start_cluster(data_dir: Path, nodes: int, extra_args: tuple[str, ...] = ()) -> LocalCluster:

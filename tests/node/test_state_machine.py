@@ -273,6 +273,22 @@ def test_dedup_within_one_batch_and_table_stays_bounded(h: Harness) -> None:
     assert count == 0
 
 
+def test_dedup_table_stays_flat_over_several_windows(h: Harness) -> None:
+    """A steady stream of unique ids: the table holds about one window's worth, no more."""
+    h.create("steady", dedup_window_s=10)
+    per_second, sizes, n = 20, [], 0
+    for second in range(60):  # six windows
+        batch = [{"body": b"x", "dedup_id": f"u-{n + i}"} for i in range(per_second)]
+        n += per_second
+        h.ok("send", queue="steady", messages=batch)
+        h.advance(1)
+        if second % 10 == 9:
+            sizes.append(h.env.read(lambda txn: txn.stat(h.sm.tables.dedup)["entries"]))
+    window_worth = 10 * per_second
+    assert all(window_worth - per_second <= s <= window_worth + per_second for s in sizes), sizes
+    assert max(sizes) - min(sizes) <= per_second, sizes  # flat, not growing with n=1,200
+
+
 def test_content_based_dedup_on_fifo(h: Harness) -> None:
     h.create("q.fifo", content_based_dedup=True)
     a = h.send("q.fifo", b"same", group_id="g")

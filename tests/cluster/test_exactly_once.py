@@ -13,24 +13,11 @@ import pytest
 
 from cluster import AsyncClient, OutgoingMessage
 from cluster.transactions import AsyncTransaction, TransactionAborted
+from tests.support.queues import drain
 
 pytestmark = pytest.mark.integration
 
 WORKER = Path(__file__).with_name("eo_worker.py")
-
-
-async def drain(queue) -> list[str]:
-    bodies: list[str] = []
-    empties = 0
-    while empties < 3:
-        batch = await queue.receive(max=100, wait_s=0.5)
-        if not batch:
-            empties += 1
-            continue
-        empties = 0
-        bodies.extend(m.body for m in batch)
-        await queue.acknowledge_many(batch)
-    return bodies
 
 
 async def test_producer_retries_across_leader_kill_and_full_restart(make_cluster):

@@ -14,23 +14,9 @@ import signal
 import pytest
 
 from cluster import AsyncClient
+from tests.support.queues import drain
 
 pytestmark = pytest.mark.integration
-
-
-async def drain(queue, *, empty_polls: int = 3) -> list[str]:
-    """Receive+ack until several consecutive empty polls; return bodies in receive order."""
-    bodies: list[str] = []
-    empties = 0
-    while empties < empty_polls:
-        batch = await queue.receive(max=100, wait_s=0.5)
-        if not batch:
-            empties += 1
-            continue
-        empties = 0
-        bodies.extend(m.body for m in batch)
-        await queue.acknowledge_many(batch)
-    return bodies
 
 
 async def test_no_acknowledged_message_lost_when_leader_killed(make_cluster):

@@ -250,7 +250,7 @@ async def purge_queue(request: web.Request) -> web.Response:
 
 
 def _queue_limits(broker: Broker, name: str) -> tuple[int, bool]:
-    info = broker.sm.queue_info(name, broker.stamp_ms())
+    info = broker.sm.queue_config(name)
     if info is None:
         raise not_found(f"queue {name!r} does not exist")
     max_bytes = min(

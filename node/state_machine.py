@@ -115,6 +115,17 @@ class QueueStateMachine:
 
         return self.env.read(read)
 
+    def queue_config(self, name: str) -> dict[str, Any] | None:
+        """The queue's config only (no stats): what the API checks on every send."""
+        if not isinstance(name, str) or not queue_config.QUEUE_NAME.match(name):
+            return None
+
+        def read(txn: lmdb.Transaction) -> dict[str, Any] | None:
+            queue = queues.get_queue(self._ctx(txn, 0), name)
+            return None if queue is None else queues.public_config(queue)
+
+        return self.env.read(read)
+
     def list_queues(self, now_ms: int) -> list[dict[str, Any]]:
         def read(txn: lmdb.Transaction) -> list[dict[str, Any]]:
             ctx = self._ctx(txn, now_ms)

@@ -75,7 +75,9 @@ class BrokerNode:
         commit = self.raft.status().get("commit", 0)
         first = self.storage.first_index()
         lo = max(lo, first)
-        hi = min(hi or commit, commit, lo + limit - 1)
+        # The commit index may run ahead of this node's durable log (a leader commits on a
+        # follower quorum while its own fsync is in flight): report only stored entries.
+        hi = min(hi or commit, commit, self.storage.last_index(), lo + limit - 1)
         if hi < lo:
             return []
         return [

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
+from chaos.cli_run import add_run_command
 from chaos.proxy import ProxyError, is_loopback, parse_address
 from chaos.proxy_api import serve
 
@@ -106,7 +107,7 @@ def _add_proxy_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 # Other chaos tools add their subcommand here: a function taking the subparsers object.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_proxy_command]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_proxy_command, add_run_command]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv.insert(0, "run")  # `raftq chaos --scenario X` means `run`
     args = build_parser().parse_args(argv)
     return int(args.handler(args))
 

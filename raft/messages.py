@@ -212,7 +212,9 @@ def decode_entry(raw: Any) -> Entry:
     k = _ENTRY_KINDS.get(kind) if type(kind) is int else None
     if k is None:
         raise InvalidMessage(f"unknown entry kind {kind!r:.40}")
-    return Entry(_uint(index, "entry.index"), _uint(term, "entry.term"), k, _bytes(data, "entry.data"))
+    return Entry(
+        _uint(index, "entry.index"), _uint(term, "entry.term"), k, _bytes(data, "entry.data")
+    )
 
 
 def _decode_entries(raw: list[Any], prev_index: int) -> tuple[Entry, ...]:

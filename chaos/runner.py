@@ -63,12 +63,18 @@ class ChaosCluster(LocalCluster):
         proxy_seed: int = 0,
         extra_args: Sequence[str] = (),
     ) -> None:
-        ports = free_ports(2 * nodes)
+        # Every port this cluster will listen on (nodes, one proxy per directed peer link, one
+        # per client link, the proxy's control port) comes from ONE free_ports call: they are
+        # bound together, so distinct. A proxy asking for port 0 later could otherwise be
+        # handed a node's port after free_ports released it (seen: a node failing to bind).
+        n_links = nodes * (nodes - 1) + nodes
+        ports = free_ports(2 * nodes + n_links + 1)
+        self._proxy_ports = list(ports[2 * nodes :])
         super().__init__(
             nodes=nodes,
             data_dir=workdir / "data",
             http_port=ports[:nodes],
-            raft_port=ports[nodes:],
+            raft_port=ports[nodes : 2 * nodes],
             log_dir=workdir / "logs",
             extra_args=(
                 "--log-format",
@@ -124,7 +130,7 @@ class ChaosCluster(LocalCluster):
 
     async def start_proxy(self) -> None:
         if self.toxiproxy_url is None:
-            port = free_ports(1)[0]
+            port = self._proxy_ports.pop()
             self.toxiproxy_url = f"http://127.0.0.1:{port}"
             self.log_dir.mkdir(parents=True, exist_ok=True)
             with open(self.log_dir / "proxy.log", "ab") as fh:
@@ -163,12 +169,20 @@ class ChaosCluster(LocalCluster):
         for i in self.ids:
             for j in self.ids:
                 if i != j:
-                    p = await self.toxi.create_proxy(peer_proxy(i, j), self.specs[j].raft_addr)
+                    p = await self.toxi.create_proxy(
+                        peer_proxy(i, j), self.specs[j].raft_addr, listen=self._proxy_listen()
+                    )
                     self.peer_listen[(i, j)] = p.listen
             p = await self.toxi.create_proxy(
-                client_proxy(i), f"127.0.0.1:{self.specs[i].http_port}"
+                client_proxy(i),
+                f"127.0.0.1:{self.specs[i].http_port}",
+                listen=self._proxy_listen(),
             )
             self.client_listen[i] = p.listen
+
+    def _proxy_listen(self) -> str:
+        """A pre-reserved port for the next proxy; port 0 once they are used up (restarts)."""
+        return f"127.0.0.1:{self._proxy_ports.pop() if self._proxy_ports else 0}"
 
     def stop_proxy(self) -> None:
         if self._proxy_proc is not None and self._proxy_proc.poll() is None:

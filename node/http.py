@@ -14,6 +14,8 @@ from typing import Any
 import msgpack
 from aiohttp import web
 
+from node.errors import ERROR_HTTP_STATUS
+
 MSGPACK = "application/msgpack"
 MAX_SAFE_INT = (1 << 63) - 1
 
@@ -58,18 +60,9 @@ def too_large(message: str, **extra: Any) -> ApiError:
     return ApiError(413, "too_large", message, **extra)
 
 
-# Status for each error code a state-machine result may carry.
-STATUS_BY_CODE = {
-    "bad_request": 400,
-    "not_found": 404,
-    "conflict": 409,
-    "too_large": 413,
-    "out_of_order_sequence": 409,
-    "producer_fenced": 409,
-    "unauthorized": 401,
-    "forbidden": 403,
-    "internal": 500,
-}
+# Status for each error code a state-machine result may carry: the state machine's own
+# table (one source of truth), plus the codes only the HTTP layer produces.
+STATUS_BY_CODE = {**ERROR_HTTP_STATUS, "unauthorized": 401, "forbidden": 403}
 
 
 def wants_msgpack(request: web.Request) -> bool:

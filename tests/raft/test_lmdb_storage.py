@@ -470,8 +470,9 @@ def test_map_growth_is_safe_with_concurrent_readers(store: Opened) -> None:
                 got = s.entries(max(1, last - 3), last + 1)
                 assert got[-1].index == last and got[0].data.startswith(f"{got[0].index}/".encode())
                 reads[0] += 1
-                # Paced: readers spinning with no pause can starve map growth in the read
-                # gate (a known open problem, see the session note); real reads are paced.
+                # Paced: two pure-Python readers spinning without a pause starve the writer
+                # of the GIL (CPython's convoy effect: py-spy shows it waiting to reacquire
+                # the GIL inside txn.abort(), not in the read gate). Real readers are paced.
                 time.sleep(0.0005)
         except BaseException as exc:  # surfaced by the main thread
             errors.append(exc)

@@ -11,6 +11,10 @@ import struct
 
 _U64 = struct.Struct(">Q")
 _U16 = struct.Struct(">H")
+# One pack call per composite key: these run several times per message on every replica.
+_QQ = struct.Struct(">QQ")
+_QBQ = struct.Struct(">QBQ")
+_QQQ = struct.Struct(">QQQ")
 
 MAX_PRIORITY = 9
 
@@ -25,12 +29,12 @@ def read_u64(b: bytes, offset: int = 0) -> int:
 
 def message_key(qid: int, seq: int) -> bytes:
     """node.messages: (queue id, seq) -> message metadata."""
-    return _U64.pack(qid) + _U64.pack(seq)
+    return _QQ.pack(qid, seq)
 
 
 def ready_key(qid: int, priority: int, seq: int) -> bytes:
     """node.ready: (queue id, priority descending, seq) -> b''. Delivery order is key order."""
-    return _U64.pack(qid) + bytes((MAX_PRIORITY - priority,)) + _U64.pack(seq)
+    return _QBQ.pack(qid, MAX_PRIORITY - priority, seq)
 
 
 def split_ready_key(key: bytes) -> tuple[int, int]:
@@ -40,7 +44,7 @@ def split_ready_key(key: bytes) -> tuple[int, int]:
 
 def timer_key(at_ms: int, qid: int, seq: int) -> bytes:
     """node.leases / node.delayed / node.retention: (deadline, queue id, seq) -> b''."""
-    return _U64.pack(at_ms) + _U64.pack(qid) + _U64.pack(seq)
+    return _QQQ.pack(at_ms, qid, seq)
 
 
 def split_timer_key(key: bytes) -> tuple[int, int, int]:

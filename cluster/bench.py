@@ -27,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -66,23 +67,76 @@ class Result:
         ]
 
 
+class LeanHttp:
+    """A minimal HTTP/1.1 keep-alive client for the load loops.
+
+    Why not aiohttp's client here: on a small machine the load generator shares the cores
+    with the nodes it measures, and aiohttp's client costs about as much CPU per request as
+    the server does. Like wrk, this sends a fixed request shape on reused connections and
+    parses only the status line, Content-Length and the JSON body, so more of the machine
+    is left to the cluster. It handles exactly what the bench needs (JSON in and out).
+    """
+
+    def __init__(self, base_url: str) -> None:
+        parsed = urllib.parse.urlsplit(base_url)
+        self.host = parsed.hostname or "127.0.0.1"
+        self.port = parsed.port or 80
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._all: list[asyncio.StreamWriter] = []
+
+    async def request(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+        ).encode()
+        if self._idle:
+            reader, writer = self._idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+            self._all.append(writer)
+        try:
+            writer.write(head + payload)
+            header = await reader.readuntil(b"\r\n\r\n")
+            status = int(header[9:12])
+            lower = header.lower()
+            at = lower.find(b"\r\ncontent-length:")
+            if at < 0:
+                raise RuntimeError(f"{path}: response without Content-Length")
+            length = int(lower[at + 17 : lower.index(b"\r\n", at + 2)])
+            data = await reader.readexactly(length)
+        except BaseException:
+            writer.close()
+            raise
+        if b"connection: close" in lower:
+            writer.close()
+        else:
+            self._idle.append((reader, writer))
+        return status, json.loads(data) if data else None
+
+    async def close(self) -> None:
+        for writer in self._all:
+            writer.close()
+        self._all.clear()
+        self._idle.clear()
+
+
 class Bench:
-    def __init__(self, leader_url: str, session: aiohttp.ClientSession, duration_s: float) -> None:
+    def __init__(self, leader_url: str, http: LeanHttp, duration_s: float) -> None:
         self.url = leader_url
-        self.session = session
+        self.http = http
         self.duration_s = duration_s
 
     async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        async with self.session.post(self.url + path, json=body) as resp:
-            data = await resp.json(content_type=None)
-            if resp.status >= 300:
-                raise RuntimeError(f"{path}: {resp.status} {data}")
-            return data
+        status, data = await self.http.request("POST", path, body)
+        if status >= 300:
+            raise RuntimeError(f"{path}: {status} {data}")
+        return data
 
     async def put_queue(self, name: str, **config: Any) -> None:
-        async with self.session.put(self.url + f"/v1/queues/{name}", json=config) as resp:
-            if resp.status >= 300:
-                raise RuntimeError(f"create {name}: {resp.status} {await resp.text()}")
+        status, data = await self.http.request("PUT", f"/v1/queues/{name}", config)
+        if status >= 300:
+            raise RuntimeError(f"create {name}: {status} {data}")
 
     async def run_loop(
         self, name: str, workers: int, op: Callable[[int], Awaitable[int]], note: str = ""
@@ -256,11 +310,11 @@ async def _find_leader(session: aiohttp.ClientSession, servers: list[str]) -> st
 async def run(
     args: argparse.Namespace, servers: list[str], cluster: LocalCluster | None
 ) -> list[Result]:
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=120)
-    ) as session:
-        bench = Bench(await _find_leader(session, servers), session, args.duration)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        leader_url = await _find_leader(session, servers)
+    http = LeanHttp(leader_url)
+    bench = Bench(leader_url, http, args.duration)
+    try:
         results = []
         for name in args.workloads:
             if name == "send1":
@@ -279,6 +333,8 @@ async def run(
             elif name == "memory":
                 results.append(await bench.memory(args.messages, cluster))
         return results
+    finally:
+        await http.close()
 
 
 def print_table(results: list[Result], out: Any = sys.stdout) -> None:

@@ -128,11 +128,14 @@ async def read_body(request: web.Request, max_bytes: int, max_depth: int) -> dic
     """Read and decode a JSON or msgpack object body, enforcing size, depth and int range."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise too_large(f"body of {request.content_length} bytes exceeds {max_bytes}")
-    raw = bytearray()
-    async for chunk in request.content.iter_chunked(1 << 16):
-        raw += chunk
-        if len(raw) > max_bytes:
-            raise too_large(f"body exceeds {max_bytes} bytes")
+    if request.content_length is not None:
+        raw: bytes | bytearray = await request.read()  # one read; the size was checked above
+    else:  # chunked: count as it arrives so an endless body is cut off at the limit
+        raw = bytearray()
+        async for chunk in request.content.iter_chunked(1 << 16):
+            raw += chunk
+            if len(raw) > max_bytes:
+                raise too_large(f"body exceeds {max_bytes} bytes")
     if not raw:
         return {}
     if request.content_type == MSGPACK:
@@ -142,7 +145,7 @@ async def read_body(request: web.Request, max_bytes: int, max_depth: int) -> dic
             raise bad_request(f"malformed msgpack: {exc}") from None
     else:
         try:
-            value = json.loads(bytes(raw), parse_constant=_reject_constant)
+            value = json.loads(raw, parse_constant=_reject_constant)
         except RecursionError:
             raise bad_request(f"body nests deeper than {max_depth} levels") from None
         except ValueError as exc:  # JSONDecodeError, huge int digits, NaN

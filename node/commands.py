@@ -33,7 +33,13 @@ QUEUE_OPS = frozenset(
     }
 )
 EXACTLY_ONCE_OPS = frozenset({"producer_init", "txn"})
-OPS = QUEUE_OPS | EXACTLY_ONCE_OPS
+# Ops the leader may coalesce into one `batch` entry: concurrent requests then share one
+# Raft entry, one proposal and one decode on every replica. Each still runs on its own.
+BATCHABLE_OPS = frozenset({"send", "receive", "ack", "nack", "extend", "txn"})
+OPS = QUEUE_OPS | EXACTLY_ONCE_OPS | {"batch"}
+MAX_BATCH_COMMANDS = 1000
+
+_ENVELOPE_KEYS = ("v", "op", "ts")
 
 
 def encode_command(op: str, ts_ms: int, **fields: Any) -> bytes:
@@ -43,6 +49,48 @@ def encode_command(op: str, ts_ms: int, **fields: Any) -> bytes:
     if type(ts_ms) is not int or not 0 <= ts_ms <= MAX_TS_MS:
         raise ValueError(f"ts_ms must be a non-negative int, got {ts_ms!r}")
     return msgpack.packb({"v": COMMAND_VERSION, "op": op, "ts": ts_ms, **fields}, use_bin_type=True)
+
+
+def encode_op(op: str, **fields: Any) -> bytes:
+    """One command of a batch, without the envelope: `{"op": op, **fields}` as msgpack."""
+    if op not in BATCHABLE_OPS:
+        raise ValueError(f"op {op!r} cannot be batched")
+    return msgpack.packb({"op": op, **fields}, use_bin_type=True)
+
+
+def encode_batch(ts_ms: int, encoded_ops: list[bytes]) -> bytes:
+    """A `batch` command from ops already encoded by `encode_op` (no re-encoding).
+
+    The bytes equal `encode_command("batch", ts_ms, cmds=[...decoded ops...])`.
+    """
+    if not 0 < len(encoded_ops) <= MAX_BATCH_COMMANDS:
+        raise ValueError(f"a batch holds 1..{MAX_BATCH_COMMANDS} commands")
+    if type(ts_ms) is not int or not 0 <= ts_ms <= MAX_TS_MS:
+        raise ValueError(f"ts_ms must be a non-negative int, got {ts_ms!r}")
+    packer = msgpack.Packer(use_bin_type=True)
+    head = packer.pack_map_header(4)
+    for key, value in (("v", COMMAND_VERSION), ("op", "batch"), ("ts", ts_ms)):
+        head += packer.pack(key) + packer.pack(value)
+    head += packer.pack("cmds") + packer.pack_array_header(len(encoded_ops))
+    return head + b"".join(encoded_ops)
+
+
+def batch_ops(cmd: dict[str, Any]) -> list[Any]:
+    """The sub-commands of a decoded `batch` command (each checked when it runs)."""
+    cmds = cmd.get("cmds")
+    if not isinstance(cmds, list) or not 0 < len(cmds) <= MAX_BATCH_COMMANDS:
+        raise BadRequest(f"cmds must be a list of 1..{MAX_BATCH_COMMANDS} commands", field="cmds")
+    return cmds
+
+
+def check_batched_op(sub: Any, ts_ms: int) -> dict[str, Any]:
+    """One sub-command as a full command (the batch's version and time stamp)."""
+    if not isinstance(sub, dict) or sub.get("op") not in BATCHABLE_OPS:
+        op = sub.get("op") if isinstance(sub, dict) else None
+        raise BadRequest(f"op {op!r} cannot be batched", field="op")
+    if any(key in sub for key in ("v", "ts")):
+        raise BadRequest("a batched command takes the batch's v and ts", field="ts")
+    return {"v": COMMAND_VERSION, "ts": ts_ms, **sub}
 
 
 def decode_command(data: bytes) -> dict[str, Any]:

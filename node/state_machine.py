@@ -19,7 +19,7 @@ from typing import Any
 import lmdb
 import structlog
 
-from node.commands import decode_command
+from node.commands import batch_ops, check_batched_op, decode_command
 from node.errors import BadRequest, CommandError
 from node.state import (
     counters,
@@ -64,6 +64,8 @@ def _tick(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     return dict(ctx.released)
 
 
+CONFIG_OPS = frozenset({"queue_put", "queue_delete"})  # ops that change queue_config()
+
 HANDLERS: dict[str, Handler] = {
     "queue_put": queues.queue_put,
     "queue_delete": queues.queue_delete,
@@ -86,6 +88,11 @@ class QueueStateMachine:
     def __init__(self, env: LmdbEnv) -> None:
         self.env = env
         self.tables = Tables(env)
+        # queue_config() runs on every send: answer it from memory. An entry is trusted only
+        # while no queue_put/queue_delete has committed since it was read (generation check).
+        self._config_cache: dict[str, tuple[int, dict[str, Any] | None]] = {}
+        self._config_gen = 0
+        self._config_dirty = False
 
     # ---- StateMachine protocol -------------------------------------------------------
 
@@ -93,14 +100,20 @@ class QueueStateMachine:
         return self.env.read(lambda txn: self._ctx(txn, 0).get_int(META_APPLIED_INDEX))
 
     def apply(self, entries: Sequence[Entry]) -> list[Any]:
-        return self.env.write(lambda txn: self._apply_batch(txn, entries))
+        results = self.env.write(lambda txn: self._apply_batch(txn, entries))
+        self.committed(entries)
+        return results
 
     def apply_in_txn(self, txn: lmdb.Transaction, entries: Sequence[Entry]) -> list[Any]:
         """Apply inside the driver's transaction (shared with the log append)."""
         return self._apply_batch(txn, entries)
 
     def committed(self, entries: Sequence[Entry]) -> None:
-        """Nothing to publish: every piece of state is read back from LMDB."""
+        """The batch is durable: drop cached queue configs if a config op was in it."""
+        if self._config_dirty:
+            self._config_dirty = False
+            self._config_gen += 1
+            self._config_cache.clear()
 
     # ---- read-only queries (any thread) ------------------------------------------------
 
@@ -120,11 +133,21 @@ class QueueStateMachine:
         if not isinstance(name, str) or not queue_config.QUEUE_NAME.match(name):
             return None
 
+        gen = self._config_gen
+        cached = self._config_cache.get(name)
+        if cached is not None and cached[0] == gen:
+            return cached[1]
+
         def read(txn: lmdb.Transaction) -> dict[str, Any] | None:
             queue = queues.get_queue(self._ctx(txn, 0), name)
             return None if queue is None else queues.public_config(queue)
 
-        return self.env.read(read)
+        config = self.env.read(read)
+        if self._config_gen == gen:  # no config op committed meanwhile: safe to keep
+            if len(self._config_cache) >= 4096:
+                self._config_cache.clear()
+            self._config_cache[name] = (gen, config)
+        return config
 
     def list_queues(self, now_ms: int) -> list[dict[str, Any]]:
         def read(txn: lmdb.Transaction) -> list[dict[str, Any]]:
@@ -182,9 +205,31 @@ class QueueStateMachine:
         return results
 
     def _apply_command(self, parent: lmdb.Transaction, entry: Entry) -> dict[str, Any]:
+        try:
+            cmd = decode_command(entry.data)
+            if cmd["op"] != "batch":
+                return self._run_command(parent, entry.index, cmd)
+            subs = batch_ops(cmd)
+        except CommandError as exc:
+            return exc.to_result()
+        # Each sub-command runs exactly as if it were its own entry with the batch's stamp.
+        results = []
+        for sub in subs:
+            try:
+                full = check_batched_op(sub, cmd["ts"])
+            except CommandError as exc:
+                results.append(exc.to_result())
+                continue
+            results.append(self._run_command(parent, entry.index, full))
+        return {"results": results}
+
+    def _run_command(
+        self, parent: lmdb.Transaction, index: int, cmd: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Run one command in a child transaction: a refused one changes nothing."""
         child = self.env.env.begin(write=True, parent=parent)
         try:
-            result = self._execute(child, entry.data)
+            result = self._execute(child, cmd)
             child.commit()
             return result
         except CommandError as exc:
@@ -198,15 +243,16 @@ class QueueStateMachine:
             raise  # MapFullError, disk or memory trouble: not the command's fault; never a result
         except Exception as exc:  # a bug must not stop the node; the command changes nothing
             child.abort()
-            log.exception("node.apply_failed", index=entry.index)
+            log.exception("node.apply_failed", index=index)
             return {"error": {"code": "internal", "message": f"{type(exc).__name__}: {exc}"}}
 
-    def _execute(self, txn: lmdb.Transaction, data: bytes) -> dict[str, Any]:
-        cmd = decode_command(data)
+    def _execute(self, txn: lmdb.Transaction, cmd: dict[str, Any]) -> dict[str, Any]:
         ctx = self._ctx(txn, 0)
         ctx.now_ms = max(cmd["ts"], ctx.get_int(META_LAST_TS))
         ctx.put_int(META_LAST_TS, ctx.now_ms)
         ctx.released = timers.release_due(ctx)
+        if cmd["op"] in CONFIG_OPS:
+            self._config_dirty = True
         handler = HANDLERS.get(cmd["op"])
         if handler is None:  # decode_command already refuses unknown ops
             raise BadRequest(f"unknown command op {cmd['op']!r}", field="op")

@@ -13,7 +13,13 @@ from typing import Any
 
 import structlog
 
-from node.commands import encode_command
+from node.commands import (
+    BATCHABLE_OPS,
+    MAX_BATCH_COMMANDS,
+    encode_batch,
+    encode_command,
+    encode_op,
+)
 from node.config import NodeConfig
 from node.http import STATUS_BY_CODE, ApiError
 from raft.driver import NodeStopped, Overloaded
@@ -38,6 +44,13 @@ class Broker:
         self._queue_events: dict[str, asyncio.Event] = {}
         self._ticker: asyncio.Task[None] | None = None
         self.closing = False  # set on graceful shutdown: long-polls answer at once
+        self.coalesce = config.coalesce_writes
+        self.max_coalesced_bytes = 1 << 20  # one entry stays far below the 16 MiB frame cap
+        self._batch: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self._batch_bytes = 0
+        self._batch_tasks: set[asyncio.Task[None]] = set()
+        self.stats_batches = 0
+        self.stats_batched_commands = 0
 
     # ------------------------------------------------------------ clock
 
@@ -83,10 +96,48 @@ class Broker:
     # ------------------------------------------------------------ writes
 
     async def propose(self, op: str, **fields: Any) -> dict[str, Any]:
-        """Propose one command; answer its state-machine result or raise a mapped ApiError."""
-        data = encode_command(op, self.stamp_ms(), **fields)
+        """Propose one command; answer its state-machine result or raise a mapped ApiError.
+
+        Batchable ops (sends without a producer session, receives, acks, nacks, extends,
+        transactions) wait in the coalescer instead: every such request that arrives before
+        the next turn of the event loop shares one Raft entry (a `batch` command), which
+        each replica applies as separate commands with one stamp. Results come back per
+        request, so coalescing changes cost, not behaviour.
+        """
+        if self.coalesce and op in BATCHABLE_OPS and not (op == "send" and fields.get("producer")):
+            encoded = encode_op(op, **fields)
+            if len(encoded) <= self.max_coalesced_bytes:
+                result = await self._coalesced(encoded)
+            else:
+                result = await self._propose_data(encode_command(op, self.stamp_ms(), **fields))
+        else:
+            result = await self._propose_data(encode_command(op, self.stamp_ms(), **fields))
+        failpoint("after_apply_before_response")
+        if isinstance(result, dict) and "error" in result:
+            err = dict(result["error"])
+            code = err.pop("code", "bad_request")
+            message = err.pop("message", code)
+            raise ApiError(STATUS_BY_CODE.get(code, 400), code, message, **err)
+        self._wake_after(op, fields)
+        return result
+
+    def _start_proposal(self, data: bytes) -> asyncio.Future[Any]:
+        """Hand one entry to Raft now; refusals (not leader, overloaded) land in the future."""
         try:
-            result = await self.raft.propose(data, timeout_s=self.config.propose_timeout_s)
+            return self.raft.propose_nowait(data)
+        except Exception as exc:
+            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            fut.set_exception(exc)
+            return fut
+
+    async def _propose_data(self, data: bytes) -> Any:
+        return await self._proposal_outcome(self._start_proposal(data))
+
+    async def _proposal_outcome(self, proposal: asyncio.Future[Any]) -> Any:
+        """Wait for an entry to apply; map Raft outcomes to the API's errors."""
+        try:
+            async with asyncio.timeout(self.config.propose_timeout_s):
+                return await proposal
         except NotLeader as exc:
             raise self.leader_hint(exc.leader_id) from None
         except ProposalDropped:
@@ -112,14 +163,53 @@ class Broker:
                 f"{exc.waiting} writes are waiting to commit; nothing was proposed: retry later",
                 {"Retry-After": "1"},
             ) from None
-        failpoint("after_apply_before_response")
-        if isinstance(result, dict) and "error" in result:
-            err = dict(result["error"])
-            code = err.pop("code", "bad_request")
-            message = err.pop("message", code)
-            raise ApiError(STATUS_BY_CODE.get(code, 400), code, message, **err)
-        self._wake_after(op, fields)
-        return result
+
+    # ------------------------------------------------------------ coalescing
+
+    async def _coalesced(self, encoded: bytes) -> Any:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        if self._batch_bytes + len(encoded) > self.max_coalesced_bytes:
+            self._flush_batch()
+        self._batch.append((encoded, fut))
+        self._batch_bytes += len(encoded)
+        if len(self._batch) == 1:
+            loop.call_soon(self._flush_batch)
+        elif len(self._batch) >= MAX_BATCH_COMMANDS:
+            self._flush_batch()
+        return await fut
+
+    def _flush_batch(self) -> None:
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        batch = [(encoded, fut) for encoded, fut in batch if not fut.cancelled()]
+        if not batch:
+            return
+        proposal = self._start_proposal(
+            encode_batch(self.stamp_ms(), [encoded for encoded, _ in batch])
+        )
+        self.stats_batches += 1
+        self.stats_batched_commands += len(batch)
+        task = asyncio.get_running_loop().create_task(self._settle_batch(proposal, batch))
+        self._batch_tasks.add(task)
+        task.add_done_callback(self._batch_tasks.discard)
+
+    async def _settle_batch(
+        self, proposal: asyncio.Future[Any], batch: list[tuple[bytes, asyncio.Future[Any]]]
+    ) -> None:
+        try:
+            result = await self._proposal_outcome(proposal)
+        except Exception as exc:  # ApiError mostly; every waiter gets the same outcome
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        if isinstance(result, dict) and isinstance(result.get("results"), list):
+            results = result["results"]
+        else:  # the whole batch was refused (cannot happen for batches we build)
+            results = [result] * len(batch)
+        for (_, fut), one in zip(batch, results, strict=True):
+            if not fut.done():
+                fut.set_result(one)
 
     def propose_detached(self, op: str, **fields: Any) -> None:
         """At-most-once: propose without waiting; the caller already answered."""

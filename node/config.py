@@ -52,6 +52,7 @@ class NodeConfig:
     log_format: str = "json"  # json | console
     log_level: str = "info"
     fsync: bool = True
+    coalesce_writes: bool = True  # concurrent batchable writes share one Raft entry
     tick_ms: int = 50
     election_ticks: int = 10
     heartbeat_ticks: int = 1
@@ -136,6 +137,7 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         "log_format": str,
         "log_level": str,
         "fsync": bool,
+        "coalesce_writes": bool,
         "tick_ms": int,
         "election_ticks": int,
         "heartbeat_ticks": int,
@@ -165,6 +167,13 @@ def argument_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", dest="log_format", choices=["json", "console"])
     p.add_argument("--log-level", dest="log_level")
     p.add_argument("--no-fsync", dest="fsync", action="store_false", default=None)
+    p.add_argument(
+        "--no-coalesce",
+        dest="coalesce_writes",
+        action="store_false",
+        default=None,
+        help="propose every write as its own Raft entry (for comparison)",
+    )
     p.add_argument("--tick-ms", dest="tick_ms", type=int)
     p.add_argument("--election-ticks", dest="election_ticks", type=int)
     p.add_argument("--secret", help="shared secret for the peer handshake HMAC")

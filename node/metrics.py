@@ -127,6 +127,10 @@ class Metrics:
         out.append(f"raftq_raft_is_leader {1 if broker.raft.is_leader else 0}")
         family("raftq_raft_leader_changes_total", "counter", "Leader changes seen by this node.")
         out.append(f"raftq_raft_leader_changes_total {self.leader_changes}")
+        family("raftq_coalesced_entries_total", "counter", "Raft entries that carried API writes.")
+        out.append(f"raftq_coalesced_entries_total {broker.stats_batches}")
+        family("raftq_coalesced_commands_total", "counter", "API writes carried by those entries.")
+        out.append(f"raftq_coalesced_commands_total {broker.stats_batched_commands}")
 
         queues = broker.sm.list_queues(broker.stamp_ms())
         dead_letter_targets = {

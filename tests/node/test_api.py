@@ -360,3 +360,46 @@ async def test_admin_log_lists_committed_entries_under_load(api):
         assert indexes == list(range(1, len(indexes) + 1))
         await asyncio.sleep(0)
     await task
+
+
+def _metric(text: str, name: str) -> int:
+    return int(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
+async def test_concurrent_writes_share_entries_and_keep_their_own_results(api):
+    """Coalescing: concurrent requests ride in shared Raft entries; each answer is its own."""
+    assert (await api.put("/v1/queues/coal", {"visibility_timeout_s": 60}))[0] in (200, 201)
+    _, before = await api.text("/metrics")
+    sends = await asyncio.gather(
+        *(
+            api.post("/v1/queues/coal/messages", {"messages": [{"body": f"m{i}"}]})
+            for i in range(40)
+        )
+    )
+    assert all(status == 200 for status, _ in sends)
+    ids = [body["messages"][0]["id"] for _, body in sends]
+    assert len(set(ids)) == 40
+    _, after = await api.text("/metrics")
+    commands = _metric(after, "raftq_coalesced_commands_total") - _metric(
+        before, "raftq_coalesced_commands_total"
+    )
+    entries = _metric(after, "raftq_coalesced_entries_total") - _metric(
+        before, "raftq_coalesced_entries_total"
+    )
+    assert commands == 40 and entries < 40  # some requests shared an entry
+
+    status, got = await api.post("/v1/queues/coal/receive", {"max": 10})
+    assert status == 200 and len(got["messages"]) == 10
+    receipts = [m["receipt"] for m in got["messages"]]
+    # Each ack request carries one good receipt and one bogus one: each answer names only its own.
+    acks = await asyncio.gather(
+        *(
+            api.post("/v1/queues/coal/ack", {"receipts": [r, f"{'0' * 15}{i}.9"]})
+            for i, r in enumerate(receipts)
+        )
+    )
+    for i, (status, body) in enumerate(acks):
+        assert status == 200, body
+        assert body["acked"] == 1 and body["stale"] == [f"{'0' * 15}{i}.9"]
+    status, info = await api.get("/v1/queues/coal")
+    assert info["depth"] == 30 and info["in_flight"] == 0

@@ -932,3 +932,16 @@ def test_release_is_bounded_per_command_and_late_acks_stay_stale(
     assert h.ok("tick")["leases_expired"] == 2
     assert h.ok("tick")["leases_expired"] == 1
     assert h.info("q")["depth"] == 5
+
+
+def test_queue_config_cache_follows_updates_and_deletes(h: Harness) -> None:
+    h.create("cfg", visibility_timeout_s=5)
+    assert h.sm.queue_config("cfg")["visibility_timeout_s"] == 5
+    assert h.sm.queue_config("cfg")["visibility_timeout_s"] == 5  # answered from the cache
+    h.ok("queue_put", name="cfg", config={"visibility_timeout_s": 9})
+    assert h.sm.queue_config("cfg")["visibility_timeout_s"] == 9
+    assert h.sm.queue_config("nope") is None
+    h.create("nope")
+    assert h.sm.queue_config("nope") is not None  # a cached miss is dropped too
+    h.ok("queue_delete", name="cfg")
+    assert h.sm.queue_config("cfg") is None

@@ -63,9 +63,15 @@ def check_batch(value: Any, queue: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def enqueue(ctx: Ctx, queue: dict[str, Any], batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Enqueue validated messages; a live dedup id answers the original id instead."""
+    """Enqueue validated messages; a live dedup id answers the original id instead.
+
+    Sequence numbers and the sent counter are read and written once per batch, not once
+    per message: the stored result is the same, with two LMDB operations less per message.
+    """
     qid = queue["id"]
     window_ms = queue["dedup_window_s"] * 1000
+    expire_ms = ctx.now_ms + queue["retention_s"] * 1000
+    last_seq = seq = ctx.get_int(META_NEXT_SEQ)
     results = []
     for msg in batch:
         dedup_id = msg["dedup_id"]
@@ -74,20 +80,22 @@ def enqueue(ctx: Ctx, queue: dict[str, Any], batch: list[dict[str, Any]]) -> lis
             if seen is not None:
                 results.append({"id": seen["id"], "seq": seen["seq"], "duplicate": True})
                 continue
-        seq = ctx.next_counter(META_NEXT_SEQ)
+        seq += 1
         meta = messages.new_meta(
             seq=seq,
             ident=messages.message_id(seq),
             enqueued_at=ctx.now_ms,
-            expire_ms=ctx.now_ms + queue["retention_s"] * 1000,
+            expire_ms=expire_ms,
             priority=msg["priority"],
             group_id=msg["group_id"],
             attributes=msg["attributes"],
             dedup_id=dedup_id,
         )
         messages.insert(ctx, queue, meta, msg["body"], msg["delay_ms"])
-        counters.bump(ctx, qid, "sent_total")
         if dedup_id is not None and window_ms > 0:
             dedup.remember(ctx, qid, dedup_id, meta["id"], seq, window_ms)
         results.append({"id": meta["id"], "seq": seq, "duplicate": False})
+    if seq != last_seq:
+        ctx.put_int(META_NEXT_SEQ, seq)
+        counters.bump(ctx, qid, "sent_total", seq - last_seq)
     return results

@@ -13,17 +13,26 @@ from node.state import keys
 from node.state.tables import Ctx
 
 
-def lookup(ctx: Ctx, qid: int, dedup_id: str) -> dict[str, Any] | None:
-    """The live entry for (queue, dedup id), or None (expired entries count as absent)."""
-    entry = ctx.get(ctx.t.dedup, keys.dedup_key(qid, dedup_id))
-    if entry is None or entry["expire"] <= ctx.now_ms:
-        return None
-    return entry
+def stored(ctx: Ctx, key: bytes) -> dict[str, Any] | None:
+    """The entry under `key`, live or expired-but-not-yet-purged (live: expire > now)."""
+    return ctx.get(ctx.t.dedup, key)
 
 
-def remember(ctx: Ctx, qid: int, dedup_id: str, ident: str, seq: int, window_ms: int) -> None:
+def remember(
+    ctx: Ctx,
+    qid: int,
+    dedup_id: str,
+    ident: str,
+    seq: int,
+    window_ms: int,
+    old: dict[str, Any] | None,
+) -> None:
+    """Store (queue, dedup id) -> message for `window_ms`.
+
+    `old` is what `stored` returned for that key just before (the caller read it to spot
+    a duplicate); an expired one's expiry index record is replaced.
+    """
     key = keys.dedup_key(qid, dedup_id)
-    old = ctx.get(ctx.t.dedup, key)
     if old is not None:
         ctx.txn.delete(keys.expiry_key(old["expire"], key), db=ctx.t.dedup_expiry)
     expire = ctx.now_ms + window_ms

@@ -6,7 +6,7 @@ import hashlib
 from typing import Any
 
 from node.errors import BadRequest, TooLarge
-from node.state import counters, dedup, fields, messages
+from node.state import counters, dedup, fields, keys, messages
 from node.state.tables import META_NEXT_SEQ, Ctx
 
 MESSAGE_FIELDS = frozenset({"body", "attributes", "delay_s", "dedup_id", "group_id", "priority"})
@@ -75,10 +75,13 @@ def enqueue(ctx: Ctx, queue: dict[str, Any], batch: list[dict[str, Any]]) -> lis
     results = []
     for msg in batch:
         dedup_id = msg["dedup_id"]
+        remembered = None
         if dedup_id is not None and window_ms > 0:
-            seen = dedup.lookup(ctx, qid, dedup_id)
-            if seen is not None:
-                results.append({"id": seen["id"], "seq": seen["seq"], "duplicate": True})
+            remembered = dedup.stored(ctx, keys.dedup_key(qid, dedup_id))
+            if remembered is not None and remembered["expire"] > ctx.now_ms:
+                results.append(
+                    {"id": remembered["id"], "seq": remembered["seq"], "duplicate": True}
+                )
                 continue
         seq += 1
         meta = messages.new_meta(
@@ -93,7 +96,7 @@ def enqueue(ctx: Ctx, queue: dict[str, Any], batch: list[dict[str, Any]]) -> lis
         )
         messages.insert(ctx, queue, meta, msg["body"], msg["delay_ms"])
         if dedup_id is not None and window_ms > 0:
-            dedup.remember(ctx, qid, dedup_id, meta["id"], seq, window_ms)
+            dedup.remember(ctx, qid, dedup_id, meta["id"], seq, window_ms, old=remembered)
         results.append({"id": meta["id"], "seq": seq, "duplicate": False})
     if seq != last_seq:
         ctx.put_int(META_NEXT_SEQ, seq)

@@ -64,6 +64,8 @@ LOG_DB = "raft.log"
 META_DB = "raft.meta"
 FORMAT_VERSION = 1
 DEFAULT_VERIFY_TAIL_ENTRIES = 1024
+TAIL_CACHE_ENTRIES = 4096  # newest entries kept in memory for apply and replication
+TAIL_CACHE_BYTES = 16 << 20
 
 _META_FORMAT = b"format"
 _META_HARD_STATE = b"hard_state"
@@ -241,6 +243,11 @@ class LmdbStorage:
         self._hard_state = loaded.hard_state
         self._conf_state = loaded.conf_state
         self._bounds = loaded.bounds
+        # The newest persisted entries, as saved: (index of the first, entries). Applying
+        # reads back what was just appended; serving that from memory skips an LMDB read
+        # and a CRC check per entry. Replaced whole (never mutated), so readers on other
+        # threads see one consistent tuple; consulted only inside the published bounds.
+        self._tail: tuple[int, tuple[Entry, ...], int] = (0, (), 0)  # first, entries, bytes
         self._cluster_id = loaded.cluster_id
         self._node_id = loaded.node_id
         self._check_identity(cluster_id, node_id)
@@ -425,6 +432,9 @@ class LmdbStorage:
             raise Compacted(f"term({index}): compacted, first index is {b.first_index}")
         if index > b.last_index:
             raise Unavailable(f"term({index}): beyond last index {b.last_index}")
+        cached = self._cached(index, index + 1)
+        if cached:
+            return cached[0].term
         return self._env.read(lambda txn: self._read_term(txn, index))
 
     def _read_term(self, txn: lmdb.Transaction, index: int) -> int:
@@ -432,6 +442,31 @@ class LmdbStorage:
         if value is None:
             raise self._missing(txn.cursor(db=self._log_db), index)
         return decode_entry_record(index, value).term
+
+    def _cached(self, lo: int, hi: int) -> tuple[Entry, ...] | None:
+        first, cached, _ = self._tail
+        if cached and first <= lo and hi <= first + len(cached):
+            return cached[lo - first : hi - first]
+        return None
+
+    def _publish_tail(self, entries: Sequence[Entry]) -> None:
+        first, cached, total = self._tail
+        new_first = entries[0].index
+        added = sum(e.size() for e in entries)
+        if cached and first <= new_first == first + len(cached):  # the common append
+            kept, total = cached + tuple(entries), total + added
+        elif cached and first <= new_first < first + len(cached):  # an overwrite: drop the rest
+            kept = cached[: new_first - first] + tuple(entries)
+            total = sum(e.size() for e in kept)
+        else:
+            first, kept, total = new_first, tuple(entries), added
+        drop = 0
+        while drop < len(kept) - 1 and (
+            len(kept) - drop > TAIL_CACHE_ENTRIES or total > TAIL_CACHE_BYTES
+        ):
+            total -= kept[drop].size()
+            drop += 1
+        self._tail = (first + drop, kept[drop:], total)
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
         if lo > hi:
@@ -444,6 +479,18 @@ class LmdbStorage:
         if lo == hi:
             return []
         limit = max_bytes if max_bytes is not None else -1
+        cached = self._cached(lo, hi)
+        if cached is not None:
+            if limit < 0:
+                return list(cached)
+            out: list[Entry] = []
+            total = 0
+            for entry in cached:
+                total += entry.size()
+                if out and limit < total:
+                    break
+                out.append(entry)
+            return out
         return self._env.read(lambda txn: self._read_range(txn, lo, hi, limit))
 
     def _read_range(self, txn: lmdb.Transaction, lo: int, hi: int, limit: int) -> list[Entry]:
@@ -563,6 +610,7 @@ class LmdbStorage:
             # Committed and fsynced: only now publish the new state.
             self._hard_state = hs
             if values:
+                self._publish_tail(entries)
                 self._bounds = _Bounds(b.snap_index, b.snap_term, new_last, new_last_term)
 
         return PreparedSave(txn_fn, publish)

@@ -298,6 +298,7 @@ def test_record_missing_under_an_open_storage_is_classified(store: Opened) -> No
     """A read whose snapshot lacks an index the cached bounds promise: a hole is
     corruption; a missing tail or head is a truncation/compaction that raced the read."""
     s = seeded(store, 10)
+    s._tail = (0, (), 0)  # read through LMDB: the in-memory tail would answer otherwise
     assert store.env is not None
     log_db = store.env.db(LOG_DB)
 
@@ -713,3 +714,49 @@ def test_real_core_under_simulated_faults_never_trips_a_storage_check(
     shortest = min(len(x) for x in logs)
     assert shortest > 0
     assert logs[0][:shortest] == logs[1][:shortest] == logs[2][:shortest]
+
+
+# ---------------------------------------------------------------- in-memory tail
+
+
+def test_tail_cache_answers_exactly_what_lmdb_holds(store: Opened, monkeypatch) -> None:
+    """Saves with overwrites and a small cache: every read equals a cold read from disk."""
+    import random
+
+    from raft import lmdb_storage
+
+    monkeypatch.setattr(lmdb_storage, "TAIL_CACHE_ENTRIES", 40)
+    monkeypatch.setattr(lmdb_storage, "TAIL_CACHE_BYTES", 6000)
+    rng = random.Random(7)
+    s = store.open(initial_conf=ConfState((1, 2, 3)))
+    term = 1
+    s.save(HardState(term=1, vote=1), [])
+    for _ in range(120):
+        last = s.last_index()
+        if last > 5 and rng.random() < 0.2:  # overwrite a suffix in a new term
+            term += 1
+            start = rng.randint(max(1, last - 8), last)
+        else:
+            start = last + 1
+        batch = ents(start, start + rng.randint(1, 12), term, size=rng.choice([10, 100, 900]))
+        s.save(HardState(term=term, vote=1), batch)
+        first, cached, total = s._tail
+        assert len(cached) <= 40 and (total <= 6000 or len(cached) == 1)
+        assert total == sum(e.size() for e in cached)
+        assert first + len(cached) == s.last_index() + 1
+    warm = s
+    stored = warm.entries(1, warm.last_index() + 1)
+    cold_lo = max(1, warm.last_index() - 60)
+    checks = [
+        (lo, hi, mb)
+        for lo in range(cold_lo, warm.last_index() + 1, 3)
+        for hi in (lo + 1, warm.last_index() + 1)
+        for mb in (None, 0, 250, 5000)
+    ]
+    warm_answers = [warm.entries(lo, hi, mb) for lo, hi, mb in checks]
+    warm_terms = [warm.term(i) for i in range(1, warm.last_index() + 1)]
+    cold = store.open()  # a fresh open has an empty cache: everything comes from LMDB
+    assert cold._tail[1] == ()
+    assert cold.entries(1, cold.last_index() + 1) == stored
+    assert [cold.entries(lo, hi, mb) for lo, hi, mb in checks] == warm_answers
+    assert [cold.term(i) for i in range(1, cold.last_index() + 1)] == warm_terms

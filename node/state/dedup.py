@@ -7,36 +7,30 @@ scan.
 
 from __future__ import annotations
 
-from typing import Any
-
 from node.state import keys
 from node.state.tables import Ctx
 
 
-def stored(ctx: Ctx, key: bytes) -> dict[str, Any] | None:
-    """The entry under `key`, live or expired-but-not-yet-purged (live: expire > now)."""
-    return ctx.get(ctx.t.dedup, key)
+def stored(ctx: Ctx, key: bytes) -> tuple[int, int] | None:
+    """(seq, expire_ms) under `key`, live or expired-but-not-yet-purged (live: expire > now).
+
+    A fixed 16-byte record, not a msgpack map: one is written and read per message sent
+    with a dedup id, on every replica. The message id is derived from the seq.
+    """
+    raw = ctx.txn.get(key, db=ctx.t.dedup)
+    return None if raw is None else keys.split_dedup_record(raw)
 
 
-def remember(
-    ctx: Ctx,
-    qid: int,
-    dedup_id: str,
-    ident: str,
-    seq: int,
-    window_ms: int,
-    old: dict[str, Any] | None,
-) -> None:
-    """Store (queue, dedup id) -> message for `window_ms`.
+def remember(ctx: Ctx, key: bytes, seq: int, window_ms: int, old: tuple[int, int] | None) -> None:
+    """Store `key` (see keys.dedup_key) -> message `seq` for `window_ms`.
 
     `old` is what `stored` returned for that key just before (the caller read it to spot
     a duplicate); an expired one's expiry index record is replaced.
     """
-    key = keys.dedup_key(qid, dedup_id)
     if old is not None:
-        ctx.txn.delete(keys.expiry_key(old["expire"], key), db=ctx.t.dedup_expiry)
+        ctx.txn.delete(keys.expiry_key(old[1], key), db=ctx.t.dedup_expiry)
     expire = ctx.now_ms + window_ms
-    ctx.put(ctx.t.dedup, key, {"id": ident, "seq": seq, "expire": expire})
+    ctx.txn.put(key, keys.dedup_record(seq, expire), db=ctx.t.dedup)
     ctx.txn.put(keys.expiry_key(expire, key), b"", db=ctx.t.dedup_expiry)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import struct
 
+import msgpack
+
 _U64 = struct.Struct(">Q")
 _U16 = struct.Struct(">H")
 # One pack call per composite key: these run several times per message on every replica.
@@ -63,8 +65,21 @@ def group_prefix(qid: int, group_id: str) -> bytes:
 
 
 def dedup_key(qid: int, dedup_id: str) -> bytes:
-    """node.dedup: (queue id, dedup id) -> {id, seq, expire_ms}."""
+    """node.dedup: (queue id, dedup id) -> dedup_record(seq, expire_ms)."""
     return _U64.pack(qid) + dedup_id.encode()
+
+
+def dedup_record(seq: int, expire_ms: int) -> bytes:
+    """node.dedup value: (message seq, expiry)."""
+    return _QQ.pack(seq, expire_ms)
+
+
+def split_dedup_record(raw: bytes) -> tuple[int, int]:
+    if len(raw) != _QQ.size:  # written by an earlier version: a msgpack map
+        legacy = msgpack.unpackb(raw, raw=False)
+        return int(legacy["seq"]), int(legacy["expire"])
+    seq, expire = _QQ.unpack(raw)
+    return seq, expire
 
 
 def expiry_key(expire_ms: int, ident: bytes) -> bytes:

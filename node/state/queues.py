@@ -90,8 +90,8 @@ def _drop_dedup(ctx: Ctx, qid: int) -> None:
         key = cur.key()
         if not key or not key.startswith(prefix):
             break
-        entry = ctx.get(ctx.t.dedup, key)
-        ctx.txn.delete(keys.expiry_key(entry["expire"], key), db=ctx.t.dedup_expiry)
+        _seq, expire = keys.split_dedup_record(cur.value())
+        ctx.txn.delete(keys.expiry_key(expire, key), db=ctx.t.dedup_expiry)
         cur.delete()
 
 

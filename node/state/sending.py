@@ -92,12 +92,14 @@ def enqueue(ctx: Ctx, queue: dict[str, Any], batch: list[dict[str, Any]]) -> lis
     results = []
     for msg in batch:
         dedup_id = msg["dedup_id"]
-        remembered = None
+        remembered = dedup_key = None
         if dedup_id is not None and window_ms > 0:
-            remembered = dedup.stored(ctx, keys.dedup_key(qid, dedup_id))
-            if remembered is not None and remembered["expire"] > ctx.now_ms:
+            dedup_key = keys.dedup_key(qid, dedup_id)
+            remembered = dedup.stored(ctx, dedup_key)
+            if remembered is not None and remembered[1] > ctx.now_ms:
+                first_seq = remembered[0]
                 results.append(
-                    {"id": remembered["id"], "seq": remembered["seq"], "duplicate": True}
+                    {"id": messages.message_id(first_seq), "seq": first_seq, "duplicate": True}
                 )
                 continue
         seq += 1
@@ -112,8 +114,8 @@ def enqueue(ctx: Ctx, queue: dict[str, Any], batch: list[dict[str, Any]]) -> lis
             dedup_id=dedup_id,
         )
         messages.insert(ctx, queue, meta, msg["body"], msg["delay_ms"])
-        if dedup_id is not None and window_ms > 0:
-            dedup.remember(ctx, qid, dedup_id, meta["id"], seq, window_ms, old=remembered)
+        if dedup_key is not None:
+            dedup.remember(ctx, dedup_key, seq, window_ms, remembered)
         results.append({"id": meta["id"], "seq": seq, "duplicate": False})
     if seq != last_seq:
         ctx.put_int(META_NEXT_SEQ, seq)

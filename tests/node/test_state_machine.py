@@ -945,3 +945,11 @@ def test_queue_config_cache_follows_updates_and_deletes(h: Harness) -> None:
     assert h.sm.queue_config("nope") is not None  # a cached miss is dropped too
     h.ok("queue_delete", name="cfg")
     assert h.sm.queue_config("cfg") is None
+
+
+def test_dedup_records_are_fixed_width_and_legacy_maps_still_read() -> None:
+    from node.state import keys
+
+    assert keys.split_dedup_record(keys.dedup_record(5, 9)) == (5, 9)
+    legacy = msgpack.packb({"id": "0000000000000005", "seq": 5, "expire": 9})
+    assert keys.split_dedup_record(legacy) == (5, 9)

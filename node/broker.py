@@ -104,13 +104,11 @@ class Broker:
         each replica applies as separate commands with one stamp. Results come back per
         request, so coalescing changes cost, not behaviour.
         """
-        if self.coalesce and op in BATCHABLE_OPS and not (op == "send" and fields.get("producer")):
-            encoded = encode_op(op, **fields)
-            if len(encoded) <= self.max_coalesced_bytes:
-                result = await self._coalesced(encoded)
-            else:
-                result = await self._propose_data(encode_command(op, self.stamp_ms(), **fields))
-        else:
+        batchable = self.coalesce and op in BATCHABLE_OPS and not fields.get("producer")
+        encoded = encode_op(op, **fields) if batchable else None
+        if encoded is not None and len(encoded) <= self.max_coalesced_bytes:
+            result = await self._coalesced(encoded)
+        else:  # not batchable, or too big to share an entry
             result = await self._propose_data(encode_command(op, self.stamp_ms(), **fields))
         failpoint("after_apply_before_response")
         if isinstance(result, dict) and "error" in result:

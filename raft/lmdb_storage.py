@@ -46,7 +46,7 @@ import struct
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -204,6 +204,19 @@ class PreparedSave:
 
     write: Callable[[lmdb.Transaction], None]
     publish: Callable[[], None]
+
+
+def _within_bytes(entries: Iterable[Entry], limit: int) -> list[Entry]:
+    """Entries in order while their sizes sum to at most `limit` (always at least one);
+    a negative limit takes them all. Stops consuming `entries` at the limit."""
+    out: list[Entry] = []
+    total = 0
+    for entry in entries:
+        total += entry.size()
+        if out and 0 <= limit < total:
+            break
+        out.append(entry)
+    return out
 
 
 class LmdbStorage:
@@ -452,14 +465,13 @@ class LmdbStorage:
     def _publish_tail(self, entries: Sequence[Entry]) -> None:
         first, cached, total = self._tail
         new_first = entries[0].index
-        added = sum(e.size() for e in entries)
         if cached and first <= new_first == first + len(cached):  # the common append
-            kept, total = cached + tuple(entries), total + added
-        elif cached and first <= new_first < first + len(cached):  # an overwrite: drop the rest
+            kept, total = cached + tuple(entries), total + sum(e.size() for e in entries)
+        else:  # an overwrite keeps the cached prefix before it; a gap starts afresh
+            if not (cached and first <= new_first < first + len(cached)):
+                first, cached = new_first, ()
             kept = cached[: new_first - first] + tuple(entries)
             total = sum(e.size() for e in kept)
-        else:
-            first, kept, total = new_first, tuple(entries), added
         drop = 0
         while drop < len(kept) - 1 and (
             len(kept) - drop > TAIL_CACHE_ENTRIES or total > TAIL_CACHE_BYTES
@@ -481,35 +493,24 @@ class LmdbStorage:
         limit = max_bytes if max_bytes is not None else -1
         cached = self._cached(lo, hi)
         if cached is not None:
-            if limit < 0:
-                return list(cached)
-            out: list[Entry] = []
-            total = 0
-            for entry in cached:
-                total += entry.size()
-                if out and limit < total:
-                    break
-                out.append(entry)
-            return out
+            return _within_bytes(cached, limit)
         return self._env.read(lambda txn: self._read_range(txn, lo, hi, limit))
 
     def _read_range(self, txn: lmdb.Transaction, lo: int, hi: int, limit: int) -> list[Entry]:
+        return _within_bytes(self._iter_range(txn, lo, hi), limit)
+
+    def _iter_range(self, txn: lmdb.Transaction, lo: int, hi: int) -> Iterator[Entry]:
+        """Entries [lo, hi) in order, CRC-checked; a missing one raises once reached."""
         cur = txn.cursor(db=self._log_db)
-        out: list[Entry] = []
         expected = lo
         if cur.set_key(index_key(lo)):
-            total_bytes = 0
             for key, value in cur.iternext(keys=True, values=True):
                 if int.from_bytes(key, "big") != expected:
                     break
-                entry = decode_entry_record(expected, value, key)
-                total_bytes += entry.size()
-                if out and 0 <= limit < total_bytes:
-                    return out
-                out.append(entry)
+                yield decode_entry_record(expected, value, key)
                 expected += 1
                 if expected == hi:
-                    return out
+                    return
         raise self._missing(cur, expected)
 
     @staticmethod

@@ -22,6 +22,7 @@ import ipaddress
 import random
 import socket
 import struct
+import sys
 from typing import Any
 
 import structlog
@@ -46,6 +47,22 @@ class ProxyError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
+
+
+def process_command(port: int, seed: int, log_level: str = "warning") -> list[str]:
+    """The argv that runs this proxy as its own process on 127.0.0.1:`port`."""
+    return [
+        sys.executable,
+        "-m",
+        "chaos",
+        "proxy",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--seed",
+        str(seed),
+        "--log-level",
+        log_level,
+    ]
 
 
 def parse_address(text: Any, what: str) -> tuple[str, int]:

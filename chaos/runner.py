@@ -20,7 +20,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any
 import aiohttp
 import structlog
 
+from chaos import proxy
 from chaos.proxy_client import ToxiproxyClient
 from cluster.launcher import LocalCluster, free_ports
 
@@ -135,18 +135,7 @@ class ChaosCluster(LocalCluster):
             self.log_dir.mkdir(parents=True, exist_ok=True)
             with open(self.log_dir / "proxy.log", "ab") as fh:
                 self._proxy_proc = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "chaos",
-                        "proxy",
-                        "--listen",
-                        f"127.0.0.1:{port}",
-                        "--seed",
-                        str(self.proxy_seed),
-                        "--log-level",
-                        "warning",
-                    ],
+                    proxy.process_command(port, self.proxy_seed),
                     stdin=subprocess.DEVNULL,
                     stdout=fh,
                     stderr=subprocess.STDOUT,

@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +25,7 @@ from typing import Any
 import pytest
 from toxiproxy import Toxiproxy
 
+from chaos.proxy import process_command as proxy_command
 from chaos.proxy_client import ToxiproxyClient
 
 STARTUP_TIMEOUT_S = 15.0
@@ -78,18 +78,7 @@ def run_proxy_process(log_path: Path) -> Iterator[ProxyProcess]:
     env.pop("TOXIPROXY_URL", None)
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "chaos",
-                "proxy",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--seed",
-                "7",
-                "--log-level",
-                "debug",
-            ],
+            proxy_command(port, seed=7, log_level="debug"),
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=env,

@@ -53,6 +53,7 @@ class NodeConfig:
     log_level: str = "info"
     fsync: bool = True
     coalesce_writes: bool = True  # concurrent batchable writes share one Raft entry
+    storage_thread: bool = False  # persist + apply on a thread instead of in the Raft task
     tick_ms: int = 50
     election_ticks: int = 10
     heartbeat_ticks: int = 1
@@ -138,6 +139,7 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         "log_level": str,
         "fsync": bool,
         "coalesce_writes": bool,
+        "storage_thread": bool,
         "tick_ms": int,
         "election_ticks": int,
         "heartbeat_ticks": int,
@@ -173,6 +175,13 @@ def argument_parser() -> argparse.ArgumentParser:
         action="store_false",
         default=None,
         help="propose every write as its own Raft entry (for comparison)",
+    )
+    p.add_argument(
+        "--storage-thread",
+        dest="storage_thread",
+        action="store_true",
+        default=None,
+        help="persist and apply on a storage thread, not inline (for comparison)",
     )
     p.add_argument("--tick-ms", dest="tick_ms", type=int)
     p.add_argument("--election-ticks", dest="election_ticks", type=int)

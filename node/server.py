@@ -56,6 +56,7 @@ class BrokerNode:
             heartbeat_ticks=config.heartbeat_ticks,
             listen=(config.raft_host, config.raft_port),
             on_role_change=self._on_role_change,
+            storage_thread=config.storage_thread,
             # Python decodes and encodes each entry: a 1 MiB append (thousands of small
             # entries) held the event loop long enough to miss heartbeats while catching a
             # follower up after a partition healed (chaos bridge scenario). Smaller appends

@@ -422,8 +422,10 @@ class DemoCluster:
         tick_ms: int = 50,
         election_ticks: int = 10,
         log_level: str = "info",
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.root = root
+        self.extra_args = tuple(extra_args)
         self.size = size
         ports = free_loopback_ports(2 * size)
         self.raft_addrs = {i + 1: ("127.0.0.1", ports[i]) for i in range(size)}
@@ -461,6 +463,7 @@ class DemoCluster:
         ]
         if not self.fsync:
             cmd.append("--no-fsync")
+        cmd.extend(self.extra_args)
         return cmd
 
     def start_node(self, node_id: int, env: dict[str, str] | None = None) -> None:
@@ -571,6 +574,7 @@ async def run_node(args: argparse.Namespace) -> int:
         election_ticks=args.election_ticks,
         listen=args.raft,
         max_inflight_readies=args.max_inflight_readies,
+        storage_thread=args.storage_thread,
     )
     await node.start()
     control = ControlServer(node, sm, storage)
@@ -606,6 +610,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-fsync", action="store_true", help="benchmark comparison only")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--max-inflight-readies", type=int, default=4)
+    parser.add_argument(
+        "--storage-thread", action="store_true", help="persist/apply on a thread, not inline"
+    )
     parser.add_argument("--gil-switch-ms", type=float, default=0.5)
     args = parser.parse_args(argv)
     if args.control[0] not in ("127.0.0.1", "localhost", "::1"):

@@ -122,6 +122,9 @@ class _Peer:
         self.dropped = 0
         self.reconnects = 0
         self.task: asyncio.Task[None] | None = None
+        # Set while the writer task idles on `wake` with an open, fully flushed stream:
+        # only then may `Transport.flush` write for it without reordering frames.
+        self.idle_writer: asyncio.StreamWriter | None = None
 
 
 class Transport:
@@ -298,6 +301,25 @@ class Transport:
         peer.dropped += peer.queue.push(frame(body), msg.type in _DROPPABLE_FIRST)
         peer.wake.set()
 
+    def flush(self) -> None:
+        """Write queued frames now for every peer whose writer is idle and caught up.
+
+        Why: `send` only queues and wakes the peer's writer task, which writes on a later
+        turn of the event loop; a caller about to block the loop (an inline fsync) or to
+        end its turn calls this so replication leaves at once. Frames are written only when
+        the kernel took everything before (no buffered bytes), so the writer task's drain
+        still paces a slow peer, and always in queue order.
+        """
+        for peer in self._peers.values():
+            writer = peer.idle_writer
+            if writer is None or not peer.queue or peer.conn_lost:
+                continue
+            if writer.transport.get_write_buffer_size():
+                continue  # the writer task drains first
+            frames = peer.queue.take_all()
+            writer.write(b"".join(frames))
+            peer.sent += len(frames)
+
     def connected(self, peer_id: int) -> bool:
         """Whether our outbound connection to `peer_id` is currently up."""
         peer = self._peers.get(peer_id)
@@ -421,7 +443,11 @@ class Transport:
                 await writer.drain()
                 continue
             peer.wake.clear()
-            await peer.wake.wait()
+            peer.idle_writer = writer
+            try:
+                await peer.wake.wait()
+            finally:
+                peer.idle_writer = None
 
     async def _watch_outbound(self, reader: asyncio.StreamReader, peer: _Peer) -> None:
         """Notice the peer closing our outbound connection (it never sends us frames on it)."""

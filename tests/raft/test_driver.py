@@ -48,8 +48,16 @@ def free_ports(n: int) -> list[int]:
 class Member:
     """One node's durable parts, so a test can stop and restart the same node."""
 
-    def __init__(self, node_id: int, root: Path, peers: dict[int, tuple[str, int]]) -> None:
+    def __init__(
+        self,
+        node_id: int,
+        root: Path,
+        peers: dict[int, tuple[str, int]],
+        *,
+        storage_thread: bool = False,
+    ) -> None:
         self.node_id = node_id
+        self.storage_thread = storage_thread
         self.path = str(root / f"n{node_id}")
         self.peers = peers
         self.node: RaftNode | None = None
@@ -79,6 +87,7 @@ class Member:
             election_ticks=10,
             rng_seed=self.node_id,
             on_applied=on_applied,
+            storage_thread=self.storage_thread,
         )
         await self.node.start()
         return self.node
@@ -94,11 +103,15 @@ class Member:
             self.env = None
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[dict[int, Member]]:
+@pytest.fixture(params=["inline", "thread"])
+async def cluster(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[dict[int, Member]]:
+    """Three members; every test runs with the storage step inline and on a thread."""
     ports = free_ports(3)
     peers = {i + 1: ("127.0.0.1", p) for i, p in enumerate(ports)}
-    members = {i: Member(i, tmp_path, peers) for i in peers}
+    thread = request.param == "thread"
+    members = {i: Member(i, tmp_path, peers, storage_thread=thread) for i in peers}
     try:
         for m in members.values():
             await m.start()

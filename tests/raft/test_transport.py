@@ -232,6 +232,33 @@ async def test_two_transports_exchange_messages_both_ways_in_order(make_transpor
     assert a.stats()[2].sent == 300 and a.stats()[2].dropped == 0
 
 
+async def test_flush_writes_at_once_in_order_unless_the_writer_is_behind(
+    make_transport: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`flush` puts queued frames on the socket before the loop turns; never out of order."""
+    (a, _b), (_, inbox_b) = await mesh(make_transport, 2)
+    a.send(app(1, 2, 0))
+    await inbox_b.wait_for_count(1)
+    peer = a._peers[2]
+    await wait_until(lambda: peer.idle_writer is not None)
+    for i in range(1, 4):
+        a.send(app(1, 2, i))
+    assert a.stats()[2].queued == 3  # send alone only queues for the writer task
+    a.flush()
+    assert a.stats()[2].queued == 0 and a.stats()[2].sent == 4  # written, no await between
+    # Bytes still buffered from before: flush leaves the frames to the writer task.
+    writer = peer.idle_writer
+    assert writer is not None
+    monkeypatch.setattr(writer.transport, "get_write_buffer_size", lambda: 1)
+    a.send(app(1, 2, 4))
+    a.flush()
+    assert a.stats()[2].queued == 1
+    monkeypatch.undo()
+    a.send(app(1, 2, 5))
+    got = await inbox_b.wait_for_count(6)
+    assert got == [app(1, 2, i) for i in range(6)]
+
+
 async def test_three_transports_full_mesh_keeps_per_link_order(make_transport: Any) -> None:
     nodes, inboxes = await mesh(make_transport, 3)
     for i in range(100):

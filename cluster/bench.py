@@ -9,7 +9,8 @@ figures measure the cluster, not client-side retry logic.
 Workloads:
   send1       1 message per request, --concurrency requests in flight
   send100     100 messages per request (no dedup ids)
-  send100dd   100 messages per request, each with a dedup id
+  send100dd   100 messages per request, each with a dedup id (time-ordered, as the client
+              makes them; --random-dedup-ids for uuid4)
   recvack     receive batches of 10 and ack them (queue prefilled)
   txn         1-ack-1-send transactions, --txn-workers in flight (needs /v1/transactions)
   memory      fill one queue with --messages 100-byte messages, then report each node's
@@ -36,6 +37,7 @@ from typing import Any
 import aiohttp
 
 from cluster.launcher import LocalCluster, free_ports
+from cluster.message import new_dedup_id
 
 WORKLOADS = ("send1", "send100", "send100dd", "recvack", "txn", "memory")
 DEFAULT_SET = ("send1", "send100", "send100dd", "recvack", "txn")
@@ -178,15 +180,20 @@ class Bench:
             f"1 msg/request, {concurrency} in flight",
         )
 
-    async def send100(self, concurrency: int, dedup: bool) -> Result:
+    async def send100(self, concurrency: int, dedup: bool, random_ids: bool = False) -> Result:
+        """100 messages per request; with `dedup`, each carries an id the queue remembers.
+
+        The ids are what the client generates (time-ordered) unless `random_ids` (uuid4).
+        """
         name = "bench-send100dd" if dedup else "bench-send100"
         await self.put_queue(name)
+        make_id = (lambda: uuid.uuid4().hex) if random_ids else new_dedup_id
 
         async def op(_i: int) -> int:
             msgs = [{"body": "x" * 100} for _ in range(100)]
             if dedup:
                 for m in msgs:
-                    m["dedup_id"] = uuid.uuid4().hex
+                    m["dedup_id"] = make_id()
             return await self._send(name, {"messages": msgs})
 
         label = "send100dd" if dedup else "send100"
@@ -322,7 +329,11 @@ async def run(
             elif name == "send100":
                 results.append(await bench.send100(args.batch_concurrency, dedup=False))
             elif name == "send100dd":
-                results.append(await bench.send100(args.batch_concurrency, dedup=True))
+                results.append(
+                    await bench.send100(
+                        args.batch_concurrency, dedup=True, random_ids=args.random_dedup_ids
+                    )
+                )
             elif name == "recvack":
                 results.append(await bench.recvack(args.consumers, args.prefill))
             elif name == "txn":
@@ -364,6 +375,11 @@ def parser() -> argparse.ArgumentParser:
         "--messages", type=int, default=1_000_000, help="messages for the memory workload"
     )
     p.add_argument("--no-fsync", action="store_true", help="(own cluster) run nodes without fsync")
+    p.add_argument(
+        "--random-dedup-ids",
+        action="store_true",
+        help="send100dd with random uuid4 ids instead of the client's time-ordered ones",
+    )
     p.add_argument("--json", action="store_true")
     return p
 

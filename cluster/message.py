@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
+import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,8 +22,16 @@ JSON_CONTENT_TYPE = "application/json"
 
 
 def new_dedup_id() -> str:
-    """A fresh idempotency key (uuid4 hex): attached once, reused by every retry."""
-    return uuid.uuid4().hex
+    """A fresh idempotency key: attached once, reused by every retry.
+
+    32 hex characters: the creation time in ms (12) then 80 random bits (20), the layout
+    of a UUIDv7. Why time first: every replica keeps the id in an LMDB B-tree for the
+    dedup window, and ids that arrive together then land on the same few pages. Random
+    (uuid4) ids scatter over the whole tree: on the 2-core test machine a fsynced commit
+    of 100 such inserts into a 100k-entry table took 2.9 ms, against 0.6 ms with these.
+    Two ids collide only if made in the same millisecond with the same 80 random bits.
+    """
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
 def encode_body(body: Any) -> tuple[dict[str, Any], dict[str, str]]:

@@ -15,7 +15,6 @@ transaction as its completion step. It derives the txn id from the delivery it p
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from cluster.errors import Conflict
-from cluster.message import Message, OutgoingMessage
+from cluster.message import Message, OutgoingMessage, new_dedup_id
 
 if TYPE_CHECKING:
     from cluster.client import AsyncClient, AsyncQueue
@@ -54,7 +53,7 @@ class AsyncTransaction:
 
     def __init__(self, client: AsyncClient, txn_id: str | None = None) -> None:
         self.client = client
-        self.txn_id = txn_id or uuid.uuid4().hex
+        self.txn_id = txn_id or new_dedup_id()  # time-ordered, like dedup ids
         self._acks: list[dict[str, str]] = []
         self._sends: dict[str, list[dict[str, Any]]] = {}
         self.result: TxnResult | None = None

@@ -2,10 +2,14 @@
 
 An entry outlives its message (a retry after the ack is still a duplicate) but not its
 window: node.dedup_expiry orders entries by expiry so the table stays bounded without a
-scan.
+scan. Every id one send remembers shares its expiry (stamp + window), so one expiry record
+per (expiry, queue) lists them all: one index write per send instead of one per message.
+Records written before that (key = expiry + the full dedup key, empty value) still expire.
 """
 
 from __future__ import annotations
+
+import msgpack
 
 from node.state import keys
 from node.state.tables import Ctx
@@ -21,28 +25,51 @@ def stored(ctx: Ctx, key: bytes) -> tuple[int, int] | None:
     return None if raw is None else keys.split_dedup_record(raw)
 
 
-def remember(ctx: Ctx, key: bytes, seq: int, window_ms: int, old: tuple[int, int] | None) -> None:
-    """Store `key` (see keys.dedup_key) -> message `seq` for `window_ms`.
+def remember(ctx: Ctx, key: bytes, seq: int, expire: int, old: tuple[int, int] | None) -> None:
+    """Store `key` (see keys.dedup_key) -> message `seq` until `expire`.
 
     `old` is what `stored` returned for that key just before (the caller read it to spot
-    a duplicate); an expired one's expiry index record is replaced.
+    a duplicate). The caller indexes the expiry with `index_expiry`, once per send. An
+    expired `old` may still be listed in an older expiry record: `expire_due` skips it
+    there, as the stored expiry no longer matches.
     """
     if old is not None:
-        ctx.txn.delete(keys.expiry_key(old[1], key), db=ctx.t.dedup_expiry)
-    expire = ctx.now_ms + window_ms
+        ctx.txn.delete(keys.expiry_key(old[1], key), db=ctx.t.dedup_expiry)  # older format
     ctx.txn.put(key, keys.dedup_record(seq, expire), db=ctx.t.dedup)
-    ctx.txn.put(keys.expiry_key(expire, key), b"", db=ctx.t.dedup_expiry)
+
+
+def index_expiry(ctx: Ctx, qid: int, expire: int, dedup_ids: list[str]) -> None:
+    """List `dedup_ids` of queue `qid` (just remembered until `expire`) for expiry."""
+    if not dedup_ids:
+        return
+    key = keys.expiry_key(expire, keys.u64(qid))
+    earlier = ctx.txn.get(key, db=ctx.t.dedup_expiry)  # another send with the same stamp
+    if earlier is not None:
+        dedup_ids = msgpack.unpackb(earlier, raw=False) + dedup_ids
+    ctx.txn.put(key, msgpack.packb(dedup_ids, use_bin_type=True), db=ctx.t.dedup_expiry)
 
 
 def expire_due(ctx: Ctx, limit: int) -> int:
-    """Forget entries whose window ended; at most `limit` per call."""
+    """Forget entries whose window ended; stops after the record that reaches `limit`."""
     n = 0
+    dedup_db = ctx.t.dedup
     cur = ctx.txn.cursor(db=ctx.t.dedup_expiry)
     while n < limit and cur.first():
         key = cur.key()
-        if keys.read_u64(key) > ctx.now_ms:
+        expire = keys.read_u64(key)
+        if expire > ctx.now_ms:
             break
-        ctx.txn.delete(key[8:], db=ctx.t.dedup)
+        ident = key[8:]
+        listed = cur.value()
+        if not listed:  # older format: one record per dedup key
+            ctx.txn.delete(ident, db=dedup_db)
+            n += 1
+        else:
+            for dedup_id in msgpack.unpackb(listed, raw=False):
+                dedup_key = ident + dedup_id.encode()
+                raw = ctx.txn.get(dedup_key, db=dedup_db)
+                if raw is not None and keys.split_dedup_record(raw)[1] == expire:
+                    ctx.txn.delete(dedup_key, db=dedup_db)
+                    n += 1
         cur.delete()
-        n += 1
     return n

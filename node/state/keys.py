@@ -83,5 +83,6 @@ def split_dedup_record(raw: bytes) -> tuple[int, int]:
 
 
 def expiry_key(expire_ms: int, ident: bytes) -> bytes:
-    """node.dedup_expiry / node.txn_expiry: (expiry, dedup key or txn id) -> b''."""
+    """node.dedup_expiry: (expiry, queue id) -> dedup ids (msgpack list), or the older
+    (expiry, dedup key) -> b''; node.txn_expiry: (expiry, txn id) -> b''."""
     return _U64.pack(expire_ms) + ident

@@ -91,7 +91,8 @@ def _drop_dedup(ctx: Ctx, qid: int) -> None:
         if not key or not key.startswith(prefix):
             break
         _seq, expire = keys.split_dedup_record(cur.value())
-        ctx.txn.delete(keys.expiry_key(expire, key), db=ctx.t.dedup_expiry)
+        ctx.txn.delete(keys.expiry_key(expire, prefix), db=ctx.t.dedup_expiry)  # per send
+        ctx.txn.delete(keys.expiry_key(expire, key), db=ctx.t.dedup_expiry)  # older format
         cur.delete()
 
 

@@ -88,6 +88,8 @@ def enqueue(ctx: Ctx, queue: dict[str, Any], batch: list[dict[str, Any]]) -> lis
     qid = queue["id"]
     window_ms = queue["dedup_window_s"] * 1000
     expire_ms = ctx.now_ms + queue["retention_s"] * 1000
+    dedup_expire = ctx.now_ms + window_ms
+    remembered_ids: list[str] = []
     last_seq = seq = ctx.get_int(META_NEXT_SEQ)
     results = []
     for msg in batch:
@@ -115,9 +117,11 @@ def enqueue(ctx: Ctx, queue: dict[str, Any], batch: list[dict[str, Any]]) -> lis
         )
         messages.insert(ctx, queue, meta, msg["body"], msg["delay_ms"])
         if dedup_key is not None:
-            dedup.remember(ctx, dedup_key, seq, window_ms, remembered)
+            dedup.remember(ctx, dedup_key, seq, dedup_expire, remembered)
+            remembered_ids.append(dedup_id)
         results.append({"id": meta["id"], "seq": seq, "duplicate": False})
     if seq != last_seq:
         ctx.put_int(META_NEXT_SEQ, seq)
         counters.bump(ctx, qid, "sent_total", seq - last_seq)
+    dedup.index_expiry(ctx, qid, dedup_expire, remembered_ids)
     return results

@@ -549,3 +549,18 @@ def test_sync_queue_stop_from_another_thread_and_messages_iterator(fake: FakeClu
         worker.join(10)
         assert not worker.is_alive()
         assert result[0].succeeded == 1  # type: ignore[attr-defined]
+
+
+def test_generated_dedup_ids_are_unique_hex_and_time_ordered() -> None:
+    """Ids made later sort later (across milliseconds), so replicas' B-tree inserts of
+    ids made together share pages; within a millisecond they are still unique."""
+    from cluster.message import new_dedup_id
+
+    burst = [new_dedup_id() for _ in range(5_000)]
+    assert len(set(burst)) == len(burst)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in burst)
+    earlier = new_dedup_id()
+    time.sleep(0.003)
+    later = new_dedup_id()
+    assert earlier < later
+    assert int(later[:12], 16) - int(earlier[:12], 16) >= 2  # a millisecond clock up front

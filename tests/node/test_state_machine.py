@@ -953,3 +953,84 @@ def test_dedup_records_are_fixed_width_and_legacy_maps_still_read() -> None:
     assert keys.split_dedup_record(keys.dedup_record(5, 9)) == (5, 9)
     legacy = msgpack.packb({"id": "0000000000000005", "seq": 5, "expire": 9})
     assert keys.split_dedup_record(legacy) == (5, 9)
+
+
+def _queue_id(h: Harness, name: str) -> int:
+    from node.state import queues
+    from node.state.tables import Ctx
+
+    return h.env.read(lambda txn: queues.get_queue(Ctx(txn, h.sm.tables, 0), name)["id"])
+
+
+def _table_entries(h: Harness, name: str) -> int:
+    return h.env.read(lambda txn: txn.stat(getattr(h.sm.tables, name))["entries"])
+
+
+def test_one_expiry_record_per_send_and_per_id_records_still_expire(h: Harness) -> None:
+    """A send lists its new dedup ids in one expiry record; the older one-record-per-id
+    format (written by earlier versions) is still read and expired."""
+    from node.state import keys
+
+    h.create("q", dedup_window_s=10)
+    qid = _queue_id(h, "q")
+    h.ok("send", queue="q", messages=[{"body": b"x", "dedup_id": f"n{i}"} for i in range(3)])
+    h.ok("send", queue="q", messages=[{"body": b"y", "dedup_id": "n0"}])  # a duplicate
+    assert _table_entries(h, "dedup") == 3
+    assert _table_entries(h, "dedup_expiry") == 1
+    old_key, old_expire = keys.dedup_key(qid, "old"), h.now_ms + 5_000
+
+    def write_old_format(txn) -> None:
+        txn.put(old_key, keys.dedup_record(999, old_expire), db=h.sm.tables.dedup)
+        txn.put(keys.expiry_key(old_expire, old_key), b"", db=h.sm.tables.dedup_expiry)
+
+    h.env.write(write_old_format)
+    dup = h.ok("send", queue="q", messages=[{"body": b"z", "dedup_id": "old"}])["messages"][0]
+    assert dup == {"id": "00000000000003e7", "seq": 999, "duplicate": True}
+    h.advance(11)
+    assert h.ok("tick")["dedup_expired"] == 4
+    assert _table_entries(h, "dedup") == _table_entries(h, "dedup_expiry") == 0
+
+
+def test_a_reremembered_id_outlives_its_older_expiry_record(h: Harness) -> None:
+    """An id remembered again after its window ended (but before the purge reached it) is
+    listed in two expiry records: the older one must not forget the newer entry."""
+    from node.state import dedup, keys
+    from node.state.tables import Ctx
+
+    h.create("q", dedup_window_s=10)
+    qid = _queue_id(h, "q")
+    key = keys.dedup_key(qid, "k")
+    t0 = h.now_ms
+
+    def remember_at(now: int, seq: int):
+        def fn(txn) -> None:
+            ctx = Ctx(txn, h.sm.tables, now)
+            dedup.remember(ctx, key, seq, now + 10_000, dedup.stored(ctx, key))
+            dedup.index_expiry(ctx, qid, now + 10_000, ["k"])
+
+        return fn
+
+    def expire_at(now: int):
+        return lambda txn: dedup.expire_due(Ctx(txn, h.sm.tables, now), 100)
+
+    h.env.write(remember_at(t0, 1))
+    h.env.write(remember_at(t0 + 12_000, 2))  # window over, not purged yet
+    assert h.env.write(expire_at(t0 + 12_000)) == 0  # old record: the stored expiry moved on
+    assert h.env.read(lambda txn: dedup.stored(Ctx(txn, h.sm.tables, 0), key)) == (2, t0 + 22_000)
+    assert _table_entries(h, "dedup_expiry") == 1
+    assert h.env.write(expire_at(t0 + 22_000)) == 1
+    assert _table_entries(h, "dedup") == _table_entries(h, "dedup_expiry") == 0
+
+
+def test_deleting_a_queue_drops_its_dedup_expiry_records(h: Harness) -> None:
+    h.create("gone", dedup_window_s=10)
+    h.create("kept", dedup_window_s=10)
+    for name in ("gone", "kept"):
+        h.ok(
+            "send",
+            queue=name,
+            messages=[{"body": b"x", "dedup_id": f"{name}{i}"} for i in range(5)],
+        )
+    assert _table_entries(h, "dedup_expiry") == 2
+    h.ok("queue_delete", name="gone")
+    assert _table_entries(h, "dedup") == 5 and _table_entries(h, "dedup_expiry") == 1

@@ -1,0 +1,131 @@
+"""The queue state machine alone: CPU microseconds of apply per message, per replica.
+
+Why: every replica applies every command, so on a 3-node cluster each message costs
+three applies of CPU before any HTTP or Raft work. This figure bounds what the whole
+cluster can do on a given number of cores (`ceiling_msgs_per_s`: cores / (3 x apply),
+as if nothing else ran), which is how the speed targets were judged. fsync is off here:
+it measures the Python and LMDB CPU work, not the disk.
+
+    python -m node.apply_bench [--batches 200 --repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from cluster.message import new_dedup_id
+from node.commands import encode_command
+from node.state_machine import QueueStateMachine
+from raft.lmdb_env import LmdbEnv
+from raft.messages import Entry
+
+REPLICAS = 3
+
+
+class _Applier:
+    """Applies one command at a time as the next log entry, with a moving stamp."""
+
+    def __init__(self, path: str) -> None:
+        self.env = LmdbEnv(path, sync=False, map_size=1 << 30)  # no growth mid-run
+        self.sm = QueueStateMachine(self.env)
+        self.index = self.sm.applied_index()
+        self.now_ms = 1_000_000
+
+    def __call__(self, op: str, **fields: Any) -> Any:
+        self.index += 1
+        self.now_ms += 1
+        entry = Entry(self.index, 1, data=encode_command(op, self.now_ms, **fields))
+        result = self.sm.apply([entry])[0]
+        if isinstance(result, dict) and "error" in result:
+            raise RuntimeError(f"{op} failed: {result['error']}")
+        return result
+
+
+def _us_per_msg(run: Callable[[], int], repeats: int) -> float:
+    """The best of `repeats` runs: the least disturbed by whatever else the machine ran."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        n = run()
+        best = min(best, (time.perf_counter() - started) / n * 1e6)
+    return best
+
+
+def measure(batches: int, path: str, repeats: int = 3) -> dict[str, float]:
+    """µs of apply per message for each workload shape (one queue each)."""
+    apply = _Applier(path)
+    body = b"x" * 100
+    out: dict[str, float] = {}
+
+    def sends(queue: str, make_id: Callable[[], str] | None) -> Callable[[], int]:
+        apply("queue_put", name=queue, config={})
+
+        def run() -> int:
+            for _ in range(batches):
+                msgs: list[dict[str, Any]] = [{"body": body} for _ in range(100)]
+                if make_id is not None:
+                    for m in msgs:
+                        m["dedup_id"] = make_id()
+                apply("send", queue=queue, messages=msgs)
+            return batches * 100
+
+        return run
+
+    out["send100"] = _us_per_msg(sends("plain", None), repeats)
+    out["send100dd"] = _us_per_msg(sends("ordered", new_dedup_id), repeats)
+    out["send100dd_random_ids"] = _us_per_msg(sends("random", lambda: uuid.uuid4().hex), repeats)
+
+    def receive_ack() -> int:
+        n = 0
+        for _ in range(batches * 10):
+            got = apply("receive", queue="plain", max=10, visibility_timeout_s=30)["messages"]
+            apply("ack", queue="plain", receipts=[m["receipt"] for m in got])
+            n += len(got)
+        return n
+
+    out["recv10_ack"] = _us_per_msg(receive_ack, repeats)
+
+    def send_one() -> int:
+        for _ in range(batches * 10):
+            apply("send", queue="plain", messages=[{"body": body}])
+        return batches * 10
+
+    out["send1"] = _us_per_msg(send_one, repeats)
+    apply.env.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m node.apply_bench")
+    parser.add_argument("--batches", type=int, default=200, help="send batches of 100 per run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per workload (best counts)")
+    args = parser.parse_args(argv)
+    if args.batches < 1 or args.repeats < 1:
+        parser.error("--batches and --repeats must be positive")
+    root = tempfile.mkdtemp(prefix="raftq-apply-bench-")
+    try:
+        us = measure(args.batches, os.path.join(root, "env"), args.repeats)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    cores = os.cpu_count() or 1
+    shown = {k: max(0.1, round(v, 1)) for k, v in us.items()}
+    result = {
+        "apply_us_per_msg": shown,
+        "replicas": REPLICAS,
+        "cores": cores,
+        "ceiling_msgs_per_s": {k: round(cores * 1e6 / (REPLICAS * v)) for k, v in shown.items()},
+    }
+    print(json.dumps(result, indent=2))  # CLI output
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

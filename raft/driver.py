@@ -29,8 +29,9 @@ event loop for one LMDB commit. That was measured faster on 2 cores than a stora
 (`storage_thread=True`, up to `max_inflight_readies` queued): the apply is Python and
 holds the GIL anyway, so the thread bought little overlap and cost two GIL hand-offs and
 two loop wake-ups per Ready (`python -m raft.bench`, alternating runs: 21-22.5k -> 24-27k
-proposals/s, single proposer p50 2.6-2.8 -> 2.2-2.4 ms). While the loop is blocked, peer messages and requests pile up
-and the next turn batches them, as they did behind the thread's fsync.
+proposals/s, single proposer p50 2.6-2.8 -> 2.2-2.4 ms). While the loop is blocked, peer
+messages and requests pile up and the next turn batches them, as they did behind the
+thread's fsync.
 
 Pipelining (the task steps new input while earlier Readies are still on their way to the
 disk) is the etcd "async storage writes" shape: a reply leaves only after its own Ready is

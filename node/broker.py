@@ -23,7 +23,7 @@ from node.commands import (
 from node.config import NodeConfig
 from node.http import STATUS_BY_CODE, ApiError
 from raft.driver import NodeStopped, Overloaded
-from raft.errors import NotLeader, ProposalDropped
+from raft.errors import LeadershipLost, NotLeader, ProposalDropped
 from raft.failpoints import failpoint
 
 log = structlog.get_logger("node.broker")
@@ -138,7 +138,7 @@ class Broker:
                 return await proposal
         except NotLeader as exc:
             raise self.leader_hint(exc.leader_id) from None
-        except ProposalDropped:
+        except (ProposalDropped, LeadershipLost):
             raise ApiError(
                 503,
                 "leader_changed",

@@ -37,7 +37,7 @@ import msgpack
 import structlog
 
 from raft.driver import NodeStopped, Overloaded, RaftNode
-from raft.errors import NotLeader, ProposalDropped, RaftError
+from raft.errors import LeadershipLost, NotLeader, ProposalDropped, RaftError
 from raft.framing import FrameDecoder, FrameError, frame
 from raft.kv_state_machine import KvStateMachine
 from raft.lmdb_env import LmdbEnv
@@ -78,6 +78,8 @@ def error_value(exc: BaseException) -> dict[str, Any]:
         }
     if isinstance(exc, ProposalDropped):
         return {"error": "dropped", "message": str(exc)}
+    if isinstance(exc, LeadershipLost):
+        return {"error": "leadership_lost", "message": str(exc)}
     if isinstance(exc, NodeStopped):
         return {"error": "stopped", "message": str(exc)}
     if isinstance(exc, Overloaded):

@@ -43,7 +43,9 @@ allows only once a majority has it durably and it is durable here too. Futures a
 (index, term): the entry applied at that index decides the outcome, same term -> the state
 machine's result, different term -> ProposalDropped. As log terms never decrease along the
 log, applying an entry of term T also proves every pending proposal of a term below T can
-never commit; those fail at once with ProposalDropped. A failed persist stops the driver
+never commit; those fail at once with ProposalDropped. A leader that steps down for lack
+of a quorum cannot learn its entries' fate until the partition heals: its proposals fail at
+once with LeadershipLost (outcome unknown). A failed persist stops the driver
 (NodeStopped for every waiter): the process must exit and restart from its files.
 """
 
@@ -64,7 +66,7 @@ from typing import Any
 import structlog
 
 from raft.core import Config, RaftCore
-from raft.errors import NotLeader, ProposalDropped, RaftError, StorageError
+from raft.errors import LeadershipLost, NotLeader, ProposalDropped, RaftError, StorageError
 from raft.failpoints import failpoint
 from raft.lmdb_env import LmdbEnv
 from raft.messages import Entry, HardState, Message, MessageType, Ready, Role, SoftState
@@ -344,7 +346,8 @@ class RaftNode:
         """Replicate `data`; return the state machine's result once committed and applied.
 
         Raises NotLeader (with the leader hint) on a follower, ProposalDropped if the entry
-        can no longer commit, TimeoutError after `timeout_s` (outcome unknown then).
+        can no longer commit, LeadershipLost if this leader lost its quorum first and
+        TimeoutError after `timeout_s` (outcome unknown for both).
         """
         fut = self.propose_nowait(data)
         if timeout_s is None:
@@ -733,7 +736,7 @@ class RaftNode:
                 else:
                     reason = "lost_quorum"
                 self._log.warning("raft.stepped_down", term=new_term, reason=reason)
-                self._on_lost_leadership()
+                self._on_lost_leadership(fail_proposals=reason == "lost_quorum")
             if self._on_role_change is not None:
                 try:
                     self._on_role_change(ss.role, new_term, ss.leader_id)
@@ -757,14 +760,32 @@ class RaftNode:
         self._votes_granted = {}
         return len(granted)
 
-    def _on_lost_leadership(self) -> None:
-        """Reads cannot be confirmed by a non-leader; proposals wait for the log to decide."""
+    def _on_lost_leadership(self, *, fail_proposals: bool) -> None:
+        """Reads cannot be confirmed by a non-leader; fail them.
+
+        Proposals wait for the log to decide when this node still hears the cluster (a
+        higher term, a transfer): the outcome arrives with the next append. A leader that
+        stepped down for lack of a quorum is cut off and would learn it only after the
+        partition heals, so its proposals fail at once with LeadershipLost (outcome
+        unknown; a later apply of such an entry finds no waiter).
+        """
         err = self.not_leader()
         for futs in self._reads_by_ctx.values():
             for fut in futs:
                 if not fut.done():
                     fut.set_exception(err)
         self._reads_by_ctx.clear()
+        if not fail_proposals or not self._pending:
+            return
+        stranded, self._pending = self._pending, {}
+        for index, (term, fut) in stranded.items():
+            if not fut.done():
+                fut.set_exception(
+                    LeadershipLost(
+                        f"leadership of term {term} was lost (no quorum) before entry {index} "
+                        "committed; its outcome is unknown"
+                    )
+                )
 
     def _best_transfer_target(self) -> int:
         assert self._core is not None

@@ -24,6 +24,15 @@ class ProposalDropped(RaftError):
     """The proposal will never commit: leadership was lost or its log slot was overwritten."""
 
 
+class LeadershipLost(RaftError):
+    """This leader lost its quorum while the proposal was in flight: it may or may not commit.
+
+    Why not wait for the log to decide: a leader cut off from its quorum learns the outcome
+    only when the partition heals, and its callers would hang for all that time. They get
+    this at once instead and retry on the new leader with the same idempotency key.
+    """
+
+
 class InvalidMessage(RaftError):
     """A peer sent bytes that do not decode to a valid message (remote error)."""
 

@@ -403,3 +403,21 @@ async def test_concurrent_writes_share_entries_and_keep_their_own_results(api):
         assert body["acked"] == 1 and body["stale"] == [f"{'0' * 15}{i}.9"]
     status, info = await api.get("/v1/queues/coal")
     assert info["depth"] == 30 and info["in_flight"] == 0
+
+
+@pytest.mark.parametrize("exc_name", ["ProposalDropped", "LeadershipLost"])
+async def test_lost_or_dropped_proposals_answer_leader_changed(exc_name: str) -> None:
+    """Both mean "outcome unknown, retry with the same dedup_id": 503 leader_changed."""
+    from types import SimpleNamespace
+
+    from node.broker import Broker
+    from node.http import ApiError
+    from raft import errors
+
+    fut = asyncio.get_running_loop().create_future()
+    fut.set_exception(getattr(errors, exc_name)("gone"))
+    fake = SimpleNamespace(config=SimpleNamespace(propose_timeout_s=1.0))
+    with pytest.raises(ApiError) as caught:
+        await Broker._proposal_outcome(fake, fut)  # type: ignore[arg-type]
+    assert caught.value.status == 503 and caught.value.code == "leader_changed"
+    assert "same dedup_id" in caught.value.message

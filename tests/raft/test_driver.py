@@ -20,7 +20,7 @@ from raft.driver import (
     merge_entries,
     split_at_overwrites,
 )
-from raft.errors import NotLeader, ProposalDropped, StorageError
+from raft.errors import LeadershipLost, NotLeader, ProposalDropped, StorageError
 from raft.kv_state_machine import KvStateMachine
 from raft.lmdb_env import LmdbEnv
 from raft.lmdb_storage import LmdbStorage
@@ -398,10 +398,11 @@ async def test_failed_persist_stops_the_node_and_acknowledges_nothing(
         await leader.propose(b"x")
 
 
-async def test_isolated_leader_proposals_are_dropped_after_heal(
+async def test_isolated_leader_fails_its_proposals_when_it_steps_down(
     cluster: dict[int, Member],
 ) -> None:
-    """Proposals stranded on a cut-off leader fail with ProposalDropped, never succeed."""
+    """Proposals stranded on a cut-off leader fail with LeadershipLost as soon as
+    check-quorum makes it step down (not when the partition heals), and never apply."""
     leader = await wait_leader(cluster)
     old_id = leader.node_id
     cut = {"on": True}
@@ -425,12 +426,13 @@ async def test_isolated_leader_proposals_are_dropped_after_heal(
     assert new_leader.node_id != old_id
     downs = [e for e in logs if e["event"] == "raft.stepped_down" and "reason" in e]
     assert downs and downs[0]["node_id"] == old_id
-    assert downs[0]["reason"] in ("lost_quorum", "higher_term")
+    assert downs[0]["reason"] == "lost_quorum"
+    # Answered while still cut off: the callers need not wait for the heal.
+    outcomes = await asyncio.wait_for(asyncio.gather(*stranded, return_exceptions=True), 1)
+    assert all(isinstance(o, LeadershipLost) for o in outcomes), outcomes
+    assert "outcome is unknown" in str(outcomes[0])
     index = await new_leader.propose(b"Snew\x00v", timeout_s=5)
-    assert not any(f.done() for f in stranded)  # outcome unknown while cut off
     cut["on"] = False
-    outcomes = await asyncio.wait_for(asyncio.gather(*stranded, return_exceptions=True), 10)
-    assert all(isinstance(o, ProposalDropped) for o in outcomes), outcomes
     await wait_applied(cluster, index)
     assert cluster[old_id].sm.get(b"stranded0") is None  # type: ignore[union-attr]
 

@@ -47,14 +47,16 @@ def check_message(msg: Any, i: int, queue: dict[str, Any]) -> dict[str, Any]:
         priority = fields.int_field(priority, f"messages[{i}].priority", 0, 9)
     group_id = msg.get("group_id")
     if group_id is not None:
-        group_id = fields.optional_id(group_id, f"messages[{i}].group_id")
+        if not fields.valid_id(group_id):
+            raise fields.bad_id(f"messages[{i}].group_id")
     elif queue["fifo"]:
         raise BadRequest(
             f"messages[{i}].group_id is required on a FIFO queue", field=f"messages[{i}].group_id"
         )
     dedup_id = msg.get("dedup_id")
     if dedup_id is not None:
-        dedup_id = fields.optional_id(dedup_id, f"messages[{i}].dedup_id")
+        if not fields.valid_id(dedup_id):
+            raise fields.bad_id(f"messages[{i}].dedup_id")
     elif queue["content_based_dedup"]:
         dedup_id = hashlib.sha256(body).hexdigest()
     attrs = msg.get("attributes")

@@ -127,6 +127,13 @@ class _Peer:
         self.idle_writer: asyncio.StreamWriter | None = None
 
 
+def _write_queued(peer: _Peer, writer: asyncio.StreamWriter) -> None:
+    """Hand every queued frame of `peer` to `writer` in one write, in order."""
+    frames = peer.queue.take_all()
+    writer.write(b"".join(frames))
+    peer.sent += len(frames)
+
+
 class Transport:
     """Peer transport of one node. See the module docstring for the wire rules."""
 
@@ -316,9 +323,7 @@ class Transport:
                 continue
             if writer.transport.get_write_buffer_size():
                 continue  # the writer task drains first
-            frames = peer.queue.take_all()
-            writer.write(b"".join(frames))
-            peer.sent += len(frames)
+            _write_queued(peer, writer)
 
     def connected(self, peer_id: int) -> bool:
         """Whether our outbound connection to `peer_id` is currently up."""
@@ -437,9 +442,7 @@ class Transport:
             if peer.conn_lost:
                 return
             if queue:
-                frames = queue.take_all()
-                writer.write(b"".join(frames))
-                peer.sent += len(frames)
+                _write_queued(peer, writer)
                 await writer.drain()
                 continue
             peer.wake.clear()

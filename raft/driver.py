@@ -28,10 +28,10 @@ Where the storage step runs: by default inline, in the driver task itself, which
 event loop for one LMDB commit. That was measured faster on 2 cores than a storage thread
 (`storage_thread=True`, up to `max_inflight_readies` queued): the apply is Python and
 holds the GIL anyway, so the thread bought little overlap and cost two GIL hand-offs and
-two loop wake-ups per Ready (`python -m raft.bench`, alternating runs: 21-22.5k -> 24-27k
-proposals/s, single proposer p50 2.6-2.8 -> 2.2-2.4 ms). While the loop is blocked, peer
-messages and requests pile up and the next turn batches them, as they did behind the
-thread's fsync.
+two loop wake-ups per Ready (`python -m raft.bench`, two alternating pairs of runs:
+21.1k/22.4k -> 24.1k/25.0k proposals/s, single proposer p50 2.61/2.74 -> 2.17/2.37 ms).
+While the loop is blocked, peer messages and requests pile up and the next turn batches
+them, as they did behind the thread's fsync.
 
 Pipelining (the task steps new input while earlier Readies are still on their way to the
 disk) is the etcd "async storage writes" shape: a reply leaves only after its own Ready is
@@ -686,15 +686,19 @@ class RaftNode:
 
     def _drop_stale_proposals(self, applied_term: int) -> None:
         """Fail proposals of older terms: a log's terms never decrease, so they cannot commit."""
-        stale = [i for i, (t, _f) in self._pending.items() if t < applied_term]
-        for i in stale:
+        self._fail_pending(
+            [i for i, (t, _f) in self._pending.items() if t < applied_term],
+            lambda i, term: ProposalDropped(
+                f"entry {i} of term {term} cannot commit: term {applied_term} is applied"
+            ),
+        )
+
+    def _fail_pending(self, indexes: Sequence[int], error: Callable[[int, int], RaftError]) -> None:
+        """Fail the waiting proposals at `indexes` with error(index, term); forget them."""
+        for i in indexes:
             term, fut = self._pending.pop(i)
             if not fut.done():
-                fut.set_exception(
-                    ProposalDropped(
-                        f"entry {i} of term {term} cannot commit: term {applied_term} is applied"
-                    )
-                )
+                fut.set_exception(error(i, term))
 
     def _on_read_states(self, read_states: Sequence[Any]) -> None:
         for rs in read_states:
@@ -775,17 +779,14 @@ class RaftNode:
                 if not fut.done():
                     fut.set_exception(err)
         self._reads_by_ctx.clear()
-        if not fail_proposals or not self._pending:
-            return
-        stranded, self._pending = self._pending, {}
-        for index, (term, fut) in stranded.items():
-            if not fut.done():
-                fut.set_exception(
-                    LeadershipLost(
-                        f"leadership of term {term} was lost (no quorum) before entry {index} "
-                        "committed; its outcome is unknown"
-                    )
-                )
+        if fail_proposals:
+            self._fail_pending(
+                list(self._pending),
+                lambda i, term: LeadershipLost(
+                    f"leadership of term {term} was lost (no quorum) before entry {i} "
+                    "committed; its outcome is unknown"
+                ),
+            )
 
     def _best_transfer_target(self) -> int:
         assert self._core is not None
@@ -944,11 +945,12 @@ class _StorageWorker:
             jobs, stop = self._take_jobs()
             if stop:
                 return  # queued Readies are dropped unpersisted: none of them was acked
-            if not self._process(jobs):
+            self._process(jobs)
+            if self._failed:
                 return
 
-    def _process(self, jobs: list[_Job]) -> bool:
-        """Persist and apply `jobs`; False (and the driver is told) if storage failed."""
+    def _process(self, jobs: list[_Job]) -> None:
+        """Persist and apply `jobs`; on failure set `_failed` and tell the driver."""
         try:
             applying = [e for job in jobs for e in job.applying]
             if self.shared_txn:
@@ -959,8 +961,6 @@ class _StorageWorker:
             self._failed = True
             self._node._log.critical("raft.storage_failed", error=repr(exc), exc_info=True)
             self._post((_STORAGE_FAILED, exc))
-            return False
-        return True
 
     @staticmethod
     def _merged(segment: list[_Job]) -> tuple[HardState | None, list[Entry]]:

@@ -84,6 +84,7 @@ def queue_delete(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
 
 def _drop_dedup(ctx: Ctx, qid: int) -> None:
     prefix = keys.u64(qid)
+    expiries: set[int] = set()  # the ids of one send share one per-send expiry record
     cur = ctx.txn.cursor(db=ctx.t.dedup)
     cur.set_range(prefix)
     while True:
@@ -91,9 +92,11 @@ def _drop_dedup(ctx: Ctx, qid: int) -> None:
         if not key or not key.startswith(prefix):
             break
         _seq, expire = keys.split_dedup_record(cur.value())
-        ctx.txn.delete(keys.expiry_key(expire, prefix), db=ctx.t.dedup_expiry)  # per send
+        expiries.add(expire)
         ctx.txn.delete(keys.expiry_key(expire, key), db=ctx.t.dedup_expiry)  # older format
         cur.delete()
+    for expire in expiries:
+        ctx.txn.delete(keys.expiry_key(expire, prefix), db=ctx.t.dedup_expiry)
 
 
 def queue_purge(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 import msgpack
 
 from node.errors import BadRequest
+from raft.codec import pack
 
 COMMAND_VERSION = 1
 MAX_TS_MS = (1 << 63) - 1
@@ -45,7 +46,7 @@ def encode_command(op: str, ts_ms: int, **fields: Any) -> bytes:
     if op not in OPS:
         raise ValueError(f"unknown command op {op!r}")
     _check_ts(ts_ms)
-    return msgpack.packb({"v": COMMAND_VERSION, "op": op, "ts": ts_ms, **fields}, use_bin_type=True)
+    return pack({"v": COMMAND_VERSION, "op": op, "ts": ts_ms, **fields})
 
 
 def _check_ts(ts_ms: int) -> None:
@@ -57,7 +58,7 @@ def encode_op(op: str, **fields: Any) -> bytes:
     """One command of a batch, without the envelope: `{"op": op, **fields}` as msgpack."""
     if op not in BATCHABLE_OPS:
         raise ValueError(f"op {op!r} cannot be batched")
-    return msgpack.packb({"op": op, **fields}, use_bin_type=True)
+    return pack({"op": op, **fields})
 
 
 def encode_batch(ts_ms: int, encoded_ops: list[bytes]) -> bytes:

@@ -15,6 +15,7 @@ import msgpack
 from aiohttp import web
 
 from node.errors import ERROR_HTTP_STATUS
+from raft.codec import pack
 
 MSGPACK = "application/msgpack"
 MAX_SAFE_INT = (1 << 63) - 1
@@ -72,7 +73,7 @@ def wants_msgpack(request: web.Request) -> bool:
 def respond(request: web.Request, payload: Any, status: int = 200, **kw: Any) -> web.Response:
     if wants_msgpack(request):
         return web.Response(
-            body=msgpack.packb(payload, use_bin_type=True),
+            body=pack(payload),
             status=status,
             content_type=MSGPACK,
             **kw,

@@ -36,6 +36,7 @@ from typing import Any
 import msgpack
 import structlog
 
+from raft.codec import pack
 from raft.driver import NodeStopped, Overloaded, RaftNode
 from raft.errors import LeadershipLost, NotLeader, ProposalDropped, RaftError
 from raft.framing import FrameDecoder, FrameError, frame
@@ -104,7 +105,7 @@ class _Connection:
     def answer(self, req_id: int, ok: bool, value: Any) -> None:
         if self.closed:
             return
-        self.out.append(frame(msgpack.packb([req_id, ok, value], use_bin_type=True)))
+        self.out.append(frame(pack([req_id, ok, value])))
         if not self.flush_scheduled:
             self.flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
@@ -338,7 +339,7 @@ class ControlClient:
         self._next_id += 1
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._futs[req_id] = fut
-        self._out.append(frame(msgpack.packb([req_id, op, arg], use_bin_type=True)))
+        self._out.append(frame(pack([req_id, op, arg])))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)

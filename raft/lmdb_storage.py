@@ -54,6 +54,7 @@ import lmdb
 import msgpack
 import structlog
 
+from raft.codec import pack
 from raft.errors import Compacted, StorageCorruption, StorageError, Unavailable
 from raft.lmdb_env import LmdbEnv
 from raft.messages import MAX_U63, ConfState, Entry, EntryKind, HardState
@@ -100,7 +101,7 @@ def index_key(index: int) -> bytes:
 
 def encode_record(key: bytes, obj: Any) -> bytes:
     """RECORD = crc32(key || body) (4 bytes BE) + body, body = msgpack(obj)."""
-    body = msgpack.packb(obj, use_bin_type=True)
+    body = pack(obj)
     return _CRC.pack(zlib.crc32(body, zlib.crc32(key))) + body
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgpack
 
+from raft.codec import pack
 from raft.errors import InvalidMessage
 
 MAX_U63 = (1 << 63) - 1
@@ -168,7 +169,7 @@ def encode_entry(e: Entry) -> list[Any]:
 
 
 def encode_message(m: Message) -> bytes:
-    return msgpack.packb(
+    return pack(
         [
             WIRE_VERSION,
             int(m.type),
@@ -183,8 +184,7 @@ def encode_message(m: Message) -> bytes:
             m.reject_hint,
             m.hint_term,
             m.context,
-        ],
-        use_bin_type=True,
+        ]
     )
 
 

@@ -13,6 +13,7 @@ import msgpack
 
 from node.state import keys
 from node.state.tables import Ctx
+from raft.codec import pack
 
 
 def stored(ctx: Ctx, key: bytes) -> tuple[int, int] | None:
@@ -46,7 +47,7 @@ def index_expiry(ctx: Ctx, qid: int, expire: int, dedup_ids: list[str]) -> None:
     earlier = ctx.txn.get(key, db=ctx.t.dedup_expiry)  # another send with the same stamp
     if earlier is not None:
         dedup_ids = msgpack.unpackb(earlier, raw=False) + dedup_ids
-    ctx.txn.put(key, msgpack.packb(dedup_ids, use_bin_type=True), db=ctx.t.dedup_expiry)
+    ctx.txn.put(key, pack(dedup_ids), db=ctx.t.dedup_expiry)
 
 
 def expire_due(ctx: Ctx, limit: int) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 import lmdb
 import msgpack
 
+from raft.codec import pack
 from raft.lmdb_env import LmdbEnv
 
 # Every sub-db the queue state machine owns, in the order state_hash visits them.
@@ -66,10 +67,6 @@ class Tables:
         self.producers = h["node.producers"]
         self.txns = h["node.txns"]
         self.txn_expiry = h["node.txn_expiry"]
-
-
-def pack(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
 
 
 def unpack(data: bytes) -> Any:

@@ -26,16 +26,25 @@ def stored(ctx: Ctx, key: bytes) -> tuple[int, int] | None:
     return None if raw is None else keys.split_dedup_record(raw)
 
 
-def remember(ctx: Ctx, key: bytes, seq: int, expire: int, old: tuple[int, int] | None) -> None:
-    """Store `key` (see keys.dedup_key) -> message `seq` until `expire`.
+def claim(ctx: Ctx, key: bytes, seq: int, expire: int) -> bool:
+    """Store `key` (see keys.dedup_key) -> message `seq` until `expire` if `key` is unknown.
 
-    `old` is what `stored` returned for that key just before (the caller read it to spot
-    a duplicate). The caller indexes the expiry with `index_expiry`, once per send. An
-    expired `old` may still be listed in an older expiry record: `expire_due` skips it
+    True when stored. False when a record is there already, live or expired-but-not-yet-
+    purged: the caller reads it with `stored` and, if expired, takes it over with
+    `remember`. A new id, the common case, costs one B-tree descent instead of a get and
+    a put. The caller indexes the expiry with `index_expiry`, once per send.
+    """
+    record = keys.dedup_record(seq, expire)
+    return bool(ctx.txn.put(key, record, db=ctx.t.dedup, overwrite=False))
+
+
+def remember(ctx: Ctx, key: bytes, seq: int, expire: int, old: tuple[int, int]) -> None:
+    """Replace the expired record `old` of `key` with message `seq` until `expire`.
+
+    An expired `old` may still be listed in an older expiry record: `expire_due` skips it
     there, as the stored expiry no longer matches.
     """
-    if old is not None:
-        ctx.txn.delete(keys.expiry_key(old[1], key), db=ctx.t.dedup_expiry)  # older format
+    ctx.txn.delete(keys.expiry_key(old[1], key), db=ctx.t.dedup_expiry)  # older format
     ctx.txn.put(key, keys.dedup_record(seq, expire), db=ctx.t.dedup)
 
 

@@ -96,16 +96,19 @@ def enqueue(ctx: Ctx, queue: dict[str, Any], batch: list[dict[str, Any]]) -> lis
     results = []
     for msg in batch:
         dedup_id = msg["dedup_id"]
-        remembered = dedup_key = None
         if dedup_id is not None and window_ms > 0:
             dedup_key = keys.dedup_key(qid, dedup_id)
-            remembered = dedup.stored(ctx, dedup_key)
-            if remembered is not None and remembered[1] > ctx.now_ms:
-                first_seq = remembered[0]
-                results.append(
-                    {"id": messages.message_id(first_seq), "seq": first_seq, "duplicate": True}
-                )
-                continue
+            if not dedup.claim(ctx, dedup_key, seq + 1, dedup_expire):
+                remembered = dedup.stored(ctx, dedup_key)
+                assert remembered is not None  # claim found it in this transaction
+                if remembered[1] > ctx.now_ms:
+                    first_seq = remembered[0]
+                    results.append(
+                        {"id": messages.message_id(first_seq), "seq": first_seq, "duplicate": True}
+                    )
+                    continue
+                dedup.remember(ctx, dedup_key, seq + 1, dedup_expire, remembered)
+            remembered_ids.append(dedup_id)
         seq += 1
         meta = messages.new_meta(
             seq=seq,
@@ -118,9 +121,6 @@ def enqueue(ctx: Ctx, queue: dict[str, Any], batch: list[dict[str, Any]]) -> lis
             dedup_id=dedup_id,
         )
         messages.insert(ctx, queue, meta, msg["body"], msg["delay_ms"])
-        if dedup_key is not None:
-            dedup.remember(ctx, dedup_key, seq, dedup_expire, remembered)
-            remembered_ids.append(dedup_id)
         results.append({"id": meta["id"], "seq": seq, "duplicate": False})
     if seq != last_seq:
         ctx.put_int(META_NEXT_SEQ, seq)

@@ -1005,7 +1005,8 @@ def test_a_reremembered_id_outlives_its_older_expiry_record(h: Harness) -> None:
     def remember_at(now: int, seq: int):
         def fn(txn) -> None:
             ctx = Ctx(txn, h.sm.tables, now)
-            dedup.remember(ctx, key, seq, now + 10_000, dedup.stored(ctx, key))
+            if not dedup.claim(ctx, key, seq, now + 10_000):
+                dedup.remember(ctx, key, seq, now + 10_000, dedup.stored(ctx, key))
             dedup.index_expiry(ctx, qid, now + 10_000, ["k"])
 
         return fn

@@ -323,29 +323,49 @@ async def run(
     bench = Bench(leader_url, http, args.duration)
     try:
         results = []
-        for name in args.workloads:
-            if name == "send1":
-                results.append(await bench.send1(args.concurrency))
-            elif name == "send100":
-                results.append(await bench.send100(args.batch_concurrency, dedup=False))
-            elif name == "send100dd":
-                results.append(
-                    await bench.send100(
-                        args.batch_concurrency, dedup=True, random_ids=args.random_dedup_ids
-                    )
-                )
-            elif name == "recvack":
-                results.append(await bench.recvack(args.consumers, args.prefill))
-            elif name == "txn":
-                try:
-                    results.append(await bench.txn(args.txn_workers, args.prefill))
-                except RuntimeError as exc:
-                    results.append(Result("txn", 0, 0, 0, [], 1, f"unavailable: {exc}"[:80]))
-            elif name == "memory":
-                results.append(await bench.memory(args.messages, cluster))
+        for _round in range(args.rounds):
+            for name in args.workloads:
+                results.append(await _run_one(bench, args, name, cluster))
         return results
     finally:
         await http.close()
+
+
+async def _run_one(
+    bench: Bench, args: argparse.Namespace, name: str, cluster: LocalCluster | None
+) -> Result:
+    if name == "send1":
+        return await bench.send1(args.concurrency)
+    if name == "send100":
+        return await bench.send100(args.batch_concurrency, dedup=False)
+    if name == "send100dd":
+        return await bench.send100(
+            args.batch_concurrency, dedup=True, random_ids=args.random_dedup_ids
+        )
+    if name == "recvack":
+        return await bench.recvack(args.consumers, args.prefill)
+    if name == "txn":
+        try:
+            return await bench.txn(args.txn_workers, args.prefill)
+        except RuntimeError as exc:
+            return Result("txn", 0, 0, 0, [], 1, f"unavailable: {exc}"[:80])
+    assert name == "memory", name
+    return await bench.memory(args.messages, cluster)
+
+
+def rate(result: Result) -> float:
+    return result.msgs / result.seconds if result.seconds else 0.0
+
+
+def dedup_costs(results: list[Result]) -> list[float]:
+    """Per round, 1 - send100dd/send100 msgs/s: the share of batched throughput dedup ids cost.
+
+    Paired within a round (the two runs are minutes apart at most) because this machine's
+    speed drifts between rounds by more than the cost being measured.
+    """
+    plain = [rate(r) for r in results if r.workload == "send100"]
+    dedup = [rate(r) for r in results if r.workload == "send100dd"]
+    return [1.0 - d / p for p, d in zip(plain, dedup, strict=False) if p > 0]
 
 
 def print_table(results: list[Result], out: Any = sys.stdout) -> None:
@@ -364,6 +384,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--duration", type=float, default=10.0, help="seconds per workload")
+    p.add_argument(
+        "--rounds", type=int, default=1, help="run the workloads this many times, in turn"
+    )
     p.add_argument("--concurrency", type=int, default=64, help="send1 requests in flight")
     p.add_argument("--batch-concurrency", type=int, default=8, help="send100 requests in flight")
     p.add_argument("--consumers", type=int, default=16, help="recvack consumers")
@@ -385,8 +408,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     args.workloads = args.workloads or list(DEFAULT_SET)
+    unknown = [w for w in args.workloads if w not in WORKLOADS]
+    if unknown:
+        p.error(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
+    if args.rounds < 1 or args.duration <= 0:
+        p.error("--rounds must be >= 1 and --duration > 0")
     cluster = None
     tmp = None
     if args.servers:
@@ -413,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
         if tmp is not None:
             tmp.cleanup()
     if args.json:
-        print(json.dumps([r.__dict__ | {"row": r.row()} for r in results], default=str))
+        rows = [r.__dict__ | {"row": r.row()} for r in results]
+        print(json.dumps({"results": rows, "dedup_costs": dedup_costs(results)}, default=str))
     else:
         setup = f"{len(servers)} nodes, fsync {'off' if args.no_fsync else 'on'}, {os.cpu_count()} cores"
         print(f"raftq bench — {setup}, {args.duration:g}s per workload")
@@ -422,6 +452,20 @@ def main(argv: list[str] | None = None) -> int:
         if lat:
             print(
                 f"(median of medians {statistics.median(statistics.median(x) for x in lat):.2f} ms)"
+            )
+        if args.rounds > 1:
+            best: dict[str, Result] = {}
+            for r in results:
+                if r.workload not in best or rate(r) > rate(best[r.workload]):
+                    best[r.workload] = r
+            print(f"best of {args.rounds} rounds:")
+            print_table(list(best.values()))
+        costs = dedup_costs(results)
+        if costs:
+            shown = ", ".join(f"{c:.0%}" for c in costs)
+            print(
+                f"dedup cost per round (1 - send100dd/send100): {shown}; "
+                f"median {statistics.median(costs):.0%}"
             )
     return 0
 

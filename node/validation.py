@@ -88,6 +88,11 @@ def parse_message(
     out: dict[str, Any] = {"body": body}
     if len(msg) == 1:  # just a body: the common case
         return _require_group(out, fifo, where)
+    if len(msg) == 2 and "dedup_id" in msg:  # a body and a dedup id: every client send
+        dedup_id = _id_field(msg, "dedup_id", limits.max_dedup_id_chars, where)
+        if dedup_id is not None:
+            out["dedup_id"] = dedup_id
+        return _require_group(out, fifo, where)
     attributes = check_attributes(msg.get("attributes"), limits, where)
     if attributes:
         out["attributes"] = attributes
@@ -98,13 +103,21 @@ def parse_message(
     if priority:
         out["priority"] = priority
     for key, max_chars in (("dedup_id", limits.max_dedup_id_chars), ("group_id", 128)):
-        value = get_str(msg, key, None, max_chars, where)
-        if value is None:
-            continue
-        if len(value.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
-            raise bad_request(f"{where}.{key} is over {MAX_ID_BYTES} bytes of UTF-8", field=key)
-        out[key] = value
+        value = _id_field(msg, key, max_chars, where)
+        if value is not None:
+            out[key] = value
     return _require_group(out, fifo, where)
+
+
+def _id_field(msg: dict[str, Any], key: str, max_chars: int, where: str) -> str | None:
+    value = get_str(msg, key, None, max_chars, where)
+    if (
+        value is not None
+        and len(value) * 4 > MAX_ID_BYTES  # 4 bytes of UTF-8 at most per character
+        and len(value.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES
+    ):
+        raise bad_request(f"{where}.{key} is over {MAX_ID_BYTES} bytes of UTF-8", field=key)
+    return value
 
 
 def _require_group(out: dict[str, Any], fifo: bool, where: str) -> dict[str, Any]:

@@ -194,6 +194,17 @@ async def test_long_poll_wakes_on_send(api):
     assert time.monotonic() - started < 5  # woke on apply, long before wait_s
 
 
+async def test_a_null_dedup_id_is_no_dedup_id(api):
+    await api.put("/v1/queues/nulldd", {})
+    for _ in range(2):
+        status, got = await api.post(
+            "/v1/queues/nulldd/messages", {"messages": [{"body": "x", "dedup_id": None}]}
+        )
+        assert status == 200 and got["messages"][0]["duplicate"] is False
+    _, info = await api.get("/v1/queues/nulldd")
+    assert info["depth"] == 2
+
+
 async def test_msgpack_bodies(api):
     await api.put("/v1/queues/mp", {})
     payload = msgpack.packb({"messages": [{"body": b"\x00\xffraw"}]})
@@ -231,6 +242,9 @@ BAD_JSON_BODIES = [
     ("bad_b64", b'{"messages": [{"body_b64": "***"}]}', 400),
     ("empty_batch", b'{"messages": []}', 400),
     ("attr_not_str", b'{"messages": [{"body": "x", "attributes": {"a": 1}}]}', 400),
+    ("dedup_id_not_str", b'{"messages": [{"body": "x", "dedup_id": 7}]}', 400),
+    ("dedup_id_empty", b'{"messages": [{"body_b64": "eA==", "dedup_id": ""}]}', 400),
+    ("dedup_id_chars", b'{"messages": [{"body": "x", "dedup_id": "' + b"k" * 129 + b'"}]}', 400),
     (  # 110 characters but 440 bytes of UTF-8: over the 400-byte key budget
         "dedup_id_bytes",
         ('{"messages": [{"body": "x", "dedup_id": "' + chr(0x1F600) * 110 + '"}]}').encode(),

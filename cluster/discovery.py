@@ -120,6 +120,17 @@ def describe_exception(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:200]
 
 
+def note_failure(errors: dict[str, str], url: str, text: str, cut_short: bool) -> None:
+    """Record why `url` failed, for the ClusterUnavailable report.
+
+    A timeout of an attempt that the caller's overall deadline cut short says nothing about
+    the server: it does not replace an earlier answer such as "503 no_leader", which does.
+    """
+    if cut_short and text == "timed out" and url in errors:
+        return
+    errors[url] = text
+
+
 def _error_summary(resp: Response) -> str:
     err = resp.body.get("error") if isinstance(resp.body, dict) else None
     if isinstance(err, dict):
@@ -284,7 +295,9 @@ class LeaderRouter:
             for next_done in asyncio.as_completed(tasks):
                 url, leader, term, err = await next_done
                 if leader is None:
-                    errors[url] = err or "no leader known"
+                    note_failure(
+                        errors, url, err or "no leader known", timeout_s < self.probe_timeout_s
+                    )
                     if reachable is not None and term >= 0:
                         reachable.append(url)
                     continue
@@ -359,6 +372,7 @@ class LeaderRouter:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 continue
+            attempt_s = self.request_timeout_s + extra_request_s
             try:
                 resp = await self.send_once(
                     target,
@@ -366,10 +380,10 @@ class LeaderRouter:
                     path,
                     json_body=json_body,
                     params=params,
-                    timeout_s=min(self.request_timeout_s + extra_request_s, remaining),
+                    timeout_s=min(attempt_s, remaining),
                 )
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                errors[target] = describe_exception(exc)
+                note_failure(errors, target, describe_exception(exc), remaining < attempt_s)
                 log.debug("client.request_failed", url=target, path=path, error=errors[target])
                 self.forget_leader(target)
                 await pause(backoff.next_delay_s())

@@ -28,7 +28,7 @@ from cluster import (
     TooLarge,
 )
 from cluster.consumer import retry_delay_s
-from cluster.discovery import DEFAULT_SERVERS, resolve_servers
+from cluster.discovery import DEFAULT_SERVERS, note_failure, resolve_servers
 from tests.cluster.conftest import FakeCluster
 
 # --- servers and discovery ---------------------------------------------------------------
@@ -202,6 +202,19 @@ async def test_cluster_unavailable_names_every_server_within_deadline(
     assert "no_leader" in err.attempts[fake.url(1)] or "no leader" in err.attempts[fake.url(1)]
     for url in servers:
         assert url in str(err)
+
+
+def test_a_timeout_the_deadline_caused_keeps_the_earlier_answer() -> None:
+    errors: dict[str, str] = {}
+    note_failure(errors, "a", "timed out", cut_short=True)  # nothing better known yet
+    assert errors == {"a": "timed out"}
+    note_failure(errors, "a", "503 no_leader: no leader", cut_short=False)
+    note_failure(errors, "a", "timed out", cut_short=True)
+    assert errors == {"a": "503 no_leader: no leader"}
+    note_failure(errors, "a", "timed out", cut_short=False)  # a full attempt did time out
+    assert errors == {"a": "timed out"}
+    note_failure(errors, "a", "cannot connect: refused", cut_short=True)
+    assert errors == {"a": "cannot connect: refused"}
 
 
 # --- bodies and messages -----------------------------------------------------------------

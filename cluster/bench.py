@@ -13,6 +13,8 @@ Workloads:
               makes them; --random-dedup-ids for uuid4)
   recvack     receive batches of 10 and ack them (queue prefilled)
   txn         1-ack-1-send transactions, --txn-workers in flight (needs /v1/transactions)
+  txn-consumer  the same transactions shaped like the client's consume_exactly_once: one
+              receive loop takes up to the free slots at once, so receives are shared
   memory      fill one queue with --messages 100-byte messages, then report each node's
               resident memory and the latency of single receives
 """
@@ -39,7 +41,7 @@ import aiohttp
 from cluster.launcher import LocalCluster, free_ports
 from cluster.message import new_dedup_id
 
-WORKLOADS = ("send1", "send100", "send100dd", "recvack", "txn", "memory")
+WORKLOADS = ("send1", "send100", "send100dd", "recvack", "txn", "txn-consumer", "memory")
 DEFAULT_SET = ("send1", "send100", "send100dd", "recvack", "txn")
 
 
@@ -263,6 +265,76 @@ class Bench:
             "txn", workers, op, f"receive + 1-ack-1-send txn, {workers} workers"
         )
 
+    async def txn_consumer(self, workers: int, prefill: int) -> Result:
+        """The txn workload shaped like `consume_exactly_once(concurrency=workers)`.
+
+        One receive loop takes as many messages as there are free handler slots (so one
+        receive serves many transactions), and each message gets its own 1-ack-1-send
+        transaction; `workers` transactions are in flight at most.
+        """
+        await self.put_queue("bench-txnc-in", visibility_timeout_s=300)
+        await self.put_queue("bench-txnc-out")
+        await self.prefill("bench-txnc-in", prefill)
+        loop = asyncio.get_running_loop()
+        stop_at = loop.time() + self.duration_s
+        slots = asyncio.Semaphore(workers)
+        latencies: list[float] = []
+        counts = {"receives": 0, "txns": 0, "errors": 0}
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def commit(m: dict[str, Any], t0: float) -> None:
+            try:
+                await self.post(
+                    "/v1/transactions",
+                    {
+                        "txn_id": f"bench-{m['id']}",
+                        "ack": [{"queue": "bench-txnc-in", "receipt": m["receipt"]}],
+                        "send": [{"queue": "bench-txnc-out", "messages": [{"body": m["body"]}]}],
+                    },
+                )
+                latencies.append((time.perf_counter() - t0) * 1000)
+                counts["txns"] += 1
+            except Exception:
+                counts["errors"] += 1
+            finally:
+                slots.release()
+
+        started = time.perf_counter()
+        while loop.time() < stop_at:
+            await slots.acquire()
+            free = 1
+            while not slots.locked() and free < workers:
+                await slots.acquire()
+                free += 1
+            t0 = time.perf_counter()
+            try:
+                got = await self.post("/v1/queues/bench-txnc-in/receive", {"max": free})
+            except Exception:
+                got = {"messages": []}
+                counts["errors"] += 1
+            counts["receives"] += 1
+            msgs = got["messages"]
+            for _ in range(free - len(msgs)):
+                slots.release()
+            for m in msgs:
+                task = asyncio.ensure_future(commit(m, t0))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - started
+        per_receive = counts["txns"] / max(1, counts["receives"])
+        return Result(
+            "txn-consumer",
+            counts["txns"],
+            counts["txns"],
+            elapsed,
+            latencies,
+            counts["errors"],
+            f"receive up to free slots + 1-ack-1-send txns, {workers} in flight, "
+            f"{per_receive:.1f} txns/receive",
+        )
+
     async def memory(self, count: int, cluster: LocalCluster | None) -> Result:
         await self.put_queue("bench-memory", visibility_timeout_s=300)
         t0 = time.perf_counter()
@@ -349,6 +421,8 @@ async def _run_one(
             return await bench.txn(args.txn_workers, args.prefill)
         except RuntimeError as exc:
             return Result("txn", 0, 0, 0, [], 1, f"unavailable: {exc}"[:80])
+    if name == "txn-consumer":
+        return await bench.txn_consumer(args.txn_workers, args.prefill)
     assert name == "memory", name
     return await bench.memory(args.messages, cluster)
 

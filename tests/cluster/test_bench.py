@@ -3,11 +3,13 @@ checked here, never the speed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 
 from cluster import LocalCluster, bench
+from tests.support.api_client import ApiClient
 
 
 def test_rounds_run_every_workload_in_turn_and_pair_the_dedup_cost(
@@ -39,3 +41,25 @@ def test_bad_arguments_are_refused_before_anything_starts(argv: list[str]) -> No
     with pytest.raises(SystemExit) as exc:
         bench.main([*argv, "--servers", "http://127.0.0.1:9"])
     assert exc.value.code == 2
+
+
+def test_txn_consumer_shares_receives_and_moves_each_message_once(
+    cluster3: LocalCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    servers = ",".join(cluster3.urls)
+    argv = ["txn-consumer", "--servers", servers, "--duration", "0.5", "--prefill", "300"]
+    assert bench.main([*argv, "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["results"]
+    assert row["workload"] == "txn-consumer" and row["errors"] == 0
+    assert 0 < row["msgs"] <= 300
+    per_receive = float(row["note"].rsplit(", ", 1)[1].split()[0])
+    assert per_receive > 1.0  # one receive served several transactions
+
+    async def depths() -> tuple[int, int]:
+        async with ApiClient(cluster3.wait_for_leader(timeout_s=30).url) as api:
+            _, src = await api.get("/v1/queues/bench-txnc-in")
+            _, out = await api.get("/v1/queues/bench-txnc-out")
+            return src["depth"] + src["in_flight"], out["depth"]
+
+    left, moved = asyncio.run(depths())
+    assert moved == row["msgs"] and left + moved == 300

@@ -14,13 +14,12 @@ from typing import Any
 
 from node.config import Limits
 from node.http import bad_request, get_int, get_number, get_str, reject_unknown, too_large
-from node.state.fields import MAX_ID_BYTES
+from node.state.fields import MAX_DELAY_S, MAX_ID_BYTES, MAX_ID_CHARS, valid_id
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,80}$")
 MESSAGE_FIELDS = frozenset(
     {"body", "body_b64", "attributes", "delay_s", "dedup_id", "group_id", "priority"}
 )
-MAX_DELAY_S = 86_400
 
 
 def check_queue_name(name: str) -> str:
@@ -84,40 +83,37 @@ def parse_message(
             index=i,
         )
     # Only non-default fields go into the command: entries stay small, and every replica
-    # decodes and checks less (the state machine fills the same defaults).
+    # decodes and checks less (the state machine fills the same defaults). Each optional
+    # field is checked only when present: most messages carry a body and at most a dedup id.
     out: dict[str, Any] = {"body": body}
-    if len(msg) == 1:  # just a body: the common case
+    if len(msg) == 1:  # a body alone
         return _require_group(out, fifo, where)
-    if len(msg) == 2 and "dedup_id" in msg:  # a body and a dedup id: every client send
-        dedup_id = _id_field(msg, "dedup_id", limits.max_dedup_id_chars, where)
-        if dedup_id is not None:
-            out["dedup_id"] = dedup_id
-        return _require_group(out, fifo, where)
-    attributes = check_attributes(msg.get("attributes"), limits, where)
-    if attributes:
-        out["attributes"] = attributes
-    delay_s = get_number(msg, "delay_s", 0, 0, MAX_DELAY_S, where)
-    if delay_s:
-        out["delay_s"] = delay_s
-    priority = get_int(msg, "priority", 0, 0, 9, where)
-    if priority:
-        out["priority"] = priority
-    for key, max_chars in (("dedup_id", limits.max_dedup_id_chars), ("group_id", 128)):
-        value = _id_field(msg, key, max_chars, where)
-        if value is not None:
-            out[key] = value
+    if "attributes" in msg:
+        attributes = check_attributes(msg["attributes"], limits, where)
+        if attributes:
+            out["attributes"] = attributes
+    if "delay_s" in msg:
+        delay_s = get_number(msg, "delay_s", 0, 0, MAX_DELAY_S, where)
+        if delay_s:
+            out["delay_s"] = delay_s
+    if "priority" in msg:
+        priority = get_int(msg, "priority", 0, 0, 9, where)
+        if priority:
+            out["priority"] = priority
+    if msg.get("dedup_id") is not None:
+        out["dedup_id"] = _id_field(msg, "dedup_id", limits.max_dedup_id_chars, where)
+    if msg.get("group_id") is not None:
+        out["group_id"] = _id_field(msg, "group_id", MAX_ID_CHARS, where)
     return _require_group(out, fifo, where)
 
 
-def _id_field(msg: dict[str, Any], key: str, max_chars: int, where: str) -> str | None:
-    value = get_str(msg, key, None, max_chars, where)
-    if (
-        value is not None
-        and len(value) * 4 > MAX_ID_BYTES  # 4 bytes of UTF-8 at most per character
-        and len(value.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES
-    ):
-        raise bad_request(f"{where}.{key} is over {MAX_ID_BYTES} bytes of UTF-8", field=key)
-    return value
+def _id_field(msg: dict[str, Any], key: str, max_chars: int, where: str) -> str:
+    """`msg[key]` if it is a valid id (the state machine's rule, fields.valid_id)."""
+    value = msg[key]
+    if valid_id(value, max_chars):
+        return value
+    get_str(msg, key, None, max_chars, where)  # raises for a wrong type or length
+    raise bad_request(f"{where}.{key} is over {MAX_ID_BYTES} bytes of UTF-8", field=key)
 
 
 def _require_group(out: dict[str, Any], fifo: bool, where: str) -> dict[str, Any]:

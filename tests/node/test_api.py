@@ -245,6 +245,13 @@ BAD_JSON_BODIES = [
     ("dedup_id_not_str", b'{"messages": [{"body": "x", "dedup_id": 7}]}', 400),
     ("dedup_id_empty", b'{"messages": [{"body_b64": "eA==", "dedup_id": ""}]}', 400),
     ("dedup_id_chars", b'{"messages": [{"body": "x", "dedup_id": "' + b"k" * 129 + b'"}]}', 400),
+    ("group_id_not_str", b'{"messages": [{"body": "x", "group_id": ["g"]}]}', 400),
+    ("group_id_chars", b'{"messages": [{"body": "x", "group_id": "' + b"g" * 129 + b'"}]}', 400),
+    (
+        "group_id_bytes",
+        ('{"messages": [{"body": "x", "group_id": "' + chr(0x1F600) * 101 + '"}]}').encode(),
+        400,
+    ),
     (  # 110 characters but 440 bytes of UTF-8: over the 400-byte key budget
         "dedup_id_bytes",
         ('{"messages": [{"body": "x", "dedup_id": "' + chr(0x1F600) * 110 + '"}]}').encode(),

@@ -55,14 +55,18 @@ class Result:
     errors: int
     note: str = ""
 
+    @property
+    def rate(self) -> float:
+        """Messages per second."""
+        return self.msgs / self.seconds if self.seconds else 0.0
+
     def row(self) -> list[str]:
         lat = sorted(self.latencies_ms) or [0.0]
         p50 = lat[len(lat) // 2]
         p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-        rate = self.msgs / self.seconds if self.seconds else 0.0
         return [
             self.workload,
-            f"{rate:,.0f}",
+            f"{self.rate:,.0f}",
             f"{self.ops / self.seconds:,.0f}" if self.seconds else "0",
             f"{p50:.2f}",
             f"{p99:.2f}",
@@ -250,19 +254,22 @@ class Bench:
             got = await self.post("/v1/queues/bench-txn-in/receive", {"max": 1})
             if not got["messages"]:
                 return 0
-            m = got["messages"][0]
-            await self.post(
-                "/v1/transactions",
-                {
-                    "txn_id": f"bench-{m['id']}",
-                    "ack": [{"queue": "bench-txn-in", "receipt": m["receipt"]}],
-                    "send": [{"queue": "bench-txn-out", "messages": [{"body": m["body"]}]}],
-                },
-            )
+            await self.move_in_txn(got["messages"][0], "bench-txn-in", "bench-txn-out")
             return 1
 
         return await self.run_loop(
             "txn", workers, op, f"receive + 1-ack-1-send txn, {workers} workers"
+        )
+
+    async def move_in_txn(self, m: dict[str, Any], source: str, target: str) -> None:
+        """One 1-ack-1-send transaction: ack `m` on `source`, send its body to `target`."""
+        await self.post(
+            "/v1/transactions",
+            {
+                "txn_id": f"bench-{m['id']}",
+                "ack": [{"queue": source, "receipt": m["receipt"]}],
+                "send": [{"queue": target, "messages": [{"body": m["body"]}]}],
+            },
         )
 
     async def txn_consumer(self, workers: int, prefill: int) -> Result:
@@ -284,14 +291,7 @@ class Bench:
 
         async def commit(m: dict[str, Any], t0: float) -> None:
             try:
-                await self.post(
-                    "/v1/transactions",
-                    {
-                        "txn_id": f"bench-{m['id']}",
-                        "ack": [{"queue": "bench-txnc-in", "receipt": m["receipt"]}],
-                        "send": [{"queue": "bench-txnc-out", "messages": [{"body": m["body"]}]}],
-                    },
-                )
+                await self.move_in_txn(m, "bench-txnc-in", "bench-txnc-out")
                 latencies.append((time.perf_counter() - t0) * 1000)
                 counts["txns"] += 1
             except Exception:
@@ -416,19 +416,14 @@ async def _run_one(
         )
     if name == "recvack":
         return await bench.recvack(args.consumers, args.prefill)
-    if name == "txn":
+    if name in ("txn", "txn-consumer"):
+        run = bench.txn if name == "txn" else bench.txn_consumer
         try:
-            return await bench.txn(args.txn_workers, args.prefill)
+            return await run(args.txn_workers, args.prefill)
         except RuntimeError as exc:
-            return Result("txn", 0, 0, 0, [], 1, f"unavailable: {exc}"[:80])
-    if name == "txn-consumer":
-        return await bench.txn_consumer(args.txn_workers, args.prefill)
+            return Result(name, 0, 0, 0, [], 1, f"unavailable: {exc}"[:80])
     assert name == "memory", name
     return await bench.memory(args.messages, cluster)
-
-
-def rate(result: Result) -> float:
-    return result.msgs / result.seconds if result.seconds else 0.0
 
 
 def dedup_costs(results: list[Result]) -> list[float]:
@@ -437,8 +432,8 @@ def dedup_costs(results: list[Result]) -> list[float]:
     Paired within a round (the two runs are minutes apart at most) because this machine's
     speed drifts between rounds by more than the cost being measured.
     """
-    plain = [rate(r) for r in results if r.workload == "send100"]
-    dedup = [rate(r) for r in results if r.workload == "send100dd"]
+    plain = [r.rate for r in results if r.workload == "send100"]
+    dedup = [r.rate for r in results if r.workload == "send100dd"]
     return [1.0 - d / p for p, d in zip(plain, dedup, strict=False) if p > 0]
 
 
@@ -530,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.rounds > 1:
             best: dict[str, Result] = {}
             for r in results:
-                if r.workload not in best or rate(r) > rate(best[r.workload]):
+                if r.workload not in best or r.rate > best[r.workload].rate:
                     best[r.workload] = r
             print(f"best of {args.rounds} rounds:")
             print_table(list(best.values()))

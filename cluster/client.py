@@ -387,8 +387,11 @@ class AsyncClient:
 
     `servers`: list or comma-separated string of node URLs; default `$RAFTQ_SERVERS`, else
     http://127.0.0.1:7001,7002,7003. `timeout_s` is the total deadline of each call,
-    `request_timeout_s` the limit of a single HTTP attempt. Pass `session` to share an
-    aiohttp session (it is not closed by `close()`).
+    `request_timeout_s` the limit of a single HTTP attempt. An attempt unanswered after
+    `leader_check_s` makes the client ask the cluster who leads (then at doubling
+    intervals); if a majority names another node, the attempt moves there instead of
+    waiting out `request_timeout_s` on a hung leader (None: never check). Pass `session`
+    to share an aiohttp session (it is not closed by `close()`).
     """
 
     def __init__(
@@ -397,6 +400,7 @@ class AsyncClient:
         *,
         timeout_s: float = 30.0,
         request_timeout_s: float = 10.0,
+        leader_check_s: float | None = 1.0,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.servers = resolve_servers(servers)
@@ -407,6 +411,7 @@ class AsyncClient:
             timeout_s=timeout_s,
             request_timeout_s=request_timeout_s,
             probe_timeout_s=min(2.0, request_timeout_s),
+            leader_check_s=leader_check_s,
             session=session,
         )
         self._queues: dict[str, AsyncQueue] = {}

@@ -2,7 +2,11 @@
 
 Every call gets ONE deadline. Inside it the router sends the request to the cached leader;
 when there is none it asks every server's `GET /v1/cluster` at once and takes the first
-answer that names a leader. A follower's 307 hint replaces the cached leader at once;
+answer that names a leader. While an attempt goes unanswered, the router asks the cluster
+again after `leader_check_s`, then at doubling intervals: a leader that hangs (SIGSTOP, a
+VM stall, a long pause) is replaced by an election in about a second, and once a
+majority names another leader the attempt is abandoned and re-sent there, instead of
+waiting for `request_timeout_s`. A follower's 307 hint replaces the cached leader at once;
 connection errors, timeouts, `503 no_leader` (honouring `Retry-After`) and 5xx answers
 forget the leader and back off with capped, jittered delays. Definite answers (4xx) are
 raised at once. When the deadline passes, `ClusterUnavailable` names every server and the
@@ -17,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -104,6 +108,15 @@ class Response:
     body: Any
 
 
+class LeaderMoved(Exception):
+    """An attempt was abandoned: while it waited, a majority named another leader."""
+
+    def __init__(self, url: str, leader: str, waited_s: float) -> None:
+        super().__init__(f"no answer after {waited_s:.1f}s; the cluster now names {leader} leader")
+        self.url = url
+        self.leader = leader
+
+
 def describe_exception(exc: BaseException) -> str:
     """Short human description of a transport failure, for ClusterUnavailable reports."""
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
@@ -184,16 +197,21 @@ class LeaderRouter:
         session: aiohttp.ClientSession | None = None,
         backoff_base_s: float = 0.05,
         backoff_cap_s: float = 2.0,
+        leader_check_s: float | None = 1.0,
         rng: random.Random | None = None,
     ) -> None:
         if timeout_s <= 0 or request_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
+        if leader_check_s is not None and leader_check_s <= 0:
+            raise ValueError("leader_check_s must be positive (or None to never check)")
         self.servers: tuple[str, ...] = tuple(servers)
         self.timeout_s = timeout_s
         self.request_timeout_s = request_timeout_s
         self.probe_timeout_s = probe_timeout_s
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
+        self.leader_check_s = leader_check_s
+        self._leader_check: asyncio.Future[str | None] | None = None
         self._rng = rng or random.Random()
         self._session = session
         self._owns_session = session is None
@@ -217,6 +235,10 @@ class LeaderRouter:
 
     async def close(self) -> None:
         """Close the session if this router created it (a borrowed one stays open)."""
+        check, self._leader_check = self._leader_check, None
+        if check is not None and not check.done():
+            check.cancel()
+            await asyncio.gather(check, return_exceptions=True)
         if self._owns_session and self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None if self._owns_session else self._session
@@ -373,15 +395,20 @@ class LeaderRouter:
             if remaining <= 0:
                 continue
             attempt_s = self.request_timeout_s + extra_request_s
+            attempt = self.send_once(
+                target,
+                method,
+                path,
+                json_body=json_body,
+                params=params,
+                timeout_s=min(attempt_s, remaining),
+            )
             try:
-                resp = await self.send_once(
-                    target,
-                    method,
-                    path,
-                    json_body=json_body,
-                    params=params,
-                    timeout_s=min(attempt_s, remaining),
-                )
+                resp = await self._watching_leader(target, attempt)
+            except LeaderMoved as moved:
+                errors[target] = str(moved)
+                log.info("client.leader_moved", url=target, path=path, leader=moved.leader)
+                continue  # the check already cached the new leader: no backoff
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 note_failure(errors, target, describe_exception(exc), remaining < attempt_s)
                 log.debug("client.request_failed", url=target, path=path, error=errors[target])
@@ -419,6 +446,52 @@ class LeaderRouter:
                 await pause(delay_s)
                 continue
             raise error_from_response(resp.status, resp.body)
+
+    async def _watching_leader(self, target: str, attempt: Awaitable[Response]) -> Response:
+        """Await `attempt` (a request to `target`), abandoning it if another node now leads.
+
+        While it is unanswered, the cluster is asked who leads after `leader_check_s`,
+        then at doubling intervals. If a majority names another leader, `target` was
+        deposed: whatever it still holds cannot commit in its old term (the majority has
+        moved on), so the attempt is cancelled and `LeaderMoved` raised for the caller to
+        re-send, exactly as after a timeout, only sooner. A leader that is merely slow is
+        still named, and the attempt keeps waiting until its own timeout.
+        """
+        if self.leader_check_s is None:
+            return await attempt
+        send = asyncio.ensure_future(attempt)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        wait_s = self.leader_check_s
+        try:
+            while True:
+                done, _ = await asyncio.wait({send}, timeout=wait_s)
+                if done:
+                    return send.result()
+                check = self._check_leader()
+                done, _ = await asyncio.wait({send, check}, return_when=asyncio.FIRST_COMPLETED)
+                if send in done:
+                    return send.result()
+                leader = None if check.cancelled() or check.exception() else check.result()
+                if leader is not None and leader != target:
+                    raise LeaderMoved(target, leader, loop.time() - started)
+                wait_s *= 2
+        finally:
+            if not send.done():
+                send.cancel()
+                await asyncio.gather(send, return_exceptions=True)
+
+    def _check_leader(self) -> asyncio.Future[str | None]:
+        """One `discover` shared by every attempt of this router that is waiting now.
+
+        Sixty-four requests stuck on a hung leader make one round of probes, not 64.
+        """
+        check = self._leader_check
+        if check is None or check.done():
+            deadline = asyncio.get_running_loop().time() + self.probe_timeout_s
+            check = asyncio.ensure_future(self.discover(deadline, {}))
+            self._leader_check = check
+        return check
 
     def _unavailable(self, budget_s: float, errors: Mapping[str, str]) -> ClusterUnavailable:
         attempts = {url: errors.get(url, "not reached") for url in self.servers}

@@ -278,12 +278,16 @@ class Client:
         *,
         timeout_s: float = 30.0,
         request_timeout_s: float = 10.0,
+        leader_check_s: float | None = 1.0,
     ) -> None:
         self._loop = _LoopThread()
         servers = servers if servers is None or isinstance(servers, str) else list(servers)
         try:
             self._async = AsyncClient(
-                servers, timeout_s=timeout_s, request_timeout_s=request_timeout_s
+                servers,
+                timeout_s=timeout_s,
+                request_timeout_s=request_timeout_s,
+                leader_check_s=leader_check_s,
             )
         except BaseException:
             self._loop.close()

@@ -84,6 +84,7 @@ class FakeCluster:
         self.leader_id: int | None = 1
         self.term = 1
         #: node id -> "normal" | "no_leader" (503 to everything) | "down" (not listening)
+        #: | "hang" (accepts requests, answers none until the mode changes: a paused process)
         self.modes: dict[int, str] = dict.fromkeys(range(1, n + 1), "normal")
         #: Retry-After seconds sent with 503 no_leader
         self.retry_after_s = "0.2"
@@ -98,9 +99,11 @@ class FakeCluster:
         self.queues: dict[str, FakeQueue] = {}
         self.dedup: dict[tuple[str, str], str] = {}
         self.requests: list[tuple[int, str, str, Any]] = []  # (node, method, path, body)
+        self.cluster_probes: list[int] = []  # node ids asked GET /v1/cluster, in order
         self.nacks: list[tuple[str, float]] = []
         self.extends: list[tuple[str, float]] = []
         self._seq = itertools.count(1)
+        self._closing = False
         self._loop = asyncio.new_event_loop()
         self._runners: dict[int, web.AppRunner] = {}
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -114,6 +117,7 @@ class FakeCluster:
         return self
 
     def close(self) -> None:
+        self._closing = True  # releases hung handlers, so the runners can stop
         for node_id in list(self._runners):
             self.call(self._stop_node(node_id))
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -161,8 +165,14 @@ class FakeCluster:
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "node_id": request.app[NODE_ID]})
 
+    async def _hang_while_paused(self, node_id: int) -> None:
+        while self.modes[node_id] == "hang" and not self._closing:
+            await asyncio.sleep(0.02)
+
     async def _cluster(self, request: web.Request) -> web.Response:
         node_id = request.app[NODE_ID]
+        self.cluster_probes.append(node_id)
+        await self._hang_while_paused(node_id)
         leader = None
         if (
             self.leader_id is not None
@@ -197,6 +207,7 @@ class FakeCluster:
         node_id = request.app[NODE_ID]
         body = await request.json() if request.can_read_body else None
         self.requests.append((node_id, request.method, request.path, body))
+        await self._hang_while_paused(node_id)
         if self.leader_id is None or self.modes[node_id] == "no_leader":
             return web.json_response(
                 {"error": {"code": "no_leader", "message": "election in progress"}},

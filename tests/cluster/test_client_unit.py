@@ -101,6 +101,70 @@ async def test_leader_dies_client_rediscovers(fake: FakeCluster) -> None:
         assert client.leader_url == fake.url(3)
 
 
+async def test_hung_leader_is_left_once_a_majority_names_another(fake: FakeCluster) -> None:
+    # The attempt's own timeout (60 s) is far beyond the call's deadline (10 s): only the
+    # leader check can finish this call.
+    async with AsyncClient(
+        fake.urls, timeout_s=10, request_timeout_s=60, leader_check_s=0.2
+    ) as client:
+        q = client.queue("tasks")
+        await q.create()
+        fake.modes[1] = "hang"
+        fake.leader_id, fake.term = 2, 2
+        await q.send("while node 1 hangs")
+        assert client.leader_url == fake.url(2)
+    assert fake.count("/messages", node=1) == 1  # the abandoned attempt
+    assert fake.count("/messages", node=2) == 1
+    assert len(fake.queues["tasks"].messages) == 1
+
+
+async def test_slow_leader_still_named_is_waited_for(fake: FakeCluster) -> None:
+    async with AsyncClient(fake.urls, timeout_s=10, leader_check_s=0.1) as client:
+        q = client.queue("tasks")
+        await q.create()
+        probes_before = len(fake.cluster_probes)
+        fake.modes[1] = "hang"
+        asyncio.get_running_loop().call_later(0.8, fake.modes.__setitem__, 1, "normal")
+        await q.send("slow but still leading")
+        assert client.leader_url == fake.url(1)
+    assert len(fake.cluster_probes) > probes_before  # the client did check...
+    assert fake.count("/messages") == 1  # ...and, as node 1 still led, never re-sent
+
+
+async def test_attempts_waiting_together_share_one_leader_check(fake: FakeCluster) -> None:
+    async with AsyncClient(
+        fake.urls, timeout_s=10, request_timeout_s=60, leader_check_s=0.3
+    ) as client:
+        q = client.queue("tasks")
+        await q.create()
+        probes_before = len(fake.cluster_probes)
+        fake.modes[1] = "hang"
+        fake.leader_id, fake.term = 3, 2
+        await asyncio.gather(*(q.send(f"m{i}") for i in range(20)))
+    assert len(fake.queues["tasks"].messages) == 20
+    # one round of probes to the 3 nodes, not one per waiting send (60)
+    assert len(fake.cluster_probes) - probes_before <= 6
+
+
+async def test_leader_check_off_waits_for_the_attempt_timeout(fake: FakeCluster) -> None:
+    async with AsyncClient(
+        fake.urls, timeout_s=1.0, request_timeout_s=60, leader_check_s=None
+    ) as client:
+        q = client.queue("tasks")
+        await q.create()
+        fake.modes[1] = "hang"
+        fake.leader_id, fake.term = 2, 2
+        with pytest.raises(ClusterUnavailable) as info:
+            await q.send("stuck")
+    assert "timed out" in info.value.attempts[fake.url(1)]
+    assert fake.count("/messages", node=2) == 0
+
+
+def test_leader_check_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="leader_check_s"):
+        AsyncClient(["http://127.0.0.1:1"], leader_check_s=0)
+
+
 async def test_503_no_leader_respects_retry_after_then_succeeds(fake: FakeCluster) -> None:
     async with AsyncClient(fake.urls, timeout_s=5) as client:
         q = client.queue("tasks")

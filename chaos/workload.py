@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,14 @@ log = structlog.get_logger("chaos.workload")
 
 DEFINITE_STATUSES = frozenset({400, 404, 409, 413})
 MAX_REDIRECTS = 3
+
+
+class LeaderMoved(Exception):
+    """A request was abandoned: while it waited, another node became the leader."""
+
+    def __init__(self, leader: int, waited_s: float) -> None:
+        super().__init__(f"abandoned after {waited_s:.1f}s: node {leader} leads now")
+        self.leader = leader
 
 
 @dataclass(slots=True)
@@ -65,7 +73,9 @@ class Api:
     `urls` maps node id to the URL the client uses (its client proxy); `real_urls` maps each
     node's own URL (what 307 hints carry) back to its id. `leader_hint()` may tell the
     current leader (the runner's monitor); otherwise the last redirect target is kept and a
-    failure rotates to a random node.
+    failure rotates to a random node. Like the raftq client's leader check, a request
+    unanswered for `leader_check_s` is abandoned (recorded `info`) once the hint names
+    another leader, instead of waiting out the timeout on a hung one.
     """
 
     def __init__(
@@ -76,6 +86,7 @@ class Api:
         rng: random.Random,
         timeout_s: float = 5.0,
         leader_hint: Callable[[], int | None] | None = None,
+        leader_check_s: float = 1.0,
     ) -> None:
         self.session = session
         self.urls = urls
@@ -83,6 +94,7 @@ class Api:
         self.rng = rng
         self.timeout_s = timeout_s
         self.leader_hint = leader_hint
+        self.leader_check_s = leader_check_s
         self.preferred: int = min(urls)
 
     def pick(self) -> int:
@@ -120,15 +132,11 @@ class Api:
         for _ in range(MAX_REDIRECTS + 1):
             url = self.urls[target] + path
             try:
-                async with self.session.request(
-                    method, url, json=body, timeout=timeout, allow_redirects=False
-                ) as resp:
-                    status = resp.status
-                    try:
-                        data = await resp.json(content_type=None)
-                    except (ValueError, aiohttp.ContentTypeError):
-                        data = None
-                    location = resp.headers.get("Location")
+                exchange = self._exchange(method, url, body, timeout)
+                status, data, location = await self._watching_leader(target, exchange)
+            except LeaderMoved as moved:
+                self.preferred = moved.leader
+                return Outcome(INFO, None, None, target, str(moved))
             except aiohttp.ClientConnectorError as exc:
                 # Nothing was sent: definitely not applied.
                 self._rotate(target)
@@ -154,6 +162,41 @@ class Api:
                 err = str(status)
             return Outcome(kind, status, data, target, err)
         return Outcome(FAIL, 307, None, target, "too many redirects")
+
+    async def _exchange(
+        self, method: str, url: str, body: Any, timeout: aiohttp.ClientTimeout
+    ) -> tuple[int, Any, str | None]:
+        """One HTTP request: (status, decoded JSON body or None, Location header)."""
+        async with self.session.request(
+            method, url, json=body, timeout=timeout, allow_redirects=False
+        ) as resp:
+            try:
+                data = await resp.json(content_type=None)
+            except (ValueError, aiohttp.ContentTypeError):
+                data = None
+            return resp.status, data, resp.headers.get("Location")
+
+    async def _watching_leader(
+        self, target: int, exchange: Awaitable[tuple[int, Any, str | None]]
+    ) -> tuple[int, Any, str | None]:
+        """Await `exchange` with `target`; raise LeaderMoved once the hint names another."""
+        if self.leader_hint is None:
+            return await exchange
+        task = asyncio.ensure_future(exchange)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self.leader_check_s)
+                if done:
+                    return task.result()
+                hinted = self.leader_hint()
+                if hinted is not None and hinted != target and hinted in self.urls:
+                    raise LeaderMoved(hinted, loop.time() - started)
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     def _rotate(self, failed: int) -> None:
         others = [n for n in self.urls if n != failed]

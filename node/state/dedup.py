@@ -38,6 +38,24 @@ def claim(ctx: Ctx, key: bytes, seq: int, expire: int) -> bool:
     return bool(ctx.txn.put(key, record, db=ctx.t.dedup, overwrite=False))
 
 
+def claim_all(ctx: Ctx, claims: list[tuple[bytes, bytes]]) -> bool:
+    """Store every (dedup key, dedup record) of `claims` if none of the keys is known.
+
+    True when all were new and are now stored: the common case, one `putmulti` for the
+    whole send instead of one `claim` per message. Otherwise nothing is left changed
+    (the records this call added are deleted again: each holds a fresh seq that no
+    earlier record can hold) and False tells the caller to claim one by one, which
+    handles duplicates, expired records and an id repeated within the batch.
+    """
+    _consumed, added = ctx.txn.cursor(db=ctx.t.dedup).putmulti(claims, overwrite=False)
+    if added == len(claims):
+        return True
+    for key, record in claims:
+        if ctx.txn.get(key, db=ctx.t.dedup) == record:
+            ctx.txn.delete(key, db=ctx.t.dedup)
+    return False
+
+
 def remember(ctx: Ctx, key: bytes, seq: int, expire: int, old: tuple[int, int]) -> None:
     """Replace the expired record `old` of `key` with message `seq` until `expire`.
 

@@ -81,11 +81,23 @@ def check_batch(value: Any, queue: dict[str, Any]) -> list[dict[str, Any]]:
     return [check_message(m, i, queue) for i, m in enumerate(value)]
 
 
+def _claim_all(ctx: Ctx, qid: int, batch: list[dict[str, Any]], last_seq: int, expire: int) -> bool:
+    """Claim every dedup id of the batch at once if none is known (see dedup.claim_all)."""
+    claims = [
+        (keys.dedup_key(qid, msg["dedup_id"]), keys.dedup_record(last_seq + i, expire))
+        for i, msg in enumerate(batch, 1)
+        if msg["dedup_id"] is not None
+    ]
+    return bool(claims) and dedup.claim_all(ctx, claims)
+
+
 def enqueue(ctx: Ctx, queue: dict[str, Any], batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Enqueue validated messages; a live dedup id answers the original id instead.
 
     Sequence numbers and the sent counter are read and written once per batch, not once
     per message: the stored result is the same, with two LMDB operations less per message.
+    Likewise the dedup ids are first claimed all at once, assuming none is known (message
+    i then gets seq last + 1 + i); only if one is known are they claimed one by one.
     """
     qid = queue["id"]
     window_ms = queue["dedup_window_s"] * 1000
@@ -93,10 +105,15 @@ def enqueue(ctx: Ctx, queue: dict[str, Any], batch: list[dict[str, Any]]) -> lis
     dedup_expire = ctx.now_ms + window_ms
     remembered_ids: list[str] = []
     last_seq = seq = ctx.get_int(META_NEXT_SEQ)
+    all_claimed = window_ms > 0 and _claim_all(ctx, qid, batch, last_seq, dedup_expire)
+    grouped = queue["fifo"]  # FIFO groups: each insert reads the group's earlier ones
+    new_messages: list[tuple[dict[str, Any], bytes, int]] = []
     results = []
     for msg in batch:
         dedup_id = msg["dedup_id"]
-        if dedup_id is not None and window_ms > 0:
+        if dedup_id is not None and all_claimed:
+            remembered_ids.append(dedup_id)
+        elif dedup_id is not None and window_ms > 0:
             dedup_key = keys.dedup_key(qid, dedup_id)
             if not dedup.claim(ctx, dedup_key, seq + 1, dedup_expire):
                 remembered = dedup.stored(ctx, dedup_key)
@@ -120,8 +137,13 @@ def enqueue(ctx: Ctx, queue: dict[str, Any], batch: list[dict[str, Any]]) -> lis
             attributes=msg["attributes"],
             dedup_id=dedup_id,
         )
-        messages.insert(ctx, queue, meta, msg["body"], msg["delay_ms"])
+        if grouped:
+            messages.insert(ctx, queue, meta, msg["body"], msg["delay_ms"])
+        else:
+            new_messages.append((meta, msg["body"], msg["delay_ms"]))
         results.append({"id": meta["id"], "seq": seq, "duplicate": False})
+    if new_messages:
+        messages.insert_new(ctx, queue, new_messages)
     if seq != last_seq:
         ctx.put_int(META_NEXT_SEQ, seq)
         counters.bump(ctx, qid, "sent_total", seq - last_seq)

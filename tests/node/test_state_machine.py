@@ -12,7 +12,7 @@ import pytest
 
 from node.commands import decode_command, encode_command
 from node.errors import BadRequest
-from node.state import timers
+from node.state import keys, timers
 from node.state_machine import QueueStateMachine
 from raft.lmdb_env import LmdbEnv
 from raft.messages import Entry, EntryKind
@@ -271,6 +271,46 @@ def test_dedup_within_one_batch_and_table_stays_bounded(h: Harness) -> None:
     assert h.ok("tick")["dedup_expired"] == 51
     count = h.env.read(lambda txn: txn.stat(h.sm.tables.dedup)["entries"])
     assert count == 0
+
+
+def test_a_batch_mixing_new_and_known_dedup_ids_claims_one_by_one(h: Harness) -> None:
+    """The all-at-once claim finds a known id, leaves nothing behind, and the one-by-one
+    path answers exactly as if it had never been tried: seqs stay consecutive."""
+    h.create("q", dedup_window_s=60)
+    known = h.ok("send", queue="q", messages=[{"body": b"k", "dedup_id": "known"}])["messages"]
+    batch = [
+        {"body": b"a", "dedup_id": "new-a"},
+        {"body": b"k2", "dedup_id": "known"},
+        {"body": b"b"},
+        {"body": b"c", "dedup_id": "new-c"},
+    ]
+    res = h.ok("send", queue="q", messages=batch)["messages"]
+    seq = known[0]["seq"]
+    assert res == [
+        {"id": format(seq + 1, "016x"), "seq": seq + 1, "duplicate": False},
+        {**known[0], "duplicate": True},
+        {"id": format(seq + 2, "016x"), "seq": seq + 2, "duplicate": False},
+        {"id": format(seq + 3, "016x"), "seq": seq + 3, "duplicate": False},
+    ]
+    dedup_seqs = h.env.read(
+        lambda txn: sorted(
+            keys.split_dedup_record(v)[0] for _, v in txn.cursor(db=h.sm.tables.dedup)
+        )
+    )
+    assert dedup_seqs == [seq, seq + 1, seq + 3]  # no record left by the failed claim
+    assert [m["body"] for m in h.receive("q", 10)] == [b"k", b"a", b"b", b"c"]
+
+
+def test_an_all_new_batch_gets_the_same_seqs_as_one_by_one_sends(h: Harness) -> None:
+    h.create("q", dedup_window_s=60)
+    res = h.ok(
+        "send",
+        queue="q",
+        messages=[{"body": b"a", "dedup_id": "x"}, {"body": b"b"}, {"body": b"c", "dedup_id": "y"}],
+    )["messages"]
+    assert [m["seq"] for m in res] == [1, 2, 3] and not any(m["duplicate"] for m in res)
+    again = h.ok("send", queue="q", messages=[{"body": b"c2", "dedup_id": "y"}])["messages"]
+    assert again == [{**res[2], "duplicate": True}]
 
 
 def test_dedup_table_stays_flat_over_several_windows(h: Harness) -> None:

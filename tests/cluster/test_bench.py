@@ -34,6 +34,17 @@ def test_rounds_run_every_workload_in_turn_and_pair_the_dedup_cost(
     assert "best of 2 rounds:" in text and "dedup cost per round" in text
 
 
+def test_a_run_that_drains_its_queue_says_so(
+    cluster3: LocalCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    servers = ",".join(cluster3.urls)
+    argv = ["recvack", "--servers", servers, "--duration", "0.5", "--prefill", "20"]
+    assert bench.main([*argv, "--consumers", "4", "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    assert result["msgs"] == 20 and result["errors"] == 0
+    assert "the queue ran empty" in result["note"] and "raise --prefill" in result["note"]
+
+
 @pytest.mark.parametrize(
     "argv", [["sendd1"], ["send1", "--rounds", "0"], ["send1", "--duration", "0"]]
 )

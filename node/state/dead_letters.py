@@ -72,7 +72,7 @@ def redrive(ctx: Ctx, dlq: dict[str, Any]) -> int:
             break
         seq = keys.read_u64(key, 8)
         position = keys.message_key(qid, seq + 1)
-        meta = ctx.get(ctx.t.messages, key)
+        meta = messages.decode_meta(cur.value())
         src_name = meta["src"]
         if src_name is None or meta["state"] == messages.IN_FLIGHT:
             continue

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from node.state import counters, keys
-from node.state.tables import Ctx
+from node.state.tables import Ctx, unpack
 from raft.codec import pack
 
 READY = 0
@@ -66,7 +66,8 @@ def new_meta(
     receive_count: int = 0,
     lease: int = 0,
 ) -> dict[str, Any]:
-    # Key order is fixed here: the stored bytes (and state_hash) depend on it.
+    # Key order is fixed here and in encode_meta/decode_meta: the stored bytes (and
+    # state_hash) depend on it.
     return {
         "id": ident,
         "seq": seq,
@@ -84,12 +85,60 @@ def new_meta(
     }
 
 
+def encode_meta(m: dict[str, Any]) -> bytes:
+    """A message's record: its fields by position (the order of `new_meta`), not a map.
+
+    Why: a record is read twice and written twice per message delivered, on every replica;
+    decoding a 13-key map builds 13 key strings each time, which made it about 2 µs
+    slower than a list. Records that earlier versions wrote as maps still decode.
+    """
+    return pack(
+        [
+            m["id"],
+            m["seq"],
+            m["state"],
+            m["rc"],
+            m["lease"],
+            m["deadline"],
+            m["expire"],
+            m["enq"],
+            m["prio"],
+            m["group"],
+            m["attrs"],
+            m["dedup"],
+            m["src"],
+        ]
+    )
+
+
+def decode_meta(raw: bytes) -> dict[str, Any]:
+    f = unpack(raw)
+    if type(f) is dict:  # written by an earlier version
+        return f
+    return {
+        "id": f[0],
+        "seq": f[1],
+        "state": f[2],
+        "rc": f[3],
+        "lease": f[4],
+        "deadline": f[5],
+        "expire": f[6],
+        "enq": f[7],
+        "prio": f[8],
+        "group": f[9],
+        "attrs": f[10],
+        "dedup": f[11],
+        "src": f[12],
+    }
+
+
 def get(ctx: Ctx, qid: int, seq: int) -> dict[str, Any] | None:
-    return ctx.get(ctx.t.messages, keys.message_key(qid, seq))
+    raw = ctx.txn.get(keys.message_key(qid, seq), db=ctx.t.messages)
+    return None if raw is None else decode_meta(raw)
 
 
 def save(ctx: Ctx, qid: int, meta: dict[str, Any]) -> None:
-    ctx.put(ctx.t.messages, keys.message_key(qid, meta["seq"]), meta)
+    ctx.txn.put(keys.message_key(qid, meta["seq"]), encode_meta(meta), db=ctx.t.messages)
 
 
 def body(ctx: Ctx, seq: int) -> bytes:
@@ -174,7 +223,7 @@ def insert_new(
         else:
             meta["state"], meta["deadline"] = READY, 0
             ready.append((keys.ready_key(qid, meta["prio"], seq), b""))
-        metas.append((keys.message_key(qid, seq), pack(meta)))
+        metas.append((keys.message_key(qid, seq), encode_meta(meta)))
     t, txn = ctx.t, ctx.txn
     for db, items in (
         (t.bodies, bodies),
@@ -235,7 +284,7 @@ def drop_all(ctx: Ctx, queue: dict[str, Any]) -> int:
         key = cur.key()
         if not key or not key.startswith(prefix):
             break
-        meta = ctx.get(ctx.t.messages, key)
+        meta = decode_meta(cur.value())
         seq = meta["seq"]
         ctx.txn.delete(keys.u64(seq), db=ctx.t.bodies)
         ctx.txn.delete(keys.timer_key(meta["expire"], qid, seq), db=ctx.t.retention)

@@ -115,7 +115,7 @@ def info(ctx: Ctx, queue: dict[str, Any], now_ms: int) -> dict[str, Any]:
     first = ctx.first_key(ctx.t.messages, keys.u64(queue["id"]))
     oldest_age_ms = None
     if first is not None:
-        oldest = ctx.get(ctx.t.messages, first)
+        oldest = messages.decode_meta(ctx.txn.get(first, db=ctx.t.messages))
         oldest_age_ms = max(0, now_ms - oldest["enq"])
     return {**public_config(queue), **stats, "oldest_age_ms": oldest_age_ms}
 

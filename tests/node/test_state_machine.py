@@ -6,13 +6,14 @@ import hashlib
 import time
 import tracemalloc
 from collections.abc import Iterator
+from typing import Any
 
 import msgpack
 import pytest
 
 from node.commands import decode_command, encode_command
 from node.errors import BadRequest
-from node.state import keys, timers
+from node.state import keys, messages, timers
 from node.state_machine import QueueStateMachine
 from raft.lmdb_env import LmdbEnv
 from raft.messages import Entry, EntryKind
@@ -311,6 +312,35 @@ def test_an_all_new_batch_gets_the_same_seqs_as_one_by_one_sends(h: Harness) -> 
     assert [m["seq"] for m in res] == [1, 2, 3] and not any(m["duplicate"] for m in res)
     again = h.ok("send", queue="q", messages=[{"body": b"c2", "dedup_id": "y"}])["messages"]
     assert again == [{**res[2], "duplicate": True}]
+
+
+def test_message_records_are_positional_and_older_map_records_still_work(h: Harness) -> None:
+    """Records are lists now; a record an earlier version wrote as a map is still read,
+    delivered, acked and purged like any other."""
+    h.create("q")
+    first, second = h.send("q", b"old", b"new")
+    db = h.sm.tables.messages
+
+    def records(txn: Any) -> list[Any]:
+        return [msgpack.unpackb(v, raw=False) for _, v in txn.cursor(db=db)]
+
+    stored = h.env.read(records)
+    assert [type(r) for r in stored] == [list, list]
+    as_map = messages.decode_meta(msgpack.packb(stored[0]))  # what an old version wrote
+    assert as_map["id"] == first["id"] and as_map["seq"] == first["seq"]
+
+    def rewrite_first_as_map(txn: Any) -> None:
+        key = next(iter(txn.cursor(db=db)))[0]
+        txn.put(key, msgpack.packb(as_map), db=db)
+
+    h.env.write(rewrite_first_as_map)
+    assert [type(r) for r in h.env.read(records)] == [dict, list]
+    got = h.receive("q")
+    assert [(m["id"], m["body"]) for m in got] == [(first["id"], b"old"), (second["id"], b"new")]
+    assert h.ok("ack", queue="q", receipts=[got[0]["receipt"]]) == {"acked": 1, "stale": []}
+    h.ok("nack", queue="q", receipts=[got[1]["receipt"]])
+    assert h.ok("queue_purge", name="q") == {"purged": 1}
+    assert h.env.read(records) == []
 
 
 def test_dedup_table_stays_flat_over_several_windows(h: Harness) -> None:

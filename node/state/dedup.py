@@ -3,8 +3,10 @@
 An entry outlives its message (a retry after the ack is still a duplicate) but not its
 window: node.dedup_expiry orders entries by expiry so the table stays bounded without a
 scan. Every id one send remembers shares its expiry (stamp + window), so one expiry record
-per (expiry, queue) lists them all: one index write per send instead of one per message.
-Records written before that (key = expiry + the full dedup key, empty value) still expire.
+per send lists them all: one index write per send instead of one per message. Its key is
+(expiry, queue id, seq of the send's first new message): sends that share a stamp (many do,
+under load) write records of their own instead of rewriting one growing list. Two older
+layouts still expire: (expiry, queue id) -> ids, and (expiry, full dedup key) -> b''.
 """
 
 from __future__ import annotations
@@ -66,15 +68,22 @@ def remember(ctx: Ctx, key: bytes, seq: int, expire: int, old: tuple[int, int]) 
     ctx.txn.put(key, keys.dedup_record(seq, expire), db=ctx.t.dedup)
 
 
-def index_expiry(ctx: Ctx, qid: int, expire: int, dedup_ids: list[str]) -> None:
-    """List `dedup_ids` of queue `qid` (just remembered until `expire`) for expiry."""
-    if not dedup_ids:
-        return
-    key = keys.expiry_key(expire, keys.u64(qid))
-    earlier = ctx.txn.get(key, db=ctx.t.dedup_expiry)  # another send with the same stamp
-    if earlier is not None:
-        dedup_ids = msgpack.unpackb(earlier, raw=False) + dedup_ids
-    ctx.txn.put(key, pack(dedup_ids), db=ctx.t.dedup_expiry)
+def index_expiry(ctx: Ctx, qid: int, expire: int, first_seq: int, dedup_ids: list[str]) -> None:
+    """List `dedup_ids` of queue `qid` (just remembered until `expire`) for expiry.
+
+    `first_seq` (the seq of the send's first new message) makes the key unique per send.
+    """
+    if dedup_ids:
+        key = keys.expiry_key(expire, keys.u64(qid) + keys.u64(first_seq))
+        ctx.txn.put(key, pack(dedup_ids), db=ctx.t.dedup_expiry)
+
+
+def drop_expiry_records(ctx: Ctx, qid: int, expire: int) -> None:
+    """Delete every per-send expiry record of queue `qid` ending at `expire` (queue delete)."""
+    prefix = keys.expiry_key(expire, keys.u64(qid))
+    cur = ctx.txn.cursor(db=ctx.t.dedup_expiry)
+    while cur.set_range(prefix) and cur.key()[: len(prefix)] == prefix:
+        cur.delete()
 
 
 def expire_due(ctx: Ctx, limit: int) -> int:
@@ -87,12 +96,12 @@ def expire_due(ctx: Ctx, limit: int) -> int:
         expire = keys.read_u64(key)
         if expire > ctx.now_ms:
             break
-        ident = key[8:]
         listed = cur.value()
-        if not listed:  # older format: one record per dedup key
-            ctx.txn.delete(ident, db=dedup_db)
+        if not listed:  # oldest format: one record per dedup key
+            ctx.txn.delete(key[8:], db=dedup_db)
             n += 1
         else:
+            ident = key[8:16]  # the queue id; a seq may follow
             for dedup_id in msgpack.unpackb(listed, raw=False):
                 dedup_key = ident + dedup_id.encode()
                 raw = ctx.txn.get(dedup_key, db=dedup_db)

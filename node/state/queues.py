@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from node.errors import BadRequest, Conflict, NotFound
-from node.state import counters, keys, messages, producers
+from node.state import counters, dedup, keys, messages, producers
 from node.state.queue_config import DEFAULTS, check_queue_name, merge_config
 from node.state.tables import META_NEXT_QUEUE_ID, Ctx
 
@@ -96,7 +96,7 @@ def _drop_dedup(ctx: Ctx, qid: int) -> None:
         ctx.txn.delete(keys.expiry_key(expire, key), db=ctx.t.dedup_expiry)  # older format
         cur.delete()
     for expire in expiries:
-        ctx.txn.delete(keys.expiry_key(expire, prefix), db=ctx.t.dedup_expiry)
+        dedup.drop_expiry_records(ctx, qid, expire)
 
 
 def queue_purge(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:

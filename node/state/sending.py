@@ -149,5 +149,6 @@ def enqueue(ctx: Ctx, queue: dict[str, Any], batch: list[dict[str, Any]]) -> lis
     if seq != last_seq:
         ctx.put_int(META_NEXT_SEQ, seq)
         counters.bump(ctx, qid, "sent_total", seq - last_seq)
-    dedup.index_expiry(ctx, qid, dedup_expire, remembered_ids)
+    # last_seq + 1: the send's first new message, a seq no other send can have
+    dedup.index_expiry(ctx, qid, dedup_expire, last_seq + 1, remembered_ids)
     return results

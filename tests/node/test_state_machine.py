@@ -1061,6 +1061,46 @@ def test_one_expiry_record_per_send_and_per_id_records_still_expire(h: Harness) 
     assert _table_entries(h, "dedup") == _table_entries(h, "dedup_expiry") == 0
 
 
+def test_sends_sharing_a_stamp_write_expiry_records_of_their_own(h: Harness) -> None:
+    """Under load many sends share a stamp: each lists its ids in its own record (no
+    read-modify-write of one growing list), and the layout before that, (expiry, queue)
+    -> ids, still expires."""
+    from node.state import keys
+
+    h.create("q", dedup_window_s=10)
+    h.create("other", dedup_window_s=10)
+    qid = _queue_id(h, "q")
+    for i in range(3):  # the same stamp: h.now_ms does not move
+        h.ok(
+            "send", queue="q", messages=[{"body": b"x", "dedup_id": f"s{i}-{j}"} for j in range(4)]
+        )
+    h.ok("send", queue="other", messages=[{"body": b"x", "dedup_id": "o"}])
+    assert _table_entries(h, "dedup") == 13 and _table_entries(h, "dedup_expiry") == 4
+    listed = h.env.read(
+        lambda txn: [
+            msgpack.unpackb(v, raw=False)
+            for k, v in txn.cursor(db=h.sm.tables.dedup_expiry)
+            if k[8:16] == keys.u64(qid)
+        ]
+    )
+    assert listed == [[f"s{i}-{j}" for j in range(4)] for i in range(3)]
+
+    older_expire = h.now_ms + 5_000
+
+    def write_older_layout(txn) -> None:
+        dedup_key = keys.dedup_key(qid, "older")
+        txn.put(dedup_key, keys.dedup_record(999, older_expire), db=h.sm.tables.dedup)
+        record_key = keys.expiry_key(older_expire, keys.u64(qid))
+        txn.put(record_key, msgpack.packb(["older"]), db=h.sm.tables.dedup_expiry)
+
+    h.env.write(write_older_layout)
+    h.advance(6)
+    assert h.ok("tick")["dedup_expired"] == 1  # the older layout's record, due first
+    h.advance(5)
+    assert h.ok("tick")["dedup_expired"] == 13
+    assert _table_entries(h, "dedup") == _table_entries(h, "dedup_expiry") == 0
+
+
 def test_a_reremembered_id_outlives_its_older_expiry_record(h: Harness) -> None:
     """An id remembered again after its window ended (but before the purge reached it) is
     listed in two expiry records: the older one must not forget the newer entry."""
@@ -1077,7 +1117,7 @@ def test_a_reremembered_id_outlives_its_older_expiry_record(h: Harness) -> None:
             ctx = Ctx(txn, h.sm.tables, now)
             if not dedup.claim(ctx, key, seq, now + 10_000):
                 dedup.remember(ctx, key, seq, now + 10_000, dedup.stored(ctx, key))
-            dedup.index_expiry(ctx, qid, now + 10_000, ["k"])
+            dedup.index_expiry(ctx, qid, now + 10_000, seq, ["k"])
 
         return fn
 
@@ -1102,6 +1142,7 @@ def test_deleting_a_queue_drops_its_dedup_expiry_records(h: Harness) -> None:
             queue=name,
             messages=[{"body": b"x", "dedup_id": f"{name}{i}"} for i in range(5)],
         )
-    assert _table_entries(h, "dedup_expiry") == 2
+        h.ok("send", queue=name, messages=[{"body": b"y", "dedup_id": f"{name}-again"}])
+    assert _table_entries(h, "dedup_expiry") == 4  # two sends per queue, one stamp
     h.ok("queue_delete", name="gone")
-    assert _table_entries(h, "dedup") == 5 and _table_entries(h, "dedup_expiry") == 1
+    assert _table_entries(h, "dedup") == 6 and _table_entries(h, "dedup_expiry") == 2

@@ -74,3 +74,14 @@ def test_txn_consumer_shares_receives_and_moves_each_message_once(
 
     left, moved = asyncio.run(depths())
     assert moved == row["msgs"] and left + moved == 300
+
+
+def test_bench_dedup_ids_have_the_client_layout() -> None:
+    from cluster.message import new_dedup_id
+
+    ids = bench._ordered_ids(100) + bench._ordered_ids(100)
+    assert len(set(ids)) == 200
+    assert all(len(i) == 32 and set(i) <= set("0123456789abcdef") for i in ids)
+    assert ids[:100] == sorted(ids[:100])  # ordered within one request
+    client = new_dedup_id()
+    assert abs(int(ids[-1][:12], 16) - int(client[:12], 16)) < 5_000  # the same ms clock

@@ -65,19 +65,25 @@ async def nodes() -> AsyncIterator[TwoNodes]:
         await two.close()
 
 
+def _api(session: aiohttp.ClientSession, nodes: TwoNodes, hint: Callable[[], int]) -> Api:
+    """The workload's caller with a 20 s timeout, checking the leader hint every 0.1 s."""
+    real_urls = {url: node for node, url in nodes.urls.items()}
+    return Api(
+        session,
+        nodes.urls,
+        real_urls,
+        random.Random(1),
+        timeout_s=20.0,
+        leader_hint=hint,
+        leader_check_s=0.1,
+    )
+
+
 async def test_request_to_a_hung_node_is_abandoned_once_another_leads(nodes: TwoNodes) -> None:
     hint = {"leader": 1}
     nodes.delay_s[1] = 30.0  # "SIGSTOPped": answers long after the call's timeout
     async with aiohttp.ClientSession() as session:
-        api = Api(
-            session,
-            nodes.urls,
-            {url: node for node, url in nodes.urls.items()},
-            random.Random(1),
-            timeout_s=20.0,
-            leader_hint=lambda: hint["leader"],
-            leader_check_s=0.1,
-        )
+        api = _api(session, nodes, lambda: hint["leader"])
         asyncio.get_running_loop().call_later(0.3, hint.__setitem__, "leader", 2)
         outcome = await asyncio.wait_for(api.call("POST", "/v1/queues/q/messages", {}), 10)
         assert outcome.type == INFO and outcome.node == 1
@@ -91,15 +97,7 @@ async def test_request_to_a_hung_node_is_abandoned_once_another_leads(nodes: Two
 async def test_a_slow_node_that_still_leads_is_waited_for(nodes: TwoNodes) -> None:
     nodes.delay_s[1] = 0.5
     async with aiohttp.ClientSession() as session:
-        api = Api(
-            session,
-            nodes.urls,
-            {url: node for node, url in nodes.urls.items()},
-            random.Random(1),
-            timeout_s=20.0,
-            leader_hint=lambda: 1,
-            leader_check_s=0.1,
-        )
+        api = _api(session, nodes, lambda: 1)
         outcome = await api.call("POST", "/v1/queues/q/messages", {})
     assert outcome.type == OK and outcome.node == 1
     assert nodes.served == [1]

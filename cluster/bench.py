@@ -31,6 +31,7 @@ import asyncio
 import itertools
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -42,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import structlog
 
 from cluster.launcher import LocalCluster, free_ports
 
@@ -77,6 +79,8 @@ class Result:
     latencies_ms: list[float]
     errors: int
     note: str = ""
+    #: cores busy during the run, per process ("leader", "follower N", "bench"); own cluster only
+    cpu: dict[str, float] | None = None
 
     @property
     def rate(self) -> float:
@@ -152,11 +156,46 @@ class LeanHttp:
         self._idle.clear()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)": state is fields[0]
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuProbe:
+    """CPU seconds used so far by each node of a local cluster and by this process.
+
+    Why: on a small machine the nodes and the load generator share the cores, and which
+    process saturates first says what bounds a rate: the leader's per-request work, the
+    replicas' apply, or the machine as a whole.
+    """
+
+    def __init__(self, cluster: LocalCluster, leader_url: str) -> None:
+        self.roles = {
+            ("leader" if cluster.url(i) == leader_url else f"follower {i}"): pid
+            for i, pid in sorted(cluster.pids.items())
+        }
+
+    def sample(self) -> dict[str, float]:
+        used = {role: cpu_seconds(pid) for role, pid in self.roles.items()}
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        used["bench"] = own.ru_utime + own.ru_stime
+        return used
+
+
 class Bench:
-    def __init__(self, leader_url: str, http: LeanHttp, duration_s: float) -> None:
+    def __init__(
+        self,
+        leader_url: str,
+        http: LeanHttp,
+        duration_s: float,
+        cpu_probe: CpuProbe | None = None,
+    ) -> None:
         self.url = leader_url
         self.http = http
         self.duration_s = duration_s
+        self.cpu_probe = cpu_probe
 
     async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         status, data = await self.http.request("POST", path, body)
@@ -198,13 +237,18 @@ class Bench:
                 if n == 0:
                     counts["empty"] += 1
 
+        cpu_before = self.cpu_probe.sample() if self.cpu_probe else None
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(workers)))
         elapsed = time.perf_counter() - started
+        cpu = None
+        if self.cpu_probe is not None and cpu_before is not None and elapsed > 0:
+            cpu_after = self.cpu_probe.sample()
+            cpu = {k: (cpu_after[k] - cpu_before[k]) / elapsed for k in cpu_after}
         if counts["empty"]:
             note += f"; the queue ran empty ({counts['empty']} ops): raise --prefill"
         return Result(
-            name, counts["ops"], counts["msgs"], elapsed, latencies, counts["errors"], note
+            name, counts["ops"], counts["msgs"], elapsed, latencies, counts["errors"], note, cpu
         )
 
     async def send1(self, concurrency: int) -> Result:
@@ -423,7 +467,8 @@ async def run(
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         leader_url = await _find_leader(session, servers)
     http = LeanHttp(leader_url)
-    bench = Bench(leader_url, http, args.duration)
+    probe = CpuProbe(cluster, leader_url) if cluster is not None and _has_proc() else None
+    bench = Bench(leader_url, http, args.duration, probe)
     try:
         results = []
         for _round in range(args.rounds):
@@ -468,6 +513,20 @@ def dedup_costs(results: list[Result]) -> list[float]:
     return [1.0 - d / p for p, d in zip(plain, dedup, strict=False) if p > 0]
 
 
+def _has_proc() -> bool:
+    return os.path.exists(f"/proc/{os.getpid()}/stat")
+
+
+def print_cpu(results: list[Result], out: Any = sys.stdout) -> None:
+    """Per run: cores each process kept busy, and the leader's CPU per request."""
+    for r in results:
+        if not r.cpu:
+            continue
+        busy = ", ".join(f"{role} {cores:.2f}" for role, cores in r.cpu.items())
+        per_op = r.cpu.get("leader", 0.0) * r.seconds / r.ops * 1e6 if r.ops else 0.0
+        print(f"  {r.workload}: {busy} cores; leader {per_op:,.0f} us CPU per request", file=out)
+
+
 def print_table(results: list[Result], out: Any = sys.stdout) -> None:
     header = ["workload", "msgs/s", "req/s", "p50 ms", "p99 ms", "errors", "setup"]
     rows = [header] + [r.row() for r in results]
@@ -507,9 +566,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _logs_to_stderr() -> None:
+    """Results go to stdout (`--json` must parse); the launcher's log lines to stderr.
+
+    The stream is looked up at each log call, so a replaced sys.stderr (tests) is honoured.
+    """
+    if not structlog.is_configured():
+        structlog.configure(logger_factory=lambda *_: structlog.PrintLogger(sys.stderr))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
+    _logs_to_stderr()
     args.workloads = args.workloads or list(DEFAULT_SET)
     unknown = [w for w in args.workloads if w not in WORKLOADS]
     if unknown:
@@ -548,6 +617,9 @@ def main(argv: list[str] | None = None) -> int:
         setup = f"{len(servers)} nodes, fsync {'off' if args.no_fsync else 'on'}, {os.cpu_count()} cores"
         print(f"raftq bench — {setup}, {args.duration:g}s per workload")
         print_table(results)
+        if any(r.cpu for r in results):
+            print("CPU during each run (1.00 = one core busy):")
+            print_cpu(results)
         lat = [r.latencies_ms for r in results if r.latencies_ms]
         if lat:
             print(

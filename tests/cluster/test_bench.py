@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import time
 
 import pytest
 
@@ -85,3 +87,26 @@ def test_bench_dedup_ids_have_the_client_layout() -> None:
     assert ids[:100] == sorted(ids[:100])  # ordered within one request
     client = new_dedup_id()
     assert abs(int(ids[-1][:12], 16) - int(client[:12], 16)) < 5_000  # the same ms clock
+
+
+def test_own_cluster_runs_report_each_process_cpu(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --servers the bench starts the nodes, so it can say which process was busy."""
+    assert bench.main(["send1", "--duration", "0.5", "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    assert result["msgs"] > 0
+    cpu = result["cpu"]
+    roles = sorted(cpu)
+    assert (
+        roles[0] == "bench" and roles[1].startswith("follower") and roles[2].startswith("follower")
+    )
+    assert roles[3] == "leader" and len(roles) == 4
+    assert cpu["leader"] > 0 and cpu["bench"] > 0  # both worked during the run
+    assert all(0 <= cores < 4 for cores in cpu.values())
+
+
+def test_cpu_seconds_counts_this_process() -> None:
+    before = bench.cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        pass
+    assert bench.cpu_seconds(os.getpid()) - before >= 0.2

@@ -197,6 +197,18 @@ class Bench:
         self.duration_s = duration_s
         self.cpu_probe = cpu_probe
 
+    def cpu_sample(self) -> dict[str, float] | None:
+        return self.cpu_probe.sample() if self.cpu_probe is not None else None
+
+    def cores_busy(
+        self, before: dict[str, float] | None, elapsed: float
+    ) -> dict[str, float] | None:
+        """Cores each process kept busy since `before` (a cpu_sample) over `elapsed` seconds."""
+        if self.cpu_probe is None or before is None or elapsed <= 0:
+            return None
+        after = self.cpu_probe.sample()
+        return {k: (after[k] - before[k]) / elapsed for k in after}
+
     async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         status, data = await self.http.request("POST", path, body)
         if status >= 300:
@@ -237,14 +249,11 @@ class Bench:
                 if n == 0:
                     counts["empty"] += 1
 
-        cpu_before = self.cpu_probe.sample() if self.cpu_probe else None
+        cpu_before = self.cpu_sample()
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(workers)))
         elapsed = time.perf_counter() - started
-        cpu = None
-        if self.cpu_probe is not None and cpu_before is not None and elapsed > 0:
-            cpu_after = self.cpu_probe.sample()
-            cpu = {k: (cpu_after[k] - cpu_before[k]) / elapsed for k in cpu_after}
+        cpu = self.cores_busy(cpu_before, elapsed)
         if counts["empty"]:
             note += f"; the queue ran empty ({counts['empty']} ops): raise --prefill"
         return Result(
@@ -374,6 +383,7 @@ class Bench:
             finally:
                 slots.release()
 
+        cpu_before = self.cpu_sample()
         started = time.perf_counter()
         while loop.time() < stop_at:
             await slots.acquire()
@@ -408,6 +418,7 @@ class Bench:
             counts["errors"],
             f"receive up to free slots + 1-ack-1-send txns, {workers} in flight, "
             f"{per_receive:.1f} txns/receive",
+            self.cores_busy(cpu_before, elapsed),
         )
 
     async def memory(self, count: int, cluster: LocalCluster | None) -> Result:
@@ -518,13 +529,14 @@ def _has_proc() -> bool:
 
 
 def print_cpu(results: list[Result], out: Any = sys.stdout) -> None:
-    """Per run: cores each process kept busy, and the leader's CPU per request."""
+    """Per run: cores each process kept busy, and the leader's CPU per op (what req/s
+    counts: a request; for txn a receive and a commit; for txn-consumer a commit)."""
     for r in results:
         if not r.cpu:
             continue
         busy = ", ".join(f"{role} {cores:.2f}" for role, cores in r.cpu.items())
         per_op = r.cpu.get("leader", 0.0) * r.seconds / r.ops * 1e6 if r.ops else 0.0
-        print(f"  {r.workload}: {busy} cores; leader {per_op:,.0f} us CPU per request", file=out)
+        print(f"  {r.workload}: {busy} cores; leader {per_op:,.0f} us CPU per op", file=out)
 
 
 def print_table(results: list[Result], out: Any = sys.stdout) -> None:

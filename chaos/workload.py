@@ -29,19 +29,12 @@ import aiohttp
 import structlog
 
 from chaos.history import FAIL, INFO, OK, History
+from cluster.watch import Abandoned, await_or_abandon
 
 log = structlog.get_logger("chaos.workload")
 
 DEFINITE_STATUSES = frozenset({400, 404, 409, 413})
 MAX_REDIRECTS = 3
-
-
-class LeaderMoved(Exception):
-    """A request was abandoned: while it waited, another node became the leader."""
-
-    def __init__(self, leader: int, waited_s: float) -> None:
-        super().__init__(f"abandoned after {waited_s:.1f}s: node {leader} leads now")
-        self.leader = leader
 
 
 @dataclass(slots=True)
@@ -134,9 +127,10 @@ class Api:
             try:
                 exchange = self._exchange(method, url, body, timeout)
                 status, data, location = await self._watching_leader(target, exchange)
-            except LeaderMoved as moved:
-                self.preferred = moved.leader
-                return Outcome(INFO, None, None, target, str(moved))
+            except Abandoned as moved:
+                self.preferred = moved.reason
+                error = f"abandoned after {moved.waited_s:.1f}s: node {moved.reason} leads now"
+                return Outcome(INFO, None, None, target, error)
             except aiohttp.ClientConnectorError as exc:
                 # Nothing was sent: definitely not applied.
                 self._rotate(target)
@@ -179,24 +173,18 @@ class Api:
     async def _watching_leader(
         self, target: int, exchange: Awaitable[tuple[int, Any, str | None]]
     ) -> tuple[int, Any, str | None]:
-        """Await `exchange` with `target`; raise LeaderMoved once the hint names another."""
-        if self.leader_hint is None:
+        """Await `exchange` with `target`; give it up once the hint names another leader."""
+        hint = self.leader_hint
+        if hint is None:
             return await exchange
-        task = asyncio.ensure_future(exchange)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=self.leader_check_s)
-                if done:
-                    return task.result()
-                hinted = self.leader_hint()
-                if hinted is not None and hinted != target and hinted in self.urls:
-                    raise LeaderMoved(hinted, loop.time() - started)
-        finally:
-            if not task.done():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+
+        async def another_leader() -> int | None:
+            hinted = hint()
+            return (
+                hinted if hinted is not None and hinted != target and hinted in self.urls else None
+            )
+
+        return await await_or_abandon(exchange, another_leader, self.leader_check_s, growth=1.0)
 
     def _rotate(self, failed: int) -> None:
         others = [n for n in self.urls if n != failed]

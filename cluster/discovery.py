@@ -30,6 +30,7 @@ import aiohttp
 import structlog
 
 from cluster.errors import DEFINITE_STATUSES, ClusterUnavailable, error_from_response
+from cluster.watch import Abandoned, await_or_abandon
 
 log = structlog.get_logger("raftq.client")
 
@@ -106,15 +107,6 @@ class Response:
     status: int
     headers: Mapping[str, str]
     body: Any
-
-
-class LeaderMoved(Exception):
-    """An attempt was abandoned: while it waited, a majority named another leader."""
-
-    def __init__(self, url: str, leader: str, waited_s: float) -> None:
-        super().__init__(f"no answer after {waited_s:.1f}s; the cluster now names {leader} leader")
-        self.url = url
-        self.leader = leader
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -405,9 +397,12 @@ class LeaderRouter:
             )
             try:
                 resp = await self._watching_leader(target, attempt)
-            except LeaderMoved as moved:
-                errors[target] = str(moved)
-                log.info("client.leader_moved", url=target, path=path, leader=moved.leader)
+            except Abandoned as moved:
+                errors[target] = (
+                    f"no answer after {moved.waited_s:.1f}s; the cluster now names "
+                    f"{moved.reason} leader"
+                )
+                log.info("client.leader_moved", url=target, path=path, leader=moved.reason)
                 continue  # the check already cached the new leader: no backoff
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 note_failure(errors, target, describe_exception(exc), remaining < attempt_s)
@@ -451,35 +446,22 @@ class LeaderRouter:
         """Await `attempt` (a request to `target`), abandoning it if another node now leads.
 
         While it is unanswered, the cluster is asked who leads after `leader_check_s`,
-        then at doubling intervals. If a majority names another leader, `target` was
-        deposed: whatever it still holds cannot commit in its old term (the majority has
-        moved on), so the attempt is cancelled and `LeaderMoved` raised for the caller to
-        re-send, exactly as after a timeout, only sooner. A leader that is merely slow is
-        still named, and the attempt keeps waiting until its own timeout.
+        then at doubling intervals (`await_or_abandon`). If a majority names another
+        leader, `target` was deposed: whatever it still holds cannot commit in its old
+        term (the majority has moved on), so the attempt is cancelled and `Abandoned`
+        raised for the caller to re-send, exactly as after a timeout, only sooner. A leader
+        that is merely slow is still named, and the attempt keeps waiting until its own
+        timeout.
         """
         if self.leader_check_s is None:
             return await attempt
-        send = asyncio.ensure_future(attempt)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        wait_s = self.leader_check_s
-        try:
-            while True:
-                done, _ = await asyncio.wait({send}, timeout=wait_s)
-                if done:
-                    return send.result()
-                check = self._check_leader()
-                done, _ = await asyncio.wait({send, check}, return_when=asyncio.FIRST_COMPLETED)
-                if send in done:
-                    return send.result()
-                leader = None if check.cancelled() or check.exception() else check.result()
-                if leader is not None and leader != target:
-                    raise LeaderMoved(target, leader, loop.time() - started)
-                wait_s *= 2
-        finally:
-            if not send.done():
-                send.cancel()
-                await asyncio.gather(send, return_exceptions=True)
+
+        async def another_leader() -> str | None:
+            # shielded: the check is shared, and this waiter may be cancelled
+            leader = await asyncio.shield(self._check_leader())
+            return leader if leader is not None and leader != target else None
+
+        return await await_or_abandon(attempt, another_leader, self.leader_check_s)
 
     def _check_leader(self) -> asyncio.Future[str | None]:
         """One `discover` shared by every attempt of this router that is waiting now.

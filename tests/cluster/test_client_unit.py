@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -13,6 +14,8 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -27,6 +30,7 @@ from cluster import (
     OutgoingMessage,
     TooLarge,
 )
+from cluster.client import AsyncQueue
 from cluster.consumer import retry_delay_s
 from cluster.discovery import DEFAULT_SERVERS, note_failure, resolve_servers
 from tests.cluster.conftest import FakeCluster
@@ -101,16 +105,23 @@ async def test_leader_dies_client_rediscovers(fake: FakeCluster) -> None:
         assert client.leader_url == fake.url(3)
 
 
-async def test_hung_leader_is_left_once_a_majority_names_another(fake: FakeCluster) -> None:
-    # The attempt's own timeout (60 s) is far beyond the call's deadline (10 s): only the
-    # leader check can finish this call.
-    async with AsyncClient(
-        fake.urls, timeout_s=10, request_timeout_s=60, leader_check_s=0.2
-    ) as client:
+@contextlib.asynccontextmanager
+async def _leader_hangs(
+    fake: FakeCluster, new_leader: int, **client_kw: Any
+) -> AsyncIterator[tuple[AsyncClient, AsyncQueue]]:
+    """A client with queue "tasks" created; then node 1, the leader, hangs and `new_leader`
+    leads. Each attempt may wait 60 s, far beyond the calls' deadlines: only the leader
+    check can finish a call."""
+    async with AsyncClient(fake.urls, request_timeout_s=60, **client_kw) as client:
         q = client.queue("tasks")
         await q.create()
         fake.modes[1] = "hang"
-        fake.leader_id, fake.term = 2, 2
+        fake.leader_id, fake.term = new_leader, 2
+        yield client, q
+
+
+async def test_hung_leader_is_left_once_a_majority_names_another(fake: FakeCluster) -> None:
+    async with _leader_hangs(fake, 2, timeout_s=10, leader_check_s=0.2) as (client, q):
         await q.send("while node 1 hangs")
         assert client.leader_url == fake.url(2)
     assert fake.count("/messages", node=1) == 1  # the abandoned attempt
@@ -132,14 +143,8 @@ async def test_slow_leader_still_named_is_waited_for(fake: FakeCluster) -> None:
 
 
 async def test_attempts_waiting_together_share_one_leader_check(fake: FakeCluster) -> None:
-    async with AsyncClient(
-        fake.urls, timeout_s=10, request_timeout_s=60, leader_check_s=0.3
-    ) as client:
-        q = client.queue("tasks")
-        await q.create()
+    async with _leader_hangs(fake, 3, timeout_s=10, leader_check_s=0.3) as (_, q):
         probes_before = len(fake.cluster_probes)
-        fake.modes[1] = "hang"
-        fake.leader_id, fake.term = 3, 2
         await asyncio.gather(*(q.send(f"m{i}") for i in range(20)))
     assert len(fake.queues["tasks"].messages) == 20
     # one round of probes to the 3 nodes, not one per waiting send (60)
@@ -147,13 +152,7 @@ async def test_attempts_waiting_together_share_one_leader_check(fake: FakeCluste
 
 
 async def test_leader_check_off_waits_for_the_attempt_timeout(fake: FakeCluster) -> None:
-    async with AsyncClient(
-        fake.urls, timeout_s=1.0, request_timeout_s=60, leader_check_s=None
-    ) as client:
-        q = client.queue("tasks")
-        await q.create()
-        fake.modes[1] = "hang"
-        fake.leader_id, fake.term = 2, 2
+    async with _leader_hangs(fake, 2, timeout_s=1.0, leader_check_s=None) as (_, q):
         with pytest.raises(ClusterUnavailable) as info:
             await q.send("stuck")
     assert "timed out" in info.value.attempts[fake.url(1)]

@@ -204,6 +204,7 @@ class LeaderRouter:
         self.backoff_cap_s = backoff_cap_s
         self.leader_check_s = leader_check_s
         self._leader_check: asyncio.Future[str | None] | None = None
+        self._leader_check_at = 0.0  # loop time the shared check started
         self._rng = rng or random.Random()
         self._session = session
         self._owns_session = session is None
@@ -464,15 +465,21 @@ class LeaderRouter:
         return await await_or_abandon(attempt, another_leader, self.leader_check_s)
 
     def _check_leader(self) -> asyncio.Future[str | None]:
-        """One `discover` shared by every attempt of this router that is waiting now.
+        """One `discover` shared by every attempt of this router that waits now.
 
-        Sixty-four requests stuck on a hung leader make one round of probes, not 64.
+        Sixty-four requests stuck on a hung leader make one round of probes, not 64: a
+        pending check is reused, and so is a finished one started less than half a check
+        interval ago (requests that started a few ms apart reach their checks a few ms
+        apart, often after the first round has already answered).
         """
+        now = asyncio.get_running_loop().time()
         check = self._leader_check
-        if check is None or check.done():
-            deadline = asyncio.get_running_loop().time() + self.probe_timeout_s
-            check = asyncio.ensure_future(self.discover(deadline, {}))
-            self._leader_check = check
+        assert self.leader_check_s is not None
+        if check is None or (
+            check.done() and now - self._leader_check_at >= self.leader_check_s / 2
+        ):
+            check = asyncio.ensure_future(self.discover(now + self.probe_timeout_s, {}))
+            self._leader_check, self._leader_check_at = check, now
         return check
 
     def _unavailable(self, budget_s: float, errors: Mapping[str, str]) -> ClusterUnavailable:

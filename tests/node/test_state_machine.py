@@ -314,6 +314,26 @@ def test_an_all_new_batch_gets_the_same_seqs_as_one_by_one_sends(h: Harness) -> 
     assert again == [{**res[2], "duplicate": True}]
 
 
+def test_new_meta_encode_and_decode_agree_on_the_field_order() -> None:
+    meta = messages.new_meta(
+        seq=5,
+        ident=messages.message_id(5),
+        enqueued_at=1,
+        expire_ms=2,
+        priority=3,
+        group_id="g",
+        attributes={"a": "b"},
+        dedup_id="d",
+        source_queue="src",
+        receive_count=4,
+        lease=6,
+    )
+    assert tuple(meta) == messages.META_FIELDS
+    decoded = messages.decode_meta(messages.encode_meta(meta))
+    assert decoded == meta and tuple(decoded) == messages.META_FIELDS
+    assert msgpack.unpackb(messages.encode_meta(meta)) == list(meta.values())
+
+
 def test_message_records_are_positional_and_older_map_records_still_work(h: Harness) -> None:
     """Records are lists now; a record an earlier version wrote as a map is still read,
     delivered, acked and purged like any other."""

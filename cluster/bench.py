@@ -51,6 +51,9 @@ WORKLOADS = ("send1", "send100", "send100dd", "recvack", "txn", "txn-consumer", 
 DEFAULT_SET = ("send1", "send100", "send100dd", "recvack", "txn")
 
 
+_MASK_80 = (1 << 80) - 1
+
+
 def _ordered_ids(n: int) -> list[str]:
     """`n` ids laid out as the client's `new_dedup_id` (ms time, then 80 bits), made faster.
 
@@ -65,9 +68,6 @@ def _ordered_ids(n: int) -> list[str]:
 
 def _random_ids(n: int) -> list[str]:
     return [uuid.uuid4().hex for _ in range(n)]
-
-
-_MASK_80 = (1 << 80) - 1
 
 
 @dataclass

@@ -31,9 +31,7 @@ from raft.messages import Entry
 REPLICAS = 3
 # Commands per apply call: what `raftq bench` keeps in flight (64 requests or consumers
 # in every workload), so one Ready under that load carries at most this many.
-SEND1_GROUP = 64
-SEND100_GROUP = 64
-RECEIVE_GROUP = 64
+GROUP = 64
 
 
 class _Applier:
@@ -84,9 +82,9 @@ def measure(batches: int, path: str, repeats: int = 3) -> dict[str, float]:
 
         def run() -> int:
             n = 0
-            for _ in range(0, batches, SEND100_GROUP):
+            for _ in range(0, batches, GROUP):
                 group = []
-                for _ in range(SEND100_GROUP):
+                for _ in range(GROUP):
                     msgs: list[dict[str, Any]] = [{"body": body} for _ in range(100)]
                     if make_id is not None:
                         for m in msgs:
@@ -101,8 +99,8 @@ def measure(batches: int, path: str, repeats: int = 3) -> dict[str, float]:
     def receive_ack() -> int:  # takes what the send100 run of the same round added
         n = 0
         receive = ("receive", {"queue": "plain", "max": 10, "visibility_timeout_s": 30})
-        for _ in range(0, batches * 10, RECEIVE_GROUP):
-            got = [r["messages"] for r in apply.many([receive] * RECEIVE_GROUP)]
+        for _ in range(0, batches * 10, GROUP):
+            got = [r["messages"] for r in apply.many([receive] * GROUP)]
             apply.many(
                 [("ack", {"queue": "plain", "receipts": [m["receipt"] for m in g]}) for g in got]
             )
@@ -112,8 +110,8 @@ def measure(batches: int, path: str, repeats: int = 3) -> dict[str, float]:
     def send_one() -> int:
         one = ("send", {"queue": "plain", "messages": [{"body": body}]})
         n = 0
-        for _ in range(0, batches * 10, SEND1_GROUP):
-            n += len(apply.many([one] * SEND1_GROUP))
+        for _ in range(0, batches * 10, GROUP):
+            n += len(apply.many([one] * GROUP))
         return n
 
     workloads: dict[str, Callable[[], int]] = {

@@ -27,31 +27,38 @@ def receive(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     auto_ack = fields.bool_field(cmd.get("auto_ack", False), "auto_ack")
     qid = queue["id"]
     prefix = keys.u64(qid)
+    deadline_ms = ctx.now_ms + vt_ms
+    max_receives = queue["max_receives"]
     out: list[dict[str, Any]] = []
+    leased = 0
+    # One cursor walks node.ready: leasing deletes the key under it and steps to the next
+    # candidate; any other outcome may write node.ready elsewhere, so the cursor re-seeks.
+    cur = ctx.txn.cursor(db=ctx.t.ready)
+    cur.set_range(prefix)
     while len(out) < max_n:
-        key = ctx.first_key(ctx.t.ready, prefix)
-        if key is None:
+        key = cur.key()  # b"" once the cursor ran off the end
+        if not key.startswith(prefix):
             break
-        _, seq = keys.split_ready_key(key)
+        seq = keys.read_u64(key, 9)
         meta = messages.get(ctx, qid, seq)
         if meta["expire"] <= ctx.now_ms:  # retention ended but not yet released
             messages.remove(ctx, queue, meta, keep_body=False)
             counters.bump(ctx, qid, "expired_total")
+            cur.set_range(prefix)
             continue
-        max_receives = queue["max_receives"]
         if (
             max_receives > 0
             and meta["rc"] + 1 > max_receives
             and dead_letters.dead_letter(ctx, queue, meta)
         ):
+            cur.set_range(prefix)
             continue
         meta["rc"] += 1
         meta["lease"] += 1
-        body = messages.body(ctx, seq)
         out.append(
             {
                 "id": meta["id"],
-                "body": body,
+                "body": messages.body(ctx, seq),
                 "attributes": meta["attrs"],
                 "receipt": messages.receipt_of(meta),
                 "receive_count": meta["rc"],
@@ -64,8 +71,13 @@ def receive(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
         if auto_ack:
             messages.remove(ctx, queue, meta, keep_body=False)
             counters.bump(ctx, qid, "acked_total")
+            cur.set_range(prefix)
         else:
-            messages.transition(ctx, queue, meta, messages.IN_FLIGHT, ctx.now_ms + vt_ms)
+            messages.lease_at_cursor(ctx, cur, qid, meta, deadline_ms)
+            leased += 1
+    if leased:
+        counters.bump(ctx, qid, "depth", -leased)
+        counters.bump(ctx, qid, "in_flight", leased)
     return {"messages": out}
 
 
@@ -88,6 +100,7 @@ def current_lease(ctx: Ctx, queue: dict[str, Any], receipt: Any) -> dict[str, An
 
 def ack(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     queue = require_queue(ctx, cmd.get("queue"))
+    qid, fifo = queue["id"], queue["fifo"]
     stale = []
     acked = 0
     for receipt in fields.receipts(cmd.get("receipts")):
@@ -95,9 +108,15 @@ def ack(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
         if meta is None:
             stale.append(receipt)
             continue
-        messages.remove(ctx, queue, meta, keep_body=False)
-        counters.bump(ctx, queue["id"], "acked_total")
+        if fifo:  # promotes the group's next head (and counts it out of in_flight)
+            messages.remove(ctx, queue, meta, keep_body=False)
+        else:
+            messages.drop_leased(ctx, qid, meta)
         acked += 1
+    if acked:
+        counters.bump(ctx, qid, "acked_total", acked)
+        if not fifo:
+            counters.bump(ctx, qid, "in_flight", -acked)
     return {"acked": acked, "stale": stale}
 
 

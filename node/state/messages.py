@@ -260,6 +260,41 @@ def _promote_head(ctx: Ctx, queue: dict[str, Any], group_id: str) -> None:
         ctx.txn.put(keys.ready_key(qid, 0, head["seq"]), b"", db=ctx.t.ready)
 
 
+def lease_at_cursor(
+    ctx: Ctx, ready_cursor: Any, qid: int, meta: dict[str, Any], deadline_ms: int
+) -> None:
+    """Lease the READY message whose node.ready key `ready_cursor` stands on.
+
+    What `transition(ctx, queue, meta, IN_FLIGHT, deadline_ms)` does, for the receive loop:
+    the cursor deletes the key it already stands on (and moves to the next, the loop's
+    next candidate) instead of rebuilding and looking it up, and the caller counts its
+    leases once per command instead of bumping two counters per message. This runs for
+    every message received, on every replica. A FIFO group's next head stays blocked:
+    its head is now in flight.
+    """
+    ready_cursor.delete()
+    seq = meta["seq"]
+    meta["state"], meta["deadline"] = IN_FLIGHT, deadline_ms
+    txn, t = ctx.txn, ctx.t
+    txn.put(keys.message_key(qid, seq), encode_meta(meta), db=t.messages)
+    txn.put(keys.timer_key(deadline_ms, qid, seq), b"", db=t.leases)
+
+
+def drop_leased(ctx: Ctx, qid: int, meta: dict[str, Any]) -> None:
+    """Delete an IN_FLIGHT message of a queue without FIFO groups, body included.
+
+    What `remove(ctx, queue, meta, keep_body=False)` does for an acked message, minus the
+    per-message counter bump (the caller counts once per command) and the FIFO head
+    promotion, which only FIFO queues need (they go through `remove`).
+    """
+    seq = meta["seq"]
+    txn, t = ctx.txn, ctx.t
+    txn.delete(keys.timer_key(meta["deadline"], qid, seq), db=t.leases)
+    txn.delete(keys.timer_key(meta["expire"], qid, seq), db=t.retention)
+    txn.delete(keys.message_key(qid, seq), db=t.messages)
+    txn.delete(keys.u64(seq), db=t.bodies)
+
+
 def transition(
     ctx: Ctx, queue: dict[str, Any], meta: dict[str, Any], state: int, deadline_ms: int = 0
 ) -> None:

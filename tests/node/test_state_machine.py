@@ -436,6 +436,51 @@ def test_receive_orders_by_priority_then_seq_and_counts_deliveries(h: Harness) -
     assert h.receive("q") == []
 
 
+def test_receive_stops_at_its_queue_and_at_the_end_of_the_ready_index(h: Harness) -> None:
+    """The receive loop walks node.ready with one cursor: it must stop where the next
+    queue's keys begin, and when it deletes the very last key of the index."""
+    h.create("first")
+    h.create("last")  # the larger queue id: its keys end the index
+    h.send("first", b"f1", b"f2")
+    h.send("last", b"l1", b"l2")
+    assert [m["body"] for m in h.receive("first", 10)] == [b"f1", b"f2"]
+    assert [m["body"] for m in h.receive("last", 10)] == [b"l1", b"l2"]
+    assert h.receive("first") == [] and h.receive("last") == []
+    for name in ("first", "last"):
+        info = h.info(name)
+        assert (info["depth"], info["in_flight"]) == (0, 2)
+
+
+def test_receive_dead_letters_mid_walk_and_leases_the_rest(h: Harness) -> None:
+    """A message the walk moves to the dead-letter queue sits before ones it leases."""
+    h.create("dlq")
+    h.create("q", visibility_timeout_s=1, max_receives=1, dead_letter_queue="dlq")
+    h.send("q", b"once")
+    assert [m["body"] for m in h.receive("q")] == [b"once"]
+    h.advance(2)  # its lease ends: ready again, its one receive spent
+    h.send("q", b"keep1", b"keep2")
+    assert [m["body"] for m in h.receive("q", 10)] == [b"keep1", b"keep2"]
+    assert [m["body"] for m in h.receive("dlq", 10)] == [b"once"]
+    info = h.info("q")
+    assert (info["depth"], info["in_flight"], info["dead_lettered_total"]) == (0, 2, 1)
+
+
+def test_receive_drops_an_expired_message_mid_walk(h: Harness, monkeypatch) -> None:
+    """Retention normally ends before the command runs (release_due); when that release
+    is behind (its per-command limit), the walk itself drops the expired message."""
+    h.create("q", retention_s=600)
+    h.send("q", b"y0")
+    h.create("q", retention_s=60)
+    h.send("q", b"x1")
+    h.create("q", retention_s=600)
+    h.send("q", b"x2")
+    h.advance(120)  # x1's retention is over, y0's and x2's are not
+    monkeypatch.setattr(timers, "RELEASE_LIMIT", 0)
+    assert [m["body"] for m in h.receive("q", 10)] == [b"y0", b"x2"]
+    info = h.info("q")
+    assert (info["depth"], info["in_flight"], info["expired_total"]) == (0, 2, 1)
+
+
 def test_receive_refuses_bad_fields(h: Harness) -> None:
     h.create("q")
     assert_refused(h, "bad_request", "receive", queue="q", max=0)

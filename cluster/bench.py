@@ -12,6 +12,9 @@ Workloads:
   send100dd   100 messages per request, each with a dedup id (time-ordered, as the client
               makes them; --random-dedup-ids for uuid4)
   recvack     receive batches of 10 and ack them (queue prefilled)
+  consume     the client library's consumer loop (`queue.consume`, --consumers handlers,
+              a handler that does nothing): what a worker gets, leases and acks included,
+              where recvack measures the raw API (queue prefilled)
   txn         1-ack-1-send transactions, --txn-workers in flight (needs /v1/transactions)
   txn-consumer  the same transactions shaped like the client's consume_exactly_once: one
               receive loop takes up to the free slots at once, so receives are shared
@@ -45,9 +48,20 @@ from typing import Any
 import aiohttp
 import structlog
 
+from cluster.client import AsyncClient
 from cluster.launcher import LocalCluster, free_ports
+from cluster.message import Message
 
-WORKLOADS = ("send1", "send100", "send100dd", "recvack", "txn", "txn-consumer", "memory")
+WORKLOADS = (
+    "send1",
+    "send100",
+    "send100dd",
+    "recvack",
+    "consume",
+    "txn",
+    "txn-consumer",
+    "memory",
+)
 DEFAULT_SET = ("send1", "send100", "send100dd", "recvack", "txn")
 
 
@@ -191,8 +205,10 @@ class Bench:
         http: LeanHttp,
         duration_s: float,
         cpu_probe: CpuProbe | None = None,
+        servers: list[str] | None = None,
     ) -> None:
         self.url = leader_url
+        self.servers = servers or [leader_url]
         self.http = http
         self.duration_s = duration_s
         self.cpu_probe = cpu_probe
@@ -327,6 +343,62 @@ class Bench:
 
         return await self.run_loop(
             "recvack", concurrency, op, f"batches of 10, {concurrency} consumers"
+        )
+
+    async def consume(self, concurrency: int, prefill: int) -> Result:
+        """`queue.consume(handler, concurrency=...)` of the client library, for duration_s.
+
+        The handler does nothing, so this is the library's own cost per message: receive
+        for the free handler slots, a lease keeper per message, and the ack (acks of
+        handlers that finish together share requests). A message's latency runs from its
+        handler's start to its ack's answer.
+        """
+        await self.put_queue("bench-consume", visibility_timeout_s=300)
+        await self.prefill("bench-consume", prefill)
+        latencies: list[float] = []
+        started_at: dict[str, float] = {}
+        loop = asyncio.get_running_loop()
+        async with AsyncClient(self.servers, timeout_s=30) as client:
+            q = client.queue("bench-consume")
+
+            async def handler(msg: Message) -> None:
+                started_at[msg.id] = time.perf_counter()
+
+            async def complete(msg: Message, _result: Any) -> bool:
+                acked = await q.acknowledge(msg)
+                latencies.append((time.perf_counter() - started_at.pop(msg.id)) * 1000)
+                return acked
+
+            stop = asyncio.Event()
+            loop.call_later(self.duration_s, stop.set)
+            cpu_before = self.cpu_sample()
+            t0 = time.perf_counter()
+            stats = await q.consume(
+                handler,
+                concurrency=concurrency,
+                complete=complete,
+                stop_event=stop,
+                handle_signals=False,
+                poll_wait_s=1.0,
+            )
+            elapsed = time.perf_counter() - t0
+            requests = q._acks.requests
+            left = (await q.info()).get("depth", 0)
+        note = (
+            f"queue.consume, {concurrency} handlers; "
+            f"{stats.succeeded / max(1, requests):.1f} acks/ack request"
+        )
+        if not left:
+            note += "; the queue ran empty: raise --prefill"
+        return Result(
+            "consume",
+            stats.succeeded,
+            stats.succeeded,
+            elapsed,
+            latencies,
+            stats.failed + stats.stale,
+            note,
+            self.cores_busy(cpu_before, elapsed),
         )
 
     async def txn(self, workers: int, prefill: int) -> Result:
@@ -479,7 +551,7 @@ async def run(
         leader_url = await _find_leader(session, servers)
     http = LeanHttp(leader_url)
     probe = CpuProbe(cluster, leader_url) if cluster is not None and _has_proc() else None
-    bench = Bench(leader_url, http, args.duration, probe)
+    bench = Bench(leader_url, http, args.duration, probe, servers)
     try:
         results = []
         for _round in range(args.rounds):
@@ -503,6 +575,8 @@ async def _run_one(
         )
     if name == "recvack":
         return await bench.recvack(args.consumers, args.prefill)
+    if name == "consume":
+        return await bench.consume(args.consumers, args.prefill)
     if name in ("txn", "txn-consumer"):
         run = bench.txn if name == "txn" else bench.txn_consumer
         try:
@@ -560,7 +634,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--concurrency", type=int, default=64, help="send1 requests in flight")
     p.add_argument("--batch-concurrency", type=int, default=64, help="send100 requests in flight")
-    p.add_argument("--consumers", type=int, default=64, help="recvack consumers")
+    p.add_argument("--consumers", type=int, default=64, help="recvack consumers, consume handlers")
     p.add_argument("--txn-workers", type=int, default=32)
     p.add_argument(
         "--prefill", type=int, default=100_000, help="messages prefilled for recvack/txn"

@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from cluster.ack_batcher import AckBatcher
 from cluster.discovery import LeaderRouter, resolve_servers
 from cluster.errors import RaftqError
 from cluster.message import AckResult, Message, OutgoingMessage, SendResult
@@ -55,6 +56,7 @@ class AsyncQueue:
         self._path = f"/v1/queues/{quote(name, safe='')}"
         self._receipts: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._consumers: set[Consumer] = set()
+        self._acks = AckBatcher(self.acknowledge_many, self._receipt)
 
     def __repr__(self) -> str:
         return f"AsyncQueue(name={self.name!r})"
@@ -304,8 +306,12 @@ class AsyncQueue:
         receipt). True if acked; False if the receipt was stale (the lease expired and the
         message may be redelivered). Caveat: when an attempt fails ambiguously (the ack
         applied, the answer was lost) the retry reports the receipt stale, so False means
-        "not acked by this call", never "acked twice"."""
-        return bool(await self.acknowledge_many([message]))
+        "not acked by this call", never "acked twice".
+
+        Acks made on this handle while one of its ack requests is on its way are sent
+        together in the next request (`cluster.ack_batcher`): concurrent handlers share
+        requests, and a lone ack is sent at once."""
+        return await self._acks.ack(message)
 
     async def acknowledge_many(self, messages: Iterable[MessageRef]) -> AckResult:
         """Ack many messages in one request; the result lists stale receipts."""

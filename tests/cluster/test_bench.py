@@ -47,6 +47,28 @@ def test_a_run_that_drains_its_queue_says_so(
     assert "the queue ran empty" in result["note"] and "raise --prefill" in result["note"]
 
 
+def test_consume_runs_the_client_consumer_and_acks_every_message_once(
+    cluster3: LocalCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    servers = ",".join(cluster3.urls)
+    argv = ["consume", "--servers", servers, "--duration", "1", "--prefill", "200"]
+    assert bench.main([*argv, "--consumers", "16", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["results"]
+    assert row["workload"] == "consume" and row["errors"] == 0
+    assert row["msgs"] == 200 and len(row["latencies_ms"]) == 200
+    assert "the queue ran empty" in row["note"]
+    acks_per_request = float(row["note"].split("; ")[1].split()[0])
+    assert acks_per_request > 1.0  # handlers that finished together shared ack requests
+
+    async def stats() -> dict:
+        async with ApiClient(cluster3.wait_for_leader(timeout_s=30).url) as api:
+            _, info = await api.get("/v1/queues/bench-consume")
+            return info
+
+    info = asyncio.run(stats())
+    assert (info["depth"], info["in_flight"], info["acked_total"]) == (0, 0, 200)
+
+
 @pytest.mark.parametrize(
     "argv", [["sendd1"], ["send1", "--rounds", "0"], ["send1", "--duration", "0"]]
 )

@@ -191,6 +191,31 @@ async def test_consumer_extends_lease_on_real_cluster(cluster3: LocalCluster) ->
         assert (await q.info())["acked_total"] == 1
 
 
+async def test_consumer_handlers_share_ack_requests(cluster3: LocalCluster) -> None:
+    """16 handlers finishing together ack in a few shared requests, each ack counted once."""
+    total = 300
+    async with AsyncClient(cluster3.urls, timeout_s=15) as client:
+        q = client.queue("consumer-acks")
+        await q.create(visibility_timeout_s=60)
+        await q.send_many([{"n": i} for i in range(total)])
+        seen: set[int] = set()
+
+        async def handler(msg: Message) -> None:
+            seen.add(msg.data["n"])
+            if len(seen) == total:
+                q.stop()
+
+        stats = await asyncio.wait_for(
+            q.consume(handler, concurrency=16, poll_wait_s=0.5, handle_signals=False), timeout=60
+        )
+        assert seen == set(range(total))
+        assert (stats.succeeded, stats.stale, stats.failed) == (total, 0, 0)
+        info = await q.info()
+        assert info["depth"] == info["in_flight"] == 0 and info["acked_total"] == total
+        # One request per ack would be 300; handlers that finish together share one.
+        assert q._acks.requests <= total // 2, q._acks.requests
+
+
 def test_sync_client_against_real_cluster(cluster3: LocalCluster) -> None:
     with Client(cluster3.urls, timeout_s=15) as client:
         q = client.queue("sync-real")

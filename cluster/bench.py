@@ -15,6 +15,8 @@ Workloads:
   consume     the client library's consumer loop (`queue.consume`, --consumers handlers,
               a handler that does nothing): what a worker gets, leases and acks included,
               where recvack measures the raw API (queue prefilled)
+  consume-eo  the same with `queue.consume_exactly_once`: each message's ack and a copy of
+              it to an output queue commit as one transaction
   txn         1-ack-1-send transactions, --txn-workers in flight (needs /v1/transactions)
   txn-consumer  the same transactions shaped like the client's consume_exactly_once: one
               receive loop takes up to the free slots at once, so receives are shared
@@ -51,6 +53,7 @@ import structlog
 from cluster.client import AsyncClient
 from cluster.launcher import LocalCluster, free_ports
 from cluster.message import Message
+from cluster.transactions import exactly_once_consumer
 
 WORKLOADS = (
     "send1",
@@ -58,6 +61,7 @@ WORKLOADS = (
     "send100dd",
     "recvack",
     "consume",
+    "consume-eo",
     "txn",
     "txn-consumer",
     "memory",
@@ -345,53 +349,65 @@ class Bench:
             "recvack", concurrency, op, f"batches of 10, {concurrency} consumers"
         )
 
-    async def consume(self, concurrency: int, prefill: int) -> Result:
-        """`queue.consume(handler, concurrency=...)` of the client library, for duration_s.
+    async def consume(self, concurrency: int, prefill: int, exactly_once: bool = False) -> Result:
+        """The client library's consumer loop for duration_s: `queue.consume`, or with
+        `exactly_once` `queue.consume_exactly_once` writing each body to an output queue.
 
-        The handler does nothing, so this is the library's own cost per message: receive
-        for the free handler slots, a lease keeper per message, and the ack (acks of
-        handlers that finish together share requests). A message's latency runs from its
-        handler's start to its ack's answer.
+        The handler does nothing (returns the body), so this is the library's own cost per
+        message: receive for the free handler slots, a lease keeper per message, and the
+        ack or the 1-ack-1-send transaction (completions that finish together share
+        requests). A message's latency runs from its handler's start to its completion.
         """
-        await self.put_queue("bench-consume", visibility_timeout_s=300)
-        await self.prefill("bench-consume", prefill)
+        name = "consume-eo" if exactly_once else "consume"
+        source = f"bench-{name}"
+        await self.put_queue(source, visibility_timeout_s=300)
+        if exactly_once:
+            await self.put_queue(f"{source}-out")
+        await self.prefill(source, prefill)
         latencies: list[float] = []
         started_at: dict[str, float] = {}
         loop = asyncio.get_running_loop()
         async with AsyncClient(self.servers, timeout_s=30) as client:
-            q = client.queue("bench-consume")
+            q = client.queue(source)
 
-            async def handler(msg: Message) -> None:
+            async def handler(msg: Message) -> Any:
                 started_at[msg.id] = time.perf_counter()
-
-            async def complete(msg: Message, _result: Any) -> bool:
-                acked = await q.acknowledge(msg)
-                latencies.append((time.perf_counter() - started_at.pop(msg.id)) * 1000)
-                return acked
+                return msg.body
 
             stop = asyncio.Event()
+            options: dict[str, Any] = {
+                "concurrency": concurrency,
+                "stop_event": stop,
+                "handle_signals": False,
+                "poll_wait_s": 1.0,
+            }
+            if exactly_once:
+                consumer = exactly_once_consumer(q, handler, output=f"{source}-out", **options)
+            else:
+                consumer = q.consumer(handler, **options)
+            completion = consumer._complete or (lambda msg, _result: q.acknowledge(msg))
+
+            async def timed(msg: Message, result: Any) -> bool:
+                done = await completion(msg, result)
+                latencies.append((time.perf_counter() - started_at.pop(msg.id)) * 1000)
+                return done
+
+            consumer._complete = timed  # the loop's own completion, timed
             loop.call_later(self.duration_s, stop.set)
             cpu_before = self.cpu_sample()
             t0 = time.perf_counter()
-            stats = await q.consume(
-                handler,
-                concurrency=concurrency,
-                complete=complete,
-                stop_event=stop,
-                handle_signals=False,
-                poll_wait_s=1.0,
-            )
+            stats = await consumer.run()
             elapsed = time.perf_counter() - t0
-            requests = q._acks.requests
             left = (await q.info()).get("depth", 0)
         note = (
-            f"queue.consume, {concurrency} handlers; "
-            f"{stats.succeeded / max(1, requests):.1f} acks/ack request"
+            f"queue.{'consume_exactly_once' if exactly_once else 'consume'}, {concurrency} handlers"
         )
+        if not exactly_once:
+            note += f"; {stats.succeeded / max(1, q._acks.requests):.1f} acks/ack request"
         if not left:
             note += "; the queue ran empty: raise --prefill"
         return Result(
-            "consume",
+            name,
             stats.succeeded,
             stats.succeeded,
             elapsed,
@@ -575,8 +591,8 @@ async def _run_one(
         )
     if name == "recvack":
         return await bench.recvack(args.consumers, args.prefill)
-    if name == "consume":
-        return await bench.consume(args.consumers, args.prefill)
+    if name in ("consume", "consume-eo"):
+        return await bench.consume(args.consumers, args.prefill, name == "consume-eo")
     if name in ("txn", "txn-consumer"):
         run = bench.txn if name == "txn" else bench.txn_consumer
         try:

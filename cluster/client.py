@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, overload
 from urllib.parse import quote
 
 import aiohttp
 
-from cluster.ack_batcher import AckBatcher
 from cluster.discovery import LeaderRouter, resolve_servers
-from cluster.errors import RaftqError
+from cluster.errors import BadRequest, RaftqError, TooLarge
+from cluster.grouping import GroupedCalls
 from cluster.message import AckResult, Message, OutgoingMessage, SendResult
 
 if TYPE_CHECKING:
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 #: The API's long-poll limit: a longer `wait_s` is served as several polls.
 MAX_POLL_WAIT_S = 20.0
+#: Grouped single acks per request at most (the API's default batch limit is 1,000).
+ACKS_PER_REQUEST = 500
 #: How many message-id -> receipt pairs a queue handle remembers, so that
 #: `acknowledge(msg.id)` works for messages this handle received.
 RECEIPT_MEMORY = 10_000
@@ -56,7 +58,9 @@ class AsyncQueue:
         self._path = f"/v1/queues/{quote(name, safe='')}"
         self._receipts: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._consumers: set[Consumer] = set()
-        self._acks = AckBatcher(self.acknowledge_many, self._receipt)
+        self._acks: GroupedCalls[tuple[MessageRef, str], bool] = GroupedCalls(
+            self._ack_group, max_per_request=ACKS_PER_REQUEST, split_on=(BadRequest, TooLarge)
+        )
 
     def __repr__(self) -> str:
         return f"AsyncQueue(name={self.name!r})"
@@ -309,9 +313,14 @@ class AsyncQueue:
         "not acked by this call", never "acked twice".
 
         Acks made on this handle while one of its ack requests is on its way are sent
-        together in the next request (`cluster.ack_batcher`): concurrent handlers share
+        together in the next request (`cluster.grouping`): concurrent handlers share
         requests, and a lone ack is sent at once."""
-        return await self._acks.ack(message)
+        return await self._acks.call((message, self._receipt(message)))
+
+    async def _ack_group(self, items: Sequence[tuple[MessageRef, str]]) -> list[bool]:
+        result = await self.acknowledge_many([ref for ref, _receipt in items])
+        stale = set(result.stale)
+        return [receipt not in stale for _ref, receipt in items]
 
     async def acknowledge_many(self, messages: Iterable[MessageRef]) -> AckResult:
         """Ack many messages in one request; the result lists stale receipts."""

@@ -11,17 +11,25 @@ transaction as its completion step. It derives the txn id from the delivery it p
 - a retried commit of the same delivery is recognised (same id → first result), and
 - a zombie worker whose lease expired (the message went to someone else) commits with a
   stale receipt and gets 409: its output is never produced.
+
+Handlers that finish while another commit of the loop is on its way are committed together
+in the next one (`cluster.grouping`): ONE transaction holding each delivery's ack and its
+outputs, all or nothing, with an id derived from all their receipts (`group_txn_id`). If
+one of them went stale the cluster refuses the whole group (409, nothing applied), and the
+group is retried one delivery per transaction: only the stale delivery fails.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+import hashlib
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from cluster.errors import Conflict
+from cluster.errors import BadRequest, Conflict, TooLarge
+from cluster.grouping import GroupedCalls
 from cluster.message import Message, OutgoingMessage, new_dedup_id
 
 if TYPE_CHECKING:
@@ -117,9 +125,22 @@ def _outputs(output: Output, message: Message, result: Any) -> list[tuple[str, A
     return [(output, r) for r in results]
 
 
+#: Deliveries committed together at most: each is an ack plus its outputs, and a
+#: transaction holds 1,000 items by default (a group refused as too large is split).
+DELIVERIES_PER_TXN = 100
+
+
 def delivery_txn_id(queue: str, message: Message) -> str:
     """The txn id of one delivery: stable across retries of its commit, new per delivery."""
     return f"eo:{queue}:{message.receipt}"
+
+
+def group_txn_id(queue: str, messages: Sequence[Message]) -> str:
+    """The txn id of deliveries committed together: stable across retries of that commit.
+
+    Receipts name one delivery each, so a group of new deliveries never reuses an id."""
+    receipts = "\n".join(m.receipt for m in messages)
+    return f"eo:{queue}:group:{hashlib.sha256(receipts.encode()).hexdigest()[:40]}"
 
 
 def exactly_once_consumer(
@@ -141,20 +162,39 @@ def exactly_once_consumer(
     from cluster.consumer import Consumer
 
     client = queue.client
+    Delivery = tuple[Message, list[tuple[str, Any]]]  # a message and its outputs
+
+    async def commit(deliveries: Sequence[Delivery]) -> list[bool]:
+        msgs = [msg for msg, _outs in deliveries]
+        txn_id = (
+            delivery_txn_id(queue.name, msgs[0])
+            if len(msgs) == 1
+            else group_txn_id(queue.name, msgs)
+        )
+        txn = AsyncTransaction(client, txn_id=txn_id)
+        for msg, outs in deliveries:
+            txn.acknowledge(msg)
+            for out_queue, body in outs:
+                txn.send(out_queue, body)
+        await txn.commit()
+        return [True] * len(deliveries)
+
+    # A stale receipt or an item the cluster refuses spoils only its own delivery.
+    commits: GroupedCalls[Delivery, bool] = GroupedCalls(
+        commit,
+        max_per_request=DELIVERIES_PER_TXN,
+        split_on=(TransactionAborted, BadRequest, TooLarge),
+    )
 
     async def complete(msg: Message, result: Any) -> bool:
-        txn = AsyncTransaction(client, txn_id=delivery_txn_id(queue.name, msg))
-        txn.acknowledge(msg)
-        for out_queue, body in _outputs(output, msg, result):
-            txn.send(out_queue, body)
+        outs = _outputs(output, msg, result)
         try:
-            await txn.commit()
+            return await commits.call((msg, outs))
         except TransactionAborted:
             log.info("exactly_once.stale_delivery", queue=queue.name, message_id=msg.id)
             return False
         finally:
             queue._forget([msg])
-        return True
 
     return Consumer(queue, handler, complete=complete, **options)
 

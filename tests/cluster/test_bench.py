@@ -47,26 +47,33 @@ def test_a_run_that_drains_its_queue_says_so(
     assert "the queue ran empty" in result["note"] and "raise --prefill" in result["note"]
 
 
-def test_consume_runs_the_client_consumer_and_acks_every_message_once(
-    cluster3: LocalCluster, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("workload", ["consume", "consume-eo"])
+def test_consume_runs_the_client_consumer_and_completes_every_message_once(
+    cluster3: LocalCluster, capsys: pytest.CaptureFixture[str], workload: str
 ) -> None:
     servers = ",".join(cluster3.urls)
-    argv = ["consume", "--servers", servers, "--duration", "1", "--prefill", "200"]
+    argv = [workload, "--servers", servers, "--duration", "1", "--prefill", "200"]
     assert bench.main([*argv, "--consumers", "16", "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["results"]
-    assert row["workload"] == "consume" and row["errors"] == 0
+    assert row["workload"] == workload and row["errors"] == 0
     assert row["msgs"] == 200 and len(row["latencies_ms"]) == 200
     assert "the queue ran empty" in row["note"]
-    acks_per_request = float(row["note"].split("; ")[1].split()[0])
-    assert acks_per_request > 1.0  # handlers that finished together shared ack requests
+    if workload == "consume":
+        acks_per_request = float(row["note"].split("; ")[1].split()[0])
+        assert acks_per_request > 1.0  # handlers that finished together shared ack requests
 
-    async def stats() -> dict:
+    async def stats() -> tuple[dict, dict | None]:
         async with ApiClient(cluster3.wait_for_leader(timeout_s=30).url) as api:
-            _, info = await api.get("/v1/queues/bench-consume")
-            return info
+            _, info = await api.get(f"/v1/queues/bench-{workload}")
+            out = None
+            if workload == "consume-eo":
+                _, out = await api.get(f"/v1/queues/bench-{workload}-out")
+            return info, out
 
-    info = asyncio.run(stats())
+    info, out = asyncio.run(stats())
     assert (info["depth"], info["in_flight"], info["acked_total"]) == (0, 0, 200)
+    if out is not None:
+        assert out["depth"] == 200  # one output per input, exactly once
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 
 from cluster import AsyncClient, OutgoingMessage
-from cluster.transactions import AsyncTransaction, TransactionAborted
+from cluster.transactions import (
+    AsyncTransaction,
+    TransactionAborted,
+    delivery_txn_id,
+    exactly_once_consumer,
+)
 from tests.support.queues import drain
 
 pytestmark = pytest.mark.integration
@@ -146,3 +151,46 @@ async def test_repeated_txn_id_applies_once(make_cluster):
         r2 = await again.commit()
         assert r1.duplicate is False and r2.duplicate is True
         assert await drain(client.queue("rout")) == ["X"]
+
+
+async def test_grouped_commit_with_a_zombie_delivery_spoils_only_that_one(
+    make_cluster, monkeypatch
+):
+    """Completions that finish together commit as ONE transaction; when one of them went
+    stale the cluster refuses the group, and the group is retried one delivery per
+    transaction: the others commit, the zombie's output is never produced."""
+    cluster = make_cluster(1)
+    committed_ids: list[str] = []
+    real_commit = AsyncTransaction.commit
+
+    async def recording_commit(self, timeout_s=None):
+        committed_ids.append(self.txn_id)
+        return await real_commit(self, timeout_s)
+
+    monkeypatch.setattr(AsyncTransaction, "commit", recording_commit)
+    async with AsyncClient(cluster.urls, timeout_s=30) as client:
+        src, dst = client.queue("gin"), client.queue("gout")
+        await src.create()
+        await dst.create()
+        await src.send_many(["a", "b", "c"])
+        a = await src.receive(visibility_timeout_s=60)
+        b = await src.receive(visibility_timeout_s=1)  # this worker's lease on b runs out
+        c = await src.receive(visibility_timeout_s=60)
+        await asyncio.sleep(1.5)
+        fresh_b = await src.receive(wait_s=5)  # another worker gets b and commits it
+        assert fresh_b.id == b.id
+        async with AsyncTransaction(client, txn_id=f"eo:gin:{fresh_b.receipt}") as other:
+            other.acknowledge(fresh_b)
+            other.send("gout", "B by the other worker")
+        committed_ids.clear()
+
+        consumer = exactly_once_consumer(src, lambda m: None, output="gout")
+        done = await asyncio.gather(
+            *(consumer._complete(m, f"{m.body.upper()} once") for m in (a, b, c))
+        )
+        assert done == [True, False, True]
+        assert committed_ids[0].startswith("eo:gin:group:")  # all three, refused (409)
+        assert committed_ids[1:] == [delivery_txn_id("gin", m) for m in (a, b, c)]
+        assert sorted(await drain(dst)) == ["A once", "B by the other worker", "C once"]
+        info = await src.info()
+        assert (info["depth"], info["in_flight"], info["acked_total"]) == (0, 0, 3)

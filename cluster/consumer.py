@@ -59,6 +59,10 @@ def retry_delay_s(receive_count: int, base_s: float, max_s: float) -> float:
 class Consumer:
     """Runs `handler` on the messages of one queue with `concurrency` parallel handlers.
 
+    A handler's slot is free again once the handler returns: the next message runs while
+    the finished one's ack (or transaction) is on its way, and at most `concurrency`
+    completions wait at once, so up to 2 x `concurrency` messages are leased.
+
     Create with `queue.consumer(handler, ...)` and `await consumer.run()`, or just
     `await queue.consume(handler, ...)`. `stop()` (or SIGINT/SIGTERM when
     `handle_signals` and running in the main thread, or `stop_event`) ends it cleanly; a
@@ -101,6 +105,7 @@ class Consumer:
         self._stop_requests = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._completing: asyncio.Semaphore | None = None  # completions on their way
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
@@ -168,6 +173,7 @@ class Consumer:
             info = await self.queue.info()
             vt = float(info.get("visibility_timeout_s") or DEFAULT_VISIBILITY_TIMEOUT_S)
         slots = asyncio.Semaphore(self.concurrency)
+        self._completing = asyncio.Semaphore(self.concurrency)
         watcher = None
         if self._external_stop is not None:
             watcher = asyncio.ensure_future(self._watch(self._external_stop))
@@ -281,15 +287,28 @@ class Consumer:
             result = await result
         return result
 
+    async def _free_slot(self, slots: asyncio.Semaphore) -> asyncio.Semaphore:
+        """The handler is done: hand its slot to the next message while its ack (or
+        transaction) is on its way, so receiving overlaps completing instead of waiting
+        for it. At most `concurrency` completions wait at once: when they stall (a
+        leader change), the slots stay taken and receiving stops."""
+        completing = self._completing
+        assert completing is not None
+        await completing.acquire()
+        slots.release()
+        return completing
+
     async def _handle(self, msg: Message, slots: asyncio.Semaphore, vt: float) -> None:
         extender = asyncio.ensure_future(
             self._keep_lease(msg, vt) if self.extend_leases else asyncio.sleep(0)
         )
+        held: asyncio.Semaphore = slots  # released when this task ends
         try:
             try:
                 result = await self._call_handler(msg)
             except Exception as exc:
                 extender.cancel()
+                held = await self._free_slot(slots)
                 delay_s = retry_delay_s(
                     msg.receive_count, self.retry_base_delay_s, self.retry_max_delay_s
                 )
@@ -309,6 +328,7 @@ class Consumer:
                     log.warning("consumer.nack_failed", message_id=msg.id, error=str(err))
                 return
             extender.cancel()
+            held = await self._free_slot(slots)
             try:
                 done = (
                     await self._complete(msg, result)
@@ -324,7 +344,7 @@ class Consumer:
                 log.warning("consumer.ack_failed", message_id=msg.id, error=str(err))
         finally:
             extender.cancel()
-            slots.release()
+            held.release()
 
     async def _keep_lease(self, msg: Message, vt: float) -> None:
         """Extend the lease every vt/3 while the handler runs."""

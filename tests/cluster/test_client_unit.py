@@ -420,6 +420,47 @@ async def test_consumer_nacks_failures_with_exponential_delay(fake: FakeCluster)
     assert stats.failed == 2 and stats.succeeded == 1
 
 
+async def test_consumer_receives_while_acks_are_on_their_way_but_bounded(
+    fake: FakeCluster,
+) -> None:
+    """A finished handler's slot takes the next message while its completion (the ack)
+    is on its way; at most `concurrency` completions wait, then receiving stops."""
+    async with AsyncClient(fake.urls, timeout_s=5) as client:
+        q = client.queue("tasks")
+        await q.create()
+        await q.send_many([f"m{i}" for i in range(6)])
+        handled: list[str] = []
+        completed: list[str] = []
+        gate = asyncio.Event()
+
+        async def handler(msg: Message) -> None:
+            handled.append(msg.body)
+
+        async def complete(msg: Message, _result: object) -> bool:
+            await gate.wait()  # the acks hang (a slow leader, say)
+            ok = await q.acknowledge(msg)
+            completed.append(msg.body)
+            return ok
+
+        task = asyncio.ensure_future(
+            q.consume(
+                handler, concurrency=2, complete=complete, poll_wait_s=0.1, handle_signals=False
+            )
+        )
+        deadline = time.monotonic() + 5
+        while len(handled) < 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)  # time to take more, if the bound did not hold
+        assert len(handled) == 4 and completed == []  # 2 completing + 2 holding their slots
+        gate.set()
+        while len(completed) < 6 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        q.stop()
+        stats = await asyncio.wait_for(task, 5)
+    assert sorted(completed) == [f"m{i}" for i in range(6)]
+    assert stats.succeeded == 6 and fake.queues["tasks"].messages == {}
+
+
 async def test_consumer_stop_drains_running_handlers(fake: FakeCluster) -> None:
     async with AsyncClient(fake.urls, timeout_s=5) as client:
         q = client.queue("tasks")

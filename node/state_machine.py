@@ -4,8 +4,12 @@ Why this shape:
 - One write transaction per batch, which also stores applied_index, so the state and the
   index it describes can never disagree after a crash; entries at or below the stored
   applied_index are skipped, so re-applying a batch after a crash is harmless.
-- Each command runs in a nested (child) transaction: a refused command is aborted alone
-  and changes nothing - not even the clock - while the rest of the batch commits.
+- A refused command changes nothing - not even the clock - while the rest of its batch
+  commits. A batch first runs as ONE nested (child) transaction with its commands written
+  straight into it; only if one of them is refused is that child aborted and the batch
+  run again with a child transaction per command. Refusals are rare (the API checks
+  input before proposing), and a child per command cost about 20 µs each: on every
+  replica, LMDB copies each page a child touches and merges its page list on commit.
 - Deterministic: time is the command's `ts` (never below the last one applied), nothing
   depends on a clock, a random source or dict iteration order of untrusted input.
 """
@@ -45,6 +49,11 @@ from raft.messages import Entry, EntryKind
 log = structlog.get_logger("node.state_machine")
 
 Handler = Callable[[Ctx, dict[str, Any]], dict[str, Any]]
+_RunCommand = Callable[[lmdb.Transaction, int, dict[str, Any]], dict[str, Any]]
+
+
+class _Refused(Exception):
+    """A command of an optimistically applied batch was refused (or failed)."""
 
 
 def _send(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -189,6 +198,23 @@ class QueueStateMachine:
         return Ctx(txn=txn, t=self.tables, now_ms=now_ms)
 
     def _apply_batch(self, txn: lmdb.Transaction, entries: Sequence[Entry]) -> list[Any]:
+        """Apply `entries`: optimistically in one child transaction, and again with one
+        child per command if any command is refused (same results, see the module doc)."""
+        child = self.env.env.begin(write=True, parent=txn)
+        try:
+            results = self._apply_entries(child, entries, self._run_direct)
+        except _Refused:
+            child.abort()
+            return self._apply_entries(txn, entries, self._run_isolated)
+        except BaseException:
+            child.abort()
+            raise
+        child.commit()
+        return results
+
+    def _apply_entries(
+        self, txn: lmdb.Transaction, entries: Sequence[Entry], run: _RunCommand
+    ) -> list[Any]:
         root = self._ctx(txn, 0)
         applied = root.get_int(META_APPLIED_INDEX)
         results: list[Any] = []
@@ -200,15 +226,17 @@ class QueueStateMachine:
             if entry.kind != EntryKind.NORMAL:
                 results.append(None)
                 continue
-            results.append(self._apply_command(txn, entry))
+            results.append(self._apply_command(txn, entry, run))
         root.put_int(META_APPLIED_INDEX, applied)
         return results
 
-    def _apply_command(self, parent: lmdb.Transaction, entry: Entry) -> dict[str, Any]:
+    def _apply_command(
+        self, parent: lmdb.Transaction, entry: Entry, run: _RunCommand
+    ) -> dict[str, Any]:
         try:
             cmd = decode_command(entry.data)
             if cmd["op"] != "batch":
-                return self._run_command(parent, entry.index, cmd)
+                return run(parent, entry.index, cmd)
             subs = batch_ops(cmd)
         except CommandError as exc:
             return exc.to_result()
@@ -220,10 +248,22 @@ class QueueStateMachine:
             except CommandError as exc:
                 results.append(exc.to_result())
                 continue
-            results.append(self._run_command(parent, entry.index, full))
+            results.append(run(parent, entry.index, full))
         return {"results": results}
 
-    def _run_command(
+    def _run_direct(self, txn: lmdb.Transaction, index: int, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Run one command straight in the batch's transaction; _Refused if it is refused
+        (its writes so far cannot be undone alone: the whole batch runs again isolated)."""
+        try:
+            return self._execute(txn, cmd)
+        except (lmdb.Error, MemoryError) as exc:
+            if isinstance(exc, lmdb.BadValsizeError):
+                raise _Refused from exc
+            raise  # MapFullError, disk or memory trouble: handled by the caller's caller
+        except Exception as exc:
+            raise _Refused from exc
+
+    def _run_isolated(
         self, parent: lmdb.Transaction, index: int, cmd: dict[str, Any]
     ) -> dict[str, Any]:
         """Run one command in a child transaction: a refused one changes nothing."""

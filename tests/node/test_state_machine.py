@@ -794,6 +794,31 @@ def test_same_log_gives_same_state_hash_on_two_replicas(tmp_path) -> None:
         b.close()
 
 
+def test_a_batch_with_refused_commands_matches_one_entry_at_a_time(tmp_path) -> None:
+    """A refusal anywhere in a batch makes it run again with a child transaction per
+    command: results and state must be what applying each entry alone gives."""
+    a = Harness(str(tmp_path / "a"))
+    b = Harness(str(tmp_path / "b"))
+    try:
+        log = [a.entry("queue_put", name="q", config={"visibility_timeout_s": 1})]
+        log += [a.entry("send", queue="q", messages=[{"body": b"%d" % i}]) for i in range(5)]
+        log += [a.entry("receive", queue="q", max=3)]
+        log += [a.entry("send", queue="missing", messages=[{"body": b"x"}])]  # refused
+        log += [a.entry("ack", queue="q", receipts=["0000000000000001.1", "bogus"])]
+        log += [a.entry("receive", ts_ms=a.now_ms + 2000, queue="q", max=10)]
+        log += [a.entry("queue_put", name="q", config={"fifo": True})]  # refused last
+        results_a = [a.sm.apply([e])[0] for e in log]
+        results_b = b.sm.apply(log)
+        assert results_a == results_b
+        assert results_b[7]["error"]["code"] == "not_found"
+        assert results_b[-1]["error"]["code"] == "conflict"
+        assert a.sm.state_hash() == b.sm.state_hash()
+        assert b.sm.applied_index() == log[-1].index
+    finally:
+        a.close()
+        b.close()
+
+
 def test_state_hash_covers_only_node_tables_and_changes_with_state(h: Harness) -> None:
     empty = h.sm.state_hash()
     assert len(empty) == 64

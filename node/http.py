@@ -102,27 +102,43 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# One decoder for every body: json.loads with a keyword argument builds a new one per call.
+_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _check_depth_and_ints(value: Any, max_depth: int) -> None:
-    """Iteratively check nesting depth and integer range (no recursion to blow up)."""
+    """Iteratively check nesting depth, key types and number ranges (no recursion).
+
+    Depth: the body object is level 1 and each value one level below its container; no
+    value may sit deeper than `max_depth`. Leaves are checked while their container is
+    walked, by exact type first: a 100-message send has ~300 leaves, and pushing each on
+    the stack to pop it again cost about 1 µs per message on the leader.
+    """
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if depth > max_depth:
             raise bad_request(f"body nests deeper than {max_depth} levels")
         if isinstance(item, dict):
-            for k, v in item.items():
+            for k in item:
                 if not isinstance(k, str):
                     raise bad_request("object keys must be strings")
-                stack.append((v, depth + 1))
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-        elif isinstance(item, bool):
-            continue
-        elif isinstance(item, int):
-            if not -MAX_SAFE_INT <= item <= MAX_SAFE_INT:
-                raise bad_request("integer out of range (must fit in 64 bits)")
-        elif isinstance(item, float) and not math.isfinite(item):
-            raise bad_request("NaN and Infinity are not allowed")
+            children: Any = item.values()
+        else:
+            children = item
+        if children and depth == max_depth:
+            raise bad_request(f"body nests deeper than {max_depth} levels")
+        for child in children:
+            kind = type(child)
+            if kind is str or kind is bool or child is None:
+                continue
+            if kind is dict or kind is list or isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+            elif kind is int or (isinstance(child, int) and not isinstance(child, bool)):
+                if not -MAX_SAFE_INT <= child <= MAX_SAFE_INT:
+                    raise bad_request("integer out of range (must fit in 64 bits)")
+            elif isinstance(child, float) and not math.isfinite(child):
+                raise bad_request("NaN and Infinity are not allowed")
 
 
 async def read_body(request: web.Request, max_bytes: int, max_depth: int) -> dict[str, Any]:
@@ -146,7 +162,8 @@ async def read_body(request: web.Request, max_bytes: int, max_depth: int) -> dic
             raise bad_request(f"malformed msgpack: {exc}") from None
     else:
         try:
-            value = json.loads(raw, parse_constant=_reject_constant)
+            text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+            value = _JSON.decode(text)
         except RecursionError:
             raise bad_request(f"body nests deeper than {max_depth} levels") from None
         except ValueError as exc:  # JSONDecodeError, huge int digits, NaN

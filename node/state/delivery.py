@@ -39,7 +39,7 @@ def receive(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
         key = cur.key()  # b"" once the cursor ran off the end
         if not key.startswith(prefix):
             break
-        seq = keys.read_u64(key, 9)
+        _, seq = keys.split_ready_key(key)
         meta = messages.get(ctx, qid, seq)
         if meta["expire"] <= ctx.now_ms:  # retention ended but not yet released
             messages.remove(ctx, queue, meta, keep_body=False)

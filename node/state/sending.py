@@ -142,9 +142,7 @@ def enqueue(ctx: Ctx, queue: dict[str, Any], batch: list[dict[str, Any]]) -> lis
         else:
             new_messages.append((meta, msg["body"], msg["delay_ms"]))
         results.append({"id": meta["id"], "seq": seq, "duplicate": False})
-    if len(new_messages) == 1:  # putmulti's cursors would cost more than they save
-        messages.insert(ctx, queue, *new_messages[0])
-    elif new_messages:
+    if new_messages:
         messages.insert_new(ctx, queue, new_messages)
     if seq != last_seq:
         ctx.put_int(META_NEXT_SEQ, seq)

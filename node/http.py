@@ -111,8 +111,8 @@ def _check_depth_and_ints(value: Any, max_depth: int) -> None:
 
     Depth: the body object is level 1 and each value one level below its container; no
     value may sit deeper than `max_depth`. Leaves are checked while their container is
-    walked, by exact type first: a 100-message send has ~300 leaves, and pushing each on
-    the stack to pop it again cost about 1 µs per message on the leader.
+    walked: a 100-message send has ~300 leaves, and pushing each on the stack to pop it
+    again cost about 1 µs per message on the leader.
     """
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
@@ -130,11 +130,11 @@ def _check_depth_and_ints(value: Any, max_depth: int) -> None:
             raise bad_request(f"body nests deeper than {max_depth} levels")
         for child in children:
             kind = type(child)
-            if kind is str or kind is bool or child is None:
+            if kind is str or kind is bool or child is None:  # most leaves; bool before int
                 continue
             if kind is dict or kind is list or isinstance(child, (dict, list)):
-                stack.append((child, depth + 1))
-            elif kind is int or (isinstance(child, int) and not isinstance(child, bool)):
+                stack.append((child, depth + 1))  # exact types first: 56 vs 63-69 µs per 100 msgs
+            elif isinstance(child, int):
                 if not -MAX_SAFE_INT <= child <= MAX_SAFE_INT:
                     raise bad_request("integer out of range (must fit in 64 bits)")
             elif isinstance(child, float) and not math.isfinite(child):

@@ -256,10 +256,10 @@ class QueueStateMachine:
         (its writes so far cannot be undone alone: the whole batch runs again isolated)."""
         try:
             return self._execute(txn, cmd)
-        except (lmdb.Error, MemoryError) as exc:
-            if isinstance(exc, lmdb.BadValsizeError):
-                raise _Refused from exc
-            raise  # MapFullError, disk or memory trouble: handled by the caller's caller
+        except lmdb.BadValsizeError as exc:  # a key built from input: the command's fault
+            raise _Refused from exc
+        except (lmdb.Error, MemoryError):
+            raise  # MapFullError, disk or memory trouble: never a result (see _run_isolated)
         except Exception as exc:
             raise _Refused from exc
 

@@ -385,7 +385,7 @@ class Bench:
                 consumer = exactly_once_consumer(q, handler, output=f"{source}-out", **options)
             else:
                 consumer = q.consumer(handler, **options)
-            completion = consumer._complete or (lambda msg, _result: q.acknowledge(msg))
+            completion = consumer._complete
 
             async def timed(msg: Message, result: Any) -> bool:
                 done = await completion(msg, result)

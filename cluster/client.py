@@ -318,14 +318,16 @@ class AsyncQueue:
         return await self._acks.call((message, self._receipt(message)))
 
     async def _ack_group(self, items: Sequence[tuple[MessageRef, str]]) -> list[bool]:
-        result = await self.acknowledge_many([ref for ref, _receipt in items])
-        stale = set(result.stale)
-        return [receipt not in stale for _ref, receipt in items]
+        refs, receipts = [ref for ref, _r in items], [receipt for _ref, receipt in items]
+        stale = set((await self._ack_receipts(refs, receipts)).stale)
+        return [receipt not in stale for receipt in receipts]
 
     async def acknowledge_many(self, messages: Iterable[MessageRef]) -> AckResult:
         """Ack many messages in one request; the result lists stale receipts."""
         refs = list(messages)
-        receipts = [self._receipt(r) for r in refs]
+        return await self._ack_receipts(refs, [self._receipt(r) for r in refs])
+
+    async def _ack_receipts(self, refs: list[MessageRef], receipts: list[str]) -> AckResult:
         if not receipts:
             return AckResult(0)
         answer = await self._call("POST", "/ack", {"receipts": receipts}) or {}

@@ -97,7 +97,7 @@ class Consumer:
         self.retry_base_delay_s = retry_base_delay_s
         self.retry_max_delay_s = retry_max_delay_s
         self.stats = ConsumerStats()
-        self._complete = complete
+        self._complete: Completion = complete or self._ack
         self.extend_leases = extend_leases
         self._external_stop = stop_event
         self._handle_signals = handle_signals
@@ -330,11 +330,7 @@ class Consumer:
             extender.cancel()
             held = await self._free_slot(slots)
             try:
-                done = (
-                    await self._complete(msg, result)
-                    if self._complete is not None
-                    else await self.queue.acknowledge(msg)
-                )
+                done = await self._complete(msg, result)
                 if done:
                     self.stats.succeeded += 1
                 else:
@@ -345,6 +341,10 @@ class Consumer:
         finally:
             extender.cancel()
             held.release()
+
+    async def _ack(self, msg: Message, _result: Any) -> bool:
+        """The default completion."""
+        return await self.queue.acknowledge(msg)
 
     async def _keep_lease(self, msg: Message, vt: float) -> None:
         """Extend the lease every vt/3 while the handler runs."""

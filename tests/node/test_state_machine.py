@@ -803,7 +803,8 @@ def test_a_batch_with_refused_commands_matches_one_entry_at_a_time(tmp_path) -> 
         log = [a.entry("queue_put", name="q", config={"visibility_timeout_s": 1})]
         log += [a.entry("send", queue="q", messages=[{"body": b"%d" % i}]) for i in range(5)]
         log += [a.entry("receive", queue="q", max=3)]
-        log += [a.entry("send", queue="missing", messages=[{"body": b"x"}])]  # refused
+        # refused, and stamped after the first lease ends: kept, its clock would expire it
+        log += [a.entry("send", ts_ms=a.now_ms + 1000, queue="missing", messages=[{"body": b"x"}])]
         log += [a.entry("ack", queue="q", receipts=["0000000000000001.1", "bogus"])]
         log += [a.entry("receive", ts_ms=a.now_ms + 2000, queue="q", max=10)]
         log += [a.entry("queue_put", name="q", config={"fifo": True})]  # refused last
@@ -811,6 +812,8 @@ def test_a_batch_with_refused_commands_matches_one_entry_at_a_time(tmp_path) -> 
         results_b = b.sm.apply(log)
         assert results_a == results_b
         assert results_b[7]["error"]["code"] == "not_found"
+        # the refused send left the clock alone: the first lease is still current
+        assert results_b[8] == {"acked": 1, "stale": ["bogus"]}
         assert results_b[-1]["error"]["code"] == "conflict"
         assert a.sm.state_hash() == b.sm.state_hash()
         assert b.sm.applied_index() == log[-1].index

@@ -6,6 +6,8 @@ cluster can do on a given number of cores (`ceiling_msgs_per_s`: cores / (3 x ap
 as if nothing else ran), which is how the speed targets were judged. fsync is off here:
 it measures the Python and LMDB CPU work, not the disk. Commands are applied in groups,
 one LMDB transaction per group, the way a loaded cluster's Readies carry them.
+`txn_1ack_1send` counts per transaction (a receive of one message, then a transaction that
+acks it and sends its body on), the shape of `raftq bench txn`.
 
     python -m node.apply_bench [--batches 200 --repeats 5]
 """
@@ -48,6 +50,7 @@ class _Applier:
         self.index = self.sm.applied_index()
         self.now_ms = 1_000_000
         self.apply_s = 0.0  # time inside the state machine's apply, nothing else
+        self.timing = True  # off while a workload sets up what it consumes
 
     def __call__(self, op: str, **fields: Any) -> Any:
         return self.many([(op, fields)])[0]
@@ -60,7 +63,8 @@ class _Applier:
             entries.append(Entry(self.index, 1, data=encode_command(op, self.now_ms, **fields)))
         started = time.perf_counter()
         results = self.sm.apply(entries)
-        self.apply_s += time.perf_counter() - started
+        if self.timing:
+            self.apply_s += time.perf_counter() - started
         for (op, _fields), result in zip(commands, results, strict=True):
             if isinstance(result, dict) and "error" in result:
                 raise RuntimeError(f"{op} failed: {result['error']}")
@@ -114,12 +118,44 @@ def measure(batches: int, path: str, repeats: int = 3) -> dict[str, float]:
             n += len(apply.many([one] * GROUP))
         return n
 
+    def txn_1ack_1send() -> int:
+        """Receive one message and move it with a 1-ack-1-send transaction; per transaction.
+
+        The shape of `raftq bench txn`. The messages it consumes are sent untimed first.
+        """
+        txns = batches * 5 // GROUP * GROUP or GROUP
+        apply.timing = False
+        for _ in range(txns // 100 + 1):
+            apply("send", queue="txn-in", messages=[{"body": body} for _ in range(100)])
+        apply.timing = True
+        receive = ("receive", {"queue": "txn-in", "max": 1, "visibility_timeout_s": 300})
+        for _ in range(0, txns, GROUP):
+            got = [r["messages"][0] for r in apply.many([receive] * GROUP)]
+            apply.many(
+                [
+                    (
+                        "txn",
+                        {
+                            "txn_id": f"bench-{m['id']}",
+                            "ack": [{"queue": "txn-in", "receipt": m["receipt"]}],
+                            "send": [{"queue": "txn-out", "messages": [{"body": m["body"]}]}],
+                            "commit_offsets": [],
+                        },
+                    )
+                    for m in got
+                ]
+            )
+        return txns
+
+    apply("queue_put", name="txn-in", config={})
+    apply("queue_put", name="txn-out", config={})
     workloads: dict[str, Callable[[], int]] = {
         "send100": sends("plain", None),
         "send100dd": sends("ordered", new_dedup_id),
         "send100dd_random_ids": sends("random", lambda: uuid.uuid4().hex),
         "recv10_ack": receive_ack,
         "send1": send_one,
+        "txn_1ack_1send": txn_1ack_1send,
     }
     best = dict.fromkeys(workloads, float("inf"))
     for _ in range(repeats):

@@ -11,7 +11,14 @@ from node import apply_bench
 
 def test_measure_applies_every_workload_without_errors(tmp_path) -> None:
     us = apply_bench.measure(batches=2, path=str(tmp_path / "env"), repeats=1)
-    assert set(us) == {"send100", "send100dd", "send100dd_random_ids", "recv10_ack", "send1"}
+    assert set(us) == {
+        "send100",
+        "send100dd",
+        "send100dd_random_ids",
+        "recv10_ack",
+        "send1",
+        "txn_1ack_1send",
+    }
     assert all(v > 0 for v in us.values())
 
 

@@ -40,6 +40,8 @@ from node.state.tables import (
     META_APPLIED_INDEX,
     META_LAST_TS,
     TABLE_NAMES,
+    TIMER_TABLES,
+    UNKNOWN_FLOOR,
     Ctx,
     Tables,
 )
@@ -102,6 +104,14 @@ class QueueStateMachine:
         self._config_cache: dict[str, tuple[int, dict[str, Any] | None]] = {}
         self._config_gen = 0
         self._config_dirty = False
+        # Timer floors (see Ctx.floors): `_floors` holds for the committed state. A batch
+        # works on a copy (`_work_floors`) that is dropped with any transaction it undoes,
+        # and becomes `_floors` only once the batch's transaction has committed: a bound
+        # raised by a release that was then rolled back would skip a due entry. A fresh
+        # instance (a restart) knows no bounds and looks at every index once.
+        self._floors: list[int] = [UNKNOWN_FLOOR] * len(TIMER_TABLES)
+        self._work_floors: list[int] | None = None
+        self._pending_floors: list[int] | None = None
 
     # ---- StateMachine protocol -------------------------------------------------------
 
@@ -118,7 +128,10 @@ class QueueStateMachine:
         return self._apply_batch(txn, entries)
 
     def committed(self, entries: Sequence[Entry]) -> None:
-        """The batch is durable: drop cached queue configs if a config op was in it."""
+        """The batch is durable: keep its timer floors; drop cached queue configs if a
+        config op was in it."""
+        if self._pending_floors is not None:
+            self._floors, self._pending_floors = self._pending_floors, None
         if self._config_dirty:
             self._config_dirty = False
             self._config_gen += 1
@@ -168,6 +181,11 @@ class QueueStateMachine:
     def next_deadline_ms(self) -> int | None:
         return self.env.read(lambda txn: timers.next_deadline_ms(self._ctx(txn, 0)))
 
+    def timer_floors(self) -> tuple[int, ...]:
+        """The committed timer floors (Ctx.floors), for tests: each must stay <= the
+        deadline of its index's first entry."""
+        return tuple(self._floors)
+
     def last_ts_ms(self) -> int:
         """The effective time of the last applied command (the leader stamps >= this)."""
         return self.env.read(lambda txn: self._ctx(txn, 0).get_int(META_LAST_TS))
@@ -200,17 +218,25 @@ class QueueStateMachine:
     def _apply_batch(self, txn: lmdb.Transaction, entries: Sequence[Entry]) -> list[Any]:
         """Apply `entries`: optimistically in one child transaction, and again with one
         child per command if any command is refused (same results, see the module doc)."""
-        child = self.env.env.begin(write=True, parent=txn)
+        self._pending_floors = None
+        self._work_floors = list(self._floors)
         try:
-            results = self._apply_entries(child, entries, self._run_direct)
-        except _Refused:
-            child.abort()
-            return self._apply_entries(txn, entries, self._run_isolated)
-        except BaseException:
-            child.abort()
-            raise
-        child.commit()
-        return results
+            child = self.env.env.begin(write=True, parent=txn)
+            try:
+                results = self._apply_entries(child, entries, self._run_direct)
+            except _Refused:
+                child.abort()
+                self._work_floors = list(self._floors)  # the undone attempt's bounds go too
+                results = self._apply_entries(txn, entries, self._run_isolated)
+            except BaseException:
+                child.abort()
+                raise
+            else:
+                child.commit()
+            self._pending_floors = self._work_floors  # kept by committed()
+            return results
+        finally:
+            self._work_floors = None
 
     def _apply_entries(
         self, txn: lmdb.Transaction, entries: Sequence[Entry], run: _RunCommand
@@ -267,27 +293,36 @@ class QueueStateMachine:
         self, parent: lmdb.Transaction, index: int, cmd: dict[str, Any]
     ) -> dict[str, Any]:
         """Run one command in a child transaction: a refused one changes nothing."""
+        floors = self._work_floors
+        before = None if floors is None else floors[:]
+
+        def undo() -> None:
+            child.abort()
+            if floors is not None and before is not None:
+                floors[:] = before
+
         child = self.env.env.begin(write=True, parent=parent)
         try:
             result = self._execute(child, cmd)
             child.commit()
             return result
         except CommandError as exc:
-            child.abort()
+            undo()
             return exc.to_result()
         except lmdb.BadValsizeError as exc:  # a key built from input was too long
-            child.abort()
+            undo()
             return BadRequest(f"a field is too long to store: {exc}").to_result()
         except (lmdb.Error, MemoryError):
-            child.abort()
+            undo()
             raise  # MapFullError, disk or memory trouble: not the command's fault; never a result
         except Exception as exc:  # a bug must not stop the node; the command changes nothing
-            child.abort()
+            undo()
             log.exception("node.apply_failed", index=index)
             return {"error": {"code": "internal", "message": f"{type(exc).__name__}: {exc}"}}
 
     def _execute(self, txn: lmdb.Transaction, cmd: dict[str, Any]) -> dict[str, Any]:
         ctx = self._ctx(txn, 0)
+        ctx.floors = self._work_floors
         ctx.now_ms = max(cmd["ts"], ctx.get_int(META_LAST_TS))
         ctx.put_int(META_LAST_TS, ctx.now_ms)
         ctx.released = timers.release_due(ctx)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import msgpack
 
 from node.state import keys
-from node.state.tables import Ctx
+from node.state.tables import TIMER_DEDUP_EXPIRY, Ctx
 from raft.codec import pack
 
 
@@ -76,6 +76,7 @@ def index_expiry(ctx: Ctx, qid: int, expire: int, first_seq: int, dedup_ids: lis
     if dedup_ids:
         key = keys.expiry_key(expire, keys.u64(qid) + keys.u64(first_seq))
         ctx.txn.put(key, pack(dedup_ids), db=ctx.t.dedup_expiry)
+        ctx.timer_added(TIMER_DEDUP_EXPIRY, expire)
 
 
 def drop_expiry_records(ctx: Ctx, qid: int, expire: int) -> None:
@@ -88,13 +89,19 @@ def drop_expiry_records(ctx: Ctx, qid: int, expire: int) -> None:
 
 def expire_due(ctx: Ctx, limit: int) -> int:
     """Forget entries whose window ended; stops after the record that reaches `limit`."""
+    if ctx.nothing_due(TIMER_DEDUP_EXPIRY):
+        return 0
     n = 0
     dedup_db = ctx.t.dedup
     cur = ctx.txn.cursor(db=ctx.t.dedup_expiry)
-    while n < limit and cur.first():
+    while n < limit:
+        if not cur.first():
+            ctx.note_floor(TIMER_DEDUP_EXPIRY, None)
+            break
         key = cur.key()
         expire = keys.read_u64(key)
         if expire > ctx.now_ms:
+            ctx.note_floor(TIMER_DEDUP_EXPIRY, expire)
             break
         listed = cur.value()
         if not listed:  # oldest format: one record per dedup key

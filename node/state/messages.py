@@ -18,7 +18,7 @@ from operator import itemgetter
 from typing import Any
 
 from node.state import counters, keys
-from node.state.tables import Ctx, unpack
+from node.state.tables import TIMER_DELAYED, TIMER_LEASES, TIMER_RETENTION, Ctx, unpack
 from raft.codec import pack
 
 READY = 0
@@ -157,8 +157,10 @@ def _index_add(ctx: Ctx, queue: dict[str, Any], meta: dict[str, Any]) -> None:
             ctx.txn.put(key, b"", db=ctx.t.ready)
     elif state == IN_FLIGHT:
         ctx.txn.put(keys.timer_key(meta["deadline"], qid, seq), b"", db=ctx.t.leases)
+        ctx.timer_added(TIMER_LEASES, meta["deadline"])
     else:
         ctx.txn.put(keys.timer_key(meta["deadline"], qid, seq), b"", db=ctx.t.delayed)
+        ctx.timer_added(TIMER_DELAYED, meta["deadline"])
     counters.bump(ctx, qid, STATE_COUNTER[state], 1)
 
 
@@ -186,6 +188,7 @@ def insert(
     if queue["fifo"]:
         ctx.txn.put(keys.group_key(qid, meta["group"], seq), b"", db=ctx.t.fifo_groups)
     ctx.txn.put(keys.timer_key(meta["expire"], qid, seq), b"", db=ctx.t.retention)
+    ctx.timer_added(TIMER_RETENTION, meta["expire"])
     _set_first_state(ctx, meta, delay_ms)
     save(ctx, qid, meta)
     _index_add(ctx, queue, meta)
@@ -235,6 +238,10 @@ def insert_new(
     ):
         if items:
             txn.cursor(db=db).putmulti(items)
+    # Timer keys start with their deadline: the smallest key is the earliest.
+    ctx.timer_added(TIMER_RETENTION, keys.read_u64(min(retention)[0]))
+    if delayed:
+        ctx.timer_added(TIMER_DELAYED, keys.read_u64(min(delayed)[0]))
     if ready:
         counters.bump(ctx, qid, "depth", len(ready))
     if delayed:
@@ -280,6 +287,7 @@ def lease_at_cursor(
     meta["state"], meta["deadline"] = IN_FLIGHT, deadline_ms
     save(ctx, qid, meta)
     ctx.txn.put(keys.timer_key(deadline_ms, qid, meta["seq"]), b"", db=ctx.t.leases)
+    ctx.timer_added(TIMER_LEASES, deadline_ms)
 
 
 def drop_leased(ctx: Ctx, qid: int, meta: dict[str, Any]) -> None:

@@ -37,6 +37,18 @@ TABLE_NAMES: tuple[str, ...] = (
     "node.txn_expiry",
 )
 
+# The timer indexes (keys start with a big-endian u64 deadline), by position in Ctx.floors.
+TIMER_RETENTION, TIMER_LEASES, TIMER_DELAYED, TIMER_DEDUP_EXPIRY, TIMER_TXN_EXPIRY = range(5)
+TIMER_TABLES: tuple[str, ...] = (
+    "node.retention",
+    "node.leases",
+    "node.delayed",
+    "node.dedup_expiry",
+    "node.txn_expiry",
+)
+UNKNOWN_FLOOR = 0  # no bound known: look at the index
+EMPTY_FLOOR = 1 << 64  # the index is empty: nothing is due until something is added
+
 META_APPLIED_INDEX = b"applied_index"
 META_LAST_TS = b"last_ts_ms"
 META_NEXT_QUEUE_ID = b"next_queue_id"
@@ -82,6 +94,30 @@ class Ctx:
     now_ms: int
     pending_counters: dict[int, dict[str, int]] = field(default_factory=dict)
     released: dict[str, int] = field(default_factory=dict)
+    #: Per timer index (TIMER_RETENTION ... TIMER_TXN_EXPIRY): a deadline no entry of it is earlier
+    #: than, so release_due can skip an index with nothing due without opening a cursor.
+    #: None (reads, tests) means no bounds: every index is looked at.
+    floors: list[int] | None = None
+
+    def timer_added(self, index: int, at: int) -> None:
+        """An entry due at `at` was put in timer index `index`: lower its floor to match.
+
+        Every put into a timer index must call this (or the floor would skip a due entry
+        on this replica only); tests check floor <= first key after every command.
+        """
+        floors = self.floors
+        if floors is not None and at < floors[index]:
+            floors[index] = at
+
+    def nothing_due(self, index: int) -> bool:
+        """True when timer index `index` holds nothing due at now_ms (by its floor)."""
+        floors = self.floors
+        return floors is not None and self.now_ms < floors[index]
+
+    def note_floor(self, index: int, first_at: int | None) -> None:
+        """The index's first entry is due at `first_at` (None: it is empty)."""
+        if self.floors is not None:
+            self.floors[index] = EMPTY_FLOOR if first_at is None else first_at
 
     def get(self, db: Any, key: bytes) -> Any:
         raw = self.txn.get(key, db=db)

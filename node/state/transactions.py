@@ -15,7 +15,7 @@ from typing import Any
 from node.errors import BadRequest, Conflict
 from node.state import counters, delivery, fields, keys, messages, sending
 from node.state.queues import require_queue
-from node.state.tables import Ctx
+from node.state.tables import TIMER_TXN_EXPIRY, Ctx
 
 TXN_DEDUP_WINDOW_MS = 300_000
 MAX_TXN_ITEMS = 1000
@@ -81,16 +81,23 @@ def txn(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     expire = ctx.now_ms + TXN_DEDUP_WINDOW_MS
     ctx.put(ctx.t.txns, txn_id.encode(), {"result": result, "expire": expire})
     ctx.txn.put(keys.expiry_key(expire, txn_id.encode()), b"", db=ctx.t.txn_expiry)
+    ctx.timer_added(TIMER_TXN_EXPIRY, expire)
     return {**result, "duplicate": False}
 
 
 def expire_due(ctx: Ctx, limit: int) -> int:
     """Forget committed txn ids whose window ended; at most `limit` per call."""
+    if ctx.nothing_due(TIMER_TXN_EXPIRY):
+        return 0
     n = 0
     cur = ctx.txn.cursor(db=ctx.t.txn_expiry)
-    while n < limit and cur.first():
+    while n < limit:
+        if not cur.first():
+            ctx.note_floor(TIMER_TXN_EXPIRY, None)
+            break
         key = cur.key()
         if keys.read_u64(key) > ctx.now_ms:
+            ctx.note_floor(TIMER_TXN_EXPIRY, keys.read_u64(key))
             break
         txn_id = key[8:]
         entry = ctx.get(ctx.t.txns, txn_id)

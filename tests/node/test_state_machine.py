@@ -1080,6 +1080,57 @@ def test_map_full_grows_and_retries_the_whole_batch(tmp_path) -> None:
         env.close()
 
 
+def test_a_rerun_batch_forgets_the_timer_floors_its_undone_writes_raised(h: Harness) -> None:
+    """A batch with a refused command runs again, one child transaction per command. What
+    the undone attempt released (and what the refused command released) comes back, so the
+    timer floors those releases raised must go too: kept, they would make the rerun skip a
+    due lease on this replica only (a restarted replica knows no floors and would release it).
+    """
+    h.create("q")
+    [sent] = h.send("q", b"m")
+    h.receive("q", visibility_timeout_s=5)
+    h.advance(10)  # the lease is due; nothing has released it yet
+    refused, received = h.sm.apply(
+        [
+            h.entry("send", queue="missing", messages=[{"body": b"x"}]),  # refused after release
+            h.entry("receive", queue="q", max=1),
+        ]
+    )
+    assert refused["error"]["code"] == "not_found"
+    assert [(m["id"], m["receive_count"]) for m in received["messages"]] == [(sent["id"], 2)]
+
+
+def test_a_map_full_retry_starts_from_the_committed_timer_floors(tmp_path) -> None:
+    """MapFullError aborts the whole write and LmdbEnv runs the batch again: the lease that
+    the first attempt released is back, and the retry must release it again."""
+    env = LmdbEnv(str(tmp_path / "small"), map_size=256 << 10, sync=False)
+    try:
+        sm = QueueStateMachine(env)
+        sm.apply([Entry(1, 1, data=encode_command("queue_put", 1, name="q", config={}))])
+        sm.apply(
+            [Entry(2, 1, data=encode_command("send", 1, queue="q", messages=[{"body": b"m"}]))]
+        )
+        [leased] = sm.apply(
+            [Entry(3, 1, data=encode_command("receive", 1, queue="q", visibility_timeout_s=1))]
+        )[0]["messages"]
+        body = bytes(range(256)) * 64  # 16 KiB
+        later = 10_000  # the lease ended at 1,001
+        entries = [Entry(4, 1, data=encode_command("receive", later, queue="q"))]
+        entries += [
+            Entry(
+                i, 1, data=encode_command("send", later, queue="q", messages=[{"body": body}] * 8)
+            )
+            for i in range(5, 15)
+        ]
+        results = sm.apply(entries)
+        assert env.env.info()["map_size"] > 256 << 10  # it did run out and retry
+        assert [(m["id"], m["receive_count"]) for m in results[0]["messages"]] == [
+            (leased["id"], 2)
+        ]
+    finally:
+        env.close()
+
+
 def test_release_is_bounded_per_command_and_late_acks_stay_stale(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1147,6 +1198,7 @@ def test_one_expiry_record_per_send_and_per_id_records_still_expire(h: Harness) 
         txn.put(keys.expiry_key(old_expire, old_key), b"", db=h.sm.tables.dedup_expiry)
 
     h.env.write(write_old_format)
+    h.reopen()  # as after an upgrade: the old records were on disk when this version started
     dup = h.ok("send", queue="q", messages=[{"body": b"z", "dedup_id": "old"}])["messages"][0]
     assert dup == {"id": "00000000000003e7", "seq": 999, "duplicate": True}
     h.advance(11)
@@ -1187,6 +1239,7 @@ def test_sends_sharing_a_stamp_write_expiry_records_of_their_own(h: Harness) -> 
         txn.put(record_key, msgpack.packb(["older"]), db=h.sm.tables.dedup_expiry)
 
     h.env.write(write_older_layout)
+    h.reopen()  # as after an upgrade: the old records were on disk when this version started
     h.advance(6)
     assert h.ok("tick")["dedup_expired"] == 1  # the older layout's record, due first
     h.advance(5)

@@ -50,7 +50,7 @@ def queue_put(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     if existing is None:
         qid = ctx.next_counter(META_NEXT_QUEUE_ID)
         ctx.txn.put(keys.u64(qid), name.encode(), db=ctx.t.queue_ids)
-        ctx.put(ctx.t.counters, keys.u64(qid), counters.zero())
+        counters.store(ctx, qid, counters.zero())
     else:
         qid = existing["id"]
     record = {"id": qid, "name": name, **config}
@@ -105,7 +105,7 @@ def queue_purge(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     purged = messages.drop_all(ctx, queue)
     current = counters.read(ctx, queue["id"])
     current["depth"] = current["in_flight"] = current["delayed"] = 0
-    ctx.put(ctx.t.counters, keys.u64(queue["id"]), current)
+    counters.store(ctx, queue["id"], current)
     return {"purged": purged}
 
 

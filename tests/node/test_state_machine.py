@@ -511,6 +511,29 @@ def test_receipt_of_another_queue_is_stale(h: Harness) -> None:
     assert h.ok("ack", queue="b", receipts=[receipt]) == {"acked": 0, "stale": [receipt]}
 
 
+def test_counter_records_are_fixed_width_and_older_map_records_still_work(h: Harness) -> None:
+    from node.state import counters, keys
+
+    h.create("q")
+    h.send("q", b"a", b"b")
+    qid = _queue_id(h, "q")
+    key = keys.u64(qid)
+    raw = h.env.read(lambda txn: txn.get(key, db=h.sm.tables.counters))
+    assert len(raw) == 8 * len(counters.COUNTER_NAMES)
+    stored = counters.decode(raw)
+    assert stored["depth"] == stored["sent_total"] == 2
+
+    # What an earlier version wrote: a msgpack map.
+    h.env.write(lambda txn: txn.put(key, msgpack.packb(stored), db=h.sm.tables.counters))
+    h.reopen()
+    assert h.info("q")["depth"] == 2  # read as it is
+    h.send("q", b"c")
+    assert h.info("q")["depth"] == 3 and h.info("q")["sent_total"] == 3
+    raw = h.env.read(lambda txn: txn.get(key, db=h.sm.tables.counters))
+    assert counters.decode(raw) == {**stored, "depth": 3, "sent_total": 3}
+    assert len(raw) == 8 * len(counters.COUNTER_NAMES)  # rewritten fixed-width
+
+
 def test_lease_expires_by_later_command_time_and_old_receipt_goes_stale(h: Harness) -> None:
     h.create("q", visibility_timeout_s=10)
     h.send("q", b"x")

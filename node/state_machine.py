@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import lmdb
@@ -56,6 +57,24 @@ _RunCommand = Callable[[lmdb.Transaction, int, dict[str, Any]], dict[str, Any]]
 
 class _Refused(Exception):
     """A command of an optimistically applied batch was refused (or failed)."""
+
+
+@dataclass(slots=True)
+class _Cached:
+    """What a replica keeps in memory between commands instead of reading it each time.
+
+    `floors`: the timer floors (Ctx.floors). `clock`: the stored META_LAST_TS (the last
+    command's effective time), None until first read. Both must move with transactions:
+    a batch works on a copy, a refused command's or an undone attempt's changes are
+    dropped with it, and the copy is kept only once the batch has committed. A fresh
+    instance (a restart) knows nothing and reads.
+    """
+
+    floors: list[int]
+    clock: int | None
+
+    def copy(self) -> _Cached:
+        return _Cached(self.floors[:], self.clock)
 
 
 def _send(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -104,14 +123,13 @@ class QueueStateMachine:
         self._config_cache: dict[str, tuple[int, dict[str, Any] | None]] = {}
         self._config_gen = 0
         self._config_dirty = False
-        # Timer floors (see Ctx.floors): `_floors` holds for the committed state. A batch
-        # works on a copy (`_work_floors`) that is dropped with any transaction it undoes,
-        # and becomes `_floors` only once the batch's transaction has committed: a bound
-        # raised by a release that was then rolled back would skip a due entry. A fresh
-        # instance (a restart) knows no bounds and looks at every index once.
-        self._floors: list[int] = [UNKNOWN_FLOOR] * len(TIMER_TABLES)
-        self._work_floors: list[int] | None = None
-        self._pending_floors: list[int] | None = None
+        # `_cached` holds for the committed state; `_work` is the running batch's copy and
+        # `_pending` the copy of a batch whose transaction is not yet committed. A floor
+        # raised (or a clock moved) by writes that were then rolled back would skip a due
+        # entry (or move time) on this replica only.
+        self._cached = _Cached([UNKNOWN_FLOOR] * len(TIMER_TABLES), None)
+        self._work: _Cached | None = None
+        self._pending: _Cached | None = None
 
     # ---- StateMachine protocol -------------------------------------------------------
 
@@ -128,10 +146,10 @@ class QueueStateMachine:
         return self._apply_batch(txn, entries)
 
     def committed(self, entries: Sequence[Entry]) -> None:
-        """The batch is durable: keep its timer floors; drop cached queue configs if a
-        config op was in it."""
-        if self._pending_floors is not None:
-            self._floors, self._pending_floors = self._pending_floors, None
+        """The batch is durable: keep its timer floors and clock; drop cached queue
+        configs if a config op was in it."""
+        if self._pending is not None:
+            self._cached, self._pending = self._pending, None
         if self._config_dirty:
             self._config_dirty = False
             self._config_gen += 1
@@ -184,7 +202,7 @@ class QueueStateMachine:
     def timer_floors(self) -> tuple[int, ...]:
         """The committed timer floors (Ctx.floors), for tests: each must stay <= the
         deadline of its index's first entry."""
-        return tuple(self._floors)
+        return tuple(self._cached.floors)
 
     def last_ts_ms(self) -> int:
         """The effective time of the last applied command (the leader stamps >= this)."""
@@ -218,25 +236,25 @@ class QueueStateMachine:
     def _apply_batch(self, txn: lmdb.Transaction, entries: Sequence[Entry]) -> list[Any]:
         """Apply `entries`: optimistically in one child transaction, and again with one
         child per command if any command is refused (same results, see the module doc)."""
-        self._pending_floors = None
-        self._work_floors = list(self._floors)
+        self._pending = None
+        self._work = self._cached.copy()
         try:
             child = self.env.env.begin(write=True, parent=txn)
             try:
                 results = self._apply_entries(child, entries, self._run_direct)
             except _Refused:
                 child.abort()
-                self._work_floors = list(self._floors)  # the undone attempt's bounds go too
+                self._work = self._cached.copy()  # the undone attempt's changes go too
                 results = self._apply_entries(txn, entries, self._run_isolated)
             except BaseException:
                 child.abort()
                 raise
             else:
                 child.commit()
-            self._pending_floors = self._work_floors  # kept by committed()
+            self._pending = self._work  # kept by committed()
             return results
         finally:
-            self._work_floors = None
+            self._work = None
 
     def _apply_entries(
         self, txn: lmdb.Transaction, entries: Sequence[Entry], run: _RunCommand
@@ -254,6 +272,10 @@ class QueueStateMachine:
                 continue
             results.append(self._apply_command(txn, entry, run))
         root.put_int(META_APPLIED_INDEX, applied)
+        work = self._work  # read now: a refused command may have replaced it
+        if work is not None and work.clock is not None:
+            # once per batch: the last applied command's time (a refused one's was undone)
+            root.put_int(META_LAST_TS, work.clock)
         return results
 
     def _apply_command(
@@ -293,13 +315,12 @@ class QueueStateMachine:
         self, parent: lmdb.Transaction, index: int, cmd: dict[str, Any]
     ) -> dict[str, Any]:
         """Run one command in a child transaction: a refused one changes nothing."""
-        floors = self._work_floors
-        before = None if floors is None else floors[:]
+        before = None if self._work is None else self._work.copy()
 
         def undo() -> None:
             child.abort()
-            if floors is not None and before is not None:
-                floors[:] = before
+            if before is not None:
+                self._work = before
 
         child = self.env.env.begin(write=True, parent=parent)
         try:
@@ -322,9 +343,15 @@ class QueueStateMachine:
 
     def _execute(self, txn: lmdb.Transaction, cmd: dict[str, Any]) -> dict[str, Any]:
         ctx = self._ctx(txn, 0)
-        ctx.floors = self._work_floors
-        ctx.now_ms = max(cmd["ts"], ctx.get_int(META_LAST_TS))
-        ctx.put_int(META_LAST_TS, ctx.now_ms)
+        work = self._work
+        if work is None:  # outside a batch: nothing cached
+            ctx.now_ms = max(cmd["ts"], ctx.get_int(META_LAST_TS))
+            ctx.put_int(META_LAST_TS, ctx.now_ms)
+        else:
+            ctx.floors = work.floors
+            if work.clock is None:
+                work.clock = ctx.get_int(META_LAST_TS)
+            ctx.now_ms = work.clock = max(cmd["ts"], work.clock)
         ctx.released = timers.release_due(ctx)
         if cmd["op"] in CONFIG_OPS:
             self._config_dirty = True

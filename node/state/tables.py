@@ -94,9 +94,9 @@ class Ctx:
     now_ms: int
     pending_counters: dict[int, dict[str, int]] = field(default_factory=dict)
     released: dict[str, int] = field(default_factory=dict)
-    #: Per timer index (TIMER_RETENTION ... TIMER_TXN_EXPIRY): a deadline no entry of it is earlier
-    #: than, so release_due can skip an index with nothing due without opening a cursor.
-    #: None (reads, tests) means no bounds: every index is looked at.
+    #: Per timer index (TIMER_RETENTION ... TIMER_TXN_EXPIRY): a deadline that no entry
+    #: of it is earlier than, so release_due can skip an index with nothing due without
+    #: opening a cursor. None (reads, tests) means no bounds: every index is looked at.
     floors: list[int] | None = None
 
     def timer_added(self, index: int, at: int) -> None:

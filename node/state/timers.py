@@ -23,7 +23,7 @@ def _due(ctx: Ctx, db: Any, index: int) -> tuple[int, int] | None:
     """(qid, seq) of the earliest entry of a timer index if it is due.
 
     Most commands find nothing due; the index's floor (see Ctx.floors) says so without a
-    cursor, which saved about 12 us per command on every replica.
+    cursor (7% fewer instructions per 1-message send, callgrind).
     """
     if ctx.nothing_due(index):
         return None

@@ -273,7 +273,8 @@ class QueueStateMachine:
             results.append(self._apply_command(txn, entry, run))
         root.put_int(META_APPLIED_INDEX, applied)
         work = self._work  # read now: a refused command may have replaced it
-        if work is not None and work.clock is not None:
+        assert work is not None
+        if work.clock is not None:
             # once per batch: the last applied command's time (a refused one's was undone)
             root.put_int(META_LAST_TS, work.clock)
         return results
@@ -315,12 +316,12 @@ class QueueStateMachine:
         self, parent: lmdb.Transaction, index: int, cmd: dict[str, Any]
     ) -> dict[str, Any]:
         """Run one command in a child transaction: a refused one changes nothing."""
-        before = None if self._work is None else self._work.copy()
+        assert self._work is not None  # commands run only inside _apply_batch
+        before = self._work.copy()
 
         def undo() -> None:
             child.abort()
-            if before is not None:
-                self._work = before
+            self._work = before
 
         child = self.env.env.begin(write=True, parent=parent)
         try:
@@ -344,14 +345,11 @@ class QueueStateMachine:
     def _execute(self, txn: lmdb.Transaction, cmd: dict[str, Any]) -> dict[str, Any]:
         ctx = self._ctx(txn, 0)
         work = self._work
-        if work is None:  # outside a batch: nothing cached
-            ctx.now_ms = max(cmd["ts"], ctx.get_int(META_LAST_TS))
-            ctx.put_int(META_LAST_TS, ctx.now_ms)
-        else:
-            ctx.floors = work.floors
-            if work.clock is None:
-                work.clock = ctx.get_int(META_LAST_TS)
-            ctx.now_ms = work.clock = max(cmd["ts"], work.clock)
+        assert work is not None  # commands run only inside _apply_batch
+        ctx.floors = work.floors
+        if work.clock is None:
+            work.clock = ctx.get_int(META_LAST_TS)
+        ctx.now_ms = work.clock = max(cmd["ts"], work.clock)
         ctx.released = timers.release_due(ctx)
         if cmd["op"] in CONFIG_OPS:
             self._config_dirty = True

@@ -94,15 +94,8 @@ def expire_due(ctx: Ctx, limit: int) -> int:
     n = 0
     dedup_db = ctx.t.dedup
     cur = ctx.txn.cursor(db=ctx.t.dedup_expiry)
-    while n < limit:
-        if not cur.first():
-            ctx.note_floor(TIMER_DEDUP_EXPIRY, None)
-            break
-        key = cur.key()
+    while n < limit and (key := ctx.first_due(cur, TIMER_DEDUP_EXPIRY)) is not None:
         expire = keys.read_u64(key)
-        if expire > ctx.now_ms:
-            ctx.note_floor(TIMER_DEDUP_EXPIRY, expire)
-            break
         listed = cur.value()
         if not listed:  # oldest format: one record per dedup key
             ctx.txn.delete(key[8:], db=dedup_db)

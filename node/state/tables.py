@@ -14,6 +14,7 @@ from typing import Any
 import lmdb
 import msgpack
 
+from node.state import keys
 from raft.codec import pack
 from raft.lmdb_env import LmdbEnv
 
@@ -114,10 +115,20 @@ class Ctx:
         floors = self.floors
         return floors is not None and self.now_ms < floors[index]
 
-    def note_floor(self, index: int, first_at: int | None) -> None:
-        """The index's first entry is due at `first_at` (None: it is empty)."""
+    def first_due(self, cursor: Any, index: int) -> bytes | None:
+        """Put `cursor` (on timer index `index`) on the index's first entry and return its
+        key if it is due at now_ms; else None, and the index's floor becomes that entry's
+        deadline (or EMPTY_FLOOR for an empty index)."""
+        if not cursor.first():
+            at = EMPTY_FLOOR
+        else:
+            key = cursor.key()
+            at = keys.read_u64(key)
+            if at <= self.now_ms:
+                return key
         if self.floors is not None:
-            self.floors[index] = EMPTY_FLOOR if first_at is None else first_at
+            self.floors[index] = at
+        return None
 
     def get(self, db: Any, key: bytes) -> Any:
         raw = self.txn.get(key, db=db)

@@ -27,15 +27,11 @@ def _due(ctx: Ctx, db: Any, index: int) -> tuple[int, int] | None:
     """
     if ctx.nothing_due(index):
         return None
-    cur = ctx.txn.cursor(db=db)
-    if not cur.first():
-        ctx.note_floor(index, None)
+    key = ctx.first_due(ctx.txn.cursor(db=db), index)
+    if key is None:
         return None
-    at, qid, seq = keys.split_timer_key(cur.key())
-    if at <= ctx.now_ms:
-        return qid, seq
-    ctx.note_floor(index, at)
-    return None
+    _at, qid, seq = keys.split_timer_key(key)
+    return qid, seq
 
 
 def _queue_of(ctx: Ctx, cache: dict[int, dict[str, Any]], qid: int) -> dict[str, Any]:

@@ -91,14 +91,7 @@ def expire_due(ctx: Ctx, limit: int) -> int:
         return 0
     n = 0
     cur = ctx.txn.cursor(db=ctx.t.txn_expiry)
-    while n < limit:
-        if not cur.first():
-            ctx.note_floor(TIMER_TXN_EXPIRY, None)
-            break
-        key = cur.key()
-        if keys.read_u64(key) > ctx.now_ms:
-            ctx.note_floor(TIMER_TXN_EXPIRY, keys.read_u64(key))
-            break
+    while n < limit and (key := ctx.first_due(cur, TIMER_TXN_EXPIRY)) is not None:
         txn_id = key[8:]
         entry = ctx.get(ctx.t.txns, txn_id)
         if entry is not None and entry["expire"] == keys.read_u64(key):

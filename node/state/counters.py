@@ -10,10 +10,8 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-import msgpack
-
 from node.state import keys
-from node.state.tables import Ctx
+from node.state.tables import Ctx, unpack
 
 # Order matters: it is the order of the stored (and hashed) fields.
 COUNTER_NAMES: tuple[str, ...] = (
@@ -45,10 +43,16 @@ def encode(values: dict[str, int]) -> bytes:
     return _RECORD.pack(*[values[name] for name in COUNTER_NAMES])
 
 
-def decode(raw: bytes) -> dict[str, int]:
+def _fields(raw: bytes) -> list[int]:
+    """The stored values in COUNTER_NAMES order, from either record format."""
     if len(raw) == _RECORD.size:
-        return dict(zip(COUNTER_NAMES, _RECORD.unpack(raw), strict=True))
-    return dict(msgpack.unpackb(raw, raw=False))  # written by an earlier version
+        return list(_RECORD.unpack(raw))
+    legacy = unpack(raw)  # a map, written by an earlier version
+    return [legacy[name] for name in COUNTER_NAMES]
+
+
+def decode(raw: bytes) -> dict[str, int]:
+    return dict(zip(COUNTER_NAMES, _fields(raw), strict=True))
 
 
 def store(ctx: Ctx, qid: int, values: dict[str, int]) -> None:
@@ -68,16 +72,10 @@ def flush(ctx: Ctx) -> None:
         raw = ctx.txn.get(key, db=db)
         if raw is None:  # the queue was deleted within this command
             continue
-        if len(raw) == _RECORD.size:
-            fields = list(_RECORD.unpack(raw))
-            for name, delta in deltas.items():
-                fields[_POSITION[name]] += delta
-            ctx.txn.put(key, _RECORD.pack(*fields), db=db)
-        else:
-            current = decode(raw)
-            for name, delta in deltas.items():
-                current[name] += delta
-            ctx.txn.put(key, encode(current), db=db)
+        fields = _fields(raw)
+        for name, delta in deltas.items():
+            fields[_POSITION[name]] += delta
+        ctx.txn.put(key, _RECORD.pack(*fields), db=db)
     ctx.pending_counters.clear()
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from node.commands import (
+    BATCH_ENVELOPE_BYTES,
     BATCHABLE_OPS,
     MAX_BATCH_COMMANDS,
     encode_batch,
@@ -23,7 +24,7 @@ from node.commands import (
 from node.config import NodeConfig
 from node.http import STATUS_BY_CODE, ApiError
 from raft.driver import NodeStopped, Overloaded
-from raft.errors import LeadershipLost, NotLeader, ProposalDropped
+from raft.errors import EntryTooLarge, LeadershipLost, NotLeader, ProposalDropped
 from raft.failpoints import failpoint
 
 log = structlog.get_logger("node.broker")
@@ -45,7 +46,10 @@ class Broker:
         self._ticker: asyncio.Task[None] | None = None
         self.closing = False  # set on graceful shutdown: long-polls answer at once
         self.coalesce = config.coalesce_writes
-        self.max_coalesced_bytes = 1 << 20  # one entry stays far below the 16 MiB frame cap
+        self.max_entry_bytes = config.limits.max_entry_bytes
+        # A shared entry stays small (every replica decodes it in one go) and, with the
+        # batch envelope, never exceeds max_entry_bytes.
+        self.max_coalesced_bytes = min(1 << 20, self.max_entry_bytes - BATCH_ENVELOPE_BYTES)
         self._batch: list[tuple[bytes, asyncio.Future[Any]]] = []
         self._batch_bytes = 0
         self._batch_tasks: set[asyncio.Task[None]] = set()
@@ -109,7 +113,10 @@ class Broker:
         if encoded is not None and len(encoded) <= self.max_coalesced_bytes:
             result = await self._coalesced(encoded)
         else:  # not batchable, or too big to share an entry
-            result = await self._propose_data(encode_command(op, self.stamp_ms(), **fields))
+            data = encode_command(op, self.stamp_ms(), **fields)
+            if len(data) > self.max_entry_bytes:
+                raise self.entry_too_large(len(data))
+            result = await self._propose_data(data)
         failpoint("after_apply_before_response")
         if isinstance(result, dict) and "error" in result:
             err = dict(result["error"])
@@ -118,6 +125,18 @@ class Broker:
             raise ApiError(STATUS_BY_CODE.get(code, 400), code, message, **err)
         self._wake_after(op, fields)
         return result
+
+    def entry_too_large(self, size_bytes: int) -> ApiError:
+        """413 for a request whose command would exceed one Raft entry; nothing was proposed."""
+        return ApiError(
+            413,
+            "too_large",
+            f"this request encodes to a {size_bytes}-byte command; one write may be at most "
+            f"{self.max_entry_bytes} bytes (max_entry_bytes): send fewer or smaller messages "
+            "per request",
+            size_bytes=size_bytes,
+            limit_bytes=self.max_entry_bytes,
+        )
 
     def _start_proposal(self, data: bytes) -> asyncio.Future[Any]:
         """Hand one entry to Raft now; refusals (not leader, overloaded) land in the future."""
@@ -138,6 +157,8 @@ class Broker:
                 return await proposal
         except NotLeader as exc:
             raise self.leader_hint(exc.leader_id) from None
+        except EntryTooLarge as exc:
+            raise self.entry_too_large(exc.size_bytes) from None
         except (ProposalDropped, LeadershipLost):
             raise ApiError(
                 503,

@@ -39,6 +39,9 @@ EXACTLY_ONCE_OPS = frozenset({"producer_init", "txn"})
 BATCHABLE_OPS = frozenset({"send", "receive", "ack", "nack", "extend", "txn"})
 OPS = QUEUE_OPS | EXACTLY_ONCE_OPS | {"batch"}
 MAX_BATCH_COMMANDS = 1000
+# What `encode_batch` adds around its ops, at most: a map header, "v", "op": "batch",
+# "ts" as a 9-byte int, "cmds" and an array header.
+BATCH_ENVELOPE_BYTES = 64
 
 
 def encode_command(op: str, ts_ms: int, **fields: Any) -> bytes:

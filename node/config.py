@@ -24,11 +24,19 @@ class Peer:
     raft_port: int
 
 
+MIN_ENTRY_BYTES = 64 << 10
+MAX_ENTRY_BYTES = 64 << 20
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Input limits enforced by the API before anything is proposed."""
 
     max_body_bytes: int = 16 << 20
+    # One Raft entry (one request's encoded command) at most; requests over it get 413
+    # before anything is proposed. The peer frame limit is derived from it, so every
+    # accepted entry can be replicated. All members must use the same value.
+    max_entry_bytes: int = 8 << 20
     max_message_bytes: int = 256 << 10  # ceiling; a queue may lower it
     max_batch: int = 1000
     max_receive: int = 1000
@@ -123,6 +131,8 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
     unknown = set(limits_raw) - known
     if unknown:
         raise ConfigError(f"unknown limits: {sorted(unknown)}")
+    if values.get("max_entry_bytes") is not None:
+        limits_raw = {**limits_raw, "max_entry_bytes": int(values["max_entry_bytes"])}
     cfg = NodeConfig(
         node_id=node_id,
         http_host=http_host,
@@ -154,6 +164,11 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         raise ConfigError("log_format must be json or console")
     if cfg.tick_ms <= 0 or cfg.election_ticks <= cfg.heartbeat_ticks:
         raise ConfigError("need tick_ms > 0 and election_ticks > heartbeat_ticks")
+    if not MIN_ENTRY_BYTES <= cfg.limits.max_entry_bytes <= MAX_ENTRY_BYTES:
+        raise ConfigError(
+            f"max_entry_bytes must be between {MIN_ENTRY_BYTES} and {MAX_ENTRY_BYTES}, "
+            f"got {cfg.limits.max_entry_bytes}"
+        )
     return cfg
 
 
@@ -185,6 +200,12 @@ def argument_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tick-ms", dest="tick_ms", type=int)
     p.add_argument("--election-ticks", dest="election_ticks", type=int)
+    p.add_argument(
+        "--max-entry-bytes",
+        dest="max_entry_bytes",
+        type=int,
+        help="largest Raft entry (one request's command); larger requests get 413",
+    )
     p.add_argument("--secret", help="shared secret for the peer handshake HMAC")
     p.add_argument(
         "--max-map-bytes", dest="max_map_bytes", type=int, help="LMDB size ceiling (default 1 TiB)"

@@ -61,7 +61,11 @@ class BrokerNode:
             # entries) held the event loop long enough to miss heartbeats while catching a
             # follower up after a partition healed (chaos bridge scenario). Smaller appends
             # keep every step short; the in-flight window still pipelines them.
-            core_options={"max_msg_bytes": 128 << 10, "max_inflight_bytes": 8 << 20},
+            core_options={
+                "max_msg_bytes": 128 << 10,
+                "max_inflight_bytes": 8 << 20,
+                "max_entry_bytes": config.limits.max_entry_bytes,
+            },
             transport_options={"secret": config.secret.encode()} if config.secret else None,
         )
         self.broker = Broker(config, self.raft, self.sm, self.metrics)

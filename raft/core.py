@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
-from raft.errors import NotLeader, ProposalDropped
+from raft.errors import EntryTooLarge, NotLeader, ProposalDropped
 from raft.messages import (
     Entry,
     EntryKind,
@@ -85,6 +85,9 @@ class Config:
     max_inflight_msgs: int = 256
     max_inflight_bytes: int = 64 * MiB
     max_msg_bytes: int = 1 * MiB
+    # The largest entry a proposal may carry. Every APP must fit the transport's frame
+    # limit (`max_append_frame_bytes`), so an accepted entry can always be replicated.
+    max_entry_bytes: int = 8 * MiB
     applied: int = 0
 
     def validate(self) -> None:
@@ -101,7 +104,7 @@ class Config:
                 f"election_ticks ({self.election_ticks}) must exceed "
                 f"heartbeat_ticks ({self.heartbeat_ticks})"
             )
-        for name in ("max_inflight_msgs", "max_inflight_bytes", "max_msg_bytes"):
+        for name in ("max_inflight_msgs", "max_inflight_bytes", "max_msg_bytes", "max_entry_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1: {getattr(self, name)}")
         if self.applied < 0:
@@ -224,6 +227,8 @@ class RaftCore:
         """Append `data` as a new entry; returns its (index, term). Leader only."""
         if not isinstance(data, bytes):
             raise TypeError(f"proposal data must be bytes, got {type(data).__name__}")
+        if len(data) > self.cfg.max_entry_bytes:
+            raise EntryTooLarge(len(data), self.cfg.max_entry_bytes)
         if self.role is not Role.LEADER:
             raise NotLeader(self.lead or None)
         if self.lead_transferee != NONE:

@@ -66,13 +66,29 @@ from typing import Any
 import structlog
 
 from raft.core import Config, RaftCore
-from raft.errors import LeadershipLost, NotLeader, ProposalDropped, RaftError, StorageError
+from raft.errors import (
+    EntryTooLarge,
+    LeadershipLost,
+    NotLeader,
+    ProposalDropped,
+    RaftError,
+    StorageError,
+)
 from raft.failpoints import failpoint
 from raft.lmdb_env import LmdbEnv
-from raft.messages import Entry, HardState, Message, MessageType, Ready, Role, SoftState
+from raft.messages import (
+    Entry,
+    HardState,
+    Message,
+    MessageType,
+    Ready,
+    Role,
+    SoftState,
+    max_append_frame_bytes,
+)
 from raft.state_machine import SharedTxnStateMachine, StateMachine
 from raft.storage import DurableStorage
-from raft.transport import Transport
+from raft.transport import DEFAULT_MAX_FRAME_BYTES, Transport
 
 log = structlog.get_logger("raft.driver")
 
@@ -156,7 +172,7 @@ class RaftNode:
         self.slow_fsync_ms = slow_fsync_ms
         self._log = log.bind(node_id=node_id)
         self._listen = listen if listen is not None else self.peers[node_id]
-        self._transport_options = transport_options or {}
+        self._transport_options = dict(transport_options or {})
         self._rng = random.Random(rng_seed)
         self._cfg_options = dict(
             id=node_id,
@@ -167,7 +183,19 @@ class RaftNode:
             check_quorum=check_quorum,
             **(core_options or {}),
         )
-        Config(**self._cfg_options).validate()  # fail at construction, not at start()
+        core_cfg = Config(**self._cfg_options)
+        core_cfg.validate()  # fail at construction, not at start()
+        self.max_entry_bytes = core_cfg.max_entry_bytes
+        # Every APP the core can build must fit one frame, on this node and its peers.
+        frame_bound = max_append_frame_bytes(core_cfg.max_entry_bytes, core_cfg.max_msg_bytes)
+        frame_limit = self._transport_options.setdefault(
+            "max_frame_bytes", max(DEFAULT_MAX_FRAME_BYTES, frame_bound)
+        )
+        if frame_limit < frame_bound:
+            raise ValueError(
+                f"max_frame_bytes {frame_limit} cannot carry an entry of max_entry_bytes "
+                f"{core_cfg.max_entry_bytes} (an APP may need {frame_bound} bytes)"
+            )
         self._core: RaftCore | None = None
         self._transport: Transport | None = None
         self._worker: _StorageWorker | None = None
@@ -332,6 +360,8 @@ class RaftNode:
         if type(data) is not bytes:
             raise TypeError(f"proposal data must be bytes, got {type(data).__name__}")
         self._check_running()
+        if len(data) > self.max_entry_bytes:
+            raise EntryTooLarge(len(data), self.max_entry_bytes)
         if self._role != Role.LEADER:
             raise self.not_leader()
         waiting = len(self._pending) + self._queued_proposals

@@ -33,6 +33,27 @@ class LeadershipLost(RaftError):
     """
 
 
+class EntryTooLarge(RaftError):
+    """A proposal is larger than `max_entry_bytes`; nothing was proposed (a local error).
+
+    Why a hard cap: an entry must always fit in one AppendEntries frame, or the leader
+    could append it and never replicate it, and every later write would wait behind it.
+    """
+
+    def __init__(self, size_bytes: int, limit_bytes: int) -> None:
+        self.size_bytes = size_bytes
+        self.limit_bytes = limit_bytes
+        super().__init__(f"entry of {size_bytes} bytes exceeds max_entry_bytes {limit_bytes}")
+
+
+class UndeliverableMessage(RaftError):
+    """The transport cannot carry a message the core must deliver (a broken invariant).
+
+    Raised instead of dropping the message: an AppendEntries that can never leave stalls
+    replication for good, so the node stops loudly rather than silently wedging writes.
+    """
+
+
 class InvalidMessage(RaftError):
     """A peer sent bytes that do not decode to a valid message (remote error)."""
 

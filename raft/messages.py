@@ -163,6 +163,27 @@ class Ready:
 
 # ---------------------------------------------------------------- codec
 
+# Bytes of an encoded message besides its entries: the 13-field array with every integer
+# at its widest (9 bytes), the entries array header and a small context. APP messages
+# carry no context; heartbeats carry an 8-byte ReadIndex one.
+MESSAGE_ENVELOPE_BYTES = 256
+# Encoded bytes of one entry beyond `Entry.size()` at worst: size() counts 24 bytes of
+# overhead, msgpack spends at most 25 (array header, two 9-byte ints, kind, bin header).
+ENTRY_ENCODING_SLACK = 1
+
+
+def max_append_frame_bytes(max_entry_bytes: int, max_msg_bytes: int) -> int:
+    """An upper bound on the encoded size of any APP message the core can build.
+
+    The core packs entries into an APP until `max_msg_bytes` (counted in `Entry.size()`)
+    but always takes at least one, so one message holds either entries summing at most
+    `max_msg_bytes`, or a single entry of at most `max_entry_bytes` of data. A transport
+    whose frame limit is at least this can carry every entry the core accepts.
+    """
+    payload = max(max_entry_bytes + 24, max_msg_bytes)
+    most_entries = max(1, max_msg_bytes // 24)
+    return payload + most_entries * ENTRY_ENCODING_SLACK + MESSAGE_ENVELOPE_BYTES
+
 
 def encode_entry(e: Entry) -> list[Any]:
     return [e.index, e.term, int(e.kind), e.data]

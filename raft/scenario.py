@@ -5,7 +5,8 @@ output up to a blank line. Lines starting with `#` before a command are comments
 Commands drive RaftCores over MemoryStorage on an in-memory network:
 
     add-nodes N [pre_vote=true check_quorum=true election=10 heartbeat=1
-                 max_inflight_msgs=256 max_inflight_bytes=N max_msg_bytes=N seed=0]
+                 max_inflight_msgs=256 max_inflight_bytes=N max_msg_bytes=N
+                 max_entry_bytes=N seed=0]
     campaign ID | tick ID [N] | propose ID DATA | read-index ID CTX | transfer-leader ID TO
     process-ready [ID...] | deliver-msgs [ID...] | drop-msgs [ID...] | stabilize [msgs]
     msg-counts (messages delivered since the last msg-counts, by type)
@@ -268,6 +269,7 @@ class Scenario:
                 "max_inflight_msgs",
                 "max_inflight_bytes",
                 "max_msg_bytes",
+                "max_entry_bytes",
             ):
                 kwargs[field_name] = int(value)
             else:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from raft.errors import InvalidMessage
+from raft.errors import InvalidMessage, UndeliverableMessage
 from raft.framing import (
     MAX_HANDSHAKE_BYTES,
     FrameDecoder,
@@ -286,8 +286,10 @@ class Transport:
     def send(self, msg: Message) -> None:
         """Queue `msg` for its peer and return at once (never blocks, never awaits).
 
-        A full queue sheds its oldest heartbeat, else its oldest message. A message for an
-        unknown peer, not from this node, or over the frame limit is dropped and logged.
+        A full queue sheds its oldest heartbeat, else its oldest message (the core resends
+        what was lost). A message for an unknown peer or not from this node is dropped and
+        logged. A message over the frame limit raises UndeliverableMessage: the core would
+        rebuild it the same way forever, so dropping it would wedge replication silently.
         """
         peer = self._peers.get(msg.to)
         if peer is None or self._stopped:
@@ -300,11 +302,21 @@ class Transport:
             return
         body = encode_message(msg)
         if len(body) > self.max_frame_bytes:
+            # The peer would refuse it every time: dropping it would stall replication for
+            # good (a retried APP is rebuilt the same). The caller must fail loudly.
             peer.dropped += 1
-            self._log.error(
-                "raft.transport.send_refused", reason="frame_too_large", size_bytes=len(body)
+            self._log.critical(
+                "raft.transport.send_refused",
+                reason="frame_too_large",
+                size_bytes=len(body),
+                max_frame_bytes=self.max_frame_bytes,
+                to=msg.to,
+                type=msg.type.name,
             )
-            return
+            raise UndeliverableMessage(
+                f"{msg.type.name} to {msg.to} encodes to {len(body)} bytes, over the "
+                f"{self.max_frame_bytes}-byte frame limit"
+            )
         peer.dropped += peer.queue.push(frame(body), msg.type in _DROPPABLE_FIRST)
         peer.wake.set()
 

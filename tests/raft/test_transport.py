@@ -14,6 +14,7 @@ import msgpack
 import pytest
 import structlog
 
+from raft.errors import UndeliverableMessage
 from raft.framing import (
     PROTO_VERSION,
     FrameDecoder,
@@ -586,7 +587,9 @@ async def test_send_refuses_foreign_frm_and_oversized_messages(make_transport: A
     port = free_port()
     a = await make_transport(1, {2: ("127.0.0.1", port)}, max_frame_bytes=1000)
     a.send(app(3, 2, 0))  # not from this node: the peer would drop the link for it
-    a.send(app(1, 2, 1, payload=b"x" * 2000))  # the peer would refuse the frame
+    # The peer would refuse the frame every time: never a silent drop, a loud error.
+    with pytest.raises(UndeliverableMessage, match="frame limit"):
+        a.send(app(1, 2, 1, payload=b"x" * 2000))
     a.send(app(1, 9, 2))  # unknown peer
     assert a.stats()[2].queued == 0
     assert a.send_refused == 2 and a.stats()[2].dropped == 1

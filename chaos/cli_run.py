@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos import scenarios
-from chaos.proxy_client import add_toxiproxy_url_argument
+from chaos.proxy_url import add_toxiproxy_url_argument
 
 TABLE_HEADER = (
     "scenario",

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from chaos import scenarios
-from chaos.proxy_client import add_toxiproxy_url_argument
+from chaos.optional import MATPLOTLIB, TOXIPROXY
+from chaos.proxy_url import add_toxiproxy_url_argument
 
 TABLE_HEADER = (
     "scenario",
@@ -67,6 +68,22 @@ def render_table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(out)
 
 
+def preflight() -> bool:
+    """Check the chaos extra before any run, one line per missing package on stderr.
+
+    Why before: a matrix run takes minutes; toxiproxy-python is needed to run at all (False),
+    matplotlib only for timeline.png, which the runs then skip (the verdicts do not use it).
+    """
+    problem = TOXIPROXY.missing()
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return False
+    problem = MATPLOTLIB.missing()
+    if problem is not None:
+        print(f"warning: {problem}; runs go on without it, verdicts unchanged", file=sys.stderr)
+    return True
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from chaos.__main__ import configure_logging  # the shared structlog setup
     from chaos.execute import run_scenario
@@ -81,6 +98,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         names = [args.scenario]
     else:
         print("error: give --scenario NAME, --all or --list", file=sys.stderr)
+        return 2
+    if not preflight():
         return 2
     seed = args.seed if args.seed is not None else random.randrange(1, 1 << 31)
     rows = []

@@ -149,7 +149,8 @@ async def run_scenario(
         "result": result,
         "results_dir": str(out_dir),
     }
-    write_results(out_dir, history, summary, observed.windows)
+    # Writing files cannot change the verdict: failures are logged and listed in artifacts.
+    summary["artifacts"] = write_results(out_dir, history, summary, observed.windows)
     log.info(
         "chaos.run_done",
         scenario=scenario.name,

@@ -10,9 +10,7 @@ One process talks to one server at a time (the library's global allows no more).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,27 +18,13 @@ from toxiproxy import Proxy, Toxiproxy
 from toxiproxy.api import APIConsumer
 from toxiproxy.toxic import Toxic
 
-DEFAULT_URL = "http://127.0.0.1:8474"
-ENV_VAR = "TOXIPROXY_URL"
+from chaos.proxy_url import resolve_url
+
 REQUEST_TIMEOUT_S = 10.0
 
 
 class ToxiproxyUrlError(ValueError):
     """The configured Toxiproxy URL cannot be used (toxiproxy-python speaks plain http only)."""
-
-
-def resolve_url(url: str | None = None) -> str:
-    """The server URL: the explicit one, else $TOXIPROXY_URL, else http://127.0.0.1:8474."""
-    return url or os.environ.get(ENV_VAR) or DEFAULT_URL
-
-
-def add_toxiproxy_url_argument(parser: argparse.ArgumentParser) -> None:
-    """Add `--toxiproxy-url` (default: $TOXIPROXY_URL, else the local default)."""
-    parser.add_argument(
-        "--toxiproxy-url",
-        default=None,
-        help=f"Toxiproxy API URL (default: ${ENV_VAR} or {DEFAULT_URL})",
-    )
 
 
 def _host_port(url: str) -> tuple[str, int]:

@@ -4,27 +4,102 @@ report.md, timeline.png}.
 Why files and a picture: a failed property must be reproducible and explainable after the
 fact — the history is the evidence, the summary is machine-readable for CI, and the
 timeline shows at a glance whether errors line up with the shaded fault windows.
+
+Why no file can change the verdict: the checker has decided before anything is written. A
+file that cannot be written (a full disk, a plotting error) is logged and recorded in the
+summary's `artifacts`; the picture is skipped when matplotlib (the `chaos` extra) is missing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from chaos.history import INVOKE, History, Op
+from chaos.optional import MATPLOTLIB
+
+log = structlog.get_logger("chaos.report")
+
+TIMELINE = "timeline.png"
 
 
 def write_results(
     out_dir: Path, history: History, summary: dict[str, Any], windows: list[dict[str, Any]]
-) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    history.write_jsonl(out_dir / "history.jsonl")
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    (out_dir / "report.md").write_text(render_markdown(summary))
-    plot_timeline(out_dir / "timeline.png", history.records, windows, summary)
+) -> dict[str, Any]:
+    """Write every file it can and return `artifacts` (also in summary.json and report.md):
+    the files written, those skipped and why, those that failed and how. Never raises for a
+    file: the verdict in `summary` is already decided."""
+    artifacts: dict[str, Any] = {"written": [], "skipped": {}, "failed": {}}
+    # A directory that cannot be made shows up below as each file's own failure.
+    with contextlib.suppress(OSError):
+        out_dir.mkdir(parents=True, exist_ok=True)
+    _write(artifacts, out_dir / "history.jsonl", history.write_jsonl)
+    _write_timeline(artifacts, out_dir / TIMELINE, history.records, windows, summary)
     if not summary["result"]["valid"]:
-        (out_dir / "repro.md").write_text(render_repro(summary, out_dir / "logs"))
+        _write_text(
+            artifacts, out_dir / "repro.md", lambda: render_repro(summary, out_dir / "logs")
+        )
+    full = {**summary, "artifacts": artifacts}
+    _write_text(artifacts, out_dir / "report.md", lambda: render_markdown(full))
+    _write_text(
+        artifacts, out_dir / "summary.json", lambda: json.dumps(full, indent=2, default=str) + "\n"
+    )
+    return artifacts
+
+
+def _write(artifacts: dict[str, Any], path: Path, write: Callable[[Path], None]) -> None:
+    """Run one file's writer; a failure is logged and recorded, not raised."""
+    try:
+        write(path)
+    except Exception as exc:
+        _failed(artifacts, path, exc)
+    else:
+        artifacts["written"].append(path.name)
+
+
+def _write_text(artifacts: dict[str, Any], path: Path, render: Callable[[], str]) -> None:
+    _write(artifacts, path, lambda p: p.write_text(render()))
+
+
+def _write_timeline(
+    artifacts: dict[str, Any],
+    path: Path,
+    records: list[Op],
+    windows: list[dict[str, Any]],
+    summary: dict[str, Any],
+) -> None:
+    """The picture, or the reason there is none: matplotlib is optional (the chaos extra)."""
+    reason = MATPLOTLIB.missing()
+    if reason is None:
+        try:
+            plot_timeline(path, records, windows, summary)
+        except ImportError as exc:  # found but not importable (a broken install): as missing
+            reason = MATPLOTLIB.unavailable(exc)
+        except Exception as exc:
+            _failed(artifacts, path, exc)
+            return
+        else:
+            artifacts["written"].append(path.name)
+            return
+    artifacts["skipped"][path.name] = reason
+    log.warning("chaos.report.timeline_skipped", file=str(path), reason=reason)
+
+
+def _failed(artifacts: dict[str, Any], path: Path, exc: Exception) -> None:
+    error = f"{type(exc).__name__}: {exc}"
+    artifacts["failed"][path.name] = error
+    # A bug in this module deserves its traceback in the log; a full disk does not.
+    log.warning(
+        "chaos.report.write_failed",
+        file=str(path),
+        error=error,
+        exc_info=not isinstance(exc, OSError),
+    )
 
 
 REPRO_EVENTS = (
@@ -99,6 +174,11 @@ def render_markdown(summary: dict[str, Any]) -> str:
             f"- WARNING: queues not drained in time: {summary['drain_timeouts']} "
             "(values still queued count as lost)"
         )
+    artifacts = summary.get("artifacts") or {}
+    for name, reason in artifacts.get("skipped", {}).items():
+        lines.append(f"- no {name}: {reason}")
+    for name, error in artifacts.get("failed", {}).items():
+        lines.append(f"- WARNING: {name} could not be written ({error}); the verdict stands")
     lines += [
         "",
         "| property | count | violation | note |",

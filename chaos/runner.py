@@ -24,14 +24,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import structlog
 
 from chaos import proxy
-from chaos.proxy_client import ToxiproxyClient
 from cluster.launcher import LocalCluster, free_ports
+
+if TYPE_CHECKING:  # toxiproxy-python is optional: imported when a run starts its proxy
+    from chaos.proxy_client import ToxiproxyClient
 
 log = structlog.get_logger("chaos.runner")
 
@@ -129,6 +131,10 @@ class ChaosCluster(LocalCluster):
     # --- proxy ---------------------------------------------------------------------------
 
     async def start_proxy(self) -> None:
+        # Here, not at the top: `raftq chaos --list` and `chaos proxy` work without the
+        # chaos extra, and the CLI checks for it before a run (chaos.optional.TOXIPROXY).
+        from chaos.proxy_client import ToxiproxyClient
+
         if self.toxiproxy_url is None:
             port = self._proxy_ports.pop()
             self.toxiproxy_url = f"http://127.0.0.1:{port}"

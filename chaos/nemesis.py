@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 
 from chaos.runner import ChaosCluster, Monitor, client_proxy, peer_proxy
+from cluster.discovery import REDIRECT_HEADERS
 
 log = structlog.get_logger("chaos.nemesis")
 
@@ -342,7 +343,9 @@ class Nemesis:
                 if lead is not None:
                     with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
                         async with session.post(
-                            self.cluster.url(lead) + "/v1/cluster/transfer-leader", json={"to": to}
+                            self.cluster.url(lead) + "/v1/cluster/transfer-leader",
+                            json={"to": to},
+                            headers=REDIRECT_HEADERS,
                         ) as resp:
                             await resp.read()
                 await asyncio.sleep(0.3)
@@ -374,7 +377,11 @@ class Nemesis:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0)) as session,
             session.request(
-                method, self.cluster.url(lead) + path, json=body, allow_redirects=False
+                method,
+                self.cluster.url(lead) + path,
+                json=body,
+                headers=REDIRECT_HEADERS,
+                allow_redirects=False,
             ) as resp,
         ):
             try:

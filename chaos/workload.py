@@ -29,6 +29,7 @@ import aiohttp
 import structlog
 
 from chaos.history import FAIL, INFO, OK, History
+from cluster.discovery import REDIRECT_HEADERS as REDIRECT
 from cluster.watch import Abandoned, await_or_abandon
 
 log = structlog.get_logger("chaos.workload")
@@ -162,7 +163,7 @@ class Api:
     ) -> tuple[int, Any, str | None]:
         """One HTTP request: (status, decoded JSON body or None, Location header)."""
         async with self.session.request(
-            method, url, json=body, timeout=timeout, allow_redirects=False
+            method, url, json=body, timeout=timeout, headers=REDIRECT, allow_redirects=False
         ) as resp:
             try:
                 data = await resp.json(content_type=None)

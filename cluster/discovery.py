@@ -43,6 +43,9 @@ SERVERS_ENV = "RAFTQ_SERVERS"
 #: A follower pointing at another follower more often than this in one call means the
 #: hints are stale (an election is under way): stop following and back off instead.
 MAX_REDIRECTS_PER_ROUND = 4
+# Nodes forward a request a follower cannot serve to the leader unless asked for a 307.
+# The client asks: the 307 teaches it the leader, so later requests skip the extra hop.
+REDIRECT_HEADERS = {"X-Raftq-Redirect": "1"}
 #: Answers that mean "not now": retried with backoff (Retry-After honoured) until the deadline.
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 #: Other 5xx answers are retried this many times, then raised as ServerError.
@@ -255,6 +258,7 @@ class LeaderRouter:
             base_url + path,
             json=json_body,
             params=params,
+            headers=REDIRECT_HEADERS,
             allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=max(0.001, timeout_s)),
         ) as resp:

@@ -16,6 +16,7 @@ import structlog
 from aiohttp import web
 
 from node.broker import Broker
+from node.forwarding import LeaderForwarder
 from node.http import (
     ApiError,
     bad_request,
@@ -50,6 +51,7 @@ QUEUE_CONFIG_FIELDS = frozenset(
 
 BROKER_KEY = web.AppKey("broker", Broker)
 NODE_KEY = web.AppKey("node", object)
+FORWARDER_KEY = web.AppKey("forwarder", LeaderForwarder)
 
 
 def render_messages(request: web.Request, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -97,6 +99,18 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return error_response(request, ApiError(500, "internal", "internal error; see node logs"))
     finally:
         broker.metrics.observe_request(request.method, route, status, time.perf_counter() - started)
+
+
+@web.middleware
+async def forwarding_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A request this node cannot serve (not the leader) is served by the leader through it."""
+    try:
+        return await handler(request)
+    except ApiError as err:
+        forwarder = request.app[FORWARDER_KEY]
+        if not forwarder.may_forward(request, err):
+            raise
+        return await forwarder.serve_elsewhere(request, handler, err)
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -451,11 +465,27 @@ async def admin_state(request: web.Request) -> web.Response:
 
 
 def build_app(broker: Broker, node: Any) -> web.Application:
+    cfg = broker.config
     app = web.Application(
-        middlewares=[error_middleware], client_max_size=broker.config.limits.max_body_bytes
+        middlewares=[error_middleware, forwarding_middleware],
+        client_max_size=cfg.limits.max_body_bytes,
     )
     app[BROKER_KEY] = broker
     app[NODE_KEY] = node
+    forwarder = LeaderForwarder(
+        cfg.node_id,
+        broker.leader_http_url,
+        wait_s=cfg.forward_wait_s,
+        # a forwarded long-poll may take its whole wait_s before the write's own timeout
+        timeout_s=cfg.limits.max_wait_s + cfg.propose_timeout_s + 5.0,
+        max_body_bytes=cfg.limits.max_body_bytes,
+    )
+    app[FORWARDER_KEY] = forwarder
+
+    async def close_forwarder(_app: web.Application) -> None:
+        await forwarder.close()
+
+    app.on_cleanup.append(close_forwarder)
     r = app.router
     r.add_get("/v1/health", health)
     r.add_get("/v1/ready", ready)

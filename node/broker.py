@@ -82,6 +82,16 @@ class Broker:
             leader_url=peer.http_url,
         )
 
+    def leader_http_url(self) -> str | None:
+        """The leader's HTTP URL; "" when this node leads; None while no leader is known."""
+        if self.raft.is_leader:
+            return ""
+        leader_id = self.raft.leader_id
+        peer = self.config.peers.get(leader_id or 0)
+        if not leader_id or peer is None or leader_id == self.config.node_id:
+            return None
+        return peer.http_url
+
     def require_leader(self) -> None:
         if not self.raft.is_leader:
             raise self.leader_hint(self.raft.leader_id)

@@ -66,6 +66,9 @@ class NodeConfig:
     election_ticks: int = 10
     heartbeat_ticks: int = 1
     propose_timeout_s: float = 10.0
+    # How long a follower waits for a leader to forward a request to (an election in
+    # progress) before answering 503 no_leader.
+    forward_wait_s: float = 3.0
     shutdown_grace_s: float = 5.0
     secret: str | None = None
     max_map_bytes: int = 1 << 40  # LMDB map ceiling: a small one simulates a full disk
@@ -154,6 +157,7 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         "election_ticks": int,
         "heartbeat_ticks": int,
         "propose_timeout_s": float,
+        "forward_wait_s": float,
         "shutdown_grace_s": float,
         "secret": str,
         "max_map_bytes": int,

@@ -141,23 +141,41 @@ def _check_depth_and_ints(value: Any, max_depth: int) -> None:
                 raise bad_request("NaN and Infinity are not allowed")
 
 
-async def read_body(request: web.Request, max_bytes: int, max_depth: int) -> dict[str, Any]:
-    """Read and decode a JSON or msgpack object body, enforcing size, depth and int range."""
+RAW_BODY_KEY = "raftq.raw_body"
+
+
+async def read_raw(request: web.Request, max_bytes: int) -> bytes:
+    """The request's body bytes, read once and kept on the request, refused over `max_bytes`.
+
+    Kept because a follower that cannot serve a request forwards the same bytes to the
+    leader after its handler has read them (a chunked body cannot be read twice).
+    """
+    cached = request.get(RAW_BODY_KEY)
+    if cached is not None:
+        return cached
     if request.content_length is not None and request.content_length > max_bytes:
         raise too_large(f"body of {request.content_length} bytes exceeds {max_bytes}")
     if request.content_length is not None:
-        raw: bytes | bytearray = await request.read()  # one read; the size was checked above
+        raw = await request.read()  # one read; the size was checked above
     else:  # chunked: count as it arrives so an endless body is cut off at the limit
-        raw = bytearray()
+        buf = bytearray()
         async for chunk in request.content.iter_chunked(1 << 16):
-            raw += chunk
-            if len(raw) > max_bytes:
+            buf += chunk
+            if len(buf) > max_bytes:
                 raise too_large(f"body exceeds {max_bytes} bytes")
+        raw = bytes(buf)
+    request[RAW_BODY_KEY] = raw
+    return raw
+
+
+async def read_body(request: web.Request, max_bytes: int, max_depth: int) -> dict[str, Any]:
+    """Read and decode a JSON or msgpack object body, enforcing size, depth and int range."""
+    raw = await read_raw(request, max_bytes)
     if not raw:
         return {}
     if request.content_type == MSGPACK:
         try:
-            value = msgpack.unpackb(bytes(raw), raw=False, strict_map_key=True)
+            value = msgpack.unpackb(raw, raw=False, strict_map_key=True)
         except Exception as exc:
             raise bad_request(f"malformed msgpack: {exc}") from None
     else:

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from cluster import AsyncClient, Client, ClusterUnavailable, LocalCluster, Message
+from cluster.discovery import REDIRECT_HEADERS
 from cluster.launcher import free_ports
 
 pytestmark = pytest.mark.integration
@@ -121,10 +122,16 @@ async def test_first_server_dead_still_works(cluster3: LocalCluster) -> None:
 async def test_follower_only_server_list_finds_leader(cluster3: LocalCluster) -> None:
     leader = cluster3.wait_for_leader(30)
     follower = next(u for i, u in zip(cluster3.ids, cluster3.urls, strict=True) if i != leader.id)
-    # the contract the client relies on: a follower answers a write with 307 + hints
+    # the contract the client relies on: asked for redirects, a follower answers a write
+    # with 307 + hints (the client sends X-Raftq-Redirect on every request)
     async with (
         aiohttp.ClientSession() as session,
-        session.put(f"{follower}/v1/queues/via-follower", json={}, allow_redirects=False) as resp,
+        session.put(
+            f"{follower}/v1/queues/via-follower",
+            json={},
+            headers=REDIRECT_HEADERS,
+            allow_redirects=False,
+        ) as resp,
     ):
         body = await resp.json()
         assert resp.status == 307 and body["error"]["code"] == "not_leader"

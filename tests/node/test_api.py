@@ -340,10 +340,10 @@ async def test_bad_receive_and_receipts(api):
     assert status == 200 and body["stale"] == ["not-a-receipt"]
 
 
-async def test_follower_redirects_writes_to_leader(cluster3_api):
+async def test_follower_redirects_writes_to_leader_on_request(cluster3_api):
     leader, follower = cluster3_api.leader, cluster3_api.follower
     status, body, headers = await follower.call_with_headers(
-        "PUT", "/v1/queues/redir", {}, allow_redirects=False
+        "PUT", "/v1/queues/redir", {}, allow_redirects=False, headers={"X-Raftq-Redirect": "1"}
     )
     assert status == 307 and body["error"]["code"] == "not_leader"
     assert (

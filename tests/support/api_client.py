@@ -22,11 +22,19 @@ class ApiClient:
         await self.session.close()
 
     async def call_with_headers(
-        self, method: str, path: str, payload: Any = None, *, allow_redirects: bool = True
+        self,
+        method: str,
+        path: str,
+        payload: Any = None,
+        *,
+        allow_redirects: bool = True,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, Any, dict[str, str]]:
         assert self.session is not None
         data = None if payload is None else json.dumps(payload).encode()
-        headers = {"Content-Type": "application/json"} if data is not None else {}
+        headers = dict(headers or {})
+        if data is not None:
+            headers["Content-Type"] = "application/json"
         async with self.session.request(
             method, self.url + path, data=data, headers=headers, allow_redirects=allow_redirects
         ) as resp:

@@ -60,7 +60,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -72,6 +71,7 @@ from raft.errors import (
     NotLeader,
     ProposalDropped,
     RaftError,
+    SafetyViolation,
     StorageError,
 )
 from raft.failpoints import failpoint
@@ -86,6 +86,7 @@ from raft.messages import (
     SoftState,
     max_append_frame_bytes,
 )
+from raft.ready_handler import ReadyHandler, StorageJob, StorageStep
 from raft.state_machine import SharedTxnStateMachine, StateMachine
 from raft.storage import DurableStorage
 from raft.transport import DEFAULT_MAX_FRAME_BYTES, Transport
@@ -93,12 +94,6 @@ from raft.transport import DEFAULT_MAX_FRAME_BYTES, Transport
 log = structlog.get_logger("raft.driver")
 
 Address = tuple[str, int]
-
-# Messages that may leave before the local fsync: leader-originated replication traffic.
-# Everything else (votes, every response) asserts durable state and waits for the persist.
-_SEND_BEFORE_PERSIST = frozenset(
-    {MessageType.APP, MessageType.HEARTBEAT, MessageType.TIMEOUT_NOW, MessageType.SNAP}
-)
 
 # Inbox item kinds (first element of each tuple).
 _MSG = 0
@@ -204,8 +199,7 @@ class RaftNode:
         self.storage_thread = storage_thread
         self.max_pending_proposals = max_pending_proposals
         self._queued_proposals = 0  # in the inbox, not yet handed to the core
-        self._inflight_persists = 0
-        self._apply_issued = 0
+        self._handler: ReadyHandler | None = None
 
         self._inbox: deque[tuple[Any, ...]] = deque()
         self._wake: asyncio.Event | None = None
@@ -248,9 +242,9 @@ class RaftNode:
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._applied = self._sm.applied_index()
-        self._apply_issued = self._applied
         cfg = Config(applied=self._applied, **self._cfg_options)
         self._core = RaftCore(cfg, self._storage, self._rng)
+        self._handler = ReadyHandler(self._core, self._applied, self.max_inflight_readies)
         st = self._core.status()
         self._term = st.term
         if self._applied:
@@ -499,26 +493,26 @@ class RaftNode:
 
     async def _run(self) -> None:
         core = self._core
-        assert core is not None and self._wake is not None
+        handler = self._handler
+        assert core is not None and handler is not None and self._wake is not None
         wake = self._wake
-        max_inflight = self.max_inflight_readies
         transport = self._transport
         assert transport is not None
         try:
             while True:
-                if not self._inbox and not (
-                    self._inflight_persists < max_inflight and core.has_ready()
-                ):
+                if not self._inbox and not handler.wants_ready():
                     wake.clear()
                     await wake.wait()
                 self._drain_inbox(core)
-                if self._inflight_persists < max_inflight and core.has_ready():
-                    self._issue_ready(core.ready())
+                if handler.wants_ready():
+                    self._issue_ready(handler)
                 transport.flush()  # what this turn sent leaves now, not a loop turn later
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
             self._failure = exc
+            if isinstance(exc, SafetyViolation):
+                self._log.critical("raft.safety_violation", error=str(exc))
             self._log.critical("raft.driver_failed", error=repr(exc), exc_info=True)
             self._fail_all(NodeStopped(f"raft driver failed: {exc!r}"))
             raise
@@ -536,16 +530,10 @@ class RaftNode:
                 if msg.type is MessageType.VOTE_RESP and not msg.reject:
                     seen = self._votes_granted.get(msg.term, set())
                     self._votes_granted = {msg.term: seen | {msg.frm}}  # this term only
-                try:
-                    core.step(msg)
-                except (RaftError, ValueError) as exc:
-                    self._log.warning(
-                        "raft.message_rejected",
-                        frm=msg.frm,
-                        type=msg.type.name,
-                        term=msg.term,
-                        error=str(exc),
-                    )
+                # Nothing out of step() is handled here: the core drops malformed input
+                # itself, so an exception is a failed safety check (SafetyViolation) or a
+                # bug, and either stops the node (see _run).
+                core.step(msg)
             elif kind == _PROPOSE:
                 self._queued_proposals -= 1
                 fut = item[2]
@@ -564,9 +552,9 @@ class RaftNode:
                 pending[index] = (term, fut)
                 n_props += 1
             elif kind == _PERSISTED:
-                self._on_persisted(core, item[1])
+                self._on_persisted(item[1])
             elif kind == _APPLIED:
-                self._on_applied_batch(core, item[1], item[2], item[3])
+                self._on_applied_batch(item[1], item[2], item[3])
             elif kind == _TICK:
                 core.tick()
             elif kind == _READ:
@@ -595,61 +583,41 @@ class RaftNode:
             else:
                 self._reads_by_ctx[ctx] = reads
 
-    def _issue_ready(self, rd: Ready) -> None:
-        """Send what may leave now and queue the persist + apply on the storage thread."""
+    def _issue_ready(self, handler: ReadyHandler) -> None:
+        """Send what may leave now and hand the Ready to the storage step."""
         self.stats["readies"] += 1
         transport = self._transport
         worker = self._worker
         assert transport is not None and worker is not None
+        job, send_now = handler.issue()
+        rd = job.rd
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state, rd)
         elif rd.hard_state is not None and rd.hard_state.term != self._term:
             self._term = rd.hard_state.term
-
-        deferred: list[Message] = []
-        for m in rd.messages:
-            if m.type in _SEND_BEFORE_PERSIST:
-                self._send(transport, m)
-            else:
-                deferred.append(m)  # never let a response out before its state is durable
-        if deferred:
-            self._log.error(
-                "raft.core_order_violation",
-                detail="response/vote in Ready.messages; sent after persist instead",
-                types=sorted({m.type.name for m in deferred}),
-            )
-        applying = [e for e in rd.committed_entries if e.index > self._apply_issued]
-        if applying:
-            self._apply_issued = applying[-1].index
+        for m in send_now:
+            self._send(transport, m)
         if rd.read_states:
             self._on_read_states(rd.read_states)
-        self._inflight_persists += 1
         if worker.inline:
             transport.flush()  # replicate while this node persists (the call blocks)
-        worker.submit(_Job(rd, applying, deferred))
+        worker.submit(job)
 
-    def _on_persisted(self, core: RaftCore, jobs: list[_Job]) -> None:
+    def _on_persisted(self, jobs: list[StorageJob]) -> None:
         """The jobs' hard state and entries are durable: release replies, advance the log."""
+        handler = self._handler
         transport = self._transport
-        assert transport is not None
-        self._inflight_persists -= len(jobs)
-        for job in jobs:
-            for m in job.deferred:
-                self._send(transport, m)
-            for m in job.rd.messages_after_persist:
-                self._send(transport, m)
-            if job.rd.entries or job.rd.hard_state is not None:
-                # Stability now; the committed part is advanced once it is applied.
-                core.advance(replace(job.rd, committed_entries=()))
+        assert handler is not None and transport is not None
+        for m in handler.persisted(jobs):
+            self._send(transport, m)
 
     def _on_applied_batch(
-        self, core: RaftCore, jobs: list[_Job], applied: list[Entry], results: list[Any]
+        self, jobs: list[StorageJob], applied: list[Entry], results: list[Any]
     ) -> None:
+        assert self._handler is not None
         if applied:
             self._after_apply(applied, results)
-        for job in jobs:
-            if job.rd.committed_entries:
-                core.advance(Ready(committed_entries=job.rd.committed_entries))
+        self._handler.applied(jobs)
 
     def _send(self, transport: Transport, m: Message) -> None:
         if m.to == self.node_id:
@@ -851,64 +819,13 @@ class RaftNode:
                 item[1].set_exception(err)
 
 
-class _Job:
-    """One Ready on its way through the storage thread."""
-
-    __slots__ = ("applying", "deferred", "rd")
-
-    def __init__(self, rd: Ready, applying: list[Entry], deferred: list[Message]) -> None:
-        self.rd = rd
-        self.applying = applying
-        self.deferred = deferred
-
-
-def merge_entries(merged: list[Entry], entries: Sequence[Entry]) -> list[Entry]:
-    """Append `entries` to `merged` the way storage would: a lower first index overwrites."""
-    if not entries:
-        return merged
-    if not merged:
-        return list(entries)
-    first = entries[0].index
-    if first == merged[-1].index + 1:
-        merged.extend(entries)
-        return merged
-    if first <= merged[0].index:
-        return list(entries)
-    if first > merged[-1].index + 1:
-        raise StorageError(f"entries from {first} leave a gap after {merged[-1].index}")
-    del merged[first - merged[0].index :]
-    merged.extend(entries)
-    return merged
-
-
-def split_at_overwrites(jobs: list[_Job]) -> list[list[_Job]]:
-    """Cut a group commit where a Ready's entries overwrite an earlier Ready's in the group.
-
-    Each earlier Ready's append replies must be true when they leave: its entries must
-    reach the disk, so they cannot be merged away by a later overwrite in the same save.
-    """
-    segments: list[list[_Job]] = [[]]
-    last = 0
-    for job in jobs:
-        entries = job.rd.entries
-        if entries and last and entries[0].index <= last:
-            segments.append([])
-            last = 0
-        segments[-1].append(job)
-        if entries:
-            last = entries[-1].index
-    return segments
-
-
 class _StorageWorker:
-    """The storage step, inline or on its own thread: group-commits Readies, then applies.
+    """Runs the storage step inline (in the driver task) or on its own thread.
 
-    Every Ready queued while the previous fsync ran is persisted in ONE save (hard state =
-    the latest, entries appended in order), so concurrent batches share an fsync, except
-    that a Ready overwriting an earlier one's entries starts a new save (that earlier
-    Ready's replies must describe what is on disk). The committed entries of all of them
-    are applied in ONE state machine transaction. Results go back to the driver task
-    through the event loop, in order.
+    The step itself (group commit, persist/apply order, what is reported when) is
+    `raft.ready_handler.StorageStep`, which the simulation runs too; this class owns the
+    thread, the real primitives (LMDB saves, the state machine, failpoints, timing) and
+    the hand-off of completions to the driver task, in order.
     """
 
     def __init__(
@@ -916,16 +833,27 @@ class _StorageWorker:
     ) -> None:
         self._node = node
         self._loop = loop
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[StorageJob | None] = queue.SimpleQueue()
         self.inline = inline
         self._failed = False
-        self.apply_first = node.leader_applies_first
-        sm_env = getattr(node._sm, "env", getattr(node._sm, "_env", None))
-        self.shared_txn = (
+        sm = node._sm
+        sm_env = getattr(sm, "env", getattr(sm, "_env", None))
+        shared_txn = (
             node._env is not None
             and sm_env is node._env
-            and isinstance(node._sm, SharedTxnStateMachine)
+            and isinstance(sm, SharedTxnStateMachine)
             and hasattr(node._storage, "prepare_save")
+        )
+        self.shared_txn = shared_txn
+        self.step = StorageStep(
+            save=self._save,
+            apply=self._apply,
+            save_with_apply=self._save_with_apply if shared_txn else None,
+            on_persisted=lambda segment: self._post((_PERSISTED, segment)),
+            on_applied=lambda jobs, applied, results: self._post(
+                (_APPLIED, jobs, applied, results)
+            ),
+            apply_first=lambda: node.leader_applies_first and node._role == Role.LEADER,
         )
         self._thread: threading.Thread | None = None
         if not inline:
@@ -934,7 +862,7 @@ class _StorageWorker:
             )
             self._thread.start()
 
-    def submit(self, job: _Job) -> None:
+    def submit(self, job: StorageJob) -> None:
         if not self.inline:
             self._queue.put(job)
         elif not self._failed:
@@ -954,7 +882,7 @@ class _StorageWorker:
         with contextlib.suppress(RuntimeError):  # the loop is gone: the node is stopping
             self._loop.call_soon_threadsafe(self._node._push, item)
 
-    def _take_jobs(self) -> tuple[list[_Job], bool]:
+    def _take_jobs(self) -> tuple[list[StorageJob], bool]:
         """Block for the first job, then take all queued ones; (jobs, stop requested)."""
         q = self._queue
         first = q.get()
@@ -979,37 +907,31 @@ class _StorageWorker:
             if self._failed:
                 return
 
-    def _process(self, jobs: list[_Job]) -> None:
+    def _process(self, jobs: list[StorageJob]) -> None:
         """Persist and apply `jobs`; on failure set `_failed` and tell the driver."""
         try:
-            applying = [e for job in jobs for e in job.applying]
-            if self.shared_txn:
-                self._persist_and_apply_together(jobs, applying)
-            else:
-                self._persist_then_apply(jobs, applying)
+            self.step.run(jobs)
         except BaseException as exc:
             self._failed = True
             self._node._log.critical("raft.storage_failed", error=repr(exc), exc_info=True)
             self._post((_STORAGE_FAILED, exc))
 
-    @staticmethod
-    def _merged(segment: list[_Job]) -> tuple[HardState | None, list[Entry]]:
-        hard_state = None
-        entries: list[Entry] = []
-        for job in segment:
-            if job.rd.hard_state is not None:
-                hard_state = job.rd.hard_state
-            entries = merge_entries(entries, job.rd.entries)
-        return hard_state, entries
+    # ---- the real primitives
 
-    def _apply(self, jobs: list[_Job], applying: list[Entry]) -> None:
-        results = self._node._sm.apply(applying) if applying else []
-        if applying:
-            failpoint("raft.after_apply_before_answer")
-        self._post((_APPLIED, jobs, applying, results))
+    def _save(self, hard_state: HardState | None, entries: list[Entry]) -> None:
+        failpoint("raft.before_persist")
+        self._node._persist(hard_state, entries)
+        failpoint("raft.after_persist_before_ack")
 
-    def _persist_and_apply_together(self, jobs: list[_Job], applying: list[Entry]) -> None:
-        """ONE write transaction per segment: the log append, plus (first segment) the apply.
+    def _apply(self, entries: list[Entry]) -> list[Any]:
+        results = self._node._sm.apply(entries)
+        failpoint("raft.after_apply_before_answer")
+        return results
+
+    def _save_with_apply(
+        self, hard_state: HardState | None, entries: list[Entry], applying: list[Entry]
+    ) -> list[Any]:
+        """ONE write transaction: the log append, plus the apply of `applying`.
 
         Committed entries handed out by the core are durable from earlier saves, so
         applying them in the same transaction as the next append is safe, and LMDB's
@@ -1017,52 +939,25 @@ class _StorageWorker:
         """
         node = self._node
         sm = node._sm
-        for k, segment in enumerate(split_at_overwrites(jobs)):
-            hard_state, entries = self._merged(segment)
-            prepared = node._storage.prepare_save(hard_state, entries)
-            apply_now = applying if k == 0 else []
-            results: list[Any] = []
-            if prepared is not None or apply_now:
-                started = time.perf_counter()
+        prepared = node._storage.prepare_save(hard_state, entries)
+        if prepared is None and not applying:
+            return []
+        started = time.perf_counter()
 
-                def write(txn: Any, prepared: Any = prepared, apply_now: Any = apply_now) -> Any:
-                    out = sm.apply_in_txn(txn, apply_now) if apply_now else []
-                    if prepared is not None:
-                        prepared.write(txn)
-                    return out
+        def write(txn: Any) -> Any:
+            out = sm.apply_in_txn(txn, applying) if applying else []
+            if prepared is not None:
+                prepared.write(txn)
+            return out
 
-                failpoint("raft.before_persist")
-                results = node._env.write(write)
-                if prepared is not None:
-                    prepared.publish()
-                if apply_now:
-                    sm.committed(apply_now)
-                node._note_persist((time.perf_counter() - started) * 1000.0, len(entries))
-                failpoint("raft.after_persist_before_ack")
-            self._post((_PERSISTED, segment))
-            if k == 0:
-                if apply_now:
-                    failpoint("raft.after_apply_before_answer")
-                self._post((_APPLIED, jobs, apply_now, results))
-
-    def _persist_then_apply(self, jobs: list[_Job], applying: list[Entry]) -> None:
-        """Two transactions, for state machines that keep their state elsewhere.
-
-        Committed entries are durable already (the core hands out only persisted ones), so
-        the order is free: a leader applies first (answers leave one fsync sooner), a
-        follower persists first (its append replies, which the leader's commit waits for,
-        leave sooner).
-        """
-        node = self._node
-        apply_first = self.apply_first and node._role == Role.LEADER
-        if apply_first:
-            self._apply(jobs, applying)
-        for segment in split_at_overwrites(jobs):
-            hard_state, entries = self._merged(segment)
-            if hard_state is not None or entries:
-                failpoint("raft.before_persist")
-                node._persist(hard_state, entries)
-                failpoint("raft.after_persist_before_ack")
-            self._post((_PERSISTED, segment))
-        if not apply_first:
-            self._apply(jobs, applying)
+        failpoint("raft.before_persist")
+        results = node._env.write(write)
+        if prepared is not None:
+            prepared.publish()
+        if applying:
+            sm.committed(applying)
+        node._note_persist((time.perf_counter() - started) * 1000.0, len(entries))
+        failpoint("raft.after_persist_before_ack")
+        if applying:
+            failpoint("raft.after_apply_before_answer")
+        return results

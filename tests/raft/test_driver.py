@@ -12,19 +12,13 @@ from typing import Any
 import pytest
 import structlog
 
-from raft.driver import (
-    NodeStopped,
-    Overloaded,
-    RaftNode,
-    _Job,
-    merge_entries,
-    split_at_overwrites,
-)
+from raft.driver import NodeStopped, Overloaded, RaftNode
 from raft.errors import LeadershipLost, NotLeader, ProposalDropped, StorageError
 from raft.kv_state_machine import KvStateMachine
 from raft.lmdb_env import LmdbEnv
 from raft.lmdb_storage import LmdbStorage
 from raft.messages import ConfState, Entry, HardState, MessageType, Ready, Role
+from raft.ready_handler import StorageJob, merge_entries, split_at_overwrites
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -462,8 +456,8 @@ async def test_too_many_waiting_proposals_are_refused(cluster: dict[int, Member]
 
 
 def test_group_commit_splits_where_a_ready_overwrites_another() -> None:
-    def job(*indexes_terms: tuple[int, int]) -> _Job:
-        return _Job(Ready(entries=tuple(Entry(i, t) for i, t in indexes_terms)), [], [])
+    def job(*indexes_terms: tuple[int, int]) -> StorageJob:
+        return StorageJob(Ready(entries=tuple(Entry(i, t) for i, t in indexes_terms)), [], [])
 
     a, b, c, d = job((5, 1), (6, 1)), job(), job((7, 1)), job((6, 2))
     assert split_at_overwrites([a, b, c]) == [[a, b, c]]

@@ -396,9 +396,11 @@ def cmd_up(args: argparse.Namespace, out: Output) -> int:
             for node_id, code in cluster.returncodes().items():
                 if code is not None and node_id not in reported:
                     reported.add(node_id)
+                    reason = cluster.exit_reason(node_id)
                     out.note(
-                        f"raftq: node {node_id} exited with code {code}; "
-                        f"see {cluster.specs[node_id].log_path}"
+                        f"raftq: node {node_id} exited with code {code}"
+                        + (f" ({reason})" if reason else "")
+                        + f"; see {cluster.specs[node_id].log_path}"
                     )
     except KeyboardInterrupt:
         out.note("raftq: stopping all nodes")

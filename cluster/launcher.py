@@ -98,6 +98,37 @@ class ClusterStartError(RuntimeError):
     """The nodes could not form a cluster (all exited, or no leader in time)."""
 
 
+def last_critical_event(log_path: Path, tail_bytes: int = 1 << 16) -> str | None:
+    """The first `critical` structlog event of a node's last run, as "event: error".
+
+    Why: a node that stops on a failed safety check or a storage failure says why in its
+    log; whoever watches the cluster (`raftq up`) should print that, not only an exit code.
+    The first critical line after the node last started names the cause; the ones after
+    it (driver failed, node failed) only follow from it.
+    """
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - tail_bytes))
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    found: str | None = None
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict):
+            continue
+        if record.get("event") == "raft.node_started":
+            found = None  # a new run: what came before is history
+        elif record.get("level") == "critical" and found is None:
+            detail = record.get("error") or record.get("reason") or ""
+            found = f"{record.get('event')}: {detail}" if detail else str(record.get("event"))
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class NodeSpec:
     """Where one node listens and keeps its files."""
@@ -314,6 +345,10 @@ class LocalCluster:
     def returncodes(self) -> dict[int, int | None]:
         """Exit code of every node started so far (None while running)."""
         return {i: p.poll() for i, p in self._procs.items()}
+
+    def exit_reason(self, node_id: int) -> str | None:
+        """Why node `node_id` stopped, from its log: its last critical event, if any."""
+        return last_critical_event(self.specs[node_id].log_path)
 
     def __enter__(self) -> LocalCluster:
         return self.start()

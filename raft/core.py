@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
-from raft.errors import EntryTooLarge, NotLeader, ProposalDropped
+from raft.errors import EntryTooLarge, NotLeader, ProposalDropped, SafetyViolation
 from raft.messages import (
     Entry,
     EntryKind,
@@ -301,6 +301,7 @@ class RaftCore:
             soft_state=soft if soft != self._prev_soft_state else None,
             hard_state=hard if hard != self._prev_hard_state else None,
             entries=self.log.take_entries_to_persist(),
+            overwrites=self.log.overwrites,
             messages=tuple(self._msgs),
             messages_after_persist=tuple(self._msgs_after_persist),
             committed_entries=self.log.take_committed_to_apply(),
@@ -317,7 +318,7 @@ class RaftCore:
         """The driver persisted, sent and applied `rd`."""
         if rd.entries:
             last = rd.entries[-1]
-            self.log.stable_to(last.index, last.term)
+            self.log.stable_to(last.index, last.term, rd.overwrites)
         if rd.committed_entries:
             self.log.applied_to(rd.committed_entries[-1].index)
         if self.role is Role.LEADER:
@@ -488,9 +489,12 @@ class RaftCore:
     def _well_formed(self, m: Message) -> bool:
         if m.type in _REQUESTS and m.term == 0:
             return False
-        if m.type in (MessageType.APP, MessageType.VOTE, MessageType.PRE_VOTE) and (
-            m.log_term > m.term
-        ):
+        if m.type in (
+            MessageType.APP,
+            MessageType.VOTE,
+            MessageType.PRE_VOTE,
+            MessageType.HEARTBEAT,
+        ) and (m.log_term > m.term):
             return False  # no log can hold an entry from a term its owner has not reached
         if m.entries:
             if m.type is not MessageType.APP or m.entries[0].index != m.index + 1:
@@ -614,6 +618,9 @@ class RaftCore:
 
     def _handle_append(self, m: Message) -> None:
         if m.index < self.log.committed:
+            # A late or duplicate APP: what it carries up to our commit index must be what
+            # we committed (log matching); anything else means a log is broken.
+            self._check_committed_match(m)
             self._send(
                 Message(
                     MessageType.APP_RESP,
@@ -624,11 +631,7 @@ class RaftCore:
                 )
             )
             return
-        try:
-            last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
-        except LogConflict as exc:
-            log.error("raft.log_conflict", node_id=self.id, frm=m.frm, error=str(exc))
-            return
+        last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
             self._send(
                 Message(MessageType.APP_RESP, to=m.frm, frm=self.id, term=self.term, index=last_new)
@@ -649,8 +652,41 @@ class RaftCore:
             )
         )
 
+    def _check_committed_match(self, m: Message) -> None:
+        committed = self.log.committed
+        for e in m.entries:
+            if e.index > committed:
+                break
+            ours = self.log.term_or_zero(e.index)
+            if ours and ours != e.term:
+                raise LogConflict(
+                    f"node {self.id}: leader {m.frm} (term {m.term}) sent entry {e.index} of "
+                    f"term {e.term}, but this node committed term {ours} there"
+                )
+
     def _handle_heartbeat(self, m: Message) -> None:
-        self.log.commit_to(min(m.commit, self.log.last_index()))
+        """Commit what the leader says is committed, after checking we hold that entry.
+
+        The leader heartbeats min(match, commit) for us, so an honest follower, however far
+        behind, always holds the entry; one that does not (or holds another term there)
+        lost or rolled back its log: etcd stops the node, and so do we.
+        """
+        if m.commit > self.log.committed:
+            last = self.log.last_index()
+            if m.commit > last:
+                raise SafetyViolation(
+                    f"node {self.id}: tocommit({m.commit}) is out of range "
+                    f"[last_index({last})] (heartbeat from {m.frm}, term {m.term}): was the "
+                    "raft log corrupted, truncated, or lost?"
+                )
+            ours = self.log.term_or_zero(m.commit)
+            if m.log_term and ours != m.log_term:
+                raise SafetyViolation(
+                    f"node {self.id}: committed entry {m.commit} differs: leader {m.frm} has "
+                    f"term {m.log_term} there, this log term {ours}: was the data dir "
+                    "rolled back to an old copy?"
+                )
+            self.log.commit_to(m.commit)
         self._send(Message(MessageType.HEARTBEAT_RESP, to=m.frm, frm=self.id, context=m.context))
 
     # ================================================================ leader sending
@@ -701,6 +737,8 @@ class RaftCore:
         for peer in self.voters:
             if peer == self.id:
                 continue
+            # Never a commit beyond what the peer is known to hold (etcd's rule): a commit
+            # it cannot find then proves a lost log. The term lets it check the entry.
             commit = min(self.progress[peer].match_index, self.log.committed)
             self._send(
                 Message(
@@ -709,6 +747,7 @@ class RaftCore:
                     frm=self.id,
                     term=self.term,
                     commit=commit,
+                    log_term=self.log.term_or_zero(commit),
                     context=ctx,
                 )
             )

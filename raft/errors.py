@@ -54,6 +54,15 @@ class UndeliverableMessage(RaftError):
     """
 
 
+class SafetyViolation(RaftError):
+    """A Raft safety check failed: this node's log or the leader's cannot be trusted.
+
+    Never handled: the driver stops and the process exits non-zero (etcd panics). A node
+    that went on voting and serving after its own checks failed could spread the damage.
+    Bad bytes from a peer are not this: the transport refuses those.
+    """
+
+
 class InvalidMessage(RaftError):
     """A peer sent bytes that do not decode to a valid message (remote error)."""
 

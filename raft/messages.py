@@ -144,6 +144,9 @@ class Ready:
     messages_after_persist: tuple[Message, ...] = ()
     committed_entries: tuple[Entry, ...] = ()
     read_states: tuple[ReadState, ...] = ()
+    # How many times the log had been overwritten when `entries` were taken: advance()
+    # ignores the persist of entries that a later overwrite may have replaced on disk.
+    overwrites: int = 0
     # Reserved for the snapshot issue.
     snapshot: Any = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from raft.errors import Compacted, RaftError, Unavailable
+from raft.errors import Compacted, SafetyViolation, Unavailable
 from raft.messages import Entry
 from raft.storage import LogStorage
 
 NO_LIMIT = 1 << 62
 
 
-class LogConflict(RaftError):
-    """A peer asked to overwrite an entry this node knows is committed (a safety violation)."""
+class LogConflict(SafetyViolation):
+    """A peer asked to overwrite an entry this node knows is committed."""
 
 
 class RaftLog:
@@ -39,6 +39,10 @@ class RaftLog:
             raise ValueError(f"commit index {self.committed} is beyond the last log index {last}")
         self.applied = max(applied, storage.first_index() - 1)
         self.applying = self.applied
+        # Times an append replaced existing entries. A Ready carries the count from when
+        # its entries were taken, and a persisted notice from before a later overwrite is
+        # ignored (see `stable_to`).
+        self.overwrites = 0
 
     # ------------------------------------------------------------ reading
 
@@ -143,6 +147,8 @@ class RaftLog:
         if after > self.last_index():
             raise ValueError(f"append after {after} leaves a gap after {self.last_index()}")
         first = entries[0].index
+        if first <= self.last_index():
+            self.overwrites += 1
         if first == self.unstable_offset + len(self.unstable):
             self.unstable.extend(entries)
         elif first <= self.unstable_offset:
@@ -192,8 +198,20 @@ class RaftLog:
         self.in_progress = self.last_index()
         return out
 
-    def stable_to(self, index: int, term: int) -> None:
-        """The driver persisted entries through (index, term): move them out of unstable."""
+    def stable_to(self, index: int, term: int, overwrites: int) -> None:
+        """The driver persisted entries through (index, term), taken when the log had been
+        overwritten `overwrites` times: move them out of unstable.
+
+        Matching (index, term) is not enough when writes are pipelined (etcd's ABA race):
+        entries taken as 4@t2, overwritten by 4@t3, then by 4@t2 again from a re-elected
+        leader, are three queued writes; the first one's notice matches the third one's
+        entry while the disk still holds 4@t3 from the second. Reading the "stable" entry
+        from storage would then apply an entry that was never committed. A notice taken
+        before the latest overwrite is ignored; the overwriting Ready's own notice, which
+        comes after every earlier write, moves the boundary instead.
+        """
+        if overwrites != self.overwrites:
+            return  # the log was overwritten since: a later notice speaks for the disk
         if index < self.unstable_offset or not self.match_term(index, term):
             return  # already stable, or overwritten since the Ready was handed out
         self.unstable = self.unstable[index + 1 - self.unstable_offset :]

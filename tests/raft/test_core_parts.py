@@ -104,12 +104,13 @@ def test_unstable_tail_stable_to_and_truncation() -> None:
     assert log.take_entries_to_persist() == ()  # handed out once
     # A new leader overwrites 4 before the first write was acknowledged.
     assert log.maybe_append(3, 2, 3, ents(3, start=4)) == 4
+    assert log.overwrites == 1
     assert [(e.index, e.term) for e in log.take_entries_to_persist()] == [(4, 3)]
     storage.save(None, ents(2, 2, start=3))
-    log.stable_to(4, 2)  # the stale write: 4/2 is no longer ours, nothing moves
+    log.stable_to(4, 2, 0)  # the stale write: 4/2 is no longer ours, nothing moves
     assert log.persisted_last_index() == 2
     storage.save(None, [Entry(4, 3, data=b"d4")])
-    log.stable_to(4, 3)
+    log.stable_to(4, 3, 1)
     assert log.persisted_last_index() == 4 and log.unstable == []
     assert [e.index for e in log.take_committed_to_apply()] == [3]
 

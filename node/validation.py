@@ -9,25 +9,22 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from typing import Any
 
 from node.config import Limits
 from node.http import bad_request, get_int, get_number, get_str, reject_unknown, too_large
 from node.state.fields import MAX_DELAY_S, MAX_ID_BYTES, MAX_ID_CHARS, valid_id
+from node.state.queue_config import queue_name_message, valid_queue_name
 
-QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,80}$")
 MESSAGE_FIELDS = frozenset(
     {"body", "body_b64", "attributes", "delay_s", "dedup_id", "group_id", "priority"}
 )
 
 
 def check_queue_name(name: str) -> str:
-    if not QUEUE_NAME.match(name) or name in (".", ".."):
-        raise bad_request(
-            f"invalid queue name {name[:100]!r}: use 1-80 characters of A-Z a-z 0-9 _ . -",
-            field="name",
-        )
+    """The state machine's rule (queue_config.valid_queue_name), refused before proposing."""
+    if not valid_queue_name(name):
+        raise bad_request(queue_name_message(name), field="name")
     return name
 
 

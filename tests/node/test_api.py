@@ -290,9 +290,17 @@ async def test_limits_answer_413_and_change_nothing(api):
 
 async def test_bad_names_and_unknown_queues(api):
     before = await _state(api)
-    for path in ("/v1/queues/bad%20name", "/v1/queues/" + "x" * 81, "/v1/queues/a$b"):
+    for path in (
+        "/v1/queues/bad%20name",
+        "/v1/queues/" + "x" * 81,
+        "/v1/queues/a$b",
+        "/v1/queues/foo%0A",  # `$` also matches before a final newline: fullmatch, not match
+        "/v1/queues/%0A",
+        "/v1/queues/%ED%A0%80",  # a lone surrogate, percent-encoded
+    ):
         status, body = await api.put(path, {})
         assert status == 400 and body["error"]["code"] == "bad_request", path
+        assert body["error"]["field"] == "name", path
     for method, path, payload in (
         ("POST", "/v1/queues/ghost/messages", {"messages": [{"body": "x"}]}),
         ("POST", "/v1/queues/ghost/receive", {}),

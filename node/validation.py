@@ -38,7 +38,12 @@ def decode_body(msg: dict[str, Any], where: str) -> bytes:
             return body
         if not isinstance(body, str):
             raise bad_request(f"{where}.body must be a string (use body_b64 for bytes)")
-        return body.encode("utf-8", "surrogatepass")
+        try:  # read_body refused lone surrogates already; never store invalid UTF-8 anyway
+            return body.encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad_request(
+                f"{where}.body is not valid Unicode (send bytes as body_b64)", field="body"
+            ) from None
     b64 = msg["body_b64"]
     if not isinstance(b64, str):
         raise bad_request(f"{where}.body_b64 must be a base64 string")

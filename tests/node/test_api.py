@@ -16,6 +16,8 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
+MSGPACK = "application/msgpack"
+
 
 async def _state(api) -> str:
     _, body = await api.get("/v1/admin/state")
@@ -269,6 +271,86 @@ async def test_bad_send_bodies_change_nothing(api, case, raw, status):
     got_status, body = await api.raw_json("POST", "/v1/queues/strict/messages", raw)
     assert got_status == status, body
     assert body["error"]["code"] == "bad_request" and body["error"]["message"]
+    assert await _state(api) == before
+
+
+# A lone surrogate in every kind of string field: JSON's "\ud800" escape, or the same
+# code point encoded in UTF-8 (0xED 0xA0 0x80), which json decodes with surrogatepass.
+ESC, RAW = b"\\ud800", b"\xed\xa0\x80"
+UNICODE_CASES = [
+    ("dedup_id", "/v1/queues/uni/messages", b'{"messages": [{"body": "x", "dedup_id": "%s"}]}'),
+    ("group_id", "/v1/queues/uni/messages", b'{"messages": [{"body": "x", "group_id": "%s"}]}'),
+    ("body", "/v1/queues/uni/messages", b'{"messages": [{"body": "%s"}]}'),
+    (
+        "attributes",
+        "/v1/queues/uni/messages",
+        b'{"messages": [{"body": "x", "attributes": {"%s": "v"}}]}',
+    ),
+    ("a", "/v1/queues/uni/messages", b'{"messages": [{"body": "x", "attributes": {"a": "%s"}}]}'),
+    ("messages", "/v1/queues/uni/messages", b'{"messages": [{"body": "x", "%s": 1}]}'),
+    (
+        "id",
+        "/v1/queues/uni/messages",
+        b'{"messages": [{"body": "x"}], "producer": {"id": "%s", "epoch": 0, "seq": 0}}',
+    ),
+    ("receipts", "/v1/queues/uni/ack", b'{"receipts": ["%s"]}'),
+    ("receipts", "/v1/queues/uni/nack", b'{"receipts": ["%s"]}'),
+    ("receipts", "/v1/queues/uni/extend", b'{"receipts": ["%s"]}'),
+    (
+        "txn_id",
+        "/v1/transactions",
+        b'{"txn_id": "%s", "send": [{"queue": "uni", "messages": [{"body": "x"}]}]}',
+    ),
+    ("receipt", "/v1/transactions", b'{"txn_id": "t", "ack": [{"queue": "uni", "receipt": "%s"}]}'),
+    (
+        "body",
+        "/v1/transactions",
+        b'{"txn_id": "t", "send": [{"queue": "uni", "messages": [{"body": "%s"}]}]}',
+    ),
+    ("producer_id", "/v1/producers", b'{"producer_id": "%s"}'),
+    ("dead_letter_queue", "/v1/queues/uni2", b'{"dead_letter_queue": "%s"}'),
+]
+
+
+@pytest.mark.parametrize("encoded", [ESC, RAW], ids=["escape", "utf8"])
+@pytest.mark.parametrize(
+    ("field", "path", "template"), UNICODE_CASES, ids=[f"{c[1]}:{c[0]}" for c in UNICODE_CASES]
+)
+async def test_invalid_unicode_is_a_400_naming_the_field(api, field, path, template, encoded):
+    """Every string field refuses a lone surrogate: a 400 naming it, never a 500 or a store."""
+    await api.put("/v1/queues/uni", {})
+    before = await _state(api)
+    method = "PUT" if path == "/v1/queues/uni2" else "POST"
+    status, body = await api.raw_json(method, path, template % encoded)
+    assert status == 400, body
+    assert body["error"]["code"] == "bad_request" and body["error"]["field"] == field, body
+    assert "not valid Unicode" in body["error"]["message"]
+    assert await _state(api) == before
+
+
+async def test_invalid_utf8_in_msgpack_is_a_400_naming_the_field(api):
+    await api.put("/v1/queues/unimp", {})
+    before = await _state(api)
+    # {"messages": [{"body": "x", "dedup_id": <str holding 0xED 0xA0 0x80>}]}
+    payload = msgpack.packb({"messages": [{"body": "x", "dedup_id": "@@@"}]})
+    payload = payload.replace(b"@@@", RAW)
+    status, raw = await api.raw("POST", "/v1/queues/unimp/messages", payload, MSGPACK)
+    err = msgpack.unpackb(raw)["error"]
+    assert status == 400 and err["code"] == "bad_request" and err["field"] == "dedup_id", err
+    assert await _state(api) == before
+
+
+async def test_invalid_unicode_in_the_path_or_query_is_never_a_500(api):
+    await api.put("/v1/queues/uniq", {})
+    before = await _state(api)
+    status, body = await api.post("/v1/queues/%ED%A0%80/receive", {})
+    assert status == 400 and body["error"]["field"] == "name"
+    status, body = await api.post("/v1/queues/uniq/messages?ack=%ED%A0%80", {"messages": []})
+    assert status == 400 and body["error"]["code"] == "bad_request"
+    status, body = await api.get("/v1/admin/log?from=%ED%A0%80")
+    assert status == 400 and body["error"]["code"] == "bad_request"
+    status, _ = await api.get("/v1/queues/uniq?consistency=%ED%A0%80")
+    assert status == 200
     assert await _state(api) == before
 
 

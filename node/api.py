@@ -30,23 +30,15 @@ from node.http import (
     too_large,
     wants_msgpack,
 )
-from node.validation import check_queue_name, parse_messages, parse_receipts, parse_receive
+from node.validation import (
+    check_queue_name,
+    parse_messages,
+    parse_queue_config,
+    parse_receipts,
+    parse_receive,
+)
 
 log = structlog.get_logger("node.api")
-
-QUEUE_CONFIG_FIELDS = frozenset(
-    {
-        "fifo",
-        "visibility_timeout_s",
-        "max_receives",
-        "dead_letter_queue",
-        "retention_s",
-        "delay_s",
-        "dedup_window_s",
-        "max_message_bytes",
-        "content_based_dedup",
-    }
-)
 
 BROKER_KEY = web.AppKey("broker", Broker)
 NODE_KEY = web.AppKey("node", object)
@@ -217,9 +209,8 @@ async def metrics(request: web.Request) -> web.Response:
 async def put_queue(request: web.Request) -> web.Response:
     broker: Broker = request.app[BROKER_KEY]
     name = _queue_name(request)
-    body = await _body(request)
-    reject_unknown(body, QUEUE_CONFIG_FIELDS, "queue config")
-    result = await broker.propose("queue_put", name=name, config=body)
+    config = parse_queue_config(await _body(request))
+    result = await broker.propose("queue_put", name=name, config=config)
     return respond(request, result["queue"], status=201 if result.get("created") else 200)
 
 

@@ -298,11 +298,18 @@ def reject_unknown(body: dict[str, Any], allowed: set[str] | frozenset[str], whe
 def get_int(
     body: dict[str, Any], key: str, default: int | None, lo: int, hi: int, where: str = "body"
 ) -> int | None:
+    """`body[key]` as an int in lo..hi; an integral number such as 30.0 counts as an integer.
+
+    JSON has one number type and many encoders write 30.0: it becomes the int 30 here, so
+    the command (and every replica) carries an int. 30.5 and true are refused.
+    """
     value = body.get(key, default)
     if value is None:
         return default
     if type(value) is not int:
-        raise bad_request(f"{where}.{key} must be an integer", field=key)
+        if type(value) is not float or not value.is_integer():
+            raise bad_request(f"{where}.{key} must be an integer", field=key)
+        value = int(value)
     if not lo <= value <= hi:
         raise bad_request(f"{where}.{key} must be between {lo} and {hi}", field=key)
     return value

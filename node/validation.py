@@ -14,8 +14,9 @@ from typing import Any
 from node.config import Limits
 from node.http import bad_request, get_int, get_number, get_str, reject_unknown, too_large
 from node.state.fields import MAX_DELAY_S, MAX_ID_BYTES, MAX_ID_CHARS, valid_id
-from node.state.queue_config import queue_name_message, valid_queue_name
+from node.state.queue_config import DEFAULTS, INT_RANGES, queue_name_message, valid_queue_name
 
+QUEUE_CONFIG_FIELDS = frozenset(DEFAULTS)
 MESSAGE_FIELDS = frozenset(
     {"body", "body_b64", "attributes", "delay_s", "dedup_id", "group_id", "priority"}
 )
@@ -26,6 +27,23 @@ def check_queue_name(name: str) -> str:
     if not valid_queue_name(name):
         raise bad_request(queue_name_message(name), field="name")
     return name
+
+
+def parse_queue_config(body: dict[str, Any]) -> dict[str, Any]:
+    """The body of PUT /v1/queues/{name}: known fields only, integral numbers as ints.
+
+    The state machine validates the config (merge_config) and wants ints for its integer
+    fields. JSON has one number type and many encoders write 30.0, so an integral number
+    becomes an int here, before proposing: the log and every replica see the int. Other
+    values (30.5, "30") go through unchanged for the state machine to refuse.
+    """
+    reject_unknown(body, QUEUE_CONFIG_FIELDS, "queue config")
+    config = dict(body)
+    for key in INT_RANGES.keys() & config.keys():
+        value = config[key]
+        if type(value) is float and value.is_integer():
+            config[key] = int(value)
+    return config
 
 
 def decode_body(msg: dict[str, Any], where: str) -> bytes:

@@ -409,6 +409,38 @@ async def test_bad_queue_config_changes_nothing(api):
     assert await _state(api) == before
 
 
+async def test_integral_numbers_are_integers(api):
+    """JSON has one number type: 30.0 is accepted wherever an integer is, 30.5 is not."""
+    status, cfg = await api.raw_json(
+        "PUT", "/v1/queues/floats", b'{"visibility_timeout_s": 30.0, "max_message_bytes": 2048.0}'
+    )
+    assert status == 201, cfg
+    assert type(cfg["visibility_timeout_s"]) is int and cfg["visibility_timeout_s"] == 30
+    assert type(cfg["max_message_bytes"]) is int and cfg["max_message_bytes"] == 2048
+    status, sent = await api.raw_json(
+        "POST", "/v1/queues/floats/messages", b'{"messages": [{"body": "x", "priority": 3.0}]}'
+    )
+    assert status == 200, sent
+    status, got = await api.raw_json("POST", "/v1/queues/floats/receive", b'{"max": 2.0}')
+    assert status == 200 and got["messages"][0]["priority"] == 3, got
+    # msgpack floats too
+    payload = msgpack.packb({"visibility_timeout_s": 45.0})
+    status, raw = await api.raw("PUT", "/v1/queues/floats", payload, MSGPACK)
+    assert status == 200 and msgpack.unpackb(raw)["visibility_timeout_s"] == 45
+
+    before = await _state(api)
+    status, body = await api.put("/v1/queues/floats", {"visibility_timeout_s": 30.5})
+    assert status == 400 and body["error"]["field"] == "visibility_timeout_s"
+    assert body["error"]["message"] == "visibility_timeout_s must be an integer in 0..43200"
+    status, body = await api.post("/v1/queues/floats/receive", {"max": 2.5})
+    assert status == 400 and body["error"]["message"] == "body.max must be an integer"
+    status, body = await api.post(
+        "/v1/queues/floats/messages", {"messages": [{"body": "x", "priority": 1.5}]}
+    )
+    assert status == 400 and body["error"]["message"] == "messages[0].priority must be an integer"
+    assert await _state(api) == before
+
+
 async def test_bad_receive_and_receipts(api):
     await api.put("/v1/queues/rx", {})
     before = await _state(api)

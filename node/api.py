@@ -323,7 +323,9 @@ async def _receipt_op(request: web.Request, op: str, extra: dict[str, Any]) -> w
     reject_unknown(body, {"receipts", *extra}, "body")
     fields: dict[str, Any] = {"queue": name, "receipts": parse_receipts(body, broker.config.limits)}
     for key, (default, lo, hi) in extra.items():
-        fields[key] = get_number(body, key, default, lo, hi)
+        value = get_number(body, key, default, lo, hi)
+        if value is not None:  # absent: the state machine applies the queue's own setting
+            fields[key] = value
     result = await broker.propose(op, **fields)
     if op == "ack":
         broker.metrics.count_acked(name, int(result.get("acked", 0)))
@@ -339,7 +341,9 @@ async def nack_messages(request: web.Request) -> web.Response:
 
 
 async def extend_messages(request: web.Request) -> web.Response:
-    return await _receipt_op(request, "extend", {"visibility_timeout_s": (30, 0, 43_200)})
+    """Without visibility_timeout_s, the command carries none and every replica extends by
+    the queue's own visibility timeout (as a receive does), not by a fixed 30 s."""
+    return await _receipt_op(request, "extend", {"visibility_timeout_s": (None, 0, 43_200)})
 
 
 async def redrive(request: web.Request) -> web.Response:

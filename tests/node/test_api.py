@@ -119,6 +119,22 @@ async def test_nack_extend_and_auto_ack(api):
     assert info["depth"] == 0 and info["in_flight"] == 0
 
 
+async def test_extend_without_a_timeout_uses_the_queues_own(api):
+    """Not a fixed 30 s: with the queue's 2 s, the message is back within seconds."""
+    await api.put("/v1/queues/ext", {"visibility_timeout_s": 2})
+    await api.post("/v1/queues/ext/messages", {"messages": [{"body": "e"}]})
+    _, got = await api.post("/v1/queues/ext/receive", {})
+    receipt = got["messages"][0]["receipt"]
+    status, ext = await api.post("/v1/queues/ext/extend", {"receipts": [receipt]})
+    assert status == 200 and ext == {"extended": 1, "stale": []}
+    _, none = await api.post("/v1/queues/ext/receive", {})
+    assert none["messages"] == []  # the lease still holds right after the extend
+    started = time.monotonic()
+    _, again = await api.post("/v1/queues/ext/receive", {"wait_s": 15})
+    assert [m["receive_count"] for m in again["messages"]] == [2]  # a 30 s lease: none here
+    assert time.monotonic() - started < 10
+
+
 async def test_dedup_id_answers_original(api):
     await api.put("/v1/queues/dd", {})
     _, a = await api.post("/v1/queues/dd/messages", {"messages": [{"body": "x", "dedup_id": "k1"}]})

@@ -31,23 +31,15 @@ from node.http import (
     too_large,
     wants_msgpack,
 )
-from node.validation import check_queue_name, parse_messages, parse_receipts, parse_receive
+from node.validation import (
+    check_queue_name,
+    parse_messages,
+    parse_queue_config,
+    parse_receipts,
+    parse_receive,
+)
 
 log = structlog.get_logger("node.api")
-
-QUEUE_CONFIG_FIELDS = frozenset(
-    {
-        "fifo",
-        "visibility_timeout_s",
-        "max_receives",
-        "dead_letter_queue",
-        "retention_s",
-        "delay_s",
-        "dedup_window_s",
-        "max_message_bytes",
-        "content_based_dedup",
-    }
-)
 
 BROKER_KEY = web.AppKey("broker", Broker)
 NODE_KEY = web.AppKey("node", object)
@@ -231,9 +223,8 @@ async def metrics(request: web.Request) -> web.Response:
 async def put_queue(request: web.Request) -> web.Response:
     broker: Broker = request.app[BROKER_KEY]
     name = _queue_name(request)
-    body = await _body(request)
-    reject_unknown(body, QUEUE_CONFIG_FIELDS, "queue config")
-    result = await broker.propose("queue_put", name=name, config=body)
+    config = parse_queue_config(await _body(request))
+    result = await broker.propose("queue_put", name=name, config=config)
     return respond(request, result["queue"], status=201 if result.get("created") else 200)
 
 
@@ -346,7 +337,9 @@ async def _receipt_op(request: web.Request, op: str, extra: dict[str, Any]) -> w
     reject_unknown(body, {"receipts", *extra}, "body")
     fields: dict[str, Any] = {"queue": name, "receipts": parse_receipts(body, broker.config.limits)}
     for key, (default, lo, hi) in extra.items():
-        fields[key] = get_number(body, key, default, lo, hi)
+        value = get_number(body, key, default, lo, hi)
+        if value is not None:  # absent: the state machine applies the queue's own setting
+            fields[key] = value
     result = await broker.propose(op, **fields)
     if op == "ack":
         broker.metrics.count_acked(name, int(result.get("acked", 0)))
@@ -362,7 +355,9 @@ async def nack_messages(request: web.Request) -> web.Response:
 
 
 async def extend_messages(request: web.Request) -> web.Response:
-    return await _receipt_op(request, "extend", {"visibility_timeout_s": (30, 0, 43_200)})
+    """Without visibility_timeout_s, the command carries none and every replica extends by
+    the queue's own visibility timeout (as a receive does), not by a fixed 30 s."""
+    return await _receipt_op(request, "extend", {"visibility_timeout_s": (None, 0, 43_200)})
 
 
 async def redrive(request: web.Request) -> web.Response:

@@ -159,7 +159,7 @@ class QueueStateMachine:
     # ---- read-only queries (any thread) ------------------------------------------------
 
     def queue_info(self, name: str, now_ms: int) -> dict[str, Any] | None:
-        if not isinstance(name, str) or not queue_config.QUEUE_NAME.match(name):
+        if not queue_config.valid_queue_name(name):
             return None
 
         def read(txn: lmdb.Transaction) -> dict[str, Any] | None:
@@ -171,7 +171,7 @@ class QueueStateMachine:
 
     def queue_config(self, name: str) -> dict[str, Any] | None:
         """The queue's config only (no stats): what the API checks on every send."""
-        if not isinstance(name, str) or not queue_config.QUEUE_NAME.match(name):
+        if not queue_config.valid_queue_name(name):
             return None
 
         gen = self._config_gen

@@ -9,26 +9,41 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from typing import Any
 
 from node.config import Limits
 from node.http import bad_request, get_int, get_number, get_str, reject_unknown, too_large
 from node.state.fields import MAX_DELAY_S, MAX_ID_BYTES, MAX_ID_CHARS, valid_id
+from node.state.queue_config import DEFAULTS, INT_RANGES, queue_name_message, valid_queue_name
 
-QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,80}$")
+QUEUE_CONFIG_FIELDS = frozenset(DEFAULTS)
 MESSAGE_FIELDS = frozenset(
     {"body", "body_b64", "attributes", "delay_s", "dedup_id", "group_id", "priority"}
 )
 
 
 def check_queue_name(name: str) -> str:
-    if not QUEUE_NAME.match(name) or name in (".", ".."):
-        raise bad_request(
-            f"invalid queue name {name[:100]!r}: use 1-80 characters of A-Z a-z 0-9 _ . -",
-            field="name",
-        )
+    """The state machine's rule (queue_config.valid_queue_name), refused before proposing."""
+    if not valid_queue_name(name):
+        raise bad_request(queue_name_message(name), field="name")
     return name
+
+
+def parse_queue_config(body: dict[str, Any]) -> dict[str, Any]:
+    """The body of PUT /v1/queues/{name}: known fields only, integral numbers as ints.
+
+    The state machine validates the config (merge_config) and wants ints for its integer
+    fields. JSON has one number type and many encoders write 30.0, so an integral number
+    becomes an int here, before proposing: the log and every replica see the int. Other
+    values (30.5, "30") go through unchanged for the state machine to refuse.
+    """
+    reject_unknown(body, QUEUE_CONFIG_FIELDS, "queue config")
+    config = dict(body)
+    for key in INT_RANGES.keys() & config.keys():
+        value = config[key]
+        if type(value) is float and value.is_integer():
+            config[key] = int(value)
+    return config
 
 
 def decode_body(msg: dict[str, Any], where: str) -> bytes:
@@ -41,7 +56,12 @@ def decode_body(msg: dict[str, Any], where: str) -> bytes:
             return body
         if not isinstance(body, str):
             raise bad_request(f"{where}.body must be a string (use body_b64 for bytes)")
-        return body.encode("utf-8", "surrogatepass")
+        try:  # read_body refused lone surrogates already; never store invalid UTF-8 anyway
+            return body.encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad_request(
+                f"{where}.body is not valid Unicode (send bytes as body_b64)", field="body"
+            ) from None
     b64 = msg["body_b64"]
     if not isinstance(b64, str):
         raise bad_request(f"{where}.body_b64 must be a base64 string")

@@ -12,7 +12,10 @@ from typing import Any
 
 from node.errors import BadRequest, Conflict
 
-QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,80}$")
+# The one home of the queue-name rule: the API checks names with it before proposing, the
+# state machine again when applying. Always `fullmatch`: with `match`, a `$` anchor also
+# matches before a trailing newline, which let `PUT /v1/queues/foo%0A` create "foo\n".
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,80}")
 FIFO_SUFFIX = ".fifo"
 
 # Order matters: it is the order of the stored (and hashed) config map.
@@ -39,12 +42,21 @@ INT_RANGES: dict[str, tuple[int, int]] = {
 BOOL_KEYS = ("fifo", "content_based_dedup")
 
 
+def valid_queue_name(name: Any) -> bool:
+    """1-80 characters of A-Z a-z 0-9 _ . - (not "." or "..": names end up in URLs)."""
+    return (
+        isinstance(name, str) and QUEUE_NAME.fullmatch(name) is not None and name not in (".", "..")
+    )
+
+
+def queue_name_message(name: Any) -> str:
+    """The refusal text for a bad name, the same from the API edge and the state machine."""
+    return f"invalid queue name {str(name)[:100]!r}: use 1-80 characters of A-Z a-z 0-9 _ . -"
+
+
 def check_queue_name(name: Any, field: str = "name") -> str:
-    if not isinstance(name, str) or not QUEUE_NAME.match(name) or name in (".", ".."):
-        raise BadRequest(
-            f"invalid queue name {str(name)[:100]!r}: use 1-80 characters of A-Z a-z 0-9 _ . -",
-            field=field,
-        )
+    if not valid_queue_name(name):
+        raise BadRequest(queue_name_message(name), field=field)
     return name
 
 

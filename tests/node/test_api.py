@@ -16,6 +16,8 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
+MSGPACK = "application/msgpack"
+
 
 async def _state(api) -> str:
     _, body = await api.get("/v1/admin/state")
@@ -115,6 +117,22 @@ async def test_nack_extend_and_auto_ack(api):
     assert again["messages"][0]["receive_count"] == 2
     _, info = await api.get("/v1/queues/nx")
     assert info["depth"] == 0 and info["in_flight"] == 0
+
+
+async def test_extend_without_a_timeout_uses_the_queues_own(api):
+    """Not a fixed 30 s: with the queue's 2 s, the message is back within seconds."""
+    await api.put("/v1/queues/ext", {"visibility_timeout_s": 2})
+    await api.post("/v1/queues/ext/messages", {"messages": [{"body": "e"}]})
+    _, got = await api.post("/v1/queues/ext/receive", {})
+    receipt = got["messages"][0]["receipt"]
+    status, ext = await api.post("/v1/queues/ext/extend", {"receipts": [receipt]})
+    assert status == 200 and ext == {"extended": 1, "stale": []}
+    _, none = await api.post("/v1/queues/ext/receive", {})
+    assert none["messages"] == []  # the lease still holds right after the extend
+    started = time.monotonic()
+    _, again = await api.post("/v1/queues/ext/receive", {"wait_s": 15})
+    assert [m["receive_count"] for m in again["messages"]] == [2]  # a 30 s lease: none here
+    assert time.monotonic() - started < 10
 
 
 async def test_dedup_id_answers_original(api):
@@ -272,6 +290,86 @@ async def test_bad_send_bodies_change_nothing(api, case, raw, status):
     assert await _state(api) == before
 
 
+# A lone surrogate in every kind of string field: JSON's "\ud800" escape, or the same
+# code point encoded in UTF-8 (0xED 0xA0 0x80), which json decodes with surrogatepass.
+ESC, RAW = b"\\ud800", b"\xed\xa0\x80"
+UNICODE_CASES = [
+    ("dedup_id", "/v1/queues/uni/messages", b'{"messages": [{"body": "x", "dedup_id": "%s"}]}'),
+    ("group_id", "/v1/queues/uni/messages", b'{"messages": [{"body": "x", "group_id": "%s"}]}'),
+    ("body", "/v1/queues/uni/messages", b'{"messages": [{"body": "%s"}]}'),
+    (
+        "attributes",
+        "/v1/queues/uni/messages",
+        b'{"messages": [{"body": "x", "attributes": {"%s": "v"}}]}',
+    ),
+    ("a", "/v1/queues/uni/messages", b'{"messages": [{"body": "x", "attributes": {"a": "%s"}}]}'),
+    ("messages", "/v1/queues/uni/messages", b'{"messages": [{"body": "x", "%s": 1}]}'),
+    (
+        "id",
+        "/v1/queues/uni/messages",
+        b'{"messages": [{"body": "x"}], "producer": {"id": "%s", "epoch": 0, "seq": 0}}',
+    ),
+    ("receipts", "/v1/queues/uni/ack", b'{"receipts": ["%s"]}'),
+    ("receipts", "/v1/queues/uni/nack", b'{"receipts": ["%s"]}'),
+    ("receipts", "/v1/queues/uni/extend", b'{"receipts": ["%s"]}'),
+    (
+        "txn_id",
+        "/v1/transactions",
+        b'{"txn_id": "%s", "send": [{"queue": "uni", "messages": [{"body": "x"}]}]}',
+    ),
+    ("receipt", "/v1/transactions", b'{"txn_id": "t", "ack": [{"queue": "uni", "receipt": "%s"}]}'),
+    (
+        "body",
+        "/v1/transactions",
+        b'{"txn_id": "t", "send": [{"queue": "uni", "messages": [{"body": "%s"}]}]}',
+    ),
+    ("producer_id", "/v1/producers", b'{"producer_id": "%s"}'),
+    ("dead_letter_queue", "/v1/queues/uni2", b'{"dead_letter_queue": "%s"}'),
+]
+
+
+@pytest.mark.parametrize("encoded", [ESC, RAW], ids=["escape", "utf8"])
+@pytest.mark.parametrize(
+    ("field", "path", "template"), UNICODE_CASES, ids=[f"{c[1]}:{c[0]}" for c in UNICODE_CASES]
+)
+async def test_invalid_unicode_is_a_400_naming_the_field(api, field, path, template, encoded):
+    """Every string field refuses a lone surrogate: a 400 naming it, never a 500 or a store."""
+    await api.put("/v1/queues/uni", {})
+    before = await _state(api)
+    method = "PUT" if path == "/v1/queues/uni2" else "POST"
+    status, body = await api.raw_json(method, path, template % encoded)
+    assert status == 400, body
+    assert body["error"]["code"] == "bad_request" and body["error"]["field"] == field, body
+    assert "not valid Unicode" in body["error"]["message"]
+    assert await _state(api) == before
+
+
+async def test_invalid_utf8_in_msgpack_is_a_400_naming_the_field(api):
+    await api.put("/v1/queues/unimp", {})
+    before = await _state(api)
+    # {"messages": [{"body": "x", "dedup_id": <str holding 0xED 0xA0 0x80>}]}
+    payload = msgpack.packb({"messages": [{"body": "x", "dedup_id": "@@@"}]})
+    payload = payload.replace(b"@@@", RAW)
+    status, raw = await api.raw("POST", "/v1/queues/unimp/messages", payload, MSGPACK)
+    err = msgpack.unpackb(raw)["error"]
+    assert status == 400 and err["code"] == "bad_request" and err["field"] == "dedup_id", err
+    assert await _state(api) == before
+
+
+async def test_invalid_unicode_in_the_path_or_query_is_never_a_500(api):
+    await api.put("/v1/queues/uniq", {})
+    before = await _state(api)
+    status, body = await api.post("/v1/queues/%ED%A0%80/receive", {})
+    assert status == 400 and body["error"]["field"] == "name"
+    status, body = await api.post("/v1/queues/uniq/messages?ack=%ED%A0%80", {"messages": []})
+    assert status == 400 and body["error"]["code"] == "bad_request"
+    status, body = await api.get("/v1/admin/log?from=%ED%A0%80")
+    assert status == 400 and body["error"]["code"] == "bad_request"
+    status, _ = await api.get("/v1/queues/uniq?consistency=%ED%A0%80")
+    assert status == 200
+    assert await _state(api) == before
+
+
 async def test_limits_answer_413_and_change_nothing(api):
     await api.put("/v1/queues/small", {"max_message_bytes": 1024})
     before = await _state(api)
@@ -290,9 +388,17 @@ async def test_limits_answer_413_and_change_nothing(api):
 
 async def test_bad_names_and_unknown_queues(api):
     before = await _state(api)
-    for path in ("/v1/queues/bad%20name", "/v1/queues/" + "x" * 81, "/v1/queues/a$b"):
+    for path in (
+        "/v1/queues/bad%20name",
+        "/v1/queues/" + "x" * 81,
+        "/v1/queues/a$b",
+        "/v1/queues/foo%0A",  # `$` also matches before a final newline: fullmatch, not match
+        "/v1/queues/%0A",
+        "/v1/queues/%ED%A0%80",  # a lone surrogate, percent-encoded
+    ):
         status, body = await api.put(path, {})
         assert status == 400 and body["error"]["code"] == "bad_request", path
+        assert body["error"]["field"] == "name", path
     for method, path, payload in (
         ("POST", "/v1/queues/ghost/messages", {"messages": [{"body": "x"}]}),
         ("POST", "/v1/queues/ghost/receive", {}),
@@ -316,6 +422,38 @@ async def test_bad_queue_config_changes_nothing(api):
         status, body = await api.put("/v1/queues/cfg", config)
         assert status in (400, 404), config
         assert body["error"]["code"] in ("bad_request", "not_found")
+    assert await _state(api) == before
+
+
+async def test_integral_numbers_are_integers(api):
+    """JSON has one number type: 30.0 is accepted wherever an integer is, 30.5 is not."""
+    status, cfg = await api.raw_json(
+        "PUT", "/v1/queues/floats", b'{"visibility_timeout_s": 30.0, "max_message_bytes": 2048.0}'
+    )
+    assert status == 201, cfg
+    assert type(cfg["visibility_timeout_s"]) is int and cfg["visibility_timeout_s"] == 30
+    assert type(cfg["max_message_bytes"]) is int and cfg["max_message_bytes"] == 2048
+    status, sent = await api.raw_json(
+        "POST", "/v1/queues/floats/messages", b'{"messages": [{"body": "x", "priority": 3.0}]}'
+    )
+    assert status == 200, sent
+    status, got = await api.raw_json("POST", "/v1/queues/floats/receive", b'{"max": 2.0}')
+    assert status == 200 and got["messages"][0]["priority"] == 3, got
+    # msgpack floats too
+    payload = msgpack.packb({"visibility_timeout_s": 45.0})
+    status, raw = await api.raw("PUT", "/v1/queues/floats", payload, MSGPACK)
+    assert status == 200 and msgpack.unpackb(raw)["visibility_timeout_s"] == 45
+
+    before = await _state(api)
+    status, body = await api.put("/v1/queues/floats", {"visibility_timeout_s": 30.5})
+    assert status == 400 and body["error"]["field"] == "visibility_timeout_s"
+    assert body["error"]["message"] == "visibility_timeout_s must be an integer in 0..43200"
+    status, body = await api.post("/v1/queues/floats/receive", {"max": 2.5})
+    assert status == 400 and body["error"]["message"] == "body.max must be an integer"
+    status, body = await api.post(
+        "/v1/queues/floats/messages", {"messages": [{"body": "x", "priority": 1.5}]}
+    )
+    assert status == 400 and body["error"]["message"] == "messages[0].priority must be an integer"
     assert await _state(api) == before
 
 

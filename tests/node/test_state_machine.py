@@ -147,6 +147,14 @@ def test_queue_put_refuses_bad_names_and_non_map_config(h: Harness) -> None:
     assert_refused(h, "bad_request", "queue_put", name="", config={})
     assert_refused(h, "bad_request", "queue_put", name=7, config={})
     assert_refused(h, "bad_request", "queue_put", name="q", config=[1])
+    # `$` matches before a trailing newline: the rule must hold for the whole name
+    assert_refused(h, "bad_request", "queue_put", name="foo\n", config={})
+    h.create("work")
+    err = assert_refused(
+        h, "bad_request", "queue_put", name="q", config={"dead_letter_queue": "work\n"}
+    )
+    assert err["field"] == "dead_letter_queue"
+    assert h.sm.queue_info("work\n", h.now_ms) is None
 
 
 def test_changing_fifo_is_a_conflict(h: Harness) -> None:

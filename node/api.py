@@ -459,6 +459,33 @@ async def admin_state(request: web.Request) -> web.Response:
     )
 
 
+# Every route of the API: (method, path, handler). One table, so tests can list them.
+ROUTES: tuple[tuple[str, str, Any], ...] = (
+    ("GET", "/v1/health", health),
+    ("GET", "/v1/ready", ready),
+    ("GET", "/v1/cluster", cluster),
+    ("POST", "/v1/cluster/transfer-leader", transfer_leader),
+    ("POST", "/v1/cluster/members", members_unsupported),
+    ("DELETE", "/v1/cluster/members/{id}", members_unsupported),
+    ("GET", "/metrics", metrics),
+    ("GET", "/v1/queues", list_queues),
+    ("PUT", "/v1/queues/{name}", put_queue),
+    ("GET", "/v1/queues/{name}", show_queue),
+    ("DELETE", "/v1/queues/{name}", delete_queue),
+    ("POST", "/v1/queues/{name}/purge", purge_queue),
+    ("POST", "/v1/queues/{name}/messages", send_messages),
+    ("POST", "/v1/queues/{name}/receive", receive_messages),
+    ("POST", "/v1/queues/{name}/ack", ack_messages),
+    ("POST", "/v1/queues/{name}/nack", nack_messages),
+    ("POST", "/v1/queues/{name}/extend", extend_messages),
+    ("POST", "/v1/queues/{name}/redrive", redrive),
+    ("POST", "/v1/transactions", transaction),
+    ("POST", "/v1/producers", producer_init),
+    ("GET", "/v1/admin/log", admin_log),
+    ("GET", "/v1/admin/state", admin_state),
+)
+
+
 def build_app(broker: Broker, node: Any) -> web.Application:
     cfg = broker.config
     app = web.Application(
@@ -481,27 +508,6 @@ def build_app(broker: Broker, node: Any) -> web.Application:
         await forwarder.close()
 
     app.on_cleanup.append(close_forwarder)
-    r = app.router
-    r.add_get("/v1/health", health)
-    r.add_get("/v1/ready", ready)
-    r.add_get("/v1/cluster", cluster)
-    r.add_post("/v1/cluster/transfer-leader", transfer_leader)
-    r.add_post("/v1/cluster/members", members_unsupported)
-    r.add_delete("/v1/cluster/members/{id}", members_unsupported)
-    r.add_get("/metrics", metrics)
-    r.add_get("/v1/queues", list_queues)
-    r.add_put("/v1/queues/{name}", put_queue)
-    r.add_get("/v1/queues/{name}", show_queue)
-    r.add_delete("/v1/queues/{name}", delete_queue)
-    r.add_post("/v1/queues/{name}/purge", purge_queue)
-    r.add_post("/v1/queues/{name}/messages", send_messages)
-    r.add_post("/v1/queues/{name}/receive", receive_messages)
-    r.add_post("/v1/queues/{name}/ack", ack_messages)
-    r.add_post("/v1/queues/{name}/nack", nack_messages)
-    r.add_post("/v1/queues/{name}/extend", extend_messages)
-    r.add_post("/v1/queues/{name}/redrive", redrive)
-    r.add_post("/v1/transactions", transaction)
-    r.add_post("/v1/producers", producer_init)
-    r.add_get("/v1/admin/log", admin_log)
-    r.add_get("/v1/admin/state", admin_state)
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
     return app

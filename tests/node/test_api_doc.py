@@ -18,7 +18,6 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -40,6 +39,7 @@ class Example:
     data: bytes | None
     follow: bool  # curl -L
     status: int
+    headers: dict[str, str]  # curl -H
     answer: Any = None  # the documented answer, when a ```json block follows
     answered: bool = False
 
@@ -52,10 +52,14 @@ def parse_curl(block: str, line: int) -> Example:
     if not args or args[0] != "curl":
         raise ValueError(f"docs/API.md:{line}: a ```sh block must hold one curl command")
     method, data, url, follow = None, None, None, False
+    headers: dict[str, str] = {}
     rest = iter(args[1:])
     for arg in rest:
         if arg == "-X":
             method = next(rest)
+        elif arg == "-H":
+            name, _, value = next(rest).partition(":")
+            headers[name.strip()] = value.strip()
         elif arg == "-d":
             data = next(rest).encode()
         elif arg in ("-s", "-L", "-sL"):
@@ -73,6 +77,7 @@ def parse_curl(block: str, line: int) -> Example:
         data=data,
         follow=follow,
         status=int(status_match.group(1)) if status_match else 200,
+        headers=headers,
     )
 
 
@@ -130,15 +135,9 @@ def _route_pattern(template: str) -> re.Pattern[str]:
 
 
 def _routes() -> set[tuple[str, str]]:
-    from node.api import build_app
+    from node.api import ROUTES
 
-    fake = SimpleNamespace(config=SimpleNamespace(limits=SimpleNamespace(max_body_bytes=1)))
-    app = build_app(fake, None)  # type: ignore[arg-type]
-    return {
-        (r.method, r.resource.canonical)
-        for r in app.router.routes()
-        if r.method != "HEAD" and r.resource is not None
-    }
+    return {(method, path) for method, path, _handler in ROUTES}
 
 
 # ---------------------------------------------------------------- offline checks
@@ -187,6 +186,7 @@ async def _call(session: aiohttp.ClientSession, base: str, ex: Example) -> tuple
     """The request as curl sends it (-d means a form content type); 503 no_leader (an
     election after the documented leader transfer: nothing was applied) is retried."""
     headers = {"Content-Type": "application/x-www-form-urlencoded"} if ex.data else {}
+    headers.update(ex.headers)
     for _ in range(50):
         async with session.request(
             ex.method, base + ex.path, data=ex.data, headers=headers, allow_redirects=ex.follow

@@ -694,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tmp = tempfile.TemporaryDirectory(prefix="raftq-bench-")
         ports = free_ports(2 * args.nodes)
-        extra = ("--log-level", "warning") + (("--no-fsync",) if args.no_fsync else ())
+        extra = ("--log-level", "warning") + (("--unsafe-no-fsync",) if args.no_fsync else ())
         cluster = LocalCluster(
             nodes=args.nodes,
             data_dir=tmp.name,

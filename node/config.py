@@ -187,7 +187,13 @@ def argument_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster-id", dest="cluster_id")
     p.add_argument("--log-format", dest="log_format", choices=["json", "console"])
     p.add_argument("--log-level", dest="log_level")
-    p.add_argument("--no-fsync", dest="fsync", action="store_false", default=None)
+    p.add_argument(
+        "--unsafe-no-fsync",
+        dest="fsync",
+        action="store_false",
+        default=None,
+        help="benchmarks only: skip fsync, so an acknowledged write can be lost on power failure",
+    )
     p.add_argument(
         "--no-coalesce",
         dest="coalesce_writes",
@@ -227,6 +233,14 @@ def load_config(argv: list[str] | None = None) -> NodeConfig:
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {args.config}: {exc}") from exc
         values = {k.replace("-", "_"): v for k, v in values.items()}
+        if "fsync" in values:
+            # A config file is what a deployment runs with: durability is not optional
+            # there. Benchmarks turn fsync off with the flag whose name says what it costs.
+            raise ConfigError(
+                f"{args.config}: fsync cannot be set in a config file; without fsync an "
+                "acknowledged write can be lost on power failure (benchmarks only: "
+                "--unsafe-no-fsync)"
+            )
     for k, v in vars(args).items():
         if k != "config" and v is not None:
             values[k] = v

@@ -35,6 +35,11 @@ class BrokerNode:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         os.makedirs(config.data_dir, exist_ok=True)
+        if not config.fsync:
+            log.warning(
+                "node.unsafe_no_fsync",
+                detail="fsync is off (benchmarks only): acknowledged writes can be lost",
+            )
         self.env = LmdbEnv(
             os.path.join(config.data_dir, "lmdb"),
             sync=config.fsync,

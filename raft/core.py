@@ -599,7 +599,11 @@ class RaftCore:
             self._send_append(m.frm, send_if_empty=True)
 
     def _handle_append_accept(self, m: Message, pr: Progress) -> None:
-        if not pr.maybe_update(m.index):
+        # An accept at exactly our match, while probing, still proves where the logs match
+        # (e.g. a probe answered after a heartbeat response reset it): replicate again now
+        # instead of a heartbeat later.
+        resumed = pr.state is ProgressState.PROBE and m.index == pr.match_index
+        if not pr.maybe_update(m.index) and not resumed:
             return
         if pr.state is ProgressState.PROBE:
             pr.become_replicate()

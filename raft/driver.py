@@ -75,6 +75,7 @@ from raft.errors import (
     StorageError,
 )
 from raft.failpoints import failpoint
+from raft.framing import config_digest
 from raft.lmdb_env import LmdbEnv
 from raft.messages import (
     Entry,
@@ -185,6 +186,10 @@ class RaftNode:
         frame_bound = max_append_frame_bytes(core_cfg.max_entry_bytes, core_cfg.max_msg_bytes)
         frame_limit = self._transport_options.setdefault(
             "max_frame_bytes", max(DEFAULT_MAX_FRAME_BYTES, frame_bound)
+        )
+        # Peers that disagree on the members or the entry limit refuse each other.
+        self._transport_options.setdefault(
+            "config_digest", config_digest(core_cfg.peers, core_cfg.max_entry_bytes)
         )
         if frame_limit < frame_bound:
             raise ValueError(

@@ -103,16 +103,36 @@ class Handshake:
     to: int
 
 
-def _mac(secret: bytes, proto: int, cluster: str, frm: int, to: int) -> bytes:
-    signed = msgpack.packb([proto, cluster, frm, to], use_bin_type=True)
+def config_digest(voters: tuple[int, ...], max_entry_bytes: int) -> bytes:
+    """What members must agree on to form one cluster, as 16 bytes for the handshake.
+
+    Why: nodes started with different `--peers` lists compute different majorities (two
+    "majorities" that do not intersect can elect two leaders in one term), and nodes with
+    different entry limits can send frames the other refuses. Until membership lives in
+    the log, the handshake compares these and refuses a peer that disagrees.
+    """
+    canonical = msgpack.packb(["raftq-config", sorted(voters), max_entry_bytes])
+    return hashlib.sha256(canonical).digest()[:16]
+
+
+def _mac(secret: bytes, proto: int, cluster: str, frm: int, to: int, config: bytes) -> bytes:
+    signed = msgpack.packb([proto, cluster, frm, to, config], use_bin_type=True)
     return hmac.new(secret, signed, hashlib.sha256).digest()
 
 
-def encode_handshake(cluster: str, frm: int, to: int, secret: bytes | None) -> bytes:
+def encode_handshake(
+    cluster: str, frm: int, to: int, secret: bytes | None, config: bytes = b""
+) -> bytes:
     """Encode the handshake body (not framed); adds an HMAC-SHA256 when a secret is set."""
-    fields: dict[str, Any] = {"proto": PROTO_VERSION, "cluster": cluster, "from": frm, "to": to}
+    fields: dict[str, Any] = {
+        "proto": PROTO_VERSION,
+        "cluster": cluster,
+        "from": frm,
+        "to": to,
+        "config": config,
+    }
     if secret is not None:
-        fields["hmac"] = _mac(secret, PROTO_VERSION, cluster, frm, to)
+        fields["hmac"] = _mac(secret, PROTO_VERSION, cluster, frm, to, config)
     return msgpack.packb(fields, use_bin_type=True)
 
 
@@ -120,7 +140,9 @@ def _is_int(value: Any) -> bool:
     return type(value) is int  # bool is an int subclass: refuse it
 
 
-def decode_handshake(body: bytes, *, cluster: str, our_id: int, secret: bytes | None) -> Handshake:
+def decode_handshake(
+    body: bytes, *, cluster: str, our_id: int, secret: bytes | None, config: bytes = b""
+) -> Handshake:
     """Validate a handshake body; raise HandshakeRejected with a reason tag on any mismatch."""
     try:
         raw = msgpack.unpackb(body, raw=False, strict_map_key=True)
@@ -140,12 +162,20 @@ def decode_handshake(body: bytes, *, cluster: str, our_id: int, secret: bytes | 
     to = raw.get("to")
     if not _is_int(to) or to != our_id:
         raise HandshakeRejected("wrong_to", f"{to!r:.40}")
+    got_config = raw.get("config", b"")
+    if type(got_config) is not bytes or got_config != config:
+        theirs = got_config.hex() if type(got_config) is bytes else repr(got_config)[:40]
+        raise HandshakeRejected(
+            "config_mismatch",
+            f"node {frm} has members/limits digest {theirs or 'none'}, ours is "
+            f"{config.hex() or 'none'}: start every node with the same --peers and limits",
+        )
     if secret is not None:
         mac = raw.get("hmac")
         if mac is None:
             raise HandshakeRejected("hmac_missing")
         if type(mac) is not bytes or not hmac.compare_digest(
-            mac, _mac(secret, proto, got_cluster, frm, to)
+            mac, _mac(secret, proto, got_cluster, frm, to, got_config)
         ):
             raise HandshakeRejected("hmac_mismatch")
     return Handshake(proto=proto, cluster=got_cluster, frm=frm, to=to)

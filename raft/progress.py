@@ -125,11 +125,18 @@ class Progress:
             if rejected <= self.match_index:
                 return False
             self.next_index = self.match_index + 1
+            self._lower_sent_commit()
             return True
         if self.next_index - 1 != rejected or rejected <= self.match_index:
             # Stale, or the peer lost entries it had acknowledged (a broken disk): do not
             # retry hot; the next heartbeat response resumes probing.
             return False
         self.next_index = max(min(rejected, next_probe_hint + 1), self.match_index + 1)
+        self._lower_sent_commit()
         self.probe_sent = False
         return True
+
+    def _lower_sent_commit(self) -> None:
+        """The peer holds nothing at or after `next_index` yet, so it cannot have applied a
+        commit index sent beyond it: the next APP must carry the commit again (etcd does)."""
+        self.sent_commit = min(self.sent_commit, self.next_index - 1)

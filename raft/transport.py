@@ -148,6 +148,7 @@ class Transport:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         max_queue_msgs: int = 4096,
         secret: bytes | None = None,
+        config_digest: bytes = b"",
         connect_timeout_s: float = 1.0,
         backoff_base_s: float = 0.05,
         backoff_max_s: float = 2.0,
@@ -165,6 +166,7 @@ class Transport:
         self.max_frame_bytes = max_frame_bytes
         self.max_queue_msgs = max_queue_msgs
         self._secret = secret
+        self._config_digest = config_digest  # see framing.config_digest
         self.connect_timeout_s = connect_timeout_s
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
@@ -446,7 +448,15 @@ class Transport:
     async def _pump(self, peer: _Peer, writer: asyncio.StreamWriter) -> None:
         """Write the handshake, then every queued frame: one write + one drain per wake-up."""
         writer.write(
-            frame(encode_handshake(self.cluster_id, self.node_id, peer.peer_id, self._secret))
+            frame(
+                encode_handshake(
+                    self.cluster_id,
+                    self.node_id,
+                    peer.peer_id,
+                    self._secret,
+                    self._config_digest,
+                )
+            )
         )
         await writer.drain()
         queue = peer.queue
@@ -519,7 +529,11 @@ class Transport:
                     raise HandshakeRejected("too_large", f"length {length}")
                 body = await reader.readexactly(length)
             hs = decode_handshake(
-                body, cluster=self.cluster_id, our_id=self.node_id, secret=self._secret
+                body,
+                cluster=self.cluster_id,
+                our_id=self.node_id,
+                secret=self._secret,
+                config=self._config_digest,
             )
         except TimeoutError:
             self._reject("timeout", "", remote_s)

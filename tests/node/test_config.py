@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +26,7 @@ def test_flags_build_a_config():
             PEERS,
             "--data-dir",
             "/tmp/x",
-            "--no-fsync",
+            "--unsafe-no-fsync",
         ]
     )
     assert cfg.node_id == 1 and cfg.http_url == "http://127.0.0.1:7001"
@@ -84,3 +85,23 @@ def test_missing_setting_exits_2_with_a_message():
         timeout=30,
     )
     assert proc.returncode == 2 and "missing required setting" in proc.stderr
+
+
+def test_fsync_cannot_be_turned_off_from_a_config_file(tmp_path):
+    path = tmp_path / "node.toml"
+    path.write_text(
+        'id = 2\nhttp = "127.0.0.1:7002"\nraft = "127.0.0.1:7102"\n'
+        f'peers = "{PEERS}"\ndata-dir = "/tmp/n2"\nfsync = false\n'
+    )
+    with pytest.raises(ConfigError, match="--unsafe-no-fsync"):
+        load_config(["--config", str(path)])
+    with pytest.raises(SystemExit):  # the old flag is gone: its name did not say the cost
+        load_config(["--config", str(path), "--no-fsync"])
+
+
+def test_no_deploy_config_turns_fsync_off():
+    deploy = Path(__file__).resolve().parents[2] / "deploy"
+    for path in deploy.rglob("*"):
+        if path.is_file():
+            text = path.read_text(errors="replace")
+            assert "no-fsync" not in text and "fsync = false" not in text, path

@@ -81,6 +81,21 @@ def test_decrease_skips_to_hint_and_ignores_stale_rejections() -> None:
     assert pr.next_index == 6  # replicate falls back to match + 1
 
 
+def test_a_rejection_lowers_the_commit_index_known_sent() -> None:
+    """The peer rejected entries after next_index - 1, so it cannot have taken a commit
+    index beyond that from them: the leader must send the commit again."""
+    pr = Progress(next_index=11, max_inflight_msgs=4, max_inflight_bytes=1 << 20)
+    pr.sent_commit = 10
+    assert pr.maybe_decrease_to(rejected=10, next_probe_hint=3)
+    assert pr.next_index == 4 and pr.sent_commit == 3
+    pr.maybe_update(5)
+    pr.become_replicate()
+    pr.sent_commit = 9
+    pr.sent_entries(3, 30, 8)
+    assert pr.maybe_decrease_to(rejected=8, next_probe_hint=1)
+    assert pr.next_index == 6 and pr.sent_commit == 5
+
+
 # ------------------------------------------------------------------ log view
 
 

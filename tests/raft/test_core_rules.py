@@ -498,3 +498,18 @@ def test_read_index_waits_for_current_term_commit_with_peers() -> None:
     assert {m.context for m in beats} == {b"r1"}
     core.step(Message(MessageType.HEARTBEAT_RESP, to=1, frm=3, term=1, context=b"r1"))
     assert [(r.index, r.context) for r in core.ready().read_states] == [(1, b"r1")]
+
+
+def test_an_accept_at_the_match_index_resumes_replication_from_probe() -> None:
+    """etcd: MaybeUpdate(index) || (Match == index && StateProbe) -> BecomeReplicate."""
+    from raft.progress import ProgressState
+
+    s = elected_cluster()
+    leader = core_of(s, 1)
+    pr = leader.progress[2]
+    match = pr.match_index
+    assert match > 0 and pr.state is ProgressState.REPLICATE
+    pr.become_probe()
+    pr.probe_sent = True  # a probe is out; its answer says what we already know
+    leader.step(Message(MessageType.APP_RESP, to=1, frm=2, term=leader.term, index=match))
+    assert pr.state is ProgressState.REPLICATE and not pr.is_paused()

@@ -20,6 +20,7 @@ from raft.framing import (
     FrameDecoder,
     FrameError,
     HandshakeRejected,
+    config_digest,
     decode_handshake,
     encode_handshake,
     frame,
@@ -843,3 +844,48 @@ async def test_seeded_bit_flips_never_crash_or_deliver_garbage(
     assert stats["bad_frames"] + stats["received"] >= n_cases
     guarded.messages.messages.clear()
     await guarded.still_serves_good_peer()
+
+
+# ---------------------------------------------------------------- configuration digest
+
+
+def test_config_digest_names_members_and_entry_limit_not_their_order() -> None:
+    base = config_digest((1, 2, 3), 8 << 20)
+    assert config_digest((3, 1, 2), 8 << 20) == base
+    assert config_digest((1, 2, 3, 4), 8 << 20) != base  # another majority
+    assert config_digest((1, 2, 4), 8 << 20) != base
+    assert config_digest((1, 2, 3), 4 << 20) != base  # frames the other may refuse
+
+
+async def test_peers_with_different_member_lists_refuse_each_other(
+    make_transport: Any, logs: list[dict[str, Any]]
+) -> None:
+    """Nodes started with different --peers would count different majorities."""
+    three = config_digest((1, 2, 3), 8 << 20)
+    four = config_digest((1, 2, 3, 4), 8 << 20)
+    inbox_b = Inbox()
+    b = await make_transport(2, inbox=inbox_b, config_digest=three)
+    a = await make_transport(1, {2: b.listen_addr}, config_digest=four)
+    a.send(app(1, 2, 1))
+    await asyncio.sleep(0.5)
+    assert inbox_b.messages == []
+    assert "config_mismatch" in reasons(logs, "raft.transport.handshake_rejected")
+    same = await make_transport(3, {2: b.listen_addr}, config_digest=three)
+    same.send(app(3, 2, 2))
+    assert [m.index for m in await inbox_b.wait_for_count(1)] == [2]
+
+
+def test_the_driver_puts_members_and_entry_limit_in_the_handshake(tmp_path: Any) -> None:
+    from raft.driver import RaftNode
+    from raft.memory_storage import MemoryStorage
+
+    class NoMachine:
+        def applied_index(self) -> int:
+            return 0
+
+        def apply(self, entries: Any) -> list[Any]:
+            return [None] * len(entries)
+
+    peers = {1: ("127.0.0.1", 1), 2: ("127.0.0.1", 2), 3: ("127.0.0.1", 3)}
+    node = RaftNode(1, peers, MemoryStorage(), NoMachine(), cluster_id=CLUSTER)  # type: ignore[arg-type]
+    assert node._transport_options["config_digest"] == config_digest((1, 2, 3), 8 << 20)

@@ -20,7 +20,7 @@ and what the primitives touch (LMDB, memory) is the caller's business.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -207,6 +207,14 @@ class StorageStep:
         self._save_with_apply = save_with_apply
 
     def run(self, jobs: list[StorageJob]) -> None:
+        """Persist and apply `jobs` now, reporting each step as it completes."""
+        for _ in self.writes(jobs):
+            pass
+
+    def writes(self, jobs: list[StorageJob]) -> Iterator[None]:
+        """The same, one durable write at a time: it pauses after each write (and its
+        report), so a simulated disk can take time per write while the node's loop goes on
+        handling what was reported, as the driver task does beside its storage thread."""
         applying = [e for job in jobs for e in job.applying]
         segments = split_at_overwrites(jobs)
         if self._save_with_apply is not None:
@@ -217,6 +225,7 @@ class StorageStep:
                 self._on_persisted(segment)
                 if k == 0:
                     self._on_applied(jobs, apply_now, results)
+                yield
             return
         apply_first = self._apply_first()
         if apply_first:
@@ -226,5 +235,6 @@ class StorageStep:
             if hard_state is not None or entries:
                 self._save(hard_state, entries)
             self._on_persisted(segment)
+            yield
         if not apply_first:
             self._on_applied(jobs, applying, self._apply(applying) if applying else [])

@@ -30,7 +30,13 @@ Trace lines read `<virtual ms> <who> <what>`; `deliver` lines show each message 
 reaches its destination (`APP 1->2 t3 i5/lt2 +2[6..7] c4` = term 3, prev index 5 with
 term 2, entries 6..7, commit 4).
 
-Seed sets: the CI set runs 500 seeds on 3 and on 5 nodes (tests/raft/test_simulation.py);
+Each node runs the driver's own Ready policy (`raft.ready_handler`): inline, or with a
+storage thread whose writes take virtual time and whose completions reach the node's loop
+later, interleaved with peer messages (the etcd async-storage-writes shape), under disk
+stalls and slow disks. `--storage thread|inline` forces one mode.
+
+Seed sets: the CI set runs 500 seeds on 3 and on 5 nodes with the mode drawn per seed, and
+500 more on each with the storage thread (tests/raft/test_simulation.py);
 a deep run is `RAFTQ_SIM_SEEDS=2000 .venv/bin/python -m pytest tests/raft/test_simulation.py
 -k deep` (longer fault phase, `RAFTQ_SIM_SEED_BASE` picks where the seeds start).
 
@@ -51,13 +57,14 @@ import heapq
 import random
 import sys
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from raft.errors import NotLeader, ProposalDropped
 from raft.messages import Entry, EntryKind, HardState, Message, ReadState, Ready, Role, SoftState
+from raft.ready_handler import ReadyHandler, StorageJob, StorageStep
 
 # ------------------------------------------------------------------ failures
 
@@ -108,6 +115,10 @@ class EventKind(Enum):
     FAULT = "fault"
     RESTART = "restart"
     CHECK = "check"
+    HEAL = "heal"  # a scheduled end of a partition
+    CRASH = "crash"  # a scheduled crash of one node (incarnation)
+    STORAGE = "storage"  # a node's storage thread finishes the writes queued so far
+    NOTICE = "notice"  # a node's loop picks up the storage thread's completions
 
 
 class EventQueue:
@@ -275,6 +286,7 @@ class SafetyChecker:
         self.applied: dict[int, int] = {n: 0 for n in node_ids}
         self.max_acked_index = 0
         self.reads: dict[bytes, tuple[int, int, int]] = {}  # ctx -> (node, min index, acked)
+        self.reads_ahead: list[tuple[int, bytes, int]] = []  # answered above known commit
         self.reads_answered = 0
 
     # -- helpers
@@ -380,12 +392,17 @@ class SafetyChecker:
                     f"node {node} commits {_show(log[i])} at index {i + 1} but "
                     f"{_show(self.committed[i])} was committed there",
                 )
-        for i in range(known, commit):
+        # A leader's commit advance commits in its own term; a follower learning it first
+        # gives an upper bound (checks leader completeness less strictly).
+        self._learn_committed(log, commit, hs.term)
+        self.node_commit[node] = commit
+
+    def _learn_committed(self, log: list[Entry], upto: int, term: int) -> None:
+        """Entries up to `upto` of `log` are committed (in `term` at the latest)."""
+        for i in range(len(self.committed), upto):
             e = log[i]
             self.committed.append(e)
-            # A leader's commit advance commits in its own term; a follower learning it
-            # first gives an upper bound (checks leader completeness less strictly).
-            self.commit_term.append(hs.term)
+            self.commit_term.append(term)
             if e.kind == EntryKind.NORMAL and e.data:
                 prior = self._committed_payload.setdefault(e.data, e.index)
                 if prior != e.index:
@@ -393,18 +410,41 @@ class SafetyChecker:
                         "no-duplicates",
                         f"payload {e.data!r} committed twice: at {prior} and {e.index}",
                     )
-        self.node_commit[node] = commit
 
     def on_restart(self, node: int, hs: HardState) -> None:
         self.node_commit[node] = hs.commit
 
-    def on_apply(self, node: int, entry: Entry) -> bool:
-        """`node` applies `entry`; returns False when it is a replay of an applied index."""
-        if entry.index > len(self.committed):
+    def on_apply(self, node: int, entry: Entry, term: int = 0) -> bool:
+        """`node` applies `entry`; returns False when it is a replay of an applied index.
+
+        A node applies only entries it knows are committed and holds durably. Its own
+        commit index may reach the disk later than the apply (a leader applies as soon as a
+        majority holds an entry), so an apply beyond what the checker knows is committed
+        teaches it that commit (in `term` at the latest, the node's current term); another
+        node committing something else there is then caught as a conflict.
+        """
+        log = self.logs[node]
+        held = self._entry_at(node, entry.index)
+        if held is None or not _same(held, entry):
             raise InvariantViolation(
-                "apply-committed",
-                f"node {node} applies {_show(entry)} beyond the commit index {len(self.committed)}",
+                "apply-durable",
+                f"node {node} applies {_show(entry)} but its durable log holds {_show(held)}",
             )
+        if entry.index > len(self.committed):
+            if term <= 0:
+                raise InvariantViolation(
+                    "apply-committed",
+                    f"node {node} applies {_show(entry)} beyond the commit index "
+                    f"{len(self.committed)}",
+                )
+            for i in range(self.applied[node], min(entry.index, len(self.committed))):
+                if not _same(log[i], self.committed[i]):
+                    raise InvariantViolation(
+                        "committed-unchanged",
+                        f"node {node} applies {_show(log[i])} at index {i + 1} but "
+                        f"{_show(self.committed[i])} was committed there",
+                    )
+            self._learn_committed(log, entry.index, term)
         committed = self.committed[entry.index - 1]
         if not _same(entry, committed):
             raise InvariantViolation(
@@ -448,12 +488,21 @@ class SafetyChecker:
                 f"{min_index} was committed (and {acked} acknowledged) when it was issued",
             )
         if rs.index > self.commit_index:
-            raise InvariantViolation(
-                "read-index",
-                f"node {node} answered read {rs.context!r} with uncommitted index {rs.index} "
-                f"(commit {self.commit_index})",
-            )
+            # The leader's commit index may reach a disk (where the checker learns it)
+            # after the ReadState leaves; the read is served only once applied >= index.
+            # So the index must be committed by the end, checked by `check_reads_committed`.
+            self.reads_ahead.append((node, rs.context, rs.index))
         self.reads_answered += 1
+
+    def check_reads_committed(self) -> None:
+        """Every ReadState index handed out must have been committed in the end."""
+        for node, ctx, index in self.reads_ahead:
+            if index > self.commit_index:
+                raise InvariantViolation(
+                    "read-index",
+                    f"node {node} answered read {ctx!r} with index {index}, never committed "
+                    f"(commit {self.commit_index})",
+                )
 
 
 # ------------------------------------------------------------------ nodes and cores
@@ -498,12 +547,22 @@ class SimNode:
     id: int
     storage: Any
     core: Any = None  # None while crashed
+    handler: ReadyHandler | None = None  # the driver's Ready policy, shared with raft.driver
+    step: StorageStep | None = None
     hard_state: HardState = field(default_factory=HardState)
     soft_state: SoftState = field(default_factory=lambda: SoftState(0, Role.FOLLOWER))
     crash_point: CrashPoint | None = None
     crash_trigger: str = "any"  # which Ready the armed crash waits for: any, vote, append
+    crash_job: StorageJob | None = None  # the armed crash happens at this job's write
     pending: dict[int, tuple[int, bytes]] = field(default_factory=dict)  # index -> (term, data)
     paused_until_ms: int = 0  # a stopped process (GC pause, SIGSTOP): no ticks, no input
+    incarnation: int = 0  # bumped on every restart: events of an older one are void
+    jobs: list[StorageJob] = field(default_factory=list)  # queued for the storage thread
+    writing: Iterator[None] | None = None  # the group the storage thread is writing
+    storage_scheduled: bool = False
+    notices: deque[tuple[Any, ...]] = field(default_factory=deque)  # posted completions
+    slow_disk_until_ms: int = 0  # a slow fsync period: writes take much longer
+    disk_stalled_until_ms: int = 0  # the disk hangs: writes wait, the loop goes on
 
     @property
     def up(self) -> bool:
@@ -512,6 +571,10 @@ class SimNode:
     @property
     def is_leader(self) -> bool:
         return self.core is not None and self.soft_state.role == Role.LEADER
+
+
+class _CrashNow(Exception):
+    """Raised inside a node's storage step to crash it at an armed point."""
 
 
 # ------------------------------------------------------------------ parameters and results
@@ -530,6 +593,7 @@ class SimParams:
     final_proposals: int = 3
     trace_len: int = 40  # recent events kept for failure messages
     verbose: bool = False  # keep the full trace (replay)
+    storage: str = ""  # "" = drawn per seed; "thread" or "inline" forces the driver's mode
 
     def replay_command(self) -> str:
         extra = ""
@@ -538,6 +602,9 @@ class SimParams:
         if self.fault_ms != default.fault_ms:
             extra += f" --fault-ms {self.fault_ms}"
             env_extra += f" RAFTQ_SIM_FAULT_MS={self.fault_ms}"
+        if self.storage:
+            extra += f" --storage {self.storage}"
+            env_extra += f" RAFTQ_SIM_STORAGE={self.storage}"
         return (
             f".venv/bin/python -m raft.simulation --seed {self.seed} --nodes {self.nodes}"
             f"{extra} --verbose   # or: RAFTQ_SIM_SEED={self.seed} RAFTQ_SIM_NODES={self.nodes}"
@@ -564,6 +631,7 @@ class SimResult:
     faults: dict[str, int]
     network: NetworkStats
     core_options: dict[str, Any]
+    driver_options: dict[str, Any]
     trace: list[str]
 
     def summary(self) -> str:
@@ -575,7 +643,8 @@ class SimResult:
             f"superseded={self.proposals_superseded} acked={self.proposals_acked} "
             f"reads={self.reads_answered}/{self.reads_issued} crashes={self.crashes} "
             f"msgs sent={self.network.sent} dropped={self.network.dropped} "
-            f"dup={self.network.duplicated} faults={self.faults} core={self.core_options}"
+            f"dup={self.network.duplicated} faults={self.faults} core={self.core_options} "
+            f"driver={self.driver_options}"
         )
 
 
@@ -593,6 +662,10 @@ FAULT_WEIGHTS: tuple[tuple[str, int], ...] = (
     ("profile", 3),
     ("transfer_leader", 2),
     ("pause", 2),
+    ("slow_disk", 2),
+    ("disk_stall", 3),
+    ("minority_leader", 3),
+    ("lonely_append", 3),
     ("campaign_storm", 2),
     ("heal", 4),
 )
@@ -646,6 +719,7 @@ class Simulation:
         core_factory: CoreFactory | None = None,
         storage_factory: StorageFactory | None = None,
         core_options: dict[str, Any] | None = None,
+        driver_options: dict[str, Any] | None = None,
     ) -> None:
         self.params = params
         self.rng = random.Random(params.seed)
@@ -658,6 +732,9 @@ class Simulation:
         self._core_factory = core_factory or default_core_factory
         storage_factory = storage_factory or default_storage_factory
         self.core_options = core_options if core_options is not None else self._draw_options()
+        self.driver_options = (
+            driver_options if driver_options is not None else self._draw_driver_options()
+        )
         self.nodes: dict[int, SimNode] = {n: SimNode(n, storage_factory(n)) for n in self.ids}
         self.events = 0
         self.trace: deque[tuple[int, str, Any]] = deque(
@@ -687,6 +764,29 @@ class Simulation:
             "max_msg_bytes": r.choice((64, 1 << 20)),  # 64: about two entries per APP
         }
 
+    def _draw_driver_options(self) -> dict[str, Any]:
+        """How the node's driver runs its storage step, as raft.driver can:
+
+        - inline: persist and apply in the driver task, before it takes new input;
+        - thread: on a storage thread, up to `max_inflight_readies` Readies queued, each
+          write taking `disk_ms` (much longer in a slow_disk fault); completions reach the
+          loop `notice_ms` later, interleaved with peer messages: where the etcd
+          async-storage races live.
+        `shared_txn` applies in the log's own write; `apply_first` lets a leader apply first.
+        """
+        r = self.rng
+        thread = r.random() < 0.6
+        if self.params.storage:
+            thread = self.params.storage == "thread"
+        return {
+            "storage": "thread" if thread else "inline",
+            "max_inflight_readies": r.choice((2, 4, 8, 32)) if thread else 1,
+            "disk_ms": r.choice(((0, 2), (1, 5), (2, 20))),
+            "notice_ms": r.choice(((0, 0), (0, 3), (1, 10), (0, 30), (5, 40))),
+            "shared_txn": r.random() < 0.5,
+            "apply_first": r.random() < 0.7,
+        }
+
     def _start_core(self, node: SimNode) -> None:
         core_rng = random.Random(self.rng.getrandbits(64))
         options = dict(self.core_options)
@@ -699,6 +799,17 @@ class Simulation:
         node.hard_state = hs
         node.soft_state = SoftState(0, Role.FOLLOWER)
         node.crash_point = None
+        node.crash_job = None
+        node.incarnation += 1
+        node.jobs = []
+        node.writing = None
+        node.storage_scheduled = False
+        node.notices.clear()
+        d = self.driver_options
+        # The state machine's durable applied index, whatever the core was told: the
+        # handler skips what is applied already, as the driver does.
+        node.handler = ReadyHandler(node.core, applied, d.get("max_inflight_readies", 1))
+        node.step = self._storage_step(node)
         self.checker.on_restart(node.id, hs)
 
     # -- tracing
@@ -724,21 +835,30 @@ class Simulation:
         msg = (
             f"simulation failed: {type(exc).__name__}: {exc}\n"
             f"seed={p.seed} nodes={p.nodes} virtual_time={self.clock.now_ms}ms "
-            f"phase={self.phase} events={self.events} core={self.core_options}\n"
+            f"phase={self.phase} events={self.events} core={self.core_options} "
+            f"driver={self.driver_options}\n"
             f"nodes: {roles}\n"
             f"recent events (oldest first):\n  {trace}\n"
             f"replay: {p.replay_command()}"
         )
         return SimulationFailure(msg, p, self.clock.now_ms, exc)
 
-    # -- driving one node (the driver contract of raft.messages.Ready)
+    # -- driving one node: raft.ready_handler, as raft.driver runs it
     def _drive(self, node: SimNode) -> None:
-        while node.core is not None and node.core.has_ready():
-            rd: Ready = node.core.ready()
-            self._handle_ready(node, rd)
+        """One node's driver loop: take completions, then issue Readies while allowed."""
+        while node.core is not None:
+            if node.notices:
+                self._take_notices(node)
+                continue
+            handler = node.handler
+            assert handler is not None
+            if not handler.wants_ready():
+                return
+            job, send_now = handler.issue()
+            self._issued(node, job, send_now)
 
-    def _handle_ready(self, node: SimNode, rd: Ready) -> None:
-        checker = self.checker
+    def _issued(self, node: SimNode, job: StorageJob, send_now: list[Message]) -> None:
+        rd = job.rd
         if rd.soft_state is not None:
             if rd.soft_state != node.soft_state:
                 self._log(
@@ -748,42 +868,150 @@ class Simulation:
             node.soft_state = rd.soft_state
             if rd.soft_state.role == Role.LEADER:
                 term = rd.hard_state.term if rd.hard_state is not None else node.hard_state.term
-                checker.on_leader(node.id, term)
+                self.checker.on_leader(node.id, term)
         # 1. leader messages go out at once, in parallel with the local fsync
-        for m in rd.messages:
+        for m in send_now:
             self._send(m)
-        must_persist = rd.hard_state is not None or bool(rd.entries)
-        crash_point = node.crash_point if must_persist and self._triggered(node, rd) else None
-        if crash_point is CrashPoint.BEFORE_PERSIST:
-            self._crash(node, "crash before persist", crash_point.value, quick=True)
-            return
-        # 2. persist hard state + entries in one durable write
-        if must_persist:
-            node.storage.save(rd.hard_state, rd.entries)
-            checker.on_persist(node.id, rd.entries)
-            if rd.hard_state is not None:
-                node.hard_state = rd.hard_state
-                checker.on_hard_state(node.id, rd.hard_state)
-            self._check_storage(node)
-            if crash_point is CrashPoint.AFTER_PERSIST:
-                self._crash(node, "crash after persist, before sending", crash_point.value, True)
-                return
-        # 3. messages that assert durable state
-        for m in rd.messages_after_persist:
-            self._send(m)
-        # 4. apply
-        for e in rd.committed_entries:
-            if checker.on_apply(node.id, e):
-                want = node.pending.pop(e.index, None)
-                if want is not None and want == (e.term, e.data):
-                    self.acked.add(e.data)
-                    checker.on_ack(e.index)
         for rs in rd.read_states:
-            checker.on_read_state(node.id, rs)
+            self.checker.on_read_state(node.id, rs)
             self.answered_reads.add(rs.context)
             self._log(f"n{node.id}", f"read-state index={rs.index} ctx={rs.context!r}")
-        # 5. advance
-        node.core.advance(rd)
+        must_persist = rd.hard_state is not None or bool(rd.entries)
+        if node.crash_point is not None and must_persist and self._triggered(node, rd):
+            node.crash_job = job
+        if self.driver_options.get("storage", "inline") == "inline":
+            self._run_storage(node, [job])  # blocks the loop: completions come first
+            return
+        node.jobs.append(job)
+        if not node.storage_scheduled:
+            node.storage_scheduled = True
+            self.queue.schedule(
+                self.clock.now_ms + self._disk_ms(node),
+                EventKind.STORAGE,
+                (node.id, node.incarnation),
+            )
+
+    def _disk_ms(self, node: SimNode) -> int:
+        lo, hi = self.driver_options.get("disk_ms", (0, 0))
+        if node.slow_disk_until_ms > self.clock.now_ms:
+            lo, hi = lo + 40, hi + 300
+        return self.rng.randint(lo, hi)
+
+    def _storage_step(self, node: SimNode) -> StorageStep:
+        """The driver's storage step over this node's MemoryStorage and the checker."""
+        d = self.driver_options
+        thread = d.get("storage", "inline") == "thread"
+
+        def save(hard_state: HardState | None, entries: list[Entry]) -> None:
+            node.storage.save(hard_state, entries)
+            self.checker.on_persist(node.id, entries)
+            if hard_state is not None:
+                node.hard_state = hard_state
+                self.checker.on_hard_state(node.id, hard_state)
+            self._check_storage(node)
+
+        def apply(entries: list[Entry]) -> list[Any]:
+            term = node.core.term if node.core is not None else 0
+            for e in entries:
+                self.checker.on_apply(node.id, e, term)
+            return [None] * len(entries)
+
+        def save_with_apply(
+            hard_state: HardState | None, entries: list[Entry], applying: list[Entry]
+        ) -> list[Any]:
+            results = apply(applying)  # one write transaction: both or neither
+            if hard_state is not None or entries:
+                save(hard_state, entries)
+            return results
+
+        def post(item: tuple[Any, ...]) -> None:
+            crash = node.crash_job
+            if (
+                crash is not None
+                and item[0] == "persisted"
+                and crash in item[1]
+                and node.crash_point is CrashPoint.AFTER_PERSIST
+            ):
+                raise _CrashNow
+            node.notices.append(item)
+            if thread:
+                lo, hi = d.get("notice_ms", (0, 0))
+                self.queue.schedule(
+                    self.clock.now_ms + self.rng.randint(lo, hi),
+                    EventKind.NOTICE,
+                    (node.id, node.incarnation),
+                )
+
+        return StorageStep(
+            save=save,
+            apply=apply,
+            save_with_apply=save_with_apply if d.get("shared_txn") else None,
+            on_persisted=lambda segment: post(("persisted", segment)),
+            on_applied=lambda jobs, entries, results: post(("applied", jobs, entries)),
+            apply_first=lambda: bool(d.get("apply_first")) and node.soft_state.role == Role.LEADER,
+        )
+
+    def _run_storage(self, node: SimNode, jobs: list[StorageJob]) -> None:
+        """The storage step on `jobs`; an armed crash point inside them crashes the node."""
+        assert node.step is not None
+        crash_job = node.crash_job
+        if (
+            crash_job is not None
+            and crash_job in jobs
+            and node.crash_point is CrashPoint.BEFORE_PERSIST
+        ):
+            self._crash(node, "crash before persist", CrashPoint.BEFORE_PERSIST.value, True)
+            return
+        try:
+            node.step.run(jobs)
+        except _CrashNow:
+            self._crash(
+                node, "crash after persist, before sending", CrashPoint.AFTER_PERSIST.value, True
+            )
+
+    def _storage_write(self, node: SimNode) -> None:
+        """The storage thread's next durable write: it takes every queued job as one group
+        (as raft.driver's thread does) and writes the group's segments one at a time."""
+        assert node.step is not None
+        if node.writing is None:
+            if not node.jobs:
+                return
+            jobs, node.jobs = node.jobs, []
+            crash_job = node.crash_job
+            if (
+                crash_job is not None
+                and crash_job in jobs
+                and node.crash_point is CrashPoint.BEFORE_PERSIST
+            ):
+                self._crash(node, "crash before persist", CrashPoint.BEFORE_PERSIST.value, True)
+                return
+            node.writing = node.step.writes(jobs)
+        try:
+            next(node.writing)
+        except StopIteration:
+            node.writing = None
+        except _CrashNow:
+            self._crash(
+                node, "crash after persist, before sending", CrashPoint.AFTER_PERSIST.value, True
+            )
+
+    def _take_notices(self, node: SimNode) -> None:
+        """The driver task handles the storage step's completions, in order."""
+        handler = node.handler
+        assert handler is not None
+        while node.notices and node.core is not None:
+            item = node.notices.popleft()
+            if item[0] == "persisted":
+                for m in handler.persisted(item[1]):
+                    self._send(m)
+            else:
+                _, jobs, entries = item
+                for e in entries:
+                    want = node.pending.pop(e.index, None)
+                    if want is not None and want == (e.term, e.data):
+                        self.acked.add(e.data)
+                        self.checker.on_ack(e.index)
+                handler.applied(jobs)
 
     def _check_storage(self, node: SimNode) -> None:
         """The storage must hold exactly what the checker's mirror says was persisted."""
@@ -826,7 +1054,13 @@ class Simulation:
         self._log(f"n{node.id}", why)
         self.crash_kinds[kind] = self.crash_kinds.get(kind, 0) + 1
         node.core = None
+        node.handler = None
+        node.step = None
         node.crash_point = None
+        node.crash_job = None
+        node.jobs = []  # queued writes never reached the disk
+        node.writing = None
+        node.notices.clear()
         node.pending.clear()
         crash_copy = getattr(node.storage, "crash_copy", None)
         if crash_copy is not None:  # the restarted core shares no object with the old one
@@ -868,6 +1102,42 @@ class Simulation:
             self._client_read()
         elif kind is EventKind.FAULT:
             self._fault()
+        elif kind is EventKind.CRASH:
+            node_id, incarnation = payload
+            node = self.nodes[node_id]
+            if node.up and node.incarnation == incarnation and self.phase == "faults":
+                self._crash(node, "crash (scheduled)", quick=True)
+        elif kind is EventKind.HEAL:
+            if self.phase == "faults":
+                self.net.heal()
+                self._log("fault", "heal (scheduled)")
+        elif kind is EventKind.STORAGE:
+            node_id, incarnation = payload
+            node = self.nodes[node_id]
+            if not node.up or node.incarnation != incarnation:
+                return  # the process that queued these writes is gone
+            # A stopped process stops its storage thread too; a hung disk stops only it.
+            resume_ms = max(node.paused_until_ms, node.disk_stalled_until_ms)
+            if resume_ms > self.clock.now_ms:
+                self.queue.schedule(resume_ms, EventKind.STORAGE, payload)
+                return
+            self._storage_write(node)
+            if node.up and node.incarnation == incarnation:
+                if node.writing is not None or node.jobs:
+                    self.queue.schedule(
+                        self.clock.now_ms + self._disk_ms(node), EventKind.STORAGE, payload
+                    )
+                else:
+                    node.storage_scheduled = False
+        elif kind is EventKind.NOTICE:
+            node_id, incarnation = payload
+            node = self.nodes[node_id]
+            if not node.up or node.incarnation != incarnation:
+                return
+            if node.paused_until_ms > self.clock.now_ms:
+                self.queue.schedule(node.paused_until_ms, EventKind.NOTICE, payload)
+                return
+            self._drive(node)
         elif kind is EventKind.RESTART:
             node = self.nodes[payload]
             if not node.up:
@@ -997,14 +1267,63 @@ class Simulation:
         elif name == "transfer_leader":
             if leader is not None:
                 to = rng.choice([n for n in ids if n != leader.id])
-                leader.core.transfer_leader(to)
-                detail = f"n{leader.id} -> n{to}"
+                try:  # its soft state may lag the core, as the driver's role does
+                    leader.core.transfer_leader(to)
+                    detail = f"n{leader.id} -> n{to}"
+                except NotLeader:
+                    detail = f"n{leader.id} -> n{to} refused: not leader any more"
                 self._drive(leader)
         elif name == "pause":
             target = leader if (leader and rng.random() < 0.5) else (rng.choice(up) if up else None)
             if target is not None:
                 target.paused_until_ms = self.clock.now_ms + rng.randint(50, 1_500)
                 detail = f"n{target.id} until {target.paused_until_ms}ms"
+        elif name == "slow_disk":  # fsyncs take hundreds of ms: writes pile up behind
+            target = rng.choice(up) if up else None
+            if target is not None:
+                target.slow_disk_until_ms = self.clock.now_ms + rng.randint(100, 1_000)
+                detail = f"n{target.id} until {target.slow_disk_until_ms}ms"
+        elif name == "minority_leader":  # the leader and one follower cut off together:
+            # the leader appends what only that follower gets, the majority elects another
+            # leader, and the follower's uncommitted suffix is overwritten on the heal
+            if leader is not None and len(ids) >= 3:
+                others = [n for n in ids if n != leader.id]
+                buddy = rng.choice(others)
+                rest = [n for n in others if n != buddy]
+                self.net.partition([[leader.id, buddy], rest])
+                slow = self.nodes[buddy]  # its writes stay in flight across the heal
+                slow.slow_disk_until_ms = self.clock.now_ms + rng.randint(300, 1_500)
+                # healed soon after the majority elects: the new leader's first APP then
+                # overwrites the follower's suffix while its writes are still in flight
+                heal_ms = self.clock.now_ms + rng.randint(150, 600)
+                self.queue.schedule(heal_ms, EventKind.HEAL)
+                detail = f"[{leader.id}, {buddy}] | {rest} until {heal_ms}ms"
+        elif name == "lonely_append":  # the leader's newest entries reach one follower,
+            # whose disk hangs; then the leader crashes: the next leader's first APP
+            # overwrites that follower's suffix while the writes of it are still queued
+            if leader is not None and len(ids) >= 3:
+                others = [n for n in ids if n != leader.id]
+                buddy = rng.choice(others)
+                for n in others:
+                    if n != buddy:
+                        self.net.cut(leader.id, n)
+                self.nodes[buddy].disk_stalled_until_ms = self.clock.now_ms + rng.randint(
+                    150, 1_000
+                )
+                self.queue.schedule(
+                    self.clock.now_ms + rng.randint(20, 80),
+                    EventKind.CRASH,
+                    (leader.id, leader.incarnation),
+                )
+                detail = f"n{leader.id} -> only n{buddy}, then crash"
+        elif name == "disk_stall":  # the disk hangs while the node keeps taking messages,
+            # so Readies from several leaders queue up, then land in a burst of writes
+            # whose completions reach the loop late: pipelined-write races (etcd's ABA)
+            followers = [n for n in up if not n.is_leader]
+            target = rng.choice(followers or up) if up else None
+            if target is not None:
+                target.disk_stalled_until_ms = self.clock.now_ms + rng.randint(200, 1_500)
+                detail = f"n{target.id} until {target.disk_stalled_until_ms}ms"
         elif name == "campaign_storm":  # election timeouts firing together: split votes
             now = self.clock.now_ms
             candidates = [n for n in up if not n.is_leader and n.paused_until_ms <= now]
@@ -1048,7 +1367,10 @@ class Simulation:
         self.net.profile = CALM
         for node in self.nodes.values():
             node.crash_point = None
+            node.crash_job = None
             node.paused_until_ms = 0
+            node.slow_disk_until_ms = 0
+            node.disk_stalled_until_ms = 0
             if not node.up:
                 self.queue.schedule(self.clock.now_ms, EventKind.RESTART, node.id)
         self._log("heal", "all links healed, crashed nodes restart, calm network")
@@ -1143,6 +1465,7 @@ class Simulation:
     def _final_checks(self) -> tuple[int, int]:
         """Logs identical and fully committed; every accepted proposal resolved."""
         checker = self.checker
+        checker.check_reads_committed()
         ref = checker.logs[self.ids[0]]
         for n in self.ids:
             log = checker.logs[n]
@@ -1217,6 +1540,7 @@ class Simulation:
             faults=dict(sorted(self.fault_counts.items())),
             network=self.net.stats,
             core_options=self.core_options,
+            driver_options=self.driver_options,
             trace=self.format_trace() if p.verbose else [],
         )
 
@@ -1236,6 +1560,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--fault-ms", type=int, default=SimParams(seed=0).fault_ms)
+    parser.add_argument(
+        "--storage", choices=["", "thread", "inline"], default="", help="force the driver mode"
+    )
     parser.add_argument("--verbose", action="store_true", help="print the full event trace")
     parser.add_argument(
         "--core-logs", action="store_true", help="also show the core's structlog events"
@@ -1248,7 +1575,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     params = SimParams(
-        seed=args.seed, nodes=args.nodes, fault_ms=args.fault_ms, verbose=args.verbose
+        seed=args.seed,
+        nodes=args.nodes,
+        fault_ms=args.fault_ms,
+        verbose=args.verbose,
+        storage=args.storage,
     )
     sim = Simulation(params)
     out = sys.stdout

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import structlog
 
+from raft.errors import RaftError
 from raft.memory_storage import MemoryStorage
 from raft.messages import (
     Entry,
@@ -306,10 +307,23 @@ def test_checker_rejects_commit_beyond_the_log_and_wrong_applies() -> None:
         c.on_hard_state(2, HardState(1, 1, 9))
     with pytest.raises(InvariantViolation, match=r"apply-sequence.*gap"):
         c.on_apply(2, c.committed[1])
+    with pytest.raises(InvariantViolation, match=r"apply-durable.*holds \(1,t1,NOOP"):
+        c.on_apply(2, E(1, 1, b"not the noop"))  # not what its disk holds
+    c.on_persist(3, [E(1, 1, kind=EntryKind.NOOP), E(2, 2, b"other")])
+    assert c.on_apply(3, E(1, 1, kind=EntryKind.NOOP))
     with pytest.raises(InvariantViolation, match=r"apply-sequence.*was committed"):
-        c.on_apply(2, E(1, 1, b"not the noop"))
+        c.on_apply(3, E(2, 2, b"other"))  # held, but not the committed entry
+    c.on_persist(2, [E(4, 1, b"z")])
     with pytest.raises(InvariantViolation, match="apply-committed"):
-        c.on_apply(2, E(4, 1, b"z"))
+        c.on_apply(2, E(4, 1, b"z"))  # nobody said it is committed
+    assert c.commit_index == 3
+    for e in c.committed:
+        c.on_apply(2, e)
+    assert c.on_apply(2, E(4, 1, b"z"), term=1)  # its leader applies on a majority ack
+    assert c.commit_index == 4
+    with pytest.raises(InvariantViolation, match="committed-unchanged"):
+        c.on_persist(1, [E(4, 2, b"zz")])
+        c.on_hard_state(1, HardState(2, 1, 4))
 
 
 def test_checker_rejects_a_payload_committed_twice() -> None:
@@ -324,8 +338,9 @@ def test_checker_rejects_stale_uncommitted_and_misrouted_reads() -> None:
     c.on_read_issued(1, b"r1")
     with pytest.raises(InvariantViolation, match=r"read-index.*index 2 but 3 was committed"):
         c.on_read_state(1, ReadState(2, b"r1"))
-    with pytest.raises(InvariantViolation, match=r"read-index.*uncommitted"):
-        c.on_read_state(1, ReadState(4, b"r1"))
+    c.on_read_state(1, ReadState(4, b"r1"))  # above what the checker knows: checked at the end
+    with pytest.raises(InvariantViolation, match=r"read-index.*index 4, never committed"):
+        c.check_reads_committed()
     with pytest.raises(InvariantViolation, match=r"read-index.*answered by 2"):
         c.on_read_state(2, ReadState(3, b"r1"))
     with pytest.raises(InvariantViolation, match=r"read-index.*unknown"):
@@ -347,8 +362,13 @@ def test_checker_catches_a_violation_injected_into_a_copy_of_a_real_run() -> Non
 
     bad_apply = copy.deepcopy(real)
     bad_apply.applied[3] = last.index - 1
-    with pytest.raises(InvariantViolation, match="apply-sequence"):
-        bad_apply.on_apply(3, forged)
+    with pytest.raises(InvariantViolation, match="apply-durable"):
+        bad_apply.on_apply(3, forged)  # an entry its disk does not hold
+
+    skipping = copy.deepcopy(real)
+    skipping.applied[3] = last.index - 2
+    with pytest.raises(InvariantViolation, match=r"apply-sequence.*gap"):
+        skipping.on_apply(3, last)
 
     forgetful = copy.deepcopy(real)
     forgetful.node_commit[1] = 0
@@ -391,6 +411,7 @@ def scripted_sim(readies: list[Ready]) -> tuple[Simulation, ScriptedCore, list[A
         SimParams(seed=1, nodes=3),
         core_factory=lambda *args: core,
         core_options={},
+        driver_options={"storage": "inline"},
     )
     node = sim.nodes[1]
     sim._start_core(node)
@@ -550,6 +571,32 @@ def test_simulation_catches_a_broken_core(mutant: Any, invariant: str) -> None:
     assert f"RAFTQ_SIM_SEED={seed} RAFTQ_SIM_NODES=3" in text
 
 
+def test_simulation_runs_the_drivers_ready_policy_and_catches_it_broken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The simulation drives nodes through raft.ready_handler, the driver's own code: a
+    handler that lets votes and append replies leave before their Ready is durable (with
+    pipelined writes on a storage thread) must be caught."""
+    from raft import ready_handler
+
+    real_issue = ready_handler.ReadyHandler.issue
+
+    def early_replies(self: Any) -> Any:
+        job, send_now = real_issue(self)
+        early = list(job.rd.messages_after_persist)
+        job.rd = replace(job.rd, messages_after_persist=())
+        return job, send_now + early
+
+    monkeypatch.setattr(ready_handler.ReadyHandler, "issue", early_replies)
+    for seed in range(100):
+        try:
+            Simulation(SimParams(seed=seed, nodes=3, storage="thread")).run()
+        except SimulationFailure as exc:
+            assert isinstance(exc.cause, (InvariantViolation, RaftError)), exc.cause
+            return
+    pytest.fail("no seed in 0..99 caught replies sent before their persist")
+
+
 def test_liveness_failure_is_reported_with_its_seed() -> None:
     """A core that never elects anyone must fail the liveness phase, not hang."""
 
@@ -611,6 +658,15 @@ def test_seed(nodes: int, seed: int) -> None:
     assert result.proposals_committed >= result.params.final_proposals
 
 
+@pytest.mark.parametrize("seed", range(CI_SEEDS_PER_SIZE, 2 * CI_SEEDS_PER_SIZE))
+@pytest.mark.parametrize("nodes", [3, 5])
+def test_seed_with_a_storage_thread(nodes: int, seed: int) -> None:
+    """1,000 more runs, every node persisting asynchronously (pipelined Readies)."""
+    result = Simulation(SimParams(seed=seed, nodes=nodes, storage="thread")).run()
+    assert result.driver_options["storage"] == "thread"
+    assert result.proposals_committed >= result.params.final_proposals
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(0)
 @pytest.mark.skipif(not os.environ.get("RAFTQ_SIM_SEEDS"), reason="set RAFTQ_SIM_SEEDS=N")
@@ -640,6 +696,7 @@ def test_replay() -> None:
         nodes=int(os.environ.get("RAFTQ_SIM_NODES", "3")),
         fault_ms=int(os.environ.get("RAFTQ_SIM_FAULT_MS", str(SimParams(seed=0).fault_ms))),
         verbose=True,
+        storage=os.environ.get("RAFTQ_SIM_STORAGE", ""),
     )
     sim = Simulation(params)
     try:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from raft.framing import config_digest
 from raft.messages import Entry, Message, MessageType
 from raft.transport import Transport
 from tests.cluster.test_cli import _consecutive_free_ports, _pid_alive, _up, run
@@ -34,7 +35,14 @@ def _get(url: str) -> dict:
 async def _forge_append(frm: int, to: int, raft_addr: str, term: int, entries: list) -> None:
     """Send one APP on `to`'s Raft port, claiming to be node `frm`."""
     host, port = raft_addr.rsplit(":", 1)
-    fake = Transport(frm, "raftq", ("127.0.0.1", 0), {to: (host, int(port))}, lambda m: None)
+    fake = Transport(
+        frm,
+        "raftq",
+        ("127.0.0.1", 0),
+        {to: (host, int(port))},
+        lambda m: None,
+        config_digest=config_digest((1, 2, 3), 8 << 20),  # a peer that agrees on members
+    )
     await fake.start()
     try:
         (index, prev_term), (last, _) = entries[-2], entries[-1]

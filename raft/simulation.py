@@ -952,7 +952,24 @@ class Simulation:
         )
 
     def _run_storage(self, node: SimNode, jobs: list[StorageJob]) -> None:
-        """The storage step on `jobs`; an armed crash point inside them crashes the node."""
+        """The inline driver: the whole storage step on `jobs`, before any new input."""
+        if self._start_writes(node, jobs):
+            while self._write_next(node):
+                pass
+
+    def _storage_write(self, node: SimNode) -> None:
+        """The storage thread's next durable write: it takes every queued job as one group
+        (as raft.driver's thread does) and writes the group's segments one at a time."""
+        if node.writing is None:
+            if not node.jobs:
+                return
+            jobs, node.jobs = node.jobs, []
+            if not self._start_writes(node, jobs):
+                return
+        self._write_next(node)
+
+    def _start_writes(self, node: SimNode, jobs: list[StorageJob]) -> bool:
+        """Hand `jobs` to the storage step; False if an armed crash before persist fired."""
         assert node.step is not None
         crash_job = node.crash_job
         if (
@@ -961,39 +978,23 @@ class Simulation:
             and node.crash_point is CrashPoint.BEFORE_PERSIST
         ):
             self._crash(node, "crash before persist", CrashPoint.BEFORE_PERSIST.value, True)
-            return
-        try:
-            node.step.run(jobs)
-        except _CrashNow:
-            self._crash(
-                node, "crash after persist, before sending", CrashPoint.AFTER_PERSIST.value, True
-            )
+            return False
+        node.writing = node.step.writes(jobs)
+        return True
 
-    def _storage_write(self, node: SimNode) -> None:
-        """The storage thread's next durable write: it takes every queued job as one group
-        (as raft.driver's thread does) and writes the group's segments one at a time."""
-        assert node.step is not None
-        if node.writing is None:
-            if not node.jobs:
-                return
-            jobs, node.jobs = node.jobs, []
-            crash_job = node.crash_job
-            if (
-                crash_job is not None
-                and crash_job in jobs
-                and node.crash_point is CrashPoint.BEFORE_PERSIST
-            ):
-                self._crash(node, "crash before persist", CrashPoint.BEFORE_PERSIST.value, True)
-                return
-            node.writing = node.step.writes(jobs)
+    def _write_next(self, node: SimNode) -> bool:
+        """One durable write of the group in progress; False once the group is done."""
+        assert node.writing is not None
         try:
             next(node.writing)
+            return True
         except StopIteration:
             node.writing = None
         except _CrashNow:
             self._crash(
                 node, "crash after persist, before sending", CrashPoint.AFTER_PERSIST.value, True
             )
+        return False
 
     def _take_notices(self, node: SimNode) -> None:
         """The driver task handles the storage step's completions, in order."""

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 from raft.errors import EntryTooLarge
 from raft.framing import FrameDecoder, frame
-from raft.messages import MessageType, Role, encode_message, max_append_frame_bytes
+from raft.messages import MessageType, encode_message, max_append_frame_bytes
 from raft.scenario import Scenario
+from tests.raft.test_core_rules import elected_cluster
 
 MAX_ENTRY = 4096
 MAX_MSG = 1024
@@ -33,12 +34,7 @@ SIZES = st.one_of(
 
 
 def _cluster() -> Scenario:
-    s = Scenario()
-    s.run(f"add-nodes 3 max_msg_bytes={MAX_MSG} max_entry_bytes={MAX_ENTRY}")
-    s.run("campaign 1")
-    s.run("stabilize")
-    assert s.nodes[1].core is not None and s.nodes[1].core.role is Role.LEADER
-    return s
+    return elected_cluster(3, f"max_msg_bytes={MAX_MSG} max_entry_bytes={MAX_ENTRY}")
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
-from raft.errors import EntryTooLarge, NotLeader, ProposalDropped, SafetyViolation
+from raft.errors import Compacted, EntryTooLarge, NotLeader, ProposalDropped, SafetyViolation
 from raft.messages import (
+    ConfState,
     Entry,
     EntryKind,
     HardState,
@@ -35,6 +36,7 @@ from raft.messages import (
     ReadState,
     Ready,
     Role,
+    SnapshotMeta,
     SoftState,
 )
 from raft.progress import Progress, ProgressState
@@ -50,7 +52,9 @@ NONE = 0
 MiB = 1 << 20
 
 # Messages a leader originates that assert nothing about this node's durable state.
-_SEND_AT_ONCE = frozenset({MessageType.APP, MessageType.HEARTBEAT, MessageType.TIMEOUT_NOW})
+_SEND_AT_ONCE = frozenset(
+    {MessageType.APP, MessageType.HEARTBEAT, MessageType.TIMEOUT_NOW, MessageType.SNAP}
+)
 _REQUESTS = frozenset(
     {
         MessageType.VOTE,
@@ -58,8 +62,10 @@ _REQUESTS = frozenset(
         MessageType.APP,
         MessageType.HEARTBEAT,
         MessageType.TIMEOUT_NOW,
+        MessageType.SNAP,
     }
 )
+_FROM_LEADER = frozenset({MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP})
 _SUPPORTED = _REQUESTS | {
     MessageType.VOTE_RESP,
     MessageType.PRE_VOTE_RESP,
@@ -198,15 +204,12 @@ class RaftCore:
                 pass  # never change term for a pre-vote
             elif m.type is MessageType.PRE_VOTE_RESP and not m.reject:
                 pass  # term is bumped when the pre-vote is won
-            elif m.type in (MessageType.APP, MessageType.HEARTBEAT):
+            elif m.type in _FROM_LEADER:
                 self._become_follower(m.term, m.frm)
             else:
                 self._become_follower(m.term, NONE)
         elif m.term < self.term:
-            if (self.cfg.check_quorum or self.cfg.pre_vote) and m.type in (
-                MessageType.APP,
-                MessageType.HEARTBEAT,
-            ):
+            if (self.cfg.check_quorum or self.cfg.pre_vote) and m.type in _FROM_LEADER:
                 # A stale leader: tell it our term so it steps down (it may be cut off
                 # from everyone else and never see a higher-term vote request).
                 self._send(Message(MessageType.APP_RESP, to=m.frm, frm=self.id))
@@ -278,6 +281,21 @@ class RaftCore:
         else:
             self._send_append(to, send_if_empty=True)
 
+    def report_snapshot(self, to: int, failed: bool) -> None:
+        """The driver's transfer of a snapshot to `to` ended (etcd's ReportSnapshot).
+
+        Success needs no report: the peer's append response moves its progress on. A
+        failed transfer must be reported, or the peer would wait in SNAPSHOT state
+        forever: it goes back to probing, after one heartbeat, and gets a new snapshot.
+        """
+        pr = self.progress.get(to) if self.role is Role.LEADER else None
+        if pr is None or pr.state is not ProgressState.SNAPSHOT:
+            return
+        if failed:
+            pr.pending_snapshot = 0
+        pr.become_probe()
+        pr.probe_sent = failed  # after a failure, wait for a heartbeat response
+
     def has_ready(self) -> bool:
         self._flush_appends()  # turns pending proposals/commit news into messages
         if self._soft_state() != self._prev_soft_state:
@@ -288,6 +306,7 @@ class RaftCore:
             self._msgs
             or self._msgs_after_persist
             or self._read_states
+            or self.log.has_snapshot_to_persist()
             or self.log.has_entries_to_persist()
             or self.log.has_committed_to_apply()
         )
@@ -300,6 +319,7 @@ class RaftCore:
         rd = Ready(
             soft_state=soft if soft != self._prev_soft_state else None,
             hard_state=hard if hard != self._prev_hard_state else None,
+            snapshot=self.log.take_snapshot_to_persist(),
             entries=self.log.take_entries_to_persist(),
             overwrites=self.log.overwrites,
             messages=tuple(self._msgs),
@@ -316,6 +336,8 @@ class RaftCore:
 
     def advance(self, rd: Ready) -> None:
         """The driver persisted, sent and applied `rd`."""
+        if rd.snapshot is not None:
+            self.log.snapshot_stable(rd.snapshot)
         if rd.entries:
             last = rd.entries[-1]
             self.log.stable_to(last.index, last.term, rd.overwrites)
@@ -496,6 +518,10 @@ class RaftCore:
             MessageType.HEARTBEAT,
         ) and (m.log_term > m.term):
             return False  # no log can hold an entry from a term its owner has not reached
+        if m.type is MessageType.SNAP:
+            snap = m.snapshot
+            if snap is None or m.chunk is not None or snap.term > m.term or not snap.index:
+                return False  # the core takes whole snapshots only; chunks are the driver's
         if m.entries:
             if m.type is not MessageType.APP or m.entries[0].index != m.index + 1:
                 return False
@@ -538,6 +564,10 @@ class RaftCore:
             self.election_elapsed = 0
             self.lead = m.frm
             self._handle_heartbeat(m)
+        elif m.type is MessageType.SNAP:
+            self.election_elapsed = 0
+            self.lead = m.frm
+            self._handle_snapshot(m)
         elif m.type is MessageType.TIMEOUT_NOW:
             log.info("raft.timeout_now", node_id=self.id, frm=m.frm, term=self.term)
             self._hup(transfer=True)
@@ -552,6 +582,9 @@ class RaftCore:
         elif m.type is MessageType.HEARTBEAT:
             self._become_follower(m.term, m.frm)
             self._handle_heartbeat(m)
+        elif m.type is MessageType.SNAP:
+            self._become_follower(m.term, m.frm)
+            self._handle_snapshot(m)
         elif m.type is own_resp:
             result = self._poll(m.frm, not m.reject)
             if result is VoteResult.WON:
@@ -605,7 +638,18 @@ class RaftCore:
         resumed = pr.state is ProgressState.PROBE and m.index == pr.match_index
         if not pr.maybe_update(m.index) and not resumed:
             return
-        if pr.state is ProgressState.PROBE:
+        if pr.state is ProgressState.SNAPSHOT:
+            landed = pr.match_index >= pr.pending_snapshot
+            if pr.match_index + 1 >= self.log.first_index():
+                pr.become_probe()
+                pr.become_replicate()  # our log continues where the peer is now
+            elif landed:
+                pr.become_probe()  # we compacted past it meanwhile: the next one goes out
+                self._send_append(m.frm, send_if_empty=True)
+                return
+            else:
+                return  # still behind our log: the snapshot in flight has to land first
+        elif pr.state is ProgressState.PROBE:
             pr.become_replicate()
         else:
             pr.inflights.free_le(m.index)
@@ -655,6 +699,34 @@ class RaftCore:
                 hint_term=hint_term,
             )
         )
+
+    def _handle_snapshot(self, m: Message) -> None:
+        snap = m.snapshot
+        assert snap is not None  # _well_formed
+        if self._restore(snap):
+            log.info(
+                "raft.snapshot_restored",
+                node_id=self.id,
+                index=snap.index,
+                term=snap.term,
+                frm=m.frm,
+            )
+            index = self.log.last_index()
+        else:
+            index = self.log.committed
+        self._send(Message(MessageType.APP_RESP, to=m.frm, frm=self.id, index=index))
+
+    def _restore(self, snap: SnapshotMeta) -> bool:
+        """Take `snap` as this log's new start; False when it brings nothing new."""
+        if snap.index <= self.log.committed:
+            return False
+        if self.log.match_term(snap.index, snap.term):
+            # We hold that entry already: only the commit index moves (etcd does the same).
+            self.log.commit_to(snap.index)
+            return False
+        self.log.restore(snap)
+        self.voters = tuple(sorted(snap.conf.voters or self.voters))
+        return True
 
     def _check_committed_match(self, m: Message) -> None:
         committed = self.log.committed
@@ -716,8 +788,11 @@ class RaftCore:
         if pr.is_paused():
             return False
         prev_index = pr.next_index - 1
-        prev_term = self.log.term(prev_index)
-        entries = self.log.entries(pr.next_index, self.cfg.max_msg_bytes)
+        try:
+            prev_term = self.log.term(prev_index)
+            entries = self.log.entries(pr.next_index, self.cfg.max_msg_bytes)
+        except Compacted:
+            return self._send_snapshot(to, pr)
         if not entries and not send_if_empty:
             return False
         self._send(
@@ -735,6 +810,23 @@ class RaftCore:
         pr.sent_commit = max(pr.sent_commit, self.log.committed)
         last = entries[-1].index if entries else prev_index
         pr.sent_entries(len(entries), sum(e.size() for e in entries), last)
+        return True
+
+    def _send_snapshot(self, to: int, pr: Progress) -> bool:
+        """The peer needs entries we compacted: ask the driver to stream it a snapshot of
+        our state machine, at least at the index applied here now (which is committed and
+        at or above our compaction point, so our log continues from it)."""
+        if not pr.recent_active:
+            return False  # a peer we have not heard from lately would not take it
+        # Our applied index as the core knows it may lag the state machine's, which the
+        # storage step may have compacted past already: the compaction point will do.
+        index = max(self.log.applied, self.log.first_index() - 1)
+        snap = SnapshotMeta(index, self.log.term(index), ConfState(self.voters))
+        pr.become_snapshot(index)
+        log.info("raft.snapshot_needed", node_id=self.id, to=to, index=index)
+        self._send(
+            Message(MessageType.SNAP, to=to, frm=self.id, snapshot=snap, commit=self.log.committed)
+        )
         return True
 
     def _bcast_heartbeat(self, ctx: bytes) -> None:

@@ -11,7 +11,7 @@ import itertools
 from collections.abc import Sequence
 
 from raft.errors import Compacted, StorageError, Unavailable
-from raft.messages import ConfState, Entry, HardState
+from raft.messages import ConfState, Entry, HardState, SnapshotMeta
 
 
 class MemoryStorage:
@@ -91,6 +91,33 @@ class MemoryStorage:
         if hard_state is not None:
             self._hard_state = hard_state
         self.save_count += 1
+
+    def compact(self, index: int) -> None:
+        """Drop entries below `index` (the new first index); only applied ones may go."""
+        if index <= self.first_index():
+            return
+        if index > self.last_index() + 1:
+            raise Unavailable(f"compact({index}) beyond the last index {self.last_index()}")
+        if index - 1 > self._hard_state.commit:
+            raise StorageError(f"compact({index}): entry {index - 1} is not committed")
+        term = self.term(index - 1)
+        del self._entries[: index - self.first_index()]
+        self._snapshot_index, self._snapshot_term = index - 1, term
+
+    def apply_snapshot(self, snap: SnapshotMeta) -> None:
+        """Replace the log by a snapshot: no entries, first index after it, commit at it."""
+        if snap.index <= self._hard_state.commit:
+            raise StorageError(
+                f"snapshot at {snap.index} is not ahead of the commit {self._hard_state.commit}"
+            )
+        self._entries = []
+        self._snapshot_index, self._snapshot_term = snap.index, snap.term
+        self._conf_state = snap.conf
+        self._hard_state = HardState(self._hard_state.term, self._hard_state.vote, snap.index)
+        self.save_count += 1
+
+    def snapshot_point(self) -> tuple[int, int]:
+        return self._snapshot_index, self._snapshot_term
 
     def close(self) -> None:
         self.closed = True

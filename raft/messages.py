@@ -8,7 +8,7 @@ core (a bool where an int belongs, a negative index, an unknown type...).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
@@ -31,8 +31,11 @@ class MessageType(IntEnum):
     HEARTBEAT = 7
     HEARTBEAT_RESP = 8
     TIMEOUT_NOW = 9
-    SNAP = 10  # reserved: InstallSnapshot (later issue)
-    SNAP_RESP = 11  # reserved
+    # InstallSnapshot. From the core: "send `to` a snapshot at least at `snapshot.index`"
+    # (no chunk; the driver streams it). On the wire: one chunk of it (`chunk` set, the
+    # bytes in `context`). Into the core: the whole snapshot arrived (no chunk).
+    SNAP = 10
+    SNAP_RESP = 11  # the receiver's progress through a snapshot's chunks (driver level)
 
 
 class EntryKind(IntEnum):
@@ -64,6 +67,41 @@ class Entry:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfState:
+    """The voting and learning members."""
+
+    voters: tuple[int, ...]
+    learners: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    """What a snapshot stands for: the state machine after applying `index` (of `term`),
+    with the membership `conf` in force there."""
+
+    index: int
+    term: int
+    conf: ConfState
+
+
+@dataclass(frozen=True, slots=True)
+class SnapChunk:
+    """Where one InstallSnapshot chunk sits in its snapshot (the bytes travel in
+    `Message.context`), or, on a SNAP_RESP, how far the receiver has it.
+
+    `snap_id` names one snapshot file (two snapshots at one index differ in it), `total`
+    and `digest` (SHA-256 of the whole) are the same on every chunk, `crc` is the CRC32
+    of this chunk's bytes. On a SNAP_RESP `offset` is the next byte the receiver wants.
+    """
+
+    snap_id: bytes
+    offset: int
+    total: int
+    crc: int = 0
+    digest: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     """One Raft message. Fields unused by a type stay at their zero value (the etcd shape).
 
@@ -87,6 +125,8 @@ class Message:
     reject_hint: int = 0
     hint_term: int = 0
     context: bytes = b""
+    snapshot: SnapshotMeta | None = None  # SNAP only
+    chunk: SnapChunk | None = None  # SNAP / SNAP_RESP between drivers only
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,14 +155,6 @@ class ReadState:
 
 
 @dataclass(frozen=True, slots=True)
-class ConfState:
-    """The voting and learning members (membership changes are a later issue)."""
-
-    voters: tuple[int, ...]
-    learners: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
 class Ready:
     """One batch of work the core hands to its driver.
 
@@ -147,9 +179,9 @@ class Ready:
     # How many times the log had been overwritten when `entries` were taken: advance()
     # ignores the persist of entries that a later overwrite may have replaced on disk.
     overwrites: int = 0
-    # Reserved for the snapshot issue.
-    snapshot: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # A snapshot to install before `entries` (in the same durable step): the log is
+    # replaced by it and the state machine jumps to its index.
+    snapshot: SnapshotMeta | None = None
 
     def is_empty(self) -> bool:
         return not (
@@ -208,8 +240,25 @@ def encode_message(m: Message) -> bytes:
             m.reject_hint,
             m.hint_term,
             m.context,
+            *_encode_snap_fields(m),
         ]
     )
+
+
+def _encode_snap_fields(m: Message) -> list[Any]:
+    """SNAP/SNAP_RESP carry two more array elements: the snapshot meta and the chunk."""
+    if m.snapshot is None and m.chunk is None:
+        return []
+    meta = m.snapshot
+    chunk = m.chunk
+    return [
+        None
+        if meta is None
+        else [meta.index, meta.term, list(meta.conf.voters), list(meta.conf.learners)],
+        None
+        if chunk is None
+        else [chunk.snap_id, chunk.offset, chunk.total, chunk.crc, chunk.digest],
+    ]
 
 
 def _uint(value: Any, name: str) -> int:
@@ -272,10 +321,10 @@ def decode_message(data: bytes) -> Message:
         raw = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types
         raise InvalidMessage(f"undecodable msgpack: {exc}") from exc
-    if type(raw) is not list or len(raw) != 13:
-        raise InvalidMessage("message must be a 13-element array")
+    if type(raw) is not list or len(raw) not in (13, 15):
+        raise InvalidMessage("message must be a 13- or 15-element array")
     (ver, mtype, to, frm, term, log_term, index, entries, commit, reject, hint, hint_term, ctx) = (
-        raw
+        raw[:13]
     )
     if ver != WIRE_VERSION or type(ver) is not int:
         raise InvalidMessage(f"unsupported wire version {ver!r:.40}")
@@ -300,4 +349,46 @@ def decode_message(data: bytes) -> Message:
         reject_hint=_uint(hint, "reject_hint"),
         hint_term=_uint(hint_term, "hint_term"),
         context=_bytes(ctx, "context"),
+        snapshot=_decode_meta(raw[13]) if len(raw) == 15 else None,
+        chunk=_decode_chunk(raw[14]) if len(raw) == 15 else None,
     )
+
+
+def _peer_ids(raw: Any, name: str) -> tuple[int, ...]:
+    if type(raw) is not list or len(raw) > 1024:
+        raise InvalidMessage(f"{name} must be an array of node ids")
+    ids = tuple(_uint(v, name) for v in raw)
+    if any(i == 0 for i in ids) or len(set(ids)) != len(ids):
+        raise InvalidMessage(f"{name} must hold distinct positive node ids")
+    return ids
+
+
+def _decode_meta(raw: Any) -> SnapshotMeta | None:
+    if raw is None:
+        return None
+    if type(raw) is not list or len(raw) != 4:
+        raise InvalidMessage("snapshot meta must be a 4-element array")
+    index, term, voters, learners = raw
+    return SnapshotMeta(
+        _uint(index, "snapshot.index"),
+        _uint(term, "snapshot.term"),
+        ConfState(_peer_ids(voters, "snapshot.voters"), _peer_ids(learners, "snapshot.learners")),
+    )
+
+
+def _decode_chunk(raw: Any) -> SnapChunk | None:
+    if raw is None:
+        return None
+    if type(raw) is not list or len(raw) != 5:
+        raise InvalidMessage("snapshot chunk must be a 5-element array")
+    snap_id, offset, total, crc, digest = raw
+    chunk = SnapChunk(
+        _bytes(snap_id, "chunk.snap_id"),
+        _uint(offset, "chunk.offset"),
+        _uint(total, "chunk.total"),
+        _uint(crc, "chunk.crc"),
+        _bytes(digest, "chunk.digest"),
+    )
+    if len(chunk.snap_id) > 64 or len(chunk.digest) > 64 or chunk.offset > chunk.total:
+        raise InvalidMessage("snapshot chunk fields out of range")
+    return chunk

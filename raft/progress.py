@@ -19,7 +19,9 @@ from enum import Enum
 class ProgressState(Enum):
     PROBE = "probe"
     REPLICATE = "replicate"
-    SNAPSHOT = "snapshot"  # reserved for the snapshot issue
+    # The follower needs entries this leader compacted: a snapshot is on its way; no
+    # appends until it reports the snapshot installed (or the transfer failed).
+    SNAPSHOT = "snapshot"
 
 
 class Inflights:
@@ -68,6 +70,7 @@ class Progress:
         self.probe_sent = False
         self.recent_active = False
         self.sent_commit = 0  # highest commit index sent to this peer in an APP
+        self.pending_snapshot = 0  # SNAPSHOT only: the index of the snapshot being sent
         self.inflights = Inflights(max_inflight_msgs, max_inflight_bytes)
 
     def __repr__(self) -> str:
@@ -77,14 +80,26 @@ class Progress:
         )
 
     def become_probe(self) -> None:
+        if self.state is ProgressState.SNAPSHOT:
+            # After a snapshot, probe from its index: the peer has it (or will say no).
+            self.next_index = max(self.match_index, self.pending_snapshot) + 1
+            self.pending_snapshot = 0
+        else:
+            self.next_index = self.match_index + 1
         self.state = ProgressState.PROBE
-        self.next_index = self.match_index + 1
+        self.probe_sent = False
+        self.inflights.reset()
+
+    def become_snapshot(self, snapshot_index: int) -> None:
+        self.state = ProgressState.SNAPSHOT
+        self.pending_snapshot = snapshot_index
         self.probe_sent = False
         self.inflights.reset()
 
     def become_replicate(self) -> None:
         self.state = ProgressState.REPLICATE
         self.next_index = self.match_index + 1
+        self.pending_snapshot = 0
         self.probe_sent = False
         self.inflights.reset()
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from raft.errors import Compacted, SafetyViolation, Unavailable
-from raft.messages import Entry
+from raft.messages import Entry, SnapshotMeta
 from raft.storage import LogStorage
 
 NO_LIMIT = 1 << 62
@@ -43,10 +43,16 @@ class RaftLog:
         # its entries were taken, and a persisted notice from before a later overwrite is
         # ignored (see `stable_to`).
         self.overwrites = 0
+        # A snapshot received from the leader that replaces this log, until it is durable:
+        # it answers term(index) and first_index() meanwhile (etcd's unstable snapshot).
+        self.pending_snapshot: SnapshotMeta | None = None
+        self._snapshot_handed_out = False
 
     # ------------------------------------------------------------ reading
 
     def first_index(self) -> int:
+        if self.pending_snapshot is not None:
+            return self.pending_snapshot.index + 1
         return self.storage.first_index()
 
     def last_index(self) -> int:
@@ -65,6 +71,11 @@ class RaftLog:
             if pos < len(self.unstable):
                 return self.unstable[pos].term
             raise Unavailable(f"index {index} is beyond the last index {self.last_index()}")
+        snap = self.pending_snapshot
+        if snap is not None:
+            if index == snap.index:
+                return snap.term
+            raise Compacted(f"index {index} is covered by the snapshot at {snap.index}")
         if index < self.storage.first_index() - 1:
             raise Compacted(f"index {index} is compacted")
         return self.storage.term(index)
@@ -187,7 +198,38 @@ class RaftLog:
             return True
         return False
 
+    def restore(self, snap: SnapshotMeta) -> None:
+        """Replace this log by a snapshot from the leader (not yet durable).
+
+        Everything up to its index is committed and will be in the state machine once the
+        snapshot is installed; nothing at or below it is handed out for applying.
+        """
+        self.pending_snapshot = snap
+        self._snapshot_handed_out = False
+        self.unstable = []
+        self.unstable_offset = snap.index + 1
+        self.in_progress = snap.index
+        self.committed = snap.index
+        self.applying = max(self.applying, snap.index)
+        self.overwrites += 1  # persisted notices of the replaced log no longer speak for it
+
     # ------------------------------------------------------------ Ready plumbing
+
+    def has_snapshot_to_persist(self) -> bool:
+        return self.pending_snapshot is not None and not self._snapshot_handed_out
+
+    def take_snapshot_to_persist(self) -> SnapshotMeta | None:
+        if not self.has_snapshot_to_persist():
+            return None
+        self._snapshot_handed_out = True
+        return self.pending_snapshot
+
+    def snapshot_stable(self, snap: SnapshotMeta) -> None:
+        """The driver installed `snap` durably: storage and state machine are at its index."""
+        if self.pending_snapshot == snap:
+            self.pending_snapshot = None
+        self.applied = max(self.applied, snap.index)
+        self.applying = max(self.applying, snap.index)
 
     def has_entries_to_persist(self) -> bool:
         return self.last_index() > self.in_progress

@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 
 from raft.errors import StorageError
-from raft.messages import Entry, HardState, Message, MessageType, Ready
+from raft.messages import Entry, HardState, Message, MessageType, Ready, SnapshotMeta
 
 log = structlog.get_logger("raft.ready")
 
@@ -89,6 +89,8 @@ class ReadyHandler:
                 detail="response/vote in Ready.messages; sent after persist instead",
                 types=sorted({m.type.name for m in deferred}),
             )
+        if rd.snapshot is not None:  # installing it brings the state machine this far
+            self.apply_issued = max(self.apply_issued, rd.snapshot.index)
         applying = [e for e in rd.committed_entries if e.index > self.apply_issued]
         if applying:
             self.apply_issued = applying[-1].index
@@ -102,7 +104,7 @@ class ReadyHandler:
         for job in jobs:
             out.extend(job.deferred)
             out.extend(job.rd.messages_after_persist)
-            if job.rd.entries or job.rd.hard_state is not None:
+            if job.rd.entries or job.rd.hard_state is not None or job.rd.snapshot is not None:
                 # Stability now; the committed part is advanced once it is applied.
                 self.core.advance(replace(job.rd, committed_entries=()))
         return out
@@ -137,7 +139,8 @@ def merge_entries(merged: list[Entry], entries: Sequence[Entry]) -> list[Entry]:
 
 
 def split_at_overwrites(jobs: Sequence[StorageJob]) -> list[list[StorageJob]]:
-    """Cut a group commit where a Ready's entries overwrite an earlier Ready's in the group.
+    """Cut a group commit where a Ready's entries overwrite an earlier Ready's in the group,
+    and before a Ready that installs a snapshot (which replaces the whole log).
 
     Each earlier Ready's append replies must be true when they leave: its entries must
     reach the disk, so they cannot be merged away by a later overwrite in the same save.
@@ -146,7 +149,9 @@ def split_at_overwrites(jobs: Sequence[StorageJob]) -> list[list[StorageJob]]:
     last = 0
     for job in jobs:
         entries = job.rd.entries
-        if entries and last and entries[0].index <= last:
+        if segments[-1] and (
+            job.rd.snapshot is not None or (entries and last and entries[0].index <= last)
+        ):
             segments.append([])
             last = 0
         segments[-1].append(job)
@@ -166,11 +171,17 @@ def merged_write(segment: Sequence[StorageJob]) -> tuple[HardState | None, list[
     return hard_state, entries
 
 
+def segment_snapshot(segment: Sequence[StorageJob]) -> SnapshotMeta | None:
+    """The snapshot a segment installs first: only its first job may carry one."""
+    return segment[0].rd.snapshot if segment else None
+
+
 # ---------------------------------------------------------------- the storage step
 
 Save = Callable[[HardState | None, list[Entry]], None]
 Apply = Callable[[list[Entry]], list[Any]]
 SaveWithApply = Callable[[HardState | None, list[Entry], list[Entry]], list[Any]]
+Install = Callable[[SnapshotMeta], None]
 OnPersisted = Callable[[list[StorageJob]], None]
 OnApplied = Callable[[list[StorageJob], list[Entry], list[Any]], None]
 
@@ -187,6 +198,9 @@ class StorageStep:
 
     With `save_with_apply` (a state machine in the log's own store), each segment is ONE
     write that also applies the batch (the first segment): one commit instead of two.
+
+    A segment that starts with a snapshot first installs it (`install`: the state machine
+    and the log replaced together, atomically), then saves what follows it.
     """
 
     def __init__(
@@ -198,6 +212,7 @@ class StorageStep:
         on_applied: OnApplied,
         apply_first: Callable[[], bool],
         save_with_apply: SaveWithApply | None = None,
+        install: Install | None = None,
     ) -> None:
         self._save = save
         self._apply = apply
@@ -205,6 +220,14 @@ class StorageStep:
         self._on_applied = on_applied
         self._apply_first = apply_first
         self._save_with_apply = save_with_apply
+        self._install = install
+
+    def _install_first(self, segment: Sequence[StorageJob]) -> None:
+        snap = segment_snapshot(segment)
+        if snap is not None:
+            if self._install is None:
+                raise StorageError(f"cannot install the snapshot at {snap.index}: no installer")
+            self._install(snap)
 
     def run(self, jobs: list[StorageJob]) -> None:
         """Persist and apply `jobs` now, reporting each step as it completes."""
@@ -219,6 +242,7 @@ class StorageStep:
         segments = split_at_overwrites(jobs)
         if self._save_with_apply is not None:
             for k, segment in enumerate(segments):
+                self._install_first(segment)
                 hard_state, entries = merged_write(segment)
                 apply_now = applying if k == 0 else []
                 results = self._save_with_apply(hard_state, entries, apply_now)
@@ -231,6 +255,7 @@ class StorageStep:
         if apply_first:
             self._on_applied(jobs, applying, self._apply(applying) if applying else [])
         for segment in segments:
+            self._install_first(segment)
             hard_state, entries = merged_write(segment)
             if hard_state is not None or entries:
                 self._save(hard_state, entries)

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import heapq
 import random
 import sys
@@ -62,9 +63,23 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+import msgpack
+
 from raft.errors import NotLeader, ProposalDropped
-from raft.messages import Entry, EntryKind, HardState, Message, ReadState, Ready, Role, SoftState
+from raft.messages import (
+    Entry,
+    EntryKind,
+    HardState,
+    Message,
+    MessageType,
+    ReadState,
+    Ready,
+    Role,
+    SnapshotMeta,
+    SoftState,
+)
 from raft.ready_handler import ReadyHandler, StorageJob, StorageStep
+from raft.snapshot_transfer import SnapshotReceiver, SnapshotSender, SnapshotSource
 
 # ------------------------------------------------------------------ failures
 
@@ -253,6 +268,13 @@ class Network:
 # ------------------------------------------------------------------ safety checker
 
 
+def state_fp(prev: bytes, e: Entry) -> bytes:
+    """The simulated state machine's state after applying `e` on a state `prev`: a hash
+    chain of every applied entry (what a snapshot must reproduce exactly)."""
+    head = e.index.to_bytes(8, "big") + e.term.to_bytes(8, "big") + bytes([int(e.kind)])
+    return hashlib.sha256(prev + head + e.data).digest()
+
+
 def _same(a: Entry, b: Entry) -> bool:
     return a.term == b.term and a.kind == b.kind and a.data == b.data
 
@@ -287,6 +309,9 @@ class SafetyChecker:
         self.max_acked_index = 0
         self.reads: dict[bytes, tuple[int, int, int]] = {}  # ctx -> (node, min index, acked)
         self.reads_ahead: list[tuple[int, bytes, int]] = []  # answered above known commit
+        self.committed_fps: list[bytes] = []  # state fingerprint after each committed index
+        self.snapshots_ahead: list[tuple[int, int, int, bytes]] = []  # (node, index, term, fp)
+        self.snapshots_installed = 0
         self.reads_answered = 0
 
     # -- helpers
@@ -403,6 +428,8 @@ class SafetyChecker:
             e = log[i]
             self.committed.append(e)
             self.commit_term.append(term)
+            prev = self.committed_fps[-1] if self.committed_fps else b""
+            self.committed_fps.append(state_fp(prev, e))
             if e.kind == EntryKind.NORMAL and e.data:
                 prior = self._committed_payload.setdefault(e.data, e.index)
                 if prior != e.index:
@@ -410,6 +437,44 @@ class SafetyChecker:
                         "no-duplicates",
                         f"payload {e.data!r} committed twice: at {prior} and {e.index}",
                     )
+
+    def on_snapshot(self, node: int, snap: SnapshotMeta, fp: bytes, source: int) -> None:
+        """`node` installed a snapshot that `source` sent: it must be the committed state
+        at its index (checked now, or once the checker learns that commit)."""
+        index = snap.index
+        src_log = self.logs[source]
+        if index > len(src_log) or src_log[index - 1].term != snap.term:
+            raise InvariantViolation(
+                "snapshot-content",
+                f"node {node} installed a snapshot at ({index}, t{snap.term}) that node "
+                f"{source}'s log does not hold there",
+            )
+        if index <= len(self.committed):
+            self._check_snapshot(node, index, snap.term, fp)
+        else:
+            self.snapshots_ahead.append((node, index, snap.term, fp))
+        self.logs[node] = list(src_log[:index])
+        self._fps[node] = list(self._fps[source][:index])
+        self.applied[node] = max(self.applied[node], index)
+        self.node_commit[node] = max(self.node_commit[node], index)
+        self.snapshots_installed += 1
+
+    def _check_snapshot(self, node: int, index: int, term: int, fp: bytes) -> None:
+        if self.committed[index - 1].term != term or self.committed_fps[index - 1] != fp:
+            raise InvariantViolation(
+                "snapshot-content",
+                f"node {node} installed a snapshot at ({index}, t{term}) whose state is not "
+                "the committed state there",
+            )
+
+    def check_snapshots_committed(self) -> None:
+        for node, index, term, fp in self.snapshots_ahead:
+            if index > len(self.committed):
+                raise InvariantViolation(
+                    "snapshot-content",
+                    f"node {node} installed a snapshot at {index}, never committed",
+                )
+            self._check_snapshot(node, index, term, fp)
 
     def on_restart(self, node: int, hs: HardState) -> None:
         self.node_commit[node] = hs.commit
@@ -543,6 +608,32 @@ def default_storage_factory(node_id: int) -> Any:
 
 
 @dataclass(slots=True)
+class SimStateMachine:
+    """A node's durable state machine: the applied index, the state fingerprint and the
+    applied payloads (which make snapshots grow with the log, like a real queue's)."""
+
+    applied: int = 0
+    fp: bytes = b""
+    payloads: list[bytes] = field(default_factory=list)
+
+    def apply(self, e: Entry) -> bool:
+        if e.index <= self.applied:
+            return False  # a replay after a restart or below an installed snapshot
+        self.applied = e.index
+        self.fp = state_fp(self.fp, e)
+        self.payloads.append(e.data)
+        return True
+
+    def snapshot_bytes(self, term: int) -> bytes:
+        return msgpack.packb([self.applied, term, self.fp, self.payloads], use_bin_type=True)
+
+    @classmethod
+    def from_snapshot(cls, data: bytes) -> tuple[int, int, SimStateMachine]:
+        index, term, fp, payloads = msgpack.unpackb(data, raw=False)
+        return index, term, cls(index, fp, list(payloads))
+
+
+@dataclass(slots=True)
 class SimNode:
     id: int
     storage: Any
@@ -563,6 +654,13 @@ class SimNode:
     notices: deque[tuple[Any, ...]] = field(default_factory=deque)  # posted completions
     slow_disk_until_ms: int = 0  # a slow fsync period: writes take much longer
     disk_stalled_until_ms: int = 0  # the disk hangs: writes wait, the loop goes on
+    sm: SimStateMachine = field(default_factory=SimStateMachine)  # durable
+    receiver: SnapshotReceiver | None = None
+    incoming: bytearray = field(default_factory=bytearray)  # a snapshot being received
+    # Snapshots received whole, waiting for the core to install them: (index, term) ->
+    # (bytes, sender id).
+    received: dict[tuple[int, int], tuple[bytes, int]] = field(default_factory=dict)
+    senders: dict[int, SnapshotSender] = field(default_factory=dict)  # leader side
 
     @property
     def up(self) -> bool:
@@ -785,6 +883,12 @@ class Simulation:
             "notice_ms": r.choice(((0, 0), (0, 3), (1, 10), (0, 30), (5, 40))),
             "shared_txn": r.random() < 0.5,
             "apply_first": r.random() < 0.7,
+            # Compaction: keep the log at most this many applied entries long (0: never),
+            # keeping `trailing` of them; followers behind it get snapshots in chunks.
+            "compact_every": r.choice((0, 8, 20, 60)),
+            "trailing": r.choice((0, 2, 10)),
+            "chunk_bytes": r.choice((32, 200, 4096)),
+            "window_chunks": r.choice((1, 2, 4)),
         }
 
     def _start_core(self, node: SimNode) -> None:
@@ -792,7 +896,7 @@ class Simulation:
         options = dict(self.core_options)
         # Usually the state machine's durable applied index; sometimes 0, so the core
         # hands every committed entry out again (the driver must skip the replays).
-        applied = self.checker.applied[node.id]
+        applied = node.sm.applied
         options["applied"] = applied if self.rng.random() < 0.7 else 0
         node.core = self._core_factory(node.id, self.ids, node.storage, core_rng, options)
         hs, _conf = node.storage.initial_state()
@@ -810,6 +914,10 @@ class Simulation:
         # handler skips what is applied already, as the driver does.
         node.handler = ReadyHandler(node.core, applied, d.get("max_inflight_readies", 1))
         node.step = self._storage_step(node)
+        node.receiver = self._snapshot_receiver(node)
+        node.incoming = bytearray()
+        node.received = {}
+        node.senders = {}
         self.checker.on_restart(node.id, hs)
 
     # -- tracing
@@ -871,7 +979,10 @@ class Simulation:
                 self.checker.on_leader(node.id, term)
         # 1. leader messages go out at once, in parallel with the local fsync
         for m in send_now:
-            self._send(m)
+            if m.type is MessageType.SNAP and m.chunk is None:
+                self._start_snapshot(node, m)
+            else:
+                self._send(m)
         for rs in rd.read_states:
             self.checker.on_read_state(node.id, rs)
             self.answered_reads.add(rs.context)
@@ -913,8 +1024,23 @@ class Simulation:
         def apply(entries: list[Entry]) -> list[Any]:
             term = node.core.term if node.core is not None else 0
             for e in entries:
-                self.checker.on_apply(node.id, e, term)
+                if node.sm.apply(e):
+                    self.checker.on_apply(node.id, e, term)
+            self._maybe_compact(node)
             return [None] * len(entries)
+
+        def install(snap: SnapshotMeta) -> None:
+            data, source = node.received.pop((snap.index, snap.term))
+            index, term, sm = SimStateMachine.from_snapshot(data)
+            if (index, term) != (snap.index, snap.term):
+                raise InvariantViolation(
+                    "snapshot-content", f"node {node.id}: snapshot bytes say ({index}, {term})"
+                )
+            node.storage.apply_snapshot(snap)  # one atomic write: log and state replaced
+            node.sm = sm
+            node.hard_state = node.storage.hard_state
+            self.checker.on_snapshot(node.id, snap, sm.fp, source)
+            self._log(f"n{node.id}", f"snapshot installed at ({index}, t{term}) from n{source}")
 
         def save_with_apply(
             hard_state: HardState | None, entries: list[Entry], applying: list[Entry]
@@ -949,7 +1075,93 @@ class Simulation:
             on_persisted=lambda segment: post(("persisted", segment)),
             on_applied=lambda jobs, entries, results: post(("applied", jobs, entries)),
             apply_first=lambda: bool(d.get("apply_first")) and node.soft_state.role == Role.LEADER,
+            install=install,
         )
+
+    def _maybe_compact(self, node: SimNode) -> None:
+        """The driver's compaction policy, in the storage step: once the log holds more
+        than `compact_every` applied entries, drop all but the last `trailing` of them."""
+        every = self.driver_options.get("compact_every", 0)
+        if not every:
+            return
+        storage = node.storage
+        durable = min(node.sm.applied, storage.hard_state.commit)
+        if durable - storage.first_index() + 1 <= every:
+            return
+        new_first = durable - self.driver_options.get("trailing", 0) + 1
+        if new_first > storage.first_index():
+            storage.compact(new_first)
+
+    # -- snapshots in chunks: raft.snapshot_transfer, as raft.driver runs it
+    def _snapshot_receiver(self, node: SimNode) -> SnapshotReceiver:
+        def begin(chunk: Any) -> None:
+            node.incoming = bytearray()
+
+        def write(offset: int, data: bytes) -> None:
+            node.incoming[offset:] = data
+
+        def finish(chunk: Any) -> bytes:
+            return hashlib.sha256(bytes(node.incoming)).digest()
+
+        return SnapshotReceiver(node.id, begin=begin, write=write, finish=finish)
+
+    def _start_snapshot(self, node: SimNode, m: Message) -> None:
+        """The core asks for a snapshot to be sent to `m.to`: one of our state right now."""
+        assert m.snapshot is not None and node.core is not None
+        current = node.senders.get(m.to)
+        if (
+            current is not None
+            and not current.ended
+            and current.source.meta.index >= m.snapshot.index
+        ):
+            return  # the one on its way is recent enough
+        d = self.driver_options
+        index = node.sm.applied
+        term = node.storage.term(index)
+        meta = SnapshotMeta(index, term, m.snapshot.conf)
+        data = node.sm.snapshot_bytes(term)
+        self._next_snap_id = getattr(self, "_next_snap_id", 0) + 1
+        source = SnapshotSource(
+            meta,
+            b"s%d" % self._next_snap_id,
+            len(data),
+            hashlib.sha256(data).digest(),
+            lambda offset, length: data[offset : offset + length],
+        )
+        sender = SnapshotSender(
+            node_id=node.id,
+            to=m.to,
+            term=node.core.term,
+            commit=m.commit,
+            source=source,
+            now_s=self.clock.now_ms / 1000,
+            chunk_bytes=d.get("chunk_bytes", 4096),
+            window_chunks=d.get("window_chunks", 4),
+            retry_s=0.05,
+            give_up_s=0.5,
+        )
+        node.senders[m.to] = sender
+        self._log(f"n{node.id}", f"snapshot to n{m.to} at ({index}, t{term}), {len(data)} bytes")
+        for chunk in sender.start(self.clock.now_ms / 1000):
+            self.net.send(chunk)
+
+    def _snapshot_sender_event(self, node: SimNode, peer: int, msgs: list[Message]) -> None:
+        for chunk in msgs:
+            self.net.send(chunk)
+        sender = node.senders.get(peer)
+        if sender is not None and sender.ended and node.core is not None:
+            del node.senders[peer]
+            self._log(f"n{node.id}", f"snapshot to n{peer} {'failed' if sender.failed else 'sent'}")
+            node.core.report_snapshot(peer, failed=sender.failed)
+            self._drive(node)
+
+    def _tick_senders(self, node: SimNode) -> None:
+        if not node.is_leader:
+            node.senders.clear()  # a transfer belongs to a leadership
+            return
+        now_s = self.clock.now_ms / 1000
+        for peer, sender in list(node.senders.items()):
+            self._snapshot_sender_event(node, peer, sender.tick(now_s))
 
     def _run_storage(self, node: SimNode, jobs: list[StorageJob]) -> None:
         """The inline driver: the whole storage step on `jobs`, before any new input."""
@@ -1063,6 +1275,9 @@ class Simulation:
         node.writing = None
         node.notices.clear()
         node.pending.clear()
+        node.senders = {}
+        node.received = {}
+        node.incoming = bytearray()  # a partly received snapshot is lost with the process
         crash_copy = getattr(node.storage, "crash_copy", None)
         if crash_copy is not None:  # the restarted core shares no object with the old one
             node.storage = crash_copy()
@@ -1087,6 +1302,24 @@ class Simulation:
             if not self.net.arrives(m):
                 return
             self.trace.append((self.clock.now_ms, "deliver", m))
+            if m.type is MessageType.SNAP and m.chunk is not None:
+                assert node.receiver is not None
+                resp, whole = node.receiver.on_chunk(m, node.core.term)
+                if resp is not None:
+                    self.net.send(resp)
+                if whole is None:
+                    return
+                assert whole.snapshot is not None
+                key = (whole.snapshot.index, whole.snapshot.term)
+                node.received[key] = (bytes(node.incoming), m.frm)
+                m = whole
+            elif m.type is MessageType.SNAP_RESP:
+                sender = node.senders.get(m.frm)
+                if sender is not None:
+                    self._snapshot_sender_event(
+                        node, m.frm, sender.on_resp(m, self.clock.now_ms / 1000)
+                    )
+                return
             node.core.step(m)
             self._drive(node)
         elif kind is EventKind.TICK:
@@ -1097,6 +1330,8 @@ class Simulation:
             if node.up and node.paused_until_ms <= self.clock.now_ms:
                 node.core.tick()
                 self._drive(node)
+                if node.up and node.senders:
+                    self._tick_senders(node)
         elif kind is EventKind.PROPOSE:
             self._client_propose(payload)
         elif kind is EventKind.READ:
@@ -1467,6 +1702,7 @@ class Simulation:
         """Logs identical and fully committed; every accepted proposal resolved."""
         checker = self.checker
         checker.check_reads_committed()
+        checker.check_snapshots_committed()
         ref = checker.logs[self.ids[0]]
         for n in self.ids:
             log = checker.logs[n]

@@ -349,8 +349,11 @@ def test_checker_rejects_stale_uncommitted_and_misrouted_reads() -> None:
 
 def test_checker_catches_a_violation_injected_into_a_copy_of_a_real_run() -> None:
     """The checker state after a real run, copied; a fake node then breaks each rule."""
-    sim = Simulation(SimParams(seed=11, nodes=3))
-    sim.run()
+    for seed in range(11, 40):  # a run that committed enough to break rules in
+        sim = Simulation(SimParams(seed=seed, nodes=3))
+        sim.run()
+        if sim.checker.commit_index > 5:
+            break
     real = sim.checker
     assert real.commit_index > 5
     last = real.committed[-1]
@@ -595,6 +598,45 @@ def test_simulation_runs_the_drivers_ready_policy_and_catches_it_broken(
             assert isinstance(exc.cause, (InvariantViolation, RaftError)), exc.cause
             return
     pytest.fail("no seed in 0..99 caught replies sent before their persist")
+
+
+def _restore_forgets_what_it_covers(*args: Any) -> Any:
+    """Mutant: a restored snapshot does not stop its entries being handed out to apply."""
+    core = default_core_factory(*args)
+    real = core.log.restore
+
+    def restore(snap: Any) -> None:
+        applying = core.log.applying
+        real(snap)
+        core.log.applying = applying
+
+    core.log.restore = restore
+    return core
+
+
+def _restore_stale_snapshots(*args: Any) -> Any:
+    """Mutant: takes a snapshot even when it is not ahead of its commit index."""
+    core = default_core_factory(*args)
+
+    def restore(snap: Any) -> bool:
+        core.log.restore(snap)
+        return True
+
+    core._restore = restore
+    return core
+
+
+@pytest.mark.parametrize("mutant", [_restore_forgets_what_it_covers, _restore_stale_snapshots])
+def test_simulation_catches_broken_snapshot_handling(mutant: Any) -> None:
+    """Compaction and chunked InstallSnapshot run in the seeded runs: a core that gets
+    snapshot restores wrong must fail one of the first seeds."""
+    for seed in range(40):
+        for nodes in (3, 5):
+            try:
+                Simulation(SimParams(seed=seed, nodes=nodes), core_factory=mutant).run()
+            except SimulationFailure:
+                return
+    pytest.fail("no seed in 0..39 caught the snapshot mutant")
 
 
 def test_liveness_failure_is_reported_with_its_seed() -> None:

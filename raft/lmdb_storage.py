@@ -57,7 +57,7 @@ import structlog
 from raft.codec import pack
 from raft.errors import Compacted, StorageCorruption, StorageError, Unavailable
 from raft.lmdb_env import LmdbEnv
-from raft.messages import MAX_U63, ConfState, Entry, EntryKind, HardState
+from raft.messages import MAX_U63, ConfState, Entry, EntryKind, HardState, SnapshotMeta
 
 log = structlog.get_logger("raft.storage")
 
@@ -700,6 +700,52 @@ class LmdbStorage:
         last_term = b.last_term if b.last_index > snap_index else snap_term
         self._bounds = _Bounds(snap_index, snap_term, max(b.last_index, snap_index), last_term)
         log.info("raft.storage.compacted", first_index=index, snap_term=snap_term)
+
+    def prepare_apply_snapshot(self, snap: SnapshotMeta) -> PreparedSave:
+        """Replace the log by a snapshot, inside the caller's write transaction.
+
+        Why the caller's: the state machine's tables must be replaced in the same
+        transaction, or a crash between the two would leave a log that starts after
+        state the machine does not have. Every log entry goes (the leader sends what
+        follows the snapshot), the compaction point becomes (index, term), the commit
+        index moves to the index, and the membership becomes the snapshot's.
+        """
+        self._check_open()
+        if not (_is_uint(snap.index) and _is_uint(snap.term)) or snap.index == 0:
+            raise StorageError(f"bad snapshot point ({snap.index!r}, {snap.term!r})")
+        old = self._hard_state
+        if snap.index <= old.commit:
+            raise StorageError(
+                f"snapshot at {snap.index} is not ahead of the commit index {old.commit}"
+            )
+        hs = HardState(old.term, old.vote, snap.index)
+        values = {
+            _META_SNAPSHOT: encode_record(_META_SNAPSHOT, [snap.index, snap.term]),
+            _META_HARD_STATE: encode_record(_META_HARD_STATE, [hs.term, hs.vote, hs.commit]),
+            _META_CONF_STATE: encode_record(
+                _META_CONF_STATE, [list(snap.conf.voters), list(snap.conf.learners)]
+            ),
+        }
+
+        def txn_fn(txn: lmdb.Transaction) -> None:
+            txn.drop(self._log_db, delete=False)
+            for key, value in values.items():
+                txn.put(key, value, db=self._meta_db)
+
+        def publish() -> None:
+            self._hard_state = hs
+            self._conf_state = snap.conf
+            self._tail = (0, (), 0)
+            self._bounds = _Bounds(snap.index, snap.term, snap.index, snap.term)
+            log.info("raft.storage.snapshot_applied", index=snap.index, term=snap.term)
+
+        return PreparedSave(txn_fn, publish)
+
+    def apply_snapshot(self, snap: SnapshotMeta) -> None:
+        """`prepare_apply_snapshot` in a transaction of its own (tests, simulation)."""
+        prepared = self.prepare_apply_snapshot(snap)
+        self._env.write(prepared.write)
+        prepared.publish()
 
     def _check_open(self) -> None:
         if self._closed:

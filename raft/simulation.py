@@ -1038,7 +1038,7 @@ class Simulation:
                 )
             node.storage.apply_snapshot(snap)  # one atomic write: log and state replaced
             node.sm = sm
-            node.hard_state = node.storage.hard_state
+            node.hard_state = node.storage.initial_state()[0]
             self.checker.on_snapshot(node.id, snap, sm.fp, source)
             self._log(f"n{node.id}", f"snapshot installed at ({index}, t{term}) from n{source}")
 
@@ -1085,7 +1085,7 @@ class Simulation:
         if not every:
             return
         storage = node.storage
-        durable = min(node.sm.applied, storage.hard_state.commit)
+        durable = min(node.sm.applied, storage.initial_state()[0].commit)
         if durable - storage.first_index() + 1 <= every:
             return
         new_first = durable - self.driver_options.get("trailing", 0) + 1

@@ -264,8 +264,9 @@ class LocalCluster:
             self.start_node(i)
         return self
 
-    def start_node(self, node_id: int) -> int:
-        """Start one node (no-op if running); returns its PID."""
+    def start_node(self, node_id: int, env: dict[str, str] | None = None) -> int:
+        """Start one node (no-op if running); returns its PID. `env` adds environment
+        variables for this start only (e.g. RAFTQ_FAILPOINT)."""
         proc = self._procs.get(node_id)
         if proc is not None and proc.poll() is None:
             return proc.pid
@@ -281,6 +282,7 @@ class LocalCluster:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=_die_with_parent if main_thread and sys.platform == "linux" else None,
+                env={**os.environ, **env} if env else None,
             )
         self._procs[node_id] = proc
         with _LIVE_LOCK:

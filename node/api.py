@@ -38,6 +38,7 @@ from node.validation import (
     parse_receipts,
     parse_receive,
 )
+from raft.errors import RaftError
 
 log = structlog.get_logger("node.api")
 
@@ -158,16 +159,23 @@ def cluster_view(broker: Broker) -> dict[str, Any]:
         role = (
             st.get("role") if pid == cfg.node_id else ("leader" if pid == leader_id else "follower")
         )
+        me = pid == cfg.node_id
         nodes.append(
             {
                 "id": pid,
                 "url": peer.http_url,
                 "raft_addr": f"{peer.raft_host}:{peer.raft_port}",
                 "role": role,
-                "match_index": pr.get(
-                    "match", st.get("last_index") if pid == cfg.node_id else None
-                ),
+                "match_index": pr.get("match", st.get("last_index") if me else None),
                 "voter": True,
+                "learner": False,
+                # What this node knows: its own log; of the others, only a leader's view.
+                "first_index": st.get("first_index") if me else None,
+                "last_index": st.get("last_index") if me else None,
+                "snapshot_index": st.get("snapshot_index") if me else None,
+                "commit": st.get("commit") if me else None,
+                "applied": st.get("applied") if me else None,
+                "replication": pr.get("state"),  # probe / replicate / snapshot, on the leader
             }
         )
     leader_peer = cfg.peers.get(leader_id)
@@ -180,6 +188,9 @@ def cluster_view(broker: Broker) -> dict[str, Any]:
         "commit_index": st.get("commit", 0),
         "applied_index": st.get("applied", 0),
         "last_index": st.get("last_index", 0),
+        "first_index": st.get("first_index", 1),
+        "snapshot_index": st.get("snapshot_index", 0),
+        "snapshots": st.get("snapshots"),
         "nodes": nodes,
     }
 
@@ -451,6 +462,16 @@ async def admin_log(request: web.Request) -> web.Response:
     )
 
 
+async def admin_snapshot(request: web.Request) -> web.Response:
+    """Write a snapshot of this node's state now and compact its log up to it."""
+    node = request.app[NODE_KEY]
+    try:
+        result = await node.raft.snapshot_now()
+    except RaftError as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    return respond(request, result)
+
+
 async def admin_state(request: web.Request) -> web.Response:
     broker: Broker = request.app[BROKER_KEY]
     return respond(
@@ -483,6 +504,7 @@ ROUTES: tuple[tuple[str, str, Any], ...] = (
     ("POST", "/v1/producers", producer_init),
     ("GET", "/v1/admin/log", admin_log),
     ("GET", "/v1/admin/state", admin_state),
+    ("POST", "/v1/admin/snapshot", admin_snapshot),
 )
 
 

@@ -72,6 +72,11 @@ class NodeConfig:
     shutdown_grace_s: float = 5.0
     secret: str | None = None
     max_map_bytes: int = 1 << 40  # LMDB map ceiling: a small one simulates a full disk
+    # Log compaction: once this many applied entries sit in the log, it is cut to the last
+    # `snapshot_trailing` of them (0 turns compaction off); followers behind the cut get
+    # the state machine as a snapshot, streamed in chunks.
+    snapshot_entries: int = 10_000
+    snapshot_trailing: int = 5_000
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -161,6 +166,8 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         "shutdown_grace_s": float,
         "secret": str,
         "max_map_bytes": int,
+        "snapshot_entries": int,
+        "snapshot_trailing": int,
     }
     overrides = {k: conv(values[k]) for k, conv in simple.items() if values.get(k) is not None}
     cfg = replace(cfg, **overrides)
@@ -168,6 +175,8 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         raise ConfigError("log_format must be json or console")
     if cfg.tick_ms <= 0 or cfg.election_ticks <= cfg.heartbeat_ticks:
         raise ConfigError("need tick_ms > 0 and election_ticks > heartbeat_ticks")
+    if cfg.snapshot_entries < 0 or cfg.snapshot_trailing < 0:
+        raise ConfigError("snapshot_entries and snapshot_trailing must be >= 0")
     if not MIN_ENTRY_BYTES <= cfg.limits.max_entry_bytes <= MAX_ENTRY_BYTES:
         raise ConfigError(
             f"max_entry_bytes must be between {MIN_ENTRY_BYTES} and {MAX_ENTRY_BYTES}, "
@@ -210,6 +219,18 @@ def argument_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tick-ms", dest="tick_ms", type=int)
     p.add_argument("--election-ticks", dest="election_ticks", type=int)
+    p.add_argument(
+        "--snapshot-entries",
+        dest="snapshot_entries",
+        type=int,
+        help="compact the log once this many applied entries sit in it (default 10000; 0: never)",
+    )
+    p.add_argument(
+        "--snapshot-trailing",
+        dest="snapshot_trailing",
+        type=int,
+        help="applied entries kept after a compaction for followers a little behind (default 5000)",
+    )
     p.add_argument(
         "--max-entry-bytes",
         dest="max_entry_bytes",

@@ -62,6 +62,9 @@ class BrokerNode:
             listen=(config.raft_host, config.raft_port),
             on_role_change=self._on_role_change,
             storage_thread=config.storage_thread,
+            snapshot_dir=os.path.join(config.data_dir, "snapshots"),
+            snapshot_entries=config.snapshot_entries,
+            snapshot_trailing=config.snapshot_trailing,
             # Python decodes and encodes each entry: a 1 MiB append (thousands of small
             # entries) held the event loop long enough to miss heartbeats while catching a
             # follower up after a partition healed (chaos bridge scenario). Smaller appends

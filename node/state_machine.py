@@ -38,6 +38,7 @@ from node.state import (
     timers,
     transactions,
 )
+from node.state.snapshot import restore_snapshot, write_snapshot
 from node.state.tables import (
     META_APPLIED_INDEX,
     META_LAST_TS,
@@ -49,6 +50,7 @@ from node.state.tables import (
 )
 from raft.lmdb_env import LmdbEnv
 from raft.messages import Entry, EntryKind
+from raft.state_machine import SnapshotFile
 
 log = structlog.get_logger("node.state_machine")
 
@@ -155,6 +157,35 @@ class QueueStateMachine:
             self._config_dirty = False
             self._config_gen += 1
             self._config_cache.clear()
+
+    # ---- snapshots ------------------------------------------------------------------------
+
+    def write_snapshot(self, path: str) -> SnapshotFile:
+        """Every node.* record at the applied index, from one read transaction, to `path`.
+
+        Runs on any thread: the read transaction sees one committed state (LMDB MVCC), so
+        the file is exactly the state at the applied index it records.
+        """
+
+        def read(txn: lmdb.Transaction) -> SnapshotFile:
+            applied = self._ctx(txn, 0).get_int(META_APPLIED_INDEX)
+            return write_snapshot(txn, self.tables.handles, TABLE_NAMES, applied, path)
+
+        return self.env.read(read)
+
+    def restore_in_txn(self, txn: lmdb.Transaction, path: str) -> int:
+        """Replace the whole state by a snapshot file inside the driver's write transaction
+        (which also replaces the log); returns its applied index. Call `restored()` once
+        that transaction committed."""
+        self._pending = None
+        return restore_snapshot(txn, self.tables.handles, TABLE_NAMES, path)
+
+    def restored(self) -> None:
+        """A restore committed: nothing cached about the old state may be used again."""
+        self._cached = _Cached([UNKNOWN_FLOOR] * len(TIMER_TABLES), None)
+        self._pending = None
+        self._config_gen += 1
+        self._config_cache.clear()
 
     # ---- read-only queries (any thread) ------------------------------------------------
 

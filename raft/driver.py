@@ -84,11 +84,13 @@ from raft.messages import (
     MessageType,
     Ready,
     Role,
+    SnapshotMeta,
     SoftState,
     max_append_frame_bytes,
 )
 from raft.ready_handler import ReadyHandler, StorageJob, StorageStep
-from raft.state_machine import SharedTxnStateMachine, StateMachine
+from raft.snapshot_service import SnapshotService, message_is_chunk
+from raft.state_machine import SharedTxnStateMachine, SnapshotStateMachine, StateMachine
 from raft.storage import DurableStorage
 from raft.transport import DEFAULT_MAX_FRAME_BYTES, Transport
 
@@ -105,6 +107,7 @@ _TRANSFER = 4
 _PERSISTED = 5
 _APPLIED = 6
 _STORAGE_FAILED = 7
+_SNAP_REPORT = 8
 
 
 class NodeStopped(RaftError):
@@ -145,6 +148,11 @@ class RaftNode:
         leader_applies_first: bool = True,
         storage_thread: bool = False,
         max_pending_proposals: int = 100_000,
+        snapshot_dir: str | None = None,
+        snapshot_entries: int = 0,
+        snapshot_trailing: int = 0,
+        compact_chunk_entries: int = 2_000,
+        snapshot_options: dict[str, Any] | None = None,
         pre_vote: bool = True,
         check_quorum: bool = True,
         core_options: dict[str, Any] | None = None,
@@ -203,6 +211,15 @@ class RaftNode:
         self.leader_applies_first = leader_applies_first
         self.storage_thread = storage_thread
         self.max_pending_proposals = max_pending_proposals
+        # Snapshots and compaction (off unless the state machine can snapshot and a
+        # directory is given): compact once `snapshot_entries` applied entries sit in the
+        # log, keeping the last `snapshot_trailing` for followers a little behind.
+        self.snapshot_dir = snapshot_dir
+        self.snapshot_entries = snapshot_entries
+        self.snapshot_trailing = snapshot_trailing
+        self.compact_chunk_entries = compact_chunk_entries
+        self._snapshot_options = snapshot_options or {}
+        self._snapshots: SnapshotService | None = None
         self._queued_proposals = 0  # in the inbox, not yet handed to the core
         self._handler: ReadyHandler | None = None
 
@@ -272,6 +289,16 @@ class RaftNode:
             last_index=self._storage.last_index(),
             listen=f"{self._transport.listen_addr[0]}:{self._transport.listen_addr[1]}",
         )
+        if self.snapshot_dir is not None and isinstance(self._sm, SnapshotStateMachine):
+            self._snapshots = SnapshotService(
+                self.node_id,
+                self.snapshot_dir,
+                self._sm,
+                self._storage.term,
+                self._send_snapshot_message,
+                lambda peer, failed: self._push((_SNAP_REPORT, peer, failed)),
+                **self._snapshot_options,
+            )
         self._worker = _StorageWorker(self, loop, inline=not self.storage_thread)
         self._run_task = loop.create_task(self._run(), name=f"raft-driver-{self.node_id}")
         self._tick_task = loop.create_task(self._ticker(), name=f"raft-ticker-{self.node_id}")
@@ -301,6 +328,8 @@ class RaftNode:
         if self._transport is not None:
             await self._transport.stop()
         self._fail_all(NodeStopped("node stopped before the outcome was known"))
+        if self._snapshots is not None:
+            self._snapshots.close()
         if self._worker is not None:
             # Wait for an in-flight persist/apply: its transaction must finish or abort cleanly.
             self._worker.close()
@@ -460,6 +489,11 @@ class RaftNode:
                 for pid, s in self._transport.stats().items()
             }
             out["transport_received"] = self._transport.received
+        if self._started:
+            out["first_index"] = self._storage.first_index()
+            out["snapshot_index"] = self._storage.first_index() - 1
+        if self._snapshots is not None:
+            out["snapshots"] = self._snapshots.status()
         return out
 
     # ------------------------------------------------------------ internals: inbox
@@ -535,6 +569,10 @@ class RaftNode:
                 if msg.type is MessageType.VOTE_RESP and not msg.reject:
                     seen = self._votes_granted.get(msg.term, set())
                     self._votes_granted = {msg.term: seen | {msg.frm}}  # this term only
+                if msg.type is MessageType.SNAP_RESP or message_is_chunk(msg):
+                    msg = self._snapshot_traffic(core, msg)
+                    if msg is None:
+                        continue
                 # Nothing out of step() is handled here: the core drops malformed input
                 # itself, so an exception is a failed safety check (SafetyViolation) or a
                 # bug, and either stops the node (see _run).
@@ -562,6 +600,10 @@ class RaftNode:
                 self._on_applied_batch(item[1], item[2], item[3])
             elif kind == _TICK:
                 core.tick()
+                if self._snapshots is not None:
+                    self._snapshots.tick()
+            elif kind == _SNAP_REPORT:
+                core.report_snapshot(item[1], item[2])
             elif kind == _READ:
                 if not item[1].done():
                     reads.append(item[1])
@@ -588,6 +630,38 @@ class RaftNode:
             else:
                 self._reads_by_ctx[ctx] = reads
 
+    def _snapshot_traffic(self, core: RaftCore, msg: Message) -> Message | None:
+        """Chunks and their responses go to the snapshot service, never into the core;
+        a snapshot received whole comes back as one SNAP for the core to install."""
+        service = self._snapshots
+        if service is None:
+            return None
+        if msg.type is MessageType.SNAP_RESP:
+            service.on_resp(msg)
+            return None
+        return service.on_chunk(msg, core.term)
+
+    def _send_snapshot_message(self, m: Message) -> None:
+        transport = self._transport
+        if transport is not None and not self._stopping:
+            transport.send(m)
+
+    async def snapshot_now(self) -> dict[str, Any]:
+        """Write a snapshot of the state machine now and compact the log up to it (less the
+        trailing entries): what `POST /v1/admin/snapshot` does."""
+        self._check_running()
+        if self._snapshots is None or self._worker is None:
+            raise RaftError("snapshots are not enabled on this node")
+        started = time.perf_counter()
+        file = await self._snapshots.write_now()
+        self._worker.compact_to(max(0, file.applied_index - self.snapshot_trailing) + 1)
+        return {
+            "snapshot_index": file.applied_index,
+            "bytes": file.size,
+            "seconds": round(time.perf_counter() - started, 3),
+            "compact_to": max(0, file.applied_index - self.snapshot_trailing),
+        }
+
     def _issue_ready(self, handler: ReadyHandler) -> None:
         """Send what may leave now and hand the Ready to the storage step."""
         self.stats["readies"] += 1
@@ -601,20 +675,60 @@ class RaftNode:
         elif rd.hard_state is not None and rd.hard_state.term != self._term:
             self._term = rd.hard_state.term
         for m in send_now:
-            self._send(transport, m)
+            if m.type is MessageType.SNAP and m.chunk is None:
+                self._request_snapshot(m)
+            else:
+                self._send(transport, m)
         if rd.read_states:
             self._on_read_states(rd.read_states)
         if worker.inline:
             transport.flush()  # replicate while this node persists (the call blocks)
         worker.submit(job)
 
+    def _request_snapshot(self, m: Message) -> None:
+        """The core wants a follower to get a snapshot: the service streams one."""
+        if self._snapshots is None:
+            self._log.error(
+                "raft.snapshot_unavailable",
+                to=m.to,
+                detail="a follower needs compacted entries but snapshots are off here",
+            )
+            self._push((_SNAP_REPORT, m.to, True))
+            return
+        self._snapshots.request(m, self._term)
+
     def _on_persisted(self, jobs: list[StorageJob]) -> None:
         """The jobs' hard state and entries are durable: release replies, advance the log."""
         handler = self._handler
         transport = self._transport
         assert handler is not None and transport is not None
+        for job in jobs:
+            if job.rd.snapshot is not None:
+                self._after_snapshot(job.rd.snapshot)
         for m in handler.persisted(jobs):
             self._send(transport, m)
+
+    def _after_snapshot(self, snap: SnapshotMeta) -> None:
+        """An installed snapshot moved the state machine to its index: reads waiting for
+        that index may go, and proposals of older terms can no longer commit."""
+        if snap.index <= self._applied:
+            return
+        self._applied = snap.index
+        if snap.term > self._applied_term:
+            self._applied_term = snap.term
+            self._drop_stale_proposals(snap.term)
+        for index in [i for i in self._pending if i <= snap.index]:
+            term, fut = self._pending.pop(index)
+            if not fut.done():  # its outcome is inside the snapshot, not known here
+                fut.set_exception(
+                    ProposalDropped(f"entry {index} of term {term} was covered by a snapshot")
+                )
+        self._release_reads()
+        if self._on_applied is not None:
+            try:
+                self._on_applied([], [])
+            except Exception as exc:
+                self._log.error("raft.on_applied_failed", error=repr(exc), exc_info=True)
 
     def _on_applied_batch(
         self, jobs: list[StorageJob], applied: list[Entry], results: list[Any]
@@ -672,20 +786,25 @@ class RaftNode:
         if last.term > self._applied_term:
             self._applied_term = last.term
             self._drop_stale_proposals(last.term)
-        if self._reads_waiting_apply:
-            still: list[tuple[int, asyncio.Future[int]]] = []
-            for index, fut in self._reads_waiting_apply:
-                if index <= self._applied:
-                    if not fut.done():
-                        fut.set_result(index)
-                else:
-                    still.append((index, fut))
-            self._reads_waiting_apply = still
+        self._release_reads()
         if self._on_applied is not None:
             try:
                 self._on_applied(entries, results)
             except Exception as exc:
                 self._log.error("raft.on_applied_failed", error=repr(exc), exc_info=True)
+
+    def _release_reads(self) -> None:
+        """Answer the reads whose read index is applied now."""
+        if not self._reads_waiting_apply:
+            return
+        still: list[tuple[int, asyncio.Future[int]]] = []
+        for index, fut in self._reads_waiting_apply:
+            if index <= self._applied:
+                if not fut.done():
+                    fut.set_result(index)
+            else:
+                still.append((index, fut))
+        self._reads_waiting_apply = still
 
     def _drop_stale_proposals(self, applied_term: int) -> None:
         """Fail proposals of older terms: a log's terms never decrease, so they cannot commit."""
@@ -744,6 +863,8 @@ class RaftNode:
                     reason = "lost_quorum"
                 self._log.warning("raft.stepped_down", term=new_term, reason=reason)
                 self._on_lost_leadership(fail_proposals=reason == "lost_quorum")
+                if self._snapshots is not None:
+                    self._snapshots.abort_all()
             if self._on_role_change is not None:
                 try:
                     self._on_role_change(ss.role, new_term, ss.leader_id)
@@ -850,10 +971,14 @@ class _StorageWorker:
             and hasattr(node._storage, "prepare_save")
         )
         self.shared_txn = shared_txn
+        can_install = shared_txn and isinstance(sm, SnapshotStateMachine)
+        self._applied_through = node._applied  # the state machine's applied index, here
+        self._compact_request = 0  # a first index asked for by snapshot_now()
         self.step = StorageStep(
             save=self._save,
             apply=self._apply,
             save_with_apply=self._save_with_apply if shared_txn else None,
+            install=self._install if can_install else None,
             on_persisted=lambda segment: self._post((_PERSISTED, segment)),
             on_applied=lambda jobs, applied, results: self._post(
                 (_APPLIED, jobs, applied, results)
@@ -912,16 +1037,82 @@ class _StorageWorker:
             if self._failed:
                 return
 
+    def compact_to(self, first_index: int) -> None:
+        """Ask for the log to be compacted so that it starts at `first_index` (or later)."""
+        self._compact_request = max(self._compact_request, first_index)
+
     def _process(self, jobs: list[StorageJob]) -> None:
         """Persist and apply `jobs`; on failure set `_failed` and tell the driver."""
         try:
             self.step.run(jobs)
+            for job in jobs:
+                if job.applying:
+                    self._applied_through = max(self._applied_through, job.applying[-1].index)
+                if job.rd.snapshot is not None:
+                    self._applied_through = max(self._applied_through, job.rd.snapshot.index)
+            self._compact_some()
         except BaseException as exc:
             self._failed = True
             self._node._log.critical("raft.storage_failed", error=repr(exc), exc_info=True)
             self._post((_STORAGE_FAILED, exc))
 
+    def _compact_some(self) -> None:
+        """One bounded step of log compaction, between two storage steps.
+
+        Once `snapshot_entries` applied (and durably committed) entries sit in the log, it
+        is cut to keep only the last `snapshot_trailing` of them, at most
+        `compact_chunk_entries` per write transaction, so no step stalls the Raft loop
+        for long. Only applied entries go: the state machine holds what they did, and a
+        follower that needs them gets a snapshot.
+        """
+        node = self._node
+        storage = node._storage
+        every = node.snapshot_entries
+        if not every and not self._compact_request:
+            return
+        first = storage.first_index()
+        durable = min(self._applied_through, storage.initial_state()[0].commit)
+        target = first
+        if every and durable - first + 1 >= every + node.snapshot_trailing:
+            target = durable - node.snapshot_trailing + 1
+        if self._compact_request:
+            target = max(target, min(self._compact_request, durable + 1))
+            if self._compact_request <= first:
+                self._compact_request = 0
+        if target <= first:
+            return
+        target = min(target, first + node.compact_chunk_entries)
+        storage.compact(target)
+
     # ---- the real primitives
+
+    def _install(self, snap: SnapshotMeta) -> None:
+        """Install a received snapshot: the state machine's tables and the log replaced in
+        ONE write transaction (a crash leaves the old state or the new, never a mix)."""
+        node = self._node
+        service = node._snapshots
+        assert service is not None
+        sm = node._sm
+        assert isinstance(sm, SnapshotStateMachine)
+        path = service.path_for(snap)
+        prepared = node._storage.prepare_apply_snapshot(snap)
+        started = time.perf_counter()
+
+        def write(txn: Any) -> int:
+            index = sm.restore_in_txn(txn, path)
+            if index != snap.index:
+                raise StorageError(f"snapshot file holds index {index}, not {snap.index}")
+            prepared.write(txn)
+            return index
+
+        failpoint("raft.before_install")
+        node._env.write(write)
+        prepared.publish()
+        sm.restored()
+        took = time.perf_counter() - started
+        service.installed(snap, took)
+        node._log.info("raft.snapshot_installed", index=snap.index, seconds=round(took, 3))
+        failpoint("raft.after_install")
 
     def _save(self, hard_state: HardState | None, entries: list[Entry]) -> None:
         failpoint("raft.before_persist")

@@ -11,6 +11,7 @@ randomness: time comes inside the commands).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from raft.messages import Entry
@@ -41,4 +42,38 @@ class SharedTxnStateMachine(StateMachine, Protocol):
 
     def committed(self, entries: Sequence[Entry]) -> None:
         """The transaction holding `apply_in_txn(…, entries)` committed: publish caches."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotFile:
+    """A state machine snapshot written to a file: what a leader streams to a follower."""
+
+    path: str
+    applied_index: int
+    size: int
+    digest: bytes  # SHA-256 of the whole file
+
+
+@runtime_checkable
+class SnapshotStateMachine(SharedTxnStateMachine, Protocol):
+    """A shared-transaction state machine that can be copied to a follower as a file.
+
+    Why both halves here: the leader writes its whole state at one applied index from a
+    read transaction (any thread), and a follower replaces its state from that file in
+    the same write transaction that replaces its log, so a crash never leaves a log that
+    starts after state the machine does not hold.
+    """
+
+    def write_snapshot(self, path: str) -> SnapshotFile:
+        """Write every record at the applied index to `path` (atomically)."""
+        ...
+
+    def restore_in_txn(self, txn: Any, path: str) -> int:
+        """Replace the whole state by the file, inside the caller's write transaction;
+        returns the applied index the file holds."""
+        ...
+
+    def restored(self) -> None:
+        """The transaction that restored a snapshot committed: drop every cache."""
         ...

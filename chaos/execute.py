@@ -57,7 +57,9 @@ async def run_scenario(
     workdir = Path(tempfile.mkdtemp(prefix=f"raftq-chaos-{scenario.name}-"))
     history = History()
     clock = history.now
-    cluster = ChaosCluster(n, workdir, toxiproxy_url=toxiproxy_url, proxy_seed=seed)
+    cluster = ChaosCluster(
+        n, workdir, toxiproxy_url=toxiproxy_url, proxy_seed=seed, extra_args=scenario.node_flags
+    )
     monitor = Monitor(cluster, clock)
     nem = Nemesis(cluster, monitor, random.Random(f"{seed}-nemesis"), clock)
     nem.duration_s = duration_s

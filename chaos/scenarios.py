@@ -40,6 +40,7 @@ class Scenario:
     workload_options: dict[str, Any] = field(default_factory=dict)
     prepare: Callable[[ChaosCluster, Nemesis], None] | None = None
     requires: str | None = None  # a missing feature: the scenario is refused
+    node_flags: tuple[str, ...] = ()  # extra `raftq node` flags for every node, all run
 
 
 def scaled(nem: Nemesis, seconds: float, floor_s: float = 3.0) -> float:
@@ -323,6 +324,48 @@ async def _lagging_follower(nem: Nemesis, until: float) -> None:
         await nem.lagging_follower(node, min(scaled(nem, 12.0, 5.0), max(0.0, until - nem.clock())))
 
 
+# Compaction every few hundred entries: a follower cut off for seconds falls behind the
+# leader's log and must be sent a snapshot when it comes back.
+SMALL_LOG_FLAGS = ("--snapshot-entries", "300", "--snapshot-trailing", "50")
+FP_BEFORE_INSTALL = "raft.before_install"
+FP_AFTER_INSTALL = "raft.after_install"
+
+
+async def _snapshot_install(nem: Nemesis, until: float) -> None:
+    """A follower cut off under load while the others compact, then healed: it catches up
+    by installing a snapshot streamed in chunks (the partition drops what was in flight)."""
+    while nem.clock() < until:
+        if not await hold(nem, scaled(nem, 3.0, 2.0), until):
+            return
+        lead = await nem.leader_or_random()
+        node = nem.rng.choice([i for i in nem.ids if i != lead])
+        await nem.lagging_follower(node, min(scaled(nem, 10.0, 5.0), max(0.0, until - nem.clock())))
+
+
+async def _snapshot_install_crash(nem: Nemesis, until: float) -> None:
+    """As snapshot-install, but the lagging follower is killed and comes back armed to crash
+    right before (or right after) its install transaction; then it restarts normally."""
+    while nem.clock() < until:
+        if not await hold(nem, scaled(nem, 3.0, 2.0), until):
+            return
+        lead = await nem.leader_or_random()
+        node = nem.rng.choice([i for i in nem.ids if i != lead])
+        w = nem.begin("snapshot-install-crash", node=node)
+        await nem.cluster.astop(node)
+        nem.down.add(node)
+        await asyncio.sleep(min(scaled(nem, 8.0, 4.0), max(0.0, until - nem.clock())))
+        failpoint = nem.rng.choice((FP_BEFORE_INSTALL, FP_AFTER_INSTALL))
+        await nem.restart(node, env={"RAFTQ_FAILPOINT": failpoint})
+        for _ in range(100):  # until the armed install crashes it (or it needed none)
+            if node not in nem.cluster.running():
+                break
+            await asyncio.sleep(0.1)
+        if node in nem.cluster.running():
+            await nem.cluster.astop(node)
+        await nem.restart(node)
+        nem.end(w)
+
+
 async def _rolling_restart(nem: Nemesis, until: float) -> None:
     while nem.clock() < until:
         for i in nem.ids:
@@ -402,9 +445,18 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "snapshot-install",
             14,
-            "lagging follower catches up by snapshot install",
+            "a follower cut off under load while the others compact: it catches up by "
+            "snapshot install",
+            _snapshot_install,
+            node_flags=SMALL_LOG_FLAGS,
+        ),
+        Scenario(
+            "snapshot-install-crash",
             None,
-            requires="log compaction and snapshot install (not in this version)",
+            "a follower behind the compacted log crashes right before or after installing "
+            "its snapshot, then restarts",
+            _snapshot_install_crash,
+            node_flags=SMALL_LOG_FLAGS,
         ),
         Scenario(
             "membership",

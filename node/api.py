@@ -181,6 +181,8 @@ def cluster_view(broker: Broker) -> dict[str, Any]:
         "applied_index": st.get("applied", 0),
         "last_index": st.get("last_index", 0),
         "nodes": nodes,
+        # this node's own disk figures (each node has its own disk): see node/quota.py
+        "disk": broker.quota.view() if broker.quota is not None else None,
     }
 
 

@@ -72,6 +72,9 @@ class NodeConfig:
     shutdown_grace_s: float = 5.0
     secret: str | None = None
     max_map_bytes: int = 1 << 40  # LMDB map ceiling: a small one simulates a full disk
+    # Past this many bytes of live LMDB pages, writes that add data get 507 (node/quota.py).
+    # None: 90% of min(max_map_bytes, free disk + the data file), taken at start.
+    quota_bytes: int | None = None
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -161,6 +164,7 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         "shutdown_grace_s": float,
         "secret": str,
         "max_map_bytes": int,
+        "quota_bytes": int,
     }
     overrides = {k: conv(values[k]) for k, conv in simple.items() if values.get(k) is not None}
     cfg = replace(cfg, **overrides)
@@ -168,6 +172,8 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         raise ConfigError("log_format must be json or console")
     if cfg.tick_ms <= 0 or cfg.election_ticks <= cfg.heartbeat_ticks:
         raise ConfigError("need tick_ms > 0 and election_ticks > heartbeat_ticks")
+    if cfg.quota_bytes is not None and cfg.quota_bytes <= 0:
+        raise ConfigError(f"quota_bytes must be positive, got {cfg.quota_bytes}")
     if not MIN_ENTRY_BYTES <= cfg.limits.max_entry_bytes <= MAX_ENTRY_BYTES:
         raise ConfigError(
             f"max_entry_bytes must be between {MIN_ENTRY_BYTES} and {MAX_ENTRY_BYTES}, "
@@ -219,6 +225,16 @@ def argument_parser() -> argparse.ArgumentParser:
     p.add_argument("--secret", help="shared secret for the peer handshake HMAC")
     p.add_argument(
         "--max-map-bytes", dest="max_map_bytes", type=int, help="LMDB size ceiling (default 1 TiB)"
+    )
+    p.add_argument(
+        "--quota-bytes",
+        dest="quota_bytes",
+        type=int,
+        help="disk quota: once this node's data (LMDB's live pages) reaches it, writes that "
+        "add data (sends, new queues, producer inits) get 507 insufficient_storage while "
+        "receives, acks, deletes and purges still work; the alarm clears below 95%% of it. "
+        "Default: 90%% of the smaller of --max-map-bytes and the disk space this node has "
+        "at start (free space plus its data file)",
     )
     return p
 

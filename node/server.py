@@ -22,6 +22,7 @@ from node.broker import Broker
 from node.config import NodeConfig
 from node.logging import bind_raft_state
 from node.metrics import Metrics
+from node.quota import node_quota
 from node.state_machine import QueueStateMachine
 from raft.driver import RaftNode
 from raft.lmdb_env import LmdbEnv
@@ -73,7 +74,8 @@ class BrokerNode:
             },
             transport_options={"secret": config.secret.encode()} if config.secret else None,
         )
-        self.broker = Broker(config, self.raft, self.sm, self.metrics)
+        self.quota = node_quota(self.env, config.quota_bytes, config.max_map_bytes)
+        self.broker = Broker(config, self.raft, self.sm, self.metrics, self.quota)
         self.app = build_app(self.broker, self)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None

@@ -27,11 +27,12 @@ the last figure was taken; the default quota keeps 10 % of the disk below it for
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import lmdb
 import structlog
@@ -40,6 +41,8 @@ from node.http import ApiError
 from raft.lmdb_env import LmdbEnv
 
 log = structlog.get_logger("node.quota")
+
+T = TypeVar("T")
 
 #: The default quota, as a fraction of what this node's LMDB could occupy (see
 #: `default_quota_bytes`).
@@ -261,3 +264,72 @@ class DiskQuota:
         while True:
             self.refresh()
             await asyncio.sleep(self.refresh_s)
+
+
+# ---------------------------------------------------------------- disk full
+
+
+class DiskFull(Exception):
+    """This node's LMDB has no room left (the disk, or its --max-map-bytes ceiling).
+
+    The failed write transaction was aborted, so the data on disk is the last committed
+    state; the node must stop rather than keep answering without being able to persist.
+    """
+
+
+class DiskGuardedEnv(LmdbEnv):
+    """An LmdbEnv whose writes turn "no room" into `DiskFull` with one clear critical line.
+
+    Why here and not in the Raft driver: the driver only knows that storage failed; the
+    node knows what the operator can do about it (free space, raise the ceiling) and says
+    so once, before the driver's own lines (the first critical line of a run is what
+    `raftq up` reports as the reason a node stopped).
+    """
+
+    _disk_full_logged = False
+
+    def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        try:
+            return super().write(fn)
+        except lmdb.MapFullError as exc:
+            raise self._disk_full(
+                f"the LMDB map is full at its ceiling of {self.max_map_size} bytes "
+                f"(--max-map-bytes; data in {self.path}): this node stopped; the write was "
+                "aborted and the data is intact. If the disk has room, restart it with a larger "
+                "--max-map-bytes; lower --quota-bytes so writes get 507 before the ceiling",
+                exc,
+            ) from exc
+        except (lmdb.DiskError, OSError) as exc:  # lmdb.DiskError is py-lmdb's ENOSPC
+            if isinstance(exc, OSError) and exc.errno != errno.ENOSPC:
+                raise
+            raise self._disk_full(
+                f"the disk holding {self.path} is full (ENOSPC): this node stopped; the "
+                "write was aborted and the data is intact. Free space on that disk (or move "
+                "the data dir to a larger one) and restart it; lower --quota-bytes so writes "
+                "get 507 before the disk fills",
+                exc,
+            ) from exc
+
+    def _disk_full(self, message: str, exc: BaseException) -> DiskFull:
+        if not self._disk_full_logged:
+            self._disk_full_logged = True
+            log.critical(
+                "node.disk_full",
+                error=message,
+                path=self.path,
+                map_bytes=self.map_size_bytes(),
+                max_map_bytes=self.max_map_size,
+                cause=repr(exc),
+            )
+        return DiskFull(message)
+
+
+def disk_full_cause(exc: BaseException | None) -> DiskFull | None:
+    """The DiskFull behind a driver failure (it arrives wrapped in a StorageError)."""
+    seen = 0
+    while exc is not None and seen < 16:
+        if isinstance(exc, DiskFull):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None

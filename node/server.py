@@ -22,10 +22,9 @@ from node.broker import Broker
 from node.config import NodeConfig
 from node.logging import bind_raft_state
 from node.metrics import Metrics
-from node.quota import node_quota
+from node.quota import DiskGuardedEnv, disk_full_cause, node_quota
 from node.state_machine import QueueStateMachine
 from raft.driver import RaftNode
-from raft.lmdb_env import LmdbEnv
 from raft.lmdb_storage import LmdbStorage
 from raft.messages import Role
 
@@ -41,7 +40,7 @@ class BrokerNode:
                 "node.unsafe_no_fsync",
                 detail="fsync is off (benchmarks only): acknowledged writes can be lost",
             )
-        self.env = LmdbEnv(
+        self.env = DiskGuardedEnv(
             os.path.join(config.data_dir, "lmdb"),
             sync=config.fsync,
             map_size=min(64 << 20, config.max_map_bytes),
@@ -153,8 +152,9 @@ async def run_node(config: NodeConfig) -> int:
         await asyncio.wait({stopped, driver_done}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         failure = node.raft.failure
-        if failure is not None:
+        if failure is not None and disk_full_cause(failure) is None:
             log.critical("node.raft_failed", error=repr(failure))
+        # (a full disk was said once, clearly, by node.disk_full: nothing to add)
         stopped.cancel()
         await node.stop()
         driver_done.cancel()

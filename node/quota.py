@@ -269,6 +269,11 @@ class DiskQuota:
 # ---------------------------------------------------------------- disk full
 
 
+#: Below this much free space, a failed LMDB commit is taken for a full disk (see
+#: DiskGuardedEnv._is_disk_full).
+LOW_DISK_FREE_BYTES = 16 << 20
+
+
 class DiskFull(Exception):
     """This node's LMDB has no room left (the disk, or its --max-map-bytes ceiling).
 
@@ -299,16 +304,29 @@ class DiskGuardedEnv(LmdbEnv):
                 "--max-map-bytes; lower --quota-bytes so writes get 507 before the ceiling",
                 exc,
             ) from exc
-        except (lmdb.DiskError, OSError) as exc:  # lmdb.DiskError is py-lmdb's ENOSPC
-            if isinstance(exc, OSError) and exc.errno != errno.ENOSPC:
+        except (lmdb.Error, OSError) as exc:
+            if not self._is_disk_full(exc):
                 raise
             raise self._disk_full(
-                f"the disk holding {self.path} is full (ENOSPC): this node stopped; the "
+                f"the disk holding {self.path} is full (LMDB: {exc}): this node stopped; the "
                 "write was aborted and the data is intact. Free space on that disk (or move "
                 "the data dir to a larger one) and restart it; lower --quota-bytes so writes "
                 "get 507 before the disk fills",
                 exc,
             ) from exc
+
+    def _is_disk_full(self, exc: BaseException) -> bool:
+        """ENOSPC, however it arrives: py-lmdb's DiskError, an OSError, or (LMDB answers a
+        short write with EIO, which is what a full disk gives) any LMDB error while the
+        disk has almost no free space left."""
+        if isinstance(exc, lmdb.DiskError):
+            return True
+        if isinstance(exc, OSError):
+            return exc.errno == errno.ENOSPC
+        try:
+            return shutil.disk_usage(self.path).free < LOW_DISK_FREE_BYTES
+        except OSError:
+            return False
 
     def _disk_full(self, message: str, exc: BaseException) -> DiskFull:
         if not self._disk_full_logged:

@@ -294,8 +294,17 @@ class DiskGuardedEnv(LmdbEnv):
     _disk_full_logged = False
 
     def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        committing = False
+
+        def run(txn: lmdb.Transaction) -> T:
+            nonlocal committing
+            committing = False  # `fn` may run again after a map growth
+            result = fn(txn)
+            committing = True  # an error from here on is the commit's: LMDB's disk write
+            return result
+
         try:
-            return super().write(fn)
+            return super().write(run)
         except lmdb.MapFullError as exc:
             raise self._disk_full(
                 f"the LMDB map is full at its ceiling of {self.max_map_size} bytes "
@@ -305,7 +314,7 @@ class DiskGuardedEnv(LmdbEnv):
                 exc,
             ) from exc
         except (lmdb.Error, OSError) as exc:
-            if not self._is_disk_full(exc):
+            if not self._is_disk_full(exc, committing):
                 raise
             raise self._disk_full(
                 f"the disk holding {self.path} is full (LMDB: {exc}): this node stopped; the "
@@ -315,14 +324,16 @@ class DiskGuardedEnv(LmdbEnv):
                 exc,
             ) from exc
 
-    def _is_disk_full(self, exc: BaseException) -> bool:
-        """ENOSPC, however it arrives: py-lmdb's DiskError, an OSError, or (LMDB answers a
-        short write with EIO, which is what a full disk gives) any LMDB error while the
-        disk has almost no free space left."""
+    def _is_disk_full(self, exc: BaseException, committing: bool) -> bool:
+        """ENOSPC, however it arrives: py-lmdb's DiskError, an OSError, or a failed commit
+        (LMDB answers a short write, which is what a full disk gives, with EIO) while the
+        disk has almost no free space left. Errors of `fn` itself are not a full disk."""
         if isinstance(exc, lmdb.DiskError):
             return True
         if isinstance(exc, OSError):
             return exc.errno == errno.ENOSPC
+        if not committing:
+            return False
         try:
             return shutil.disk_usage(self.path).free < LOW_DISK_FREE_BYTES
         except OSError:

@@ -424,24 +424,66 @@ def test_enospc_stops_with_one_clear_line(tmp_path, exc):
         env.close()
 
 
+class _FailingCommits:
+    """Stands in for the lmdb.Environment: its write transactions fail at commit."""
+
+    def __init__(self, env: Any, error: Exception) -> None:
+        self._env, self._error = env, error
+
+    def begin(self, **kw: Any) -> Any:
+        txn, error = self._env.begin(**kw), self._error
+
+        class Txn:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(txn, name)
+
+            def commit(self) -> None:
+                txn.abort()
+                raise error
+
+            def abort(self) -> None:
+                txn.abort()
+
+        return Txn()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._env, name)
+
+
 def test_a_short_write_on_an_almost_full_disk_is_a_full_disk(tmp_path, monkeypatch):
     """LMDB answers a short write (what a full disk gives) with EIO, not ENOSPC."""
     env = DiskGuardedEnv(str(tmp_path / "lmdb"), sync=False)
+    db = env.db("t")
+    real = env.env
     eio = lmdb.Error("mdb_txn_commit: Input/output error")
 
-    def write(_txn: Any) -> None:
-        raise eio
+    def put(txn: Any) -> None:
+        txn.put(b"k", b"v", db=db)
+
+    def bad_put(_txn: Any) -> None:
+        raise lmdb.Error("mdb_put: something of ours")
 
     try:
+        env.env = _FailingCommits(real, eio)
         with pytest.raises(lmdb.Error) as plain:  # plenty of space: an I/O error stays one
-            env.write(write)
+            env.write(put)
         assert not isinstance(plain.value, DiskFull)
         almost_full = SimpleNamespace(free=LOW_DISK_FREE_BYTES - 1)
         monkeypatch.setattr("node.quota.shutil.disk_usage", lambda _path: almost_full)
+        with pytest.raises(lmdb.Error) as ours:  # not the commit: not the disk
+            env.write(bad_put)
+        assert not isinstance(ours.value, DiskFull)
         with pytest.raises(DiskFull):
-            env.write(write)
+            env.write(put)
     finally:
+        env.env = real
         env.close()
+    reopened = DiskGuardedEnv(str(tmp_path / "lmdb"), sync=False)
+    try:  # nothing of the failed commits landed
+        db = reopened.db("t")
+        assert reopened.read(lambda txn: txn.get(b"k", db=db)) is None
+    finally:
+        reopened.close()
 
 
 def test_other_errors_pass_through_unchanged(tmp_path):

@@ -6,7 +6,8 @@ that into a state the cluster can leave by itself: past it, the leader refuses t
 requests that *add* data with `507 insufficient_storage`, while receives, acks, deletes
 and purges (the requests that drain and free space) still work; once usage falls the
 alarm clears by itself. A node whose disk fills anyway (or whose LMDB map reaches
-`--max-map-bytes`) stops with one clear critical line: LMDB aborted the transaction, so
+`--max-map-bytes`) stops with one clear critical line, `node.disk_full`, before the
+Raft driver's own lines about the failed storage step: LMDB aborted the transaction, so
 nothing is half-written, and the other nodes go on.
 
 What "usage" is: LMDB's live pages, i.e. for the main database and every named one,
@@ -245,7 +246,7 @@ class DiskQuota:
         return ApiError(
             507,
             "insufficient_storage",
-            f"the disk quota is reached: this node's data takes {self.used_bytes} bytes of "
+            f"the disk quota is reached: the leader's data takes {self.used_bytes} bytes of "
             f"its {self.quota_bytes}-byte quota (--quota-bytes). Writes that add data are "
             f"refused until usage falls below {self.clear_below_bytes} bytes; receives, "
             "acks, deletes and purges still work: drain, purge or delete queues to free space",

@@ -192,6 +192,8 @@ def cluster_view(broker: Broker) -> dict[str, Any]:
         "snapshot_index": st.get("snapshot_index", 0),
         "snapshots": st.get("snapshots"),
         "nodes": nodes,
+        # this node's own disk figures (each node has its own disk): see node/quota.py
+        "disk": broker.quota.view() if broker.quota is not None else None,
     }
 
 

@@ -23,6 +23,7 @@ from node.commands import (
 )
 from node.config import NodeConfig
 from node.http import STATUS_BY_CODE, ApiError
+from node.quota import DiskQuota
 from raft.driver import NodeStopped, Overloaded
 from raft.errors import EntryTooLarge, LeadershipLost, NotLeader, ProposalDropped
 from raft.failpoints import failpoint
@@ -36,7 +37,14 @@ WAKE_ALL_OPS = frozenset({"tick", "redrive", "txn", "queue_put"})
 class Broker:
     """Proposes commands for the API and wakes long-polls when applies make work visible."""
 
-    def __init__(self, config: NodeConfig, raft: Any, state_machine: Any, metrics: Any) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        raft: Any,
+        state_machine: Any,
+        metrics: Any,
+        quota: DiskQuota | None = None,
+    ) -> None:
         self.config = config
         self.raft = raft
         self.sm = state_machine
@@ -44,6 +52,8 @@ class Broker:
         self._last_stamp_ms = 0
         self._queue_events: dict[str, asyncio.Event] = {}
         self._ticker: asyncio.Task[None] | None = None
+        self.quota = quota  # None: no disk quota (tests that build a Broker by hand)
+        self._quota_task: asyncio.Task[None] | None = None
         self.closing = False  # set on graceful shutdown: long-polls answer at once
         self.coalesce = config.coalesce_writes
         self.max_entry_bytes = config.limits.max_entry_bytes
@@ -117,15 +127,21 @@ class Broker:
         the next turn of the event loop shares one Raft entry (a `batch` command), which
         each replica applies as separate commands with one stamp. Results come back per
         request, so coalescing changes cost, not behaviour.
+
+        Past the disk quota, an op that adds data is refused here (507), before it is
+        encoded or joins a batch, so nothing is proposed for it.
         """
+        self.check_quota(op, fields)
         batchable = self.coalesce and op in BATCHABLE_OPS and not fields.get("producer")
         encoded = encode_op(op, **fields) if batchable else None
         if encoded is not None and len(encoded) <= self.max_coalesced_bytes:
+            self._note_written(len(encoded))
             result = await self._coalesced(encoded)
         else:  # not batchable, or too big to share an entry
             data = encode_command(op, self.stamp_ms(), **fields)
             if len(data) > self.max_entry_bytes:
                 raise self.entry_too_large(len(data))
+            self._note_written(len(data))
             result = await self._propose_data(data)
         failpoint("after_apply_before_response")
         if isinstance(result, dict) and "error" in result:
@@ -135,6 +151,22 @@ class Broker:
             raise ApiError(STATUS_BY_CODE.get(code, 400), code, message, **err)
         self._wake_after(op, fields)
         return result
+
+    def check_quota(self, op: str, fields: dict[str, Any]) -> None:
+        """507 if the disk quota is reached and `op` adds data (node/quota.py).
+
+        Only the leader checks: a follower's proposal fails with not_leader anyway and is
+        forwarded, and the leader's check is the one that guards what gets replicated.
+        """
+        if self.quota is not None and self.raft.is_leader:
+            self.quota.check(op, fields, self._queue_exists)
+
+    def _note_written(self, n_bytes: int) -> None:
+        if self.quota is not None:
+            self.quota.note_written(n_bytes)
+
+    def _queue_exists(self, name: str) -> bool:
+        return self.sm.queue_config(name) is not None
 
     def entry_too_large(self, size_bytes: int) -> ApiError:
         """413 for a request whose command would exceed one Raft entry; nothing was proposed."""
@@ -241,7 +273,11 @@ class Broker:
                 fut.set_result(one)
 
     def propose_detached(self, op: str, **fields: Any) -> None:
-        """At-most-once: propose without waiting; the caller already answered."""
+        """At-most-once: propose without waiting; the caller answers once this returns.
+
+        The quota is checked first, so a refused write is answered 507, not 202 and lost.
+        """
+        self.check_quota(op, fields)
         task = asyncio.get_running_loop().create_task(self.propose(op, **fields))
         task.add_done_callback(_log_detached_failure)
 
@@ -273,15 +309,19 @@ class Broker:
     # ------------------------------------------------------------ deadlines
 
     def start(self) -> None:
-        self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
+        loop = asyncio.get_running_loop()
+        self._ticker = loop.create_task(self._tick_loop())
+        if self.quota is not None:
+            self._quota_task = loop.create_task(self.quota.run())
 
     async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            try:
-                await self._ticker
-            except asyncio.CancelledError:
-                pass
+        for task in (self._ticker, self._quota_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         self.wake_all()
 
     async def _tick_loop(self) -> None:

@@ -77,6 +77,9 @@ class NodeConfig:
     # the state machine as a snapshot, streamed in chunks.
     snapshot_entries: int = 10_000
     snapshot_trailing: int = 5_000
+    # Past this many bytes of live LMDB pages, writes that add data get 507 (node/quota.py).
+    # None: 90% of min(max_map_bytes, free disk + the data file), taken at start.
+    quota_bytes: int | None = None
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -168,6 +171,7 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         "max_map_bytes": int,
         "snapshot_entries": int,
         "snapshot_trailing": int,
+        "quota_bytes": int,
     }
     overrides = {k: conv(values[k]) for k, conv in simple.items() if values.get(k) is not None}
     cfg = replace(cfg, **overrides)
@@ -177,6 +181,8 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         raise ConfigError("need tick_ms > 0 and election_ticks > heartbeat_ticks")
     if cfg.snapshot_entries < 0 or cfg.snapshot_trailing < 0:
         raise ConfigError("snapshot_entries and snapshot_trailing must be >= 0")
+    if cfg.quota_bytes is not None and cfg.quota_bytes <= 0:
+        raise ConfigError(f"quota_bytes must be positive, got {cfg.quota_bytes}")
     if not MIN_ENTRY_BYTES <= cfg.limits.max_entry_bytes <= MAX_ENTRY_BYTES:
         raise ConfigError(
             f"max_entry_bytes must be between {MIN_ENTRY_BYTES} and {MAX_ENTRY_BYTES}, "
@@ -240,6 +246,16 @@ def argument_parser() -> argparse.ArgumentParser:
     p.add_argument("--secret", help="shared secret for the peer handshake HMAC")
     p.add_argument(
         "--max-map-bytes", dest="max_map_bytes", type=int, help="LMDB size ceiling (default 1 TiB)"
+    )
+    p.add_argument(
+        "--quota-bytes",
+        dest="quota_bytes",
+        type=int,
+        help="disk quota: once this node's data (LMDB's live pages) reaches it, writes that "
+        "add data (sends, new queues, producer inits) get 507 insufficient_storage while "
+        "receives, acks, deletes and purges still work; the alarm clears below 95%% of it. "
+        "Default: 90%% of the smaller of --max-map-bytes and the disk space this node has "
+        "at start (free space plus its data file)",
     )
     return p
 

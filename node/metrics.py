@@ -132,6 +132,20 @@ class Metrics:
         family("raftq_coalesced_commands_total", "counter", "API writes carried by those entries.")
         out.append(f"raftq_coalesced_commands_total {broker.stats_batched_commands}")
 
+        quota = getattr(broker, "quota", None)
+        if quota is not None:
+            disk = quota.view()
+            family("raftq_disk_used_bytes", "gauge", "Bytes in this node's live LMDB pages.")
+            out.append(f"raftq_disk_used_bytes {disk['used_bytes']}")
+            family("raftq_disk_quota_bytes", "gauge", "This node's disk quota (--quota-bytes).")
+            out.append(f"raftq_disk_quota_bytes {disk['quota_bytes']}")
+            family(
+                "raftq_disk_quota_alarm",
+                "gauge",
+                "1 while the quota is reached: writes that add data get 507.",
+            )
+            out.append(f"raftq_disk_quota_alarm {1 if disk['alarm'] else 0}")
+
         queues = broker.sm.list_queues(broker.stamp_ms())
         dead_letter_targets = {
             q.get("dead_letter_queue") for q in queues if q.get("dead_letter_queue")

@@ -22,9 +22,9 @@ from node.broker import Broker
 from node.config import NodeConfig
 from node.logging import bind_raft_state
 from node.metrics import Metrics
+from node.quota import DiskGuardedEnv, disk_full_cause, node_quota
 from node.state_machine import QueueStateMachine
 from raft.driver import RaftNode
-from raft.lmdb_env import LmdbEnv
 from raft.lmdb_storage import LmdbStorage
 from raft.messages import Role
 
@@ -40,7 +40,7 @@ class BrokerNode:
                 "node.unsafe_no_fsync",
                 detail="fsync is off (benchmarks only): acknowledged writes can be lost",
             )
-        self.env = LmdbEnv(
+        self.env = DiskGuardedEnv(
             os.path.join(config.data_dir, "lmdb"),
             sync=config.fsync,
             map_size=min(64 << 20, config.max_map_bytes),
@@ -76,7 +76,8 @@ class BrokerNode:
             },
             transport_options={"secret": config.secret.encode()} if config.secret else None,
         )
-        self.broker = Broker(config, self.raft, self.sm, self.metrics)
+        self.quota = node_quota(self.env, config.quota_bytes, config.max_map_bytes)
+        self.broker = Broker(config, self.raft, self.sm, self.metrics, self.quota)
         self.app = build_app(self.broker, self)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -154,8 +155,9 @@ async def run_node(config: NodeConfig) -> int:
         await asyncio.wait({stopped, driver_done}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         failure = node.raft.failure
-        if failure is not None:
+        if failure is not None and disk_full_cause(failure) is None:
             log.critical("node.raft_failed", error=repr(failure))
+        # (a full disk was said once, clearly, by node.disk_full: nothing to add)
         stopped.cancel()
         await node.stop()
         driver_done.cancel()

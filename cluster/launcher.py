@@ -394,13 +394,18 @@ class LocalCluster:
             if found is not None:
                 return found
             dead = {i: rc for i, rc in self.returncodes().items() if rc is not None}
+            # Why each exited node stopped (a refused data dir, a failed check), from its log.
+            why = "".join(
+                f"; node {i}: {reason}" for i in sorted(dead) if (reason := self.exit_reason(i))
+            )
             if dead and len(dead) == len(self._procs):
                 logs = ", ".join(str(self.specs[i].log_path) for i in sorted(dead))
-                raise ClusterStartError(f"every node exited (codes {dead}); see {logs}")
+                raise ClusterStartError(f"every node exited (codes {dead}){why}; see {logs}")
             if time.monotonic() >= deadline:
                 logs = ", ".join(str(self.specs[i].log_path) for i in self.ids)
                 raise ClusterStartError(
-                    f"no leader within {timeout_s:g}s (exited nodes: {dead or 'none'}; logs: {logs})"
+                    f"no leader within {timeout_s:g}s (exited nodes: {dead or 'none'}{why}; "
+                    f"logs: {logs})"
                 )
             time.sleep(poll_s)
 

@@ -148,7 +148,11 @@ async def ready(request: web.Request) -> web.Response:
     )
 
 
-def cluster_view(broker: Broker) -> dict[str, Any]:
+def cluster_view(broker: Broker, incarnation: str | None = None) -> dict[str, Any]:
+    """This node's view of the cluster; `incarnation` is this node's (its data dir's).
+
+    A peer's incarnation is null: this node does not know it.
+    """
     st = broker.raft.status()
     cfg = broker.config
     leader_id = st.get("leader_id") or 0
@@ -176,12 +180,14 @@ def cluster_view(broker: Broker) -> dict[str, Any]:
                 "commit": st.get("commit") if me else None,
                 "applied": st.get("applied") if me else None,
                 "replication": pr.get("state"),  # probe / replicate / snapshot, on the leader
+                "incarnation": incarnation if pid == cfg.node_id else None,
             }
         )
     leader_peer = cfg.peers.get(leader_id)
     return {
         "cluster_id": cfg.cluster_id,
         "node_id": cfg.node_id,
+        "incarnation": incarnation,
         "leader": {"id": leader_id, "url": leader_peer.http_url} if leader_peer else None,
         "term": st.get("term", 0),
         "role": st.get("role"),
@@ -198,7 +204,8 @@ def cluster_view(broker: Broker) -> dict[str, Any]:
 
 
 async def cluster(request: web.Request) -> web.Response:
-    return respond(request, cluster_view(request.app[BROKER_KEY]))
+    incarnation = getattr(request.app[NODE_KEY], "incarnation", None)
+    return respond(request, cluster_view(request.app[BROKER_KEY], incarnation))
 
 
 async def transfer_leader(request: web.Request) -> web.Response:

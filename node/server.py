@@ -20,11 +20,13 @@ from aiohttp import web
 from node.api import build_app
 from node.broker import Broker
 from node.config import NodeConfig
+from node.data_dir import DIR_MODE, DataDir, DataDirError
 from node.logging import bind_raft_state
 from node.metrics import Metrics
 from node.quota import DiskGuardedEnv, disk_full_cause, node_quota
 from node.state_machine import QueueStateMachine
 from raft.driver import RaftNode
+from raft.errors import StorageCorruption, StorageError
 from raft.lmdb_storage import LmdbStorage
 from raft.messages import Role
 
@@ -34,19 +36,36 @@ log = structlog.get_logger("node.server")
 class BrokerNode:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
-        os.makedirs(config.data_dir, exist_ok=True)
         if not config.fsync:
             log.warning(
                 "node.unsafe_no_fsync",
                 detail="fsync is off (benchmarks only): acknowledged writes can be lost",
             )
-        self.env = DiskGuardedEnv(
-            os.path.join(config.data_dir, "lmdb"),
-            sync=config.fsync,
-            map_size=min(64 << 20, config.max_map_bytes),
-            max_map_size=config.max_map_bytes,
+        # Lock and identity before LMDB: LMDB itself lets a second process in, and
+        # whatever it opens, it may write to. Raises DataDirError: the node must not start.
+        self.data_dir = DataDir(
+            config.data_dir, cluster_id=config.cluster_id, node_id=config.node_id
         )
-        self.storage = LmdbStorage(self.env)
+        self.data_dir.open()
+        try:
+            self.env = DiskGuardedEnv(
+                self.data_dir.lmdb_path,
+                sync=config.fsync,
+                map_size=min(64 << 20, config.max_map_bytes),
+                max_map_size=config.max_map_bytes,
+                mode=DIR_MODE,  # data.mdb and lock.mdb owner-only (0o600)
+            )
+        except BaseException:
+            self.data_dir.close()
+            raise
+        try:
+            self.storage = self._open_storage()
+            self.data_dir.save_identity()
+        except BaseException:
+            self.env.close()
+            self.data_dir.close()
+            raise
+        self.incarnation = self.data_dir.identity.incarnation
         self.sm = QueueStateMachine(self.env)
         self.metrics = Metrics()
         self.raft = RaftNode(
@@ -82,6 +101,22 @@ class BrokerNode:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._last_leader: int | None = None
+
+    def _open_storage(self) -> LmdbStorage:
+        """The Raft log, which also records (and checks) the cluster and node id in LMDB.
+
+        That record is what still catches another node's `lmdb/` when IDENTITY is missing
+        (adopting a dir an older raftq made) or was copied from elsewhere; a corrupt log
+        stays a StorageCorruption (its own repair story), the rest is a refused dir.
+        """
+        try:
+            return LmdbStorage(
+                self.env, cluster_id=self.config.cluster_id, node_id=self.config.node_id
+            )
+        except StorageCorruption:
+            raise
+        except StorageError as exc:
+            raise DataDirError(str(exc)) from exc
 
     def _on_role_change(self, role: Role, term: int, leader_id: int) -> None:
         bind_raft_state(term, role.label)
@@ -122,6 +157,8 @@ class BrokerNode:
             "node.started",
             http=self.config.http_url,
             raft=f"{self.config.raft_host}:{self.config.raft_port}",
+            data_dir=self.data_dir.path,
+            incarnation=self.incarnation,
         )
 
     async def stop(self) -> None:
@@ -134,6 +171,7 @@ class BrokerNode:
         await self.broker.stop()
         await self.raft.stop(transfer=True)
         self.env.close()
+        self.data_dir.close()  # only now may another process open the dir
         log.info("node.stopped")
 
 
@@ -141,9 +179,17 @@ async def run_node(config: NodeConfig) -> int:
     """Serve until SIGTERM/SIGINT (exit 0) or until the Raft driver fails (exit 1).
 
     A node whose storage failed must not keep answering: it could no longer persist, so
-    it exits and lets its supervisor (or the operator) restart it after repair.
+    it exits and lets its supervisor (or the operator) restart it after repair. A data dir
+    the node must not use (locked by another process, another node's or cluster's) stops
+    it before it opened anything: the reason is logged as one critical event (what
+    `raftq up` shows) and DataDirError propagates to `python -m node`, which exits with
+    EXIT_DATA_DIR_REFUSED.
     """
-    node = BrokerNode(config)
+    try:
+        node = BrokerNode(config)
+    except DataDirError as exc:
+        log.critical("node.data_dir_refused", data_dir=config.data_dir, error=str(exc))
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -92,8 +92,11 @@ class LmdbEnv:
         map_size: int = DEFAULT_MAP_SIZE,
         max_map_size: int = 1 << 40,
         sync: bool = True,
+        mode: int = 0o755,
     ) -> None:
-        os.makedirs(path, exist_ok=True)
+        # `mode` is the dir's; LMDB creates data.mdb and lock.mdb with it minus the x bits
+        # (0o700 gives owner-only 0o600 files). Both go through the umask.
+        os.makedirs(path, mode=mode, exist_ok=True)
         self.path = path
         self.max_map_size = max_map_size
         self.sync = sync
@@ -107,6 +110,7 @@ class LmdbEnv:
             writemap=False,
             readahead=False,
             max_spare_txns=4,
+            mode=mode,
         )
         self._dbs: dict[str, lmdb._Database] = {}
         self._write_lock = threading.Lock()

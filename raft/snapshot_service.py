@@ -338,7 +338,8 @@ class SnapshotService:
     def _begin(self, chunk: SnapChunk) -> None:
         self._close_incoming()
         self._incoming_path = self.dir / f"incoming-{chunk.snap_id.hex()}.part"
-        self._incoming = open(self._incoming_path, "wb")  # noqa: SIM115 (kept open across chunks)
+        fd = os.open(self._incoming_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._incoming = os.fdopen(fd, "wb")  # kept open across chunks; owner only
         self._incoming_digest = hashlib.sha256()
 
     def _write(self, offset: int, data: bytes) -> None:

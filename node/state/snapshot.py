@@ -61,7 +61,8 @@ def write_snapshot(
 ) -> SnapshotFile:
     """Stream every record of `table_names` (read in `txn`) into `path`, atomically."""
     tmp = f"{path}.tmp"
-    with open(tmp, "wb", buffering=_WRITE_BUFFER) as fh:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # every message: owner only
+    with os.fdopen(fd, "wb", buffering=_WRITE_BUFFER) as fh:
         out = _HashingWriter(fh)
         header = msgpack.packb(
             {"format": FORMAT, "applied_index": applied_index, "tables": list(table_names)}

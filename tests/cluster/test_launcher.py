@@ -7,7 +7,9 @@ stop with SIGKILL escalation, restart and cleanup independently of the Raft node
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -156,6 +158,27 @@ def test_all_nodes_exiting_fails_fast(tmp_path: Path) -> None:
         with pytest.raises(ClusterStartError, match="every node exited"):
             c.wait_for_leader(20)
         assert time.monotonic() - start < 10
+
+
+def test_all_nodes_exiting_names_why_from_their_logs(tmp_path: Path) -> None:
+    """`raftq up` prints this error: a node that refused its data dir says why in its log."""
+    refusing = tmp_path / "python"
+    line = {
+        "event": "node.data_dir_refused",
+        "level": "critical",
+        "error": "data dir d is in use by another raftq process (pid 42)",
+    }
+    refusing.write_text(f"#!/bin/sh\necho {shlex.quote(json.dumps(line))}\nexit 3\n")
+    refusing.chmod(0o755)
+    c = LocalCluster(
+        2, tmp_path, http_port=free_ports(2), raft_port=free_ports(2), python=str(refusing)
+    )
+    with c, pytest.raises(ClusterStartError) as err:
+        c.wait_for_leader(20)
+    message = str(err.value)
+    assert "every node exited (codes {1: 3, 2: 3})" in message, message
+    for node_id in (1, 2):
+        assert f"node {node_id}: node.data_dir_refused: data dir d is in use" in message
 
 
 @pytest.mark.parametrize("how", ["atexit", "sigkill"])

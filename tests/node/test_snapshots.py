@@ -140,6 +140,8 @@ async def test_admin_snapshot_writes_and_compacts(make_cluster) -> None:
             await asyncio.sleep(0.1)
         assert after["first_index"] == snap["compact_to"] + 1
         assert after["snapshots"]["written"] == 1 and after["snapshots"]["latest_index"]
+    files = list((cluster.specs[leader.id].data_dir / "snapshots").iterdir())
+    assert files and all(f.stat().st_mode & 0o777 == 0o600 for f in files)  # every message
 
 
 def data_file_bytes(data_dir: Path) -> int:

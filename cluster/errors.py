@@ -80,6 +80,13 @@ class TooLarge(RaftqError):
     default_code = "too_large"
 
 
+class InsufficientStorage(RaftqError):
+    """507: the cluster's disk quota is reached; nothing was proposed. Acks, deletes and
+    purges still work: drain or delete queues, or raise the quota."""
+
+    default_code = "insufficient_storage"
+
+
 class ServerError(RaftqError):
     """A 4xx/5xx the client does not know how to map (a 5xx is retried first)."""
 
@@ -110,6 +117,7 @@ _BY_STATUS: dict[int, type[RaftqError]] = {
     404: NotFound,
     409: Conflict,
     413: TooLarge,
+    507: InsufficientStorage,
 }
 
 _BY_CODE: dict[str, type[RaftqError]] = {
@@ -119,6 +127,7 @@ _BY_CODE: dict[str, type[RaftqError]] = {
     "not_found": NotFound,
     "conflict": Conflict,
     "too_large": TooLarge,
+    "insufficient_storage": InsufficientStorage,
 }
 
 #: Statuses that are the cluster's final word on a request: never retried.
@@ -148,6 +157,7 @@ __all__ = [
     "ClusterUnavailable",
     "Conflict",
     "Forbidden",
+    "InsufficientStorage",
     "NotFound",
     "RaftqError",
     "ServerError",

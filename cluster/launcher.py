@@ -121,7 +121,7 @@ def last_critical_event(log_path: Path, tail_bytes: int = 1 << 16) -> str | None
             continue
         if not isinstance(record, dict):
             continue
-        if record.get("event") == "raft.node_started":
+        if record.get("event") in ("node.starting", "raft.node_started"):
             found = None  # a new run: what came before is history
         elif record.get("level") == "critical" and found is None:
             detail = record.get("error") or record.get("reason") or ""

@@ -7,7 +7,10 @@ this node: locked by another process, another node's or cluster's, unreadable ID
 
 from __future__ import annotations
 
+import os
 import sys
+
+import structlog
 
 from node.config import ConfigError, load_config
 from node.logging import configure_logging
@@ -20,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raftq node: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.node_id, config.log_format, config.log_level)
+    # The first line of every run: `raftq up` reads a node's log for why its last run
+    # stopped, and a run may stop (a refused data dir) before Raft ever starts.
+    structlog.get_logger("node").info("node.starting", pid=os.getpid())
     from node.data_dir import EXIT_DATA_DIR_REFUSED, DataDirError
     from node.server import main_with  # after logging is configured
 

@@ -25,6 +25,7 @@ from cluster import (
     Client,
     ClusterUnavailable,
     Conflict,
+    InsufficientStorage,
     Message,
     NotFound,
     OutgoingMessage,
@@ -222,6 +223,7 @@ async def test_caller_dedup_id_is_kept(fake: FakeCluster) -> None:
         (404, "not_found", NotFound),
         (409, "conflict", Conflict),
         (413, "too_large", TooLarge),
+        (507, "insufficient_storage", InsufficientStorage),
     ],
 )
 async def test_definite_errors_raise_typed_and_are_not_retried(

@@ -25,12 +25,20 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
-from raft.errors import Compacted, EntryTooLarge, NotLeader, ProposalDropped, SafetyViolation
+from raft.errors import (
+    Compacted,
+    ConfChangeRefused,
+    EntryTooLarge,
+    NotLeader,
+    ProposalDropped,
+    SafetyViolation,
+)
 from raft.messages import (
     ConfState,
     Entry,
     EntryKind,
     HardState,
+    Member,
     Message,
     MessageType,
     ReadState,
@@ -38,6 +46,7 @@ from raft.messages import (
     Role,
     SnapshotMeta,
     SoftState,
+    encode_conf,
 )
 from raft.progress import Progress, ProgressState
 from raft.quorum import VoteResult, committed_index, has_quorum, vote_result
@@ -66,6 +75,7 @@ _REQUESTS = frozenset(
     }
 )
 _FROM_LEADER = frozenset({MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP})
+_FROM_OUR_LEADER = _FROM_LEADER | {MessageType.TIMEOUT_NOW}
 _SUPPORTED = _REQUESTS | {
     MessageType.VOTE_RESP,
     MessageType.PRE_VOTE_RESP,
@@ -95,11 +105,13 @@ class Config:
     # limit (`max_append_frame_bytes`), so an accepted entry can always be replicated.
     max_entry_bytes: int = 8 * MiB
     applied: int = 0
+    # How to reach the bootstrap `peers` (only used when the log holds no configuration).
+    members: tuple[Member, ...] = ()
 
     def validate(self) -> None:
         if type(self.id) is not int or self.id <= 0:
             raise ValueError(f"node id must be a positive int: {self.id!r}")
-        if any(type(p) is not int or p <= 0 for p in self.peers):
+        if any(type(p) is not int or p <= 0 for p in self.peers):  # () for a node that joins
             raise ValueError(f"peer ids must be positive ints: {self.peers!r}")
         if len(set(self.peers)) != len(self.peers):
             raise ValueError(f"peer ids must be unique: {self.peers!r}")
@@ -131,6 +143,8 @@ class Status:
     vote: int = 0
     last_index: int = 0
     lead_transferee: int = 0
+    voters: tuple[int, ...] = ()
+    learners: tuple[int, ...] = ()
 
 
 class RaftCore:
@@ -139,9 +153,16 @@ class RaftCore:
         self.cfg = cfg
         self.id = cfg.id
         self.rng = rng
-        hard_state, conf_state = storage.initial_state()
-        self.voters: tuple[int, ...] = tuple(sorted(conf_state.voters or cfg.peers))
+        hard_state, _conf = storage.initial_state()
         self.log = RaftLog(storage, committed=hard_state.commit, applied=cfg.applied)
+        if not self.log.conf().ids() and cfg.peers:
+            # A new cluster: its first configuration is the bootstrap member list.
+            self.log.base_conf = ConfState(tuple(sorted(cfg.peers)), (), cfg.members)
+        self.voters: tuple[int, ...] = ()
+        self.learners: tuple[int, ...] = ()
+        self.conf_state = ConfState(())
+        self._member_ids: frozenset[int] = frozenset()
+        self._conf_version = -1
         self.term = hard_state.term
         self.vote = hard_state.vote
         self.lead = NONE
@@ -162,6 +183,7 @@ class RaftCore:
         self._prev_hard_state = hard_state
         self._prev_soft_state = SoftState(NONE, Role.FOLLOWER)
         self._become_follower(self.term, NONE)
+        self._sync_conf()
         if hard_state.term or self.log.last_index():
             log.info(
                 "raft.restarted",
@@ -186,7 +208,17 @@ class RaftCore:
 
     def step(self, m: Message) -> None:
         """Feed one message from a peer. Messages not for us or from strangers are dropped."""
-        if m.to != self.id or m.frm == self.id or m.frm not in self.voters:
+        if (
+            m.to != self.id
+            or m.frm == self.id
+            or (
+                m.frm not in self._member_ids
+                # a node that joins knows no members yet: it follows whoever leads it
+                and not (not self._member_ids and m.type in _FROM_LEADER)
+                # a leader that removed itself finishes its term: commit, then hand over
+                and not (m.frm == self.lead and m.term == self.term and m.type in _FROM_OUR_LEADER)
+            )
+        ):
             log.debug("raft.drop_foreign", node_id=self.id, to=m.to, frm=m.frm)
             return
         if m.type not in _SUPPORTED or not self._well_formed(m):
@@ -225,6 +257,7 @@ class RaftCore:
             self._step_candidate(m)
         else:
             self._step_follower(m)
+        self._sync_conf()
 
     def propose(self, data: bytes) -> tuple[int, int]:
         """Append `data` as a new entry; returns its (index, term). Leader only."""
@@ -242,6 +275,63 @@ class RaftCore:
         self._append_entries([Entry(index, self.term, EntryKind.NORMAL, data)])
         self._bcast_pending = True
         return index, self.term
+
+    def propose_conf_change(self, conf: ConfState) -> tuple[int, int]:
+        """Append a new configuration (single-server change, Raft thesis §4); its (index,
+        term). It is in force from the moment it is in the log, here and on every follower.
+
+        Refused (ConfChangeRefused) while an earlier change is uncommitted, before this
+        leader has committed an entry of its own term (the thesis's fix for single-server
+        changes across leader changes), and when the voters change by more than one.
+        """
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.lead or None)
+        if self.lead_transferee != NONE:
+            raise ProposalDropped(f"leadership transfer to {self.lead_transferee} in progress")
+        if not self._committed_entry_in_current_term():
+            raise ConfChangeRefused(
+                "this leader has not committed an entry of its term yet; retry shortly"
+            )
+        pending = self.log.last_conf_index()
+        if pending > self.log.committed:
+            raise ConfChangeRefused(
+                f"the membership change at index {pending} is not committed yet; one at a time"
+            )
+        old = self.log.conf()
+        if not conf.voters:
+            raise ConfChangeRefused("a configuration needs at least one voter")
+        if set(conf.voters) & set(conf.learners):
+            raise ConfChangeRefused("a node cannot be both voter and learner")
+        if len(set(old.voters) ^ set(conf.voters)) > 1:
+            raise ConfChangeRefused(
+                f"voters {sorted(old.voters)} -> {sorted(conf.voters)} changes more than one: "
+                "change one voter at a time"
+            )
+        index = self.log.last_index() + 1
+        self._append_entries([Entry(index, self.term, EntryKind.CONF_CHANGE, encode_conf(conf))])
+        self._bcast_pending = True
+        self._sync_conf()
+        log.info(
+            "raft.conf_change_proposed",
+            node_id=self.id,
+            index=index,
+            voters=conf.voters,
+            learners=conf.learners,
+        )
+        return index, self.term
+
+    def learners_caught_up(self, max_lag: int) -> list[int]:
+        """Leader only: learners within `max_lag` entries of our log, heard from lately."""
+        if self.role is not Role.LEADER:
+            return []
+        last = self.log.last_index()
+        return [
+            p
+            for p in self.learners
+            if (pr := self.progress.get(p)) is not None
+            and pr.recent_active
+            and pr.match_index >= last - max_lag
+        ]
 
     def read_index(self, ctx: bytes) -> None:
         """Request a linearizable read point; answered by a ReadState(index, ctx) in a Ready."""
@@ -367,6 +457,8 @@ class RaftCore:
             vote=self.vote,
             last_index=self.log.last_index(),
             lead_transferee=self.lead_transferee,
+            voters=self.voters,
+            learners=self.learners,
         )
 
     # ================================================================ role changes
@@ -422,7 +514,7 @@ class RaftCore:
         self.lead = self.id
         self.role = Role.LEADER
         next_index = self.log.last_index() + 1
-        for peer in self.voters:
+        for peer in {*self._member_ids, self.id}:
             self.progress[peer] = Progress(
                 next_index, self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes
             )
@@ -541,6 +633,9 @@ class RaftCore:
         resp_type = (
             MessageType.VOTE_RESP if m.type is MessageType.VOTE else MessageType.PRE_VOTE_RESP
         )
+        if m.frm not in self.voters:  # a learner never leads
+            self._send(Message(resp_type, to=m.frm, frm=self.id, term=self.term, reject=True))
+            return
         can_vote = (
             self.vote == m.frm
             or (self.vote == NONE and self.lead == NONE)
@@ -655,6 +750,8 @@ class RaftCore:
             pr.inflights.free_le(m.index)
         if self._maybe_commit():
             self._on_commit_advanced()  # followers learn it in the next flush
+            if self.role is not Role.LEADER:
+                return  # the commit removed us from the voters: we stepped down
         # The window may have opened: pipeline as much as flow control allows.
         while self._send_append(m.frm, send_if_empty=False):
             pass
@@ -725,7 +822,6 @@ class RaftCore:
             self.log.commit_to(snap.index)
             return False
         self.log.restore(snap)
-        self.voters = tuple(sorted(snap.conf.voters or self.voters))
         return True
 
     def _check_committed_match(self, m: Message) -> None:
@@ -778,7 +874,7 @@ class RaftCore:
 
     def _bcast_append(self, send_if_empty: bool) -> None:
         committed = self.log.committed
-        for peer in self.voters:
+        for peer in self._member_ids:
             if peer != self.id:
                 lagging = self.progress[peer].sent_commit < committed
                 self._send_append(peer, send_if_empty and lagging)
@@ -821,7 +917,7 @@ class RaftCore:
         # Our applied index as the core knows it may lag the state machine's, which the
         # storage step may have compacted past already: the compaction point will do.
         index = max(self.log.applied, self.log.first_index() - 1)
-        snap = SnapshotMeta(index, self.log.term(index), ConfState(self.voters))
+        snap = SnapshotMeta(index, self.log.term(index), self.log.conf_at(index))
         pr.become_snapshot(index)
         log.info("raft.snapshot_needed", node_id=self.id, to=to, index=index)
         self._send(
@@ -830,7 +926,7 @@ class RaftCore:
         return True
 
     def _bcast_heartbeat(self, ctx: bytes) -> None:
-        for peer in self.voters:
+        for peer in self._member_ids:
             if peer == self.id:
                 continue
             # Never a commit beyond what the peer is known to hold (etcd's rule): a commit
@@ -870,10 +966,57 @@ class RaftCore:
 
     def _on_commit_advanced(self) -> None:
         self._bcast_commit = True
+        if (
+            self.role is Role.LEADER
+            and self.id not in self.voters
+            and self.log.committed >= self.log.last_conf_index()
+        ):
+            self._step_down_removed()
+            return
         if self.pending_reads and self._committed_entry_in_current_term():
             pending, self.pending_reads = self.pending_reads, []
             for ctx in pending:
                 self._serve_read_index(ctx)
+
+    def _step_down_removed(self) -> None:
+        """The configuration that removed this leader is committed: hand over and step down
+        (thesis §4.2.2). The most caught-up voter is told to campaign at once."""
+        best, best_match = NONE, -1
+        for p in self.voters:
+            pr = self.progress.get(p)
+            if pr is not None and pr.match_index > best_match:
+                best, best_match = p, pr.match_index
+        log.info("raft.removed_leader_steps_down", node_id=self.id, term=self.term, to=best)
+        # Our commit index first, so the successor knows the configuration is committed.
+        self._bcast_append(send_if_empty=True)
+        if best != NONE and best_match >= self.log.last_conf_index():
+            self._send_timeout_now(best)
+        self._become_follower(self.term, NONE)
+
+    def _sync_conf(self) -> None:
+        """Take the configuration now in the log into force (append time, thesis §4.1)."""
+        if self.log.conf_version == self._conf_version:
+            return
+        self._conf_version = self.log.conf_version
+        conf = self.log.conf()
+        self.conf_state = conf
+        self.voters = tuple(sorted(conf.voters))
+        self.learners = tuple(sorted(conf.learners))
+        self._member_ids = frozenset(conf.ids())
+        if self.role is Role.LEADER:
+            last = self.log.last_index()
+            for peer in self._member_ids:
+                if peer not in self.progress:
+                    pr = Progress(last + 1, self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes)
+                    pr.recent_active = True  # give a new member one election timeout
+                    self.progress[peer] = pr
+            for peer in list(self.progress):
+                if peer not in self._member_ids and peer != self.id:
+                    del self.progress[peer]
+            if self.lead_transferee not in (NONE, *self.voters):
+                self.lead_transferee = NONE
+        elif self.role in (Role.CANDIDATE, Role.PRE_CANDIDATE) and self.id not in self.voters:
+            self._become_follower(self.term, NONE)
 
     def _committed_entry_in_current_term(self) -> bool:
         return self.log.term_or_zero(self.log.committed) == self.term

@@ -24,6 +24,10 @@ class ProposalDropped(RaftError):
     """The proposal will never commit: leadership was lost or its log slot was overwritten."""
 
 
+class ConfChangeRefused(RaftError):
+    """A membership change was not proposed (one is in progress, or it breaks a rule)."""
+
+
 class LeadershipLost(RaftError):
     """This leader lost its quorum while the proposal was in flight: it may or may not commit.
 

@@ -55,9 +55,19 @@ import msgpack
 import structlog
 
 from raft.codec import pack
-from raft.errors import Compacted, StorageCorruption, StorageError, Unavailable
+from raft.errors import Compacted, InvalidMessage, StorageCorruption, StorageError, Unavailable
 from raft.lmdb_env import LmdbEnv
-from raft.messages import MAX_U63, ConfState, Entry, EntryKind, HardState, SnapshotMeta
+from raft.messages import (
+    MAX_U63,
+    ConfState,
+    Entry,
+    EntryKind,
+    HardState,
+    SnapshotMeta,
+    conf_fields,
+    conf_from_fields,
+    decode_conf,
+)
 
 log = structlog.get_logger("raft.storage")
 
@@ -156,7 +166,7 @@ def decode_entry_record(index: int, value: bytes, key: bytes | None = None) -> E
     return Entry(index, term, k, data)
 
 
-def _decode_meta(key: bytes, value: bytes | None, length: int) -> list[Any]:
+def _decode_meta(key: bytes, value: bytes | None, length: int | tuple[int, ...]) -> list[Any]:
     name = key.decode()
     if value is None:
         raise MetaCorruption(name, "missing")
@@ -166,9 +176,19 @@ def _decode_meta(key: bytes, value: bytes | None, length: int) -> list[Any]:
     raw, reason = _unpack(body)
     if reason:
         raise MetaCorruption(name, reason)
-    if type(raw) is not list or len(raw) != length:
-        raise MetaCorruption(name, f"not a {length}-element array")
+    lengths = (length,) if isinstance(length, int) else length
+    if type(raw) is not list or len(raw) not in lengths:
+        raise MetaCorruption(name, f"not a {'/'.join(map(str, lengths))}-element array")
     return raw
+
+
+def _decode_conf_meta(value: bytes | None) -> ConfState:
+    """The stored configuration: [voters, learners] (older stores) or with members too."""
+    raw = _decode_meta(_META_CONF_STATE, value, (2, 3))
+    try:
+        return conf_from_fields(raw)
+    except InvalidMessage as exc:
+        raise MetaCorruption("conf_state", str(exc)) from None
 
 
 # ---------------------------------------------------------------- state
@@ -299,10 +319,7 @@ class LmdbStorage:
         if not (_is_uint(term) and _is_uint(vote) and _is_uint(commit)):
             raise MetaCorruption("hard_state", "fields must be unsigned integers")
         hard_state = HardState(term, vote, commit)
-        voters, learners = _decode_meta(_META_CONF_STATE, txn.get(_META_CONF_STATE, db=meta), 2)
-        if not all(type(x) is list and all(_is_uint(i) for i in x) for x in (voters, learners)):
-            raise MetaCorruption("conf_state", "voters/learners must be arrays of node ids")
-        conf = ConfState(tuple(voters), tuple(learners))
+        conf = _decode_conf_meta(txn.get(_META_CONF_STATE, db=meta))
         snap_index, snap_term = _decode_meta(_META_SNAPSHOT, txn.get(_META_SNAPSHOT, db=meta), 2)
         if not (_is_uint(snap_index) and _is_uint(snap_term)):
             raise MetaCorruption("snapshot", "index/term must be unsigned integers")
@@ -382,7 +399,7 @@ class LmdbStorage:
         records = {
             _META_FORMAT: [FORMAT_VERSION],
             _META_HARD_STATE: [0, 0, 0],
-            _META_CONF_STATE: [list(conf.voters), list(conf.learners)],
+            _META_CONF_STATE: conf_fields(conf),
             _META_SNAPSHOT: [0, 0],
         }
 
@@ -687,16 +704,34 @@ class LmdbStorage:
         snap_index, snap_term = index - 1, self.term(index - 1)
         snap_value = encode_record(_META_SNAPSHOT, [snap_index, snap_term])
         end_key = index_key(index)
+        kept_conf: list[ConfState] = []
 
         def txn_fn(txn: lmdb.Transaction) -> None:
+            kept_conf.clear()
             txn.put(_META_SNAPSHOT, snap_value, db=self._meta_db)
             cur = txn.cursor(db=self._log_db)
+            latest: Entry | None = None
             if cur.first():
                 while cur.key() and cur.key() < end_key:
+                    e = decode_entry_record(int.from_bytes(cur.key(), "big"), cur.value())
+                    if e.kind is EntryKind.CONF_CHANGE:
+                        latest = e
                     if not cur.delete():
                         break
+            if latest is not None:
+                # The membership in force at the compaction point, for restarts: the entry
+                # that said so is gone with the rest.
+                conf = decode_conf(latest.data)
+                txn.put(
+                    _META_CONF_STATE,
+                    encode_record(_META_CONF_STATE, conf_fields(conf)),
+                    db=self._meta_db,
+                )
+                kept_conf.append(conf)
 
         self._env.write(txn_fn)
+        if kept_conf:
+            self._conf_state = kept_conf[-1]
         last_term = b.last_term if b.last_index > snap_index else snap_term
         self._bounds = _Bounds(snap_index, snap_term, max(b.last_index, snap_index), last_term)
         log.info("raft.storage.compacted", first_index=index, snap_term=snap_term)
@@ -722,9 +757,7 @@ class LmdbStorage:
         values = {
             _META_SNAPSHOT: encode_record(_META_SNAPSHOT, [snap.index, snap.term]),
             _META_HARD_STATE: encode_record(_META_HARD_STATE, [hs.term, hs.vote, hs.commit]),
-            _META_CONF_STATE: encode_record(
-                _META_CONF_STATE, [list(snap.conf.voters), list(snap.conf.learners)]
-            ),
+            _META_CONF_STATE: encode_record(_META_CONF_STATE, conf_fields(snap.conf)),
         }
 
         def txn_fn(txn: lmdb.Transaction) -> None:

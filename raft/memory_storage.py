@@ -11,7 +11,7 @@ import itertools
 from collections.abc import Sequence
 
 from raft.errors import Compacted, StorageError, Unavailable
-from raft.messages import ConfState, Entry, HardState, SnapshotMeta
+from raft.messages import ConfState, Entry, EntryKind, HardState, SnapshotMeta, decode_conf
 
 
 class MemoryStorage:
@@ -101,6 +101,11 @@ class MemoryStorage:
         if index - 1 > self._hard_state.commit:
             raise StorageError(f"compact({index}): entry {index - 1} is not committed")
         term = self.term(index - 1)
+        gone = self._entries[: index - self.first_index()]
+        for e in reversed(gone):  # the membership in force at the compaction point
+            if e.kind is EntryKind.CONF_CHANGE:
+                self._conf_state = decode_conf(e.data)
+                break
         del self._entries[: index - self.first_index()]
         self._snapshot_index, self._snapshot_term = index - 1, term
 

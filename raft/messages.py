@@ -67,11 +67,32 @@ class Entry:
 
 
 @dataclass(frozen=True, slots=True)
+class Member:
+    """How to reach one member, and which incarnation of it (the data dir's random id) the
+    configuration means: a node that lost its data dir comes back as another one."""
+
+    id: int
+    url: str = ""  # HTTP API
+    raft_addr: str = ""  # HOST:PORT of the peer transport
+    incarnation: str = ""  # "" until the leader has learned it
+
+
+@dataclass(frozen=True, slots=True)
 class ConfState:
-    """The voting and learning members."""
+    """The voting and learning members (and, for the drivers, their addresses)."""
 
     voters: tuple[int, ...]
     learners: tuple[int, ...] = ()
+    members: tuple[Member, ...] = ()
+
+    def ids(self) -> tuple[int, ...]:
+        return tuple(sorted({*self.voters, *self.learners}))
+
+    def member(self, node_id: int) -> Member | None:
+        for m in self.members:
+            if m.id == node_id:
+                return m
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,9 +273,7 @@ def _encode_snap_fields(m: Message) -> list[Any]:
     meta = m.snapshot
     chunk = m.chunk
     return [
-        None
-        if meta is None
-        else [meta.index, meta.term, list(meta.conf.voters), list(meta.conf.learners)],
+        None if meta is None else [meta.index, meta.term, conf_fields(meta.conf)],
         None
         if chunk is None
         else [chunk.snap_id, chunk.offset, chunk.total, chunk.crc, chunk.digest],
@@ -354,6 +373,43 @@ def decode_message(data: bytes) -> Message:
     )
 
 
+def encode_conf(conf: ConfState) -> bytes:
+    """A configuration as it travels in a CONF_CHANGE entry, a snapshot and storage meta."""
+    return pack(conf_fields(conf))
+
+
+def conf_fields(conf: ConfState) -> list[Any]:
+    members = [[m.id, m.url, m.raft_addr, m.incarnation] for m in conf.members]
+    return [list(conf.voters), list(conf.learners), members]
+
+
+def decode_conf(data: bytes) -> ConfState:
+    """A configuration from its bytes; InvalidMessage when it is not one."""
+    try:
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:
+        raise InvalidMessage(f"undecodable configuration: {exc}") from None
+    return conf_from_fields(raw)
+
+
+def conf_from_fields(raw: Any) -> ConfState:
+    if type(raw) is not list or len(raw) not in (2, 3):
+        raise InvalidMessage("configuration must be [voters, learners, members]")
+    voters = _peer_ids(raw[0], "voters")
+    learners = _peer_ids(raw[1], "learners")
+    if set(voters) & set(learners):
+        raise InvalidMessage("a node cannot be both voter and learner")
+    members: list[Member] = []
+    for item in raw[2] if len(raw) == 3 else []:
+        if type(item) is not list or len(item) != 4:
+            raise InvalidMessage("a member must be [id, url, raft_addr, incarnation]")
+        node_id, url, raft_addr, incarnation = item
+        if not all(type(v) is str and len(v) <= 512 for v in (url, raft_addr, incarnation)):
+            raise InvalidMessage("member url, raft_addr and incarnation must be short strings")
+        members.append(Member(_uint(node_id, "member.id"), url, raft_addr, incarnation))
+    return ConfState(voters, learners, tuple(members))
+
+
 def _peer_ids(raw: Any, name: str) -> tuple[int, ...]:
     if type(raw) is not list or len(raw) > 1024:
         raise InvalidMessage(f"{name} must be an array of node ids")
@@ -366,13 +422,11 @@ def _peer_ids(raw: Any, name: str) -> tuple[int, ...]:
 def _decode_meta(raw: Any) -> SnapshotMeta | None:
     if raw is None:
         return None
-    if type(raw) is not list or len(raw) != 4:
-        raise InvalidMessage("snapshot meta must be a 4-element array")
-    index, term, voters, learners = raw
+    if type(raw) is not list or len(raw) != 3:
+        raise InvalidMessage("snapshot meta must be a 3-element array")
+    index, term, conf = raw
     return SnapshotMeta(
-        _uint(index, "snapshot.index"),
-        _uint(term, "snapshot.term"),
-        ConfState(_peer_ids(voters, "snapshot.voters"), _peer_ids(learners, "snapshot.learners")),
+        _uint(index, "snapshot.index"), _uint(term, "snapshot.term"), conf_from_fields(conf)
     )
 
 

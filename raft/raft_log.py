@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from raft.errors import Compacted, SafetyViolation, Unavailable
-from raft.messages import Entry, SnapshotMeta
+from raft.errors import Compacted, InvalidMessage, SafetyViolation, Unavailable
+from raft.messages import ConfState, Entry, EntryKind, SnapshotMeta, decode_conf
 from raft.storage import LogStorage
 
 NO_LIMIT = 1 << 62
@@ -47,8 +47,54 @@ class RaftLog:
         # it answers term(index) and first_index() meanwhile (etcd's unstable snapshot).
         self.pending_snapshot: SnapshotMeta | None = None
         self._snapshot_handed_out = False
+        # Membership follows the log (Raft thesis §4.1): the latest configuration entry in
+        # it, durable or not, is in force, and a truncation that removes one brings the one
+        # before back. `base_conf` is the configuration at the start of the log.
+        self.base_conf: ConfState = storage.initial_state()[1]
+        self.conf_entries: list[tuple[int, ConfState]] = []
+        self.conf_version = 0  # bumped whenever the configuration in force may have changed
+        first, last = storage.first_index(), storage.last_index()
+        if last >= first:
+            self._note_appended(storage.entries(first, last + 1))
 
     # ------------------------------------------------------------ reading
+
+    # ------------------------------------------------------------ membership
+
+    def conf(self) -> ConfState:
+        """The configuration in force: the latest in the log (committed or not)."""
+        return self.conf_entries[-1][1] if self.conf_entries else self.base_conf
+
+    def conf_at(self, index: int) -> ConfState:
+        """The configuration in force once the log up to `index` is applied."""
+        found = self.base_conf
+        for at, conf in self.conf_entries:
+            if at > index:
+                break
+            found = conf
+        return found
+
+    def last_conf_index(self) -> int:
+        """Index of the latest configuration entry (0: none in the log)."""
+        return self.conf_entries[-1][0] if self.conf_entries else 0
+
+    def _note_appended(self, entries: Sequence[Entry]) -> None:
+        for e in entries:
+            if e.kind is EntryKind.CONF_CHANGE:
+                try:
+                    conf = decode_conf(e.data)
+                except InvalidMessage as exc:
+                    raise SafetyViolation(
+                        f"configuration entry {e.index} (term {e.term}) is unreadable: {exc}"
+                    ) from None
+                self.conf_entries.append((e.index, conf))
+                self.conf_version += 1
+
+    def _note_truncated(self, first: int) -> None:
+        """Entries from `first` on were replaced: their configurations no longer count."""
+        if self.conf_entries and self.conf_entries[-1][0] >= first:
+            self.conf_entries = [(i, c) for i, c in self.conf_entries if i < first]
+            self.conf_version += 1
 
     def first_index(self) -> int:
         if self.pending_snapshot is not None:
@@ -160,6 +206,7 @@ class RaftLog:
         first = entries[0].index
         if first <= self.last_index():
             self.overwrites += 1
+            self._note_truncated(first)
         if first == self.unstable_offset + len(self.unstable):
             self.unstable.extend(entries)
         elif first <= self.unstable_offset:
@@ -168,6 +215,7 @@ class RaftLog:
         else:
             self.unstable = self.unstable[: first - self.unstable_offset] + list(entries)
         self.in_progress = min(self.in_progress, first - 1)
+        self._note_appended(entries)
         return self.last_index()
 
     def maybe_append(
@@ -212,6 +260,9 @@ class RaftLog:
         self.committed = snap.index
         self.applying = max(self.applying, snap.index)
         self.overwrites += 1  # persisted notices of the replaced log no longer speak for it
+        self.base_conf = snap.conf
+        self.conf_entries = []
+        self.conf_version += 1
 
     # ------------------------------------------------------------ Ready plumbing
 

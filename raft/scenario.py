@@ -4,10 +4,11 @@ A script is a sequence of blocks: a command line, a `----` line, then the expect
 output up to a blank line. Lines starting with `#` before a command are comments.
 Commands drive RaftCores over MemoryStorage on an in-memory network:
 
-    add-nodes N [pre_vote=true check_quorum=true election=10 heartbeat=1
+    add-nodes N [join=false pre_vote=true check_quorum=true election=10 heartbeat=1
                  max_inflight_msgs=256 max_inflight_bytes=N max_msg_bytes=N
                  max_entry_bytes=N seed=0]
     campaign ID | tick ID [N] | propose ID DATA | read-index ID CTX | transfer-leader ID TO
+    conf-change ID voters=1,2 [learners=3]
     process-ready [ID...] | deliver-msgs [ID...] | drop-msgs [ID...] | stabilize [msgs]
     msg-counts (messages delivered since the last msg-counts, by type)
     partition A B | C D | isolate ID | heal | crash ID | restart ID
@@ -27,7 +28,16 @@ from dataclasses import dataclass, field
 from raft.core import Config, RaftCore
 from raft.errors import RaftError
 from raft.memory_storage import MemoryStorage
-from raft.messages import Entry, EntryKind, HardState, Message, MessageType, Ready
+from raft.messages import (
+    ConfState,
+    Entry,
+    EntryKind,
+    HardState,
+    Message,
+    MessageType,
+    Ready,
+    decode_conf,
+)
 
 MAX_STABILIZE_ROUNDS = 10_000
 
@@ -111,7 +121,13 @@ def format_message(m: Message) -> str:
 
 
 def _entry_label(e: Entry) -> str:
-    body = "noop" if e.kind is EntryKind.NOOP else e.data.decode(errors="replace")
+    if e.kind is EntryKind.NOOP:
+        body = "noop"
+    elif e.kind is EntryKind.CONF_CHANGE:
+        conf = decode_conf(e.data)
+        body = f"conf(v={','.join(map(str, conf.voters))} l={','.join(map(str, conf.learners))})"
+    else:
+        body = e.data.decode(errors="replace")
     return f"{e.index}/{e.term}:{body}"
 
 
@@ -257,6 +273,7 @@ class Scenario:
         count = int(args[0])
         opts = dict(a.split("=", 1) for a in args[1:])
         seed = int(opts.pop("seed", "0"))
+        joining = _parse_bool(opts.pop("join", "false"))
         kwargs: dict[str, object] = {}
         names = {"election": "election_ticks", "heartbeat": "heartbeat_ticks"}
         for key, value in opts.items():
@@ -275,7 +292,8 @@ class Scenario:
             else:
                 raise ScenarioError(f"unknown add-nodes option {key!r}")
         first = len(self.nodes) + 1
-        peers = tuple(range(1, first + count))
+        # Joining nodes know no members: the cluster adds them with a conf-change.
+        peers = () if joining else tuple(range(1, first + count))
         for node_id in range(first, first + count):
             cfg = Config(id=node_id, peers=peers, **kwargs)  # type: ignore[arg-type]
             storage = MemoryStorage()
@@ -310,6 +328,22 @@ class Scenario:
         except RaftError as exc:
             self._out.append(f"error: {type(exc).__name__}: {exc}")
             return
+        self._process_ready(node)
+
+    def _cmd_conf_change(self, args: list[str]) -> None:
+        """conf-change ID voters=1,2,3 [learners=4]: propose a new configuration at ID."""
+        node, core = self._live(args[0])
+        opts = dict(a.split("=", 1) for a in args[1:])
+
+        def ids(key: str) -> tuple[int, ...]:
+            return tuple(int(x) for x in opts.get(key, "").split(",") if x)
+
+        try:
+            index, term = core.propose_conf_change(ConfState(ids("voters"), ids("learners")))
+        except RaftError as exc:
+            self._out.append(f"error: {type(exc).__name__}: {exc}")
+            return
+        self._out.append(f"conf-change at ({index}, t{term})")
         self._process_ready(node)
 
     def _cmd_transfer_leader(self, args: list[str]) -> None:

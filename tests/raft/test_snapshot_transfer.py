@@ -223,7 +223,14 @@ def test_snapshot_messages_round_trip_and_bad_fields_are_refused() -> None:
     whole = Message(MessageType.SNAP, to=2, frm=1, term=4, commit=20, snapshot=META)
     assert decode_message(encode_message(whole)) == whole
     raw = msgpack.unpackb(encode_message(whole))
-    for bad_meta in ([17, 3, [1, 1], []], [17, 3, [0], []], [17, "3", [1], []], [1, 2, 3]):
+    for bad_meta in (
+        [17, 3, [[1, 1], [], []]],
+        [17, 3, [[0], [], []]],
+        [17, "3", [[1], [], []]],
+        [17, 3, [[1], [1], []]],
+        [17, 3, [[1], [], [[1, "u", "r"]]]],
+        [1, 2, 3],
+    ):
         raw[13] = bad_meta
         with pytest.raises(InvalidMessage):
             decode_message(msgpack.packb(raw))

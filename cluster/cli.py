@@ -5,6 +5,9 @@
     raftq queue create tasks --visibility-timeout 30
     raftq send tasks 'hello' 'world'           # or: producer | raftq send tasks
     raftq recv tasks --max 10 --ack --json
+    raftq member list                          # voters and learners; add / remove / promote
+    raftq leader transfer --to 2               # hand leadership over (default: best voter)
+    raftq node --id 4 ... --join http://127.0.0.1:7001   # a new node joins by itself
 
 Human tables by default, `--json` for scripts. Exit codes: 0 ok, 1 error (the cluster
 said no), 2 usage, 3 cluster unavailable (no leader reachable within `--timeout`).
@@ -333,6 +336,65 @@ def cmd_ack(args: argparse.Namespace, client: Client, out: Output) -> int:
     return EXIT_OK if not result.stale else EXIT_ERROR
 
 
+def _print_members(out: Output, conf: dict[str, Any]) -> None:
+    if out.as_json:
+        out.json(conf)
+        return
+    rows = [
+        (
+            m.get("id"),
+            "voter" if m.get("voter") else "learner",
+            m.get("url"),
+            m.get("raft_addr"),
+            m.get("incarnation"),
+        )
+        for m in conf.get("members") or []
+    ]
+    out.line(format_table(["ID", "ROLE", "URL", "RAFT", "INCARNATION"], rows))
+
+
+def cmd_member(args: argparse.Namespace, client: Client, out: Output) -> int:
+    """Membership: list | add ID URL RAFT_ADDR [--learner] | remove ID | promote ID."""
+    action = args.action
+    if action == "list":
+        if args.target:
+            raise UsageError("member list takes no arguments")
+        conf = client.members()
+    elif action == "add":
+        if len(args.target) != 3:
+            raise UsageError("member add needs ID URL RAFT_ADDR (e.g. 4 http://h:7004 h:7104)")
+        conf = client.add_member(
+            _node_id(args.target[0]), args.target[1], args.target[2], voter=not args.learner
+        )
+    else:
+        if len(args.target) != 1:
+            raise UsageError(f"member {action} needs one node ID")
+        node_id = _node_id(args.target[0])
+        if action == "remove":
+            conf = client.remove_member(node_id)
+        else:
+            conf = client.promote_member(node_id)
+    _print_members(out, conf)
+    return EXIT_OK
+
+
+def _node_id(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"a node ID is a positive integer, got {text!r}")
+    return int(text)
+
+
+def cmd_leader(args: argparse.Namespace, client: Client, out: Output) -> int:
+    """Leadership: transfer [--to ID] (default: the most caught-up other voter)."""
+    result = client.transfer_leader(args.to)
+    if out.as_json:
+        out.json(result)
+    else:
+        verb = "now leads" if result.get("transferred") else "already led"
+        out.line(f"node {result.get('leader_id')} {verb}")
+    return EXIT_OK
+
+
 def cmd_up(args: argparse.Namespace, out: Output) -> int:
     """Run a local cluster in the foreground until Ctrl-C / SIGTERM, then stop every node."""
     cluster = LocalCluster(
@@ -495,6 +557,19 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--ack", action="store_true", help="ack after printing")
     rp.add_argument("--visibility-timeout", type=seconds, metavar="S")
 
+    mp = sub.add_parser(
+        "member",
+        parents=[common],
+        help="membership: list | add ID URL RAFT_ADDR | remove ID | promote ID",
+    )
+    mp.add_argument("action", choices=["list", "add", "remove", "promote"])
+    mp.add_argument("target", nargs="*", metavar="ARG")
+    mp.add_argument("--learner", action="store_true", help="add: keep the node a learner (no vote)")
+
+    lp = sub.add_parser("leader", parents=[common], help="leadership: transfer [--to ID]")
+    lp.add_argument("action", choices=["transfer"])
+    lp.add_argument("--to", type=int, metavar="ID", help="the voter to hand over to")
+
     ap = sub.add_parser("ack", parents=[common], help="ack receipts printed by recv")
     ap.add_argument("queue")
     ap.add_argument("receipts", nargs="+", metavar="RECEIPT")
@@ -593,6 +668,8 @@ def main(
         "send": lambda: cmd_send(args, client, out, stdin or sys.stdin),
         "recv": lambda: cmd_recv(args, client, out),
         "ack": lambda: cmd_ack(args, client, out),
+        "member": lambda: cmd_member(args, client, out),
+        "leader": lambda: cmd_leader(args, client, out),
     }
     try:
         return handlers[args.command]()

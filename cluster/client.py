@@ -496,6 +496,31 @@ class AsyncClient:
         """The cluster as seen by the leader: members, roles, term, commit/applied index."""
         return await self.request("GET", "/v1/cluster") or {}
 
+    async def members(self) -> dict[str, Any]:
+        """The configuration in force: `voters`, `learners`, and `members` with addresses."""
+        return await self.request("GET", "/v1/cluster/members") or {}
+
+    async def add_member(
+        self, node_id: int, url: str, raft_addr: str, *, voter: bool = True
+    ) -> dict[str, Any]:
+        """Add a node as a learner; the leader promotes it once it has caught up unless
+        `voter` is False. Returns the new configuration (answered once committed)."""
+        body = {"id": node_id, "url": url, "raft_addr": raft_addr, "voter": voter}
+        return await self.request("POST", "/v1/cluster/members", json_body=body) or {}
+
+    async def remove_member(self, node_id: int) -> dict[str, Any]:
+        """Remove a node (the leader too: it hands over and steps down)."""
+        return await self.request("DELETE", f"/v1/cluster/members/{int(node_id)}") or {}
+
+    async def promote_member(self, node_id: int) -> dict[str, Any]:
+        """Make a caught-up learner a voter."""
+        return await self.request("POST", f"/v1/cluster/members/{int(node_id)}/promote") or {}
+
+    async def transfer_leader(self, to: int | None = None) -> dict[str, Any]:
+        """Hand leadership to voter `to` (default: the most caught-up other voter)."""
+        body = {} if to is None else {"to": int(to)}
+        return await self.request("POST", "/v1/cluster/transfer-leader", json_body=body) or {}
+
     async def node_cluster_view(self, url: str, timeout_s: float | None = None) -> dict[str, Any]:
         """`GET /v1/cluster` of one specific node (its own term, indexes and role)."""
         return await self._router.request_node(url, "GET", "/v1/cluster", timeout_s=timeout_s)

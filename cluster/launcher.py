@@ -195,6 +195,9 @@ class LocalCluster:
             for i in range(nodes)
         }
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        # Nodes added after the cluster was bootstrapped: node id -> the URL they join by.
+        self._joins: dict[int, str] = {}
+        self._founders = tuple(self.specs)
 
     def __repr__(self) -> str:
         return f"LocalCluster(nodes={len(self.specs)}, data_dir={str(self.data_dir)!r}, running={sorted(self.running())})"
@@ -227,8 +230,35 @@ class LocalCluster:
         return sorted(i for i, p in self._procs.items() if p.poll() is None)
 
     def peers_arg(self) -> str:
-        """The `--peers` value: every member as `id=http_url@raft_addr`."""
-        return ",".join(f"{s.id}={s.url}@{s.raft_addr}" for s in self.specs.values())
+        """The `--peers` value: every founding member as `id=http_url@raft_addr` (nodes
+        added later join through the log, not through `--peers`)."""
+        return ",".join(
+            f"{s.id}={s.url}@{s.raft_addr}" for s in self.specs.values() if s.id in self._founders
+        )
+
+    def add_node(self, http_port: int, raft_port: int, join_via: int | None = None) -> int:
+        """Register a new node (the next id) that joins the running cluster through node
+        `join_via` (default: the lowest running id) with `--join`; start it with
+        `start_node`. Returns its id."""
+        node_id = max(self.specs) + 1
+        via = join_via if join_via is not None else min(self.running() or self.ids)
+        self.specs[node_id] = NodeSpec(
+            id=node_id,
+            host=self.host,
+            http_port=http_port,
+            raft_port=raft_port,
+            data_dir=self.data_dir / f"node-{node_id}",
+            log_path=self.log_dir / f"node-{node_id}.log",
+        )
+        self._joins[node_id] = self.url(via)
+        return node_id
+
+    def forget_node(self, node_id: int) -> None:
+        """Drop a stopped node from this launcher (after removing it from the cluster)."""
+        self.stop(node_id)
+        self._procs.pop(node_id, None)
+        self.specs.pop(self._spec(node_id).id)
+        self._joins.pop(node_id, None)
 
     def command(self, node_id: int) -> list[str]:
         """The argv that runs node `node_id`."""
@@ -243,8 +273,11 @@ class LocalCluster:
             f"{s.host}:{s.http_port}",
             "--raft",
             s.raft_addr,
-            "--peers",
-            self.peers_arg(),
+            *(
+                ("--join", self._joins[node_id])
+                if node_id in self._joins
+                else ("--peers", self.peers_arg())
+            ),
             "--data-dir",
             str(s.data_dir),
             *self.extra_args,

@@ -353,6 +353,28 @@ class Client:
         """The cluster as the leader sees it."""
         return self._run(self._async.cluster())
 
+    def members(self) -> dict[str, Any]:
+        """The configuration in force: voters, learners and how to reach each member."""
+        return self._run(self._async.members())
+
+    def add_member(
+        self, node_id: int, url: str, raft_addr: str, *, voter: bool = True
+    ) -> dict[str, Any]:
+        """Add a node (a learner until caught up; it stays one with voter=False)."""
+        return self._run(self._async.add_member(node_id, url, raft_addr, voter=voter))
+
+    def remove_member(self, node_id: int) -> dict[str, Any]:
+        """Remove a node from the configuration."""
+        return self._run(self._async.remove_member(node_id))
+
+    def promote_member(self, node_id: int) -> dict[str, Any]:
+        """Make a caught-up learner a voter."""
+        return self._run(self._async.promote_member(node_id))
+
+    def transfer_leader(self, to: int | None = None) -> dict[str, Any]:
+        """Hand leadership to voter `to` (default: the most caught-up other voter)."""
+        return self._run(self._async.transfer_leader(to))
+
     def cluster_views(
         self, urls: Iterable[str] | None = None, timeout_s: float = 2.0
     ) -> dict[str, dict[str, Any] | Exception]:

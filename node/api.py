@@ -31,6 +31,7 @@ from node.http import (
     too_large,
     wants_msgpack,
 )
+from node.membership import add_member, conf_view, promote_member, remove_member
 from node.validation import (
     check_queue_name,
     parse_messages,
@@ -158,21 +159,30 @@ def cluster_view(broker: Broker, incarnation: str | None = None) -> dict[str, An
     leader_id = st.get("leader_id") or 0
     progress = st.get("progress") or {}
     nodes = []
-    for pid, peer in sorted(cfg.peers.items()):
+    voters = set(st.get("voters") or [])
+    learners = set(st.get("learners") or [])
+    members = getattr(broker.raft, "members", {}) or {}
+    ids = sorted(voters | learners) or sorted(cfg.peers)  # --peers until Raft has started
+    for pid in ids:
         pr = progress.get(str(pid)) or {}
         role = (
             st.get("role") if pid == cfg.node_id else ("leader" if pid == leader_id else "follower")
         )
         me = pid == cfg.node_id
+        member = members.get(pid)
+        peer = cfg.peers.get(pid)
+        raft_addr = member.raft_addr if member is not None and member.raft_addr else None
+        if raft_addr is None and peer is not None:
+            raft_addr = f"{peer.raft_host}:{peer.raft_port}"
         nodes.append(
             {
                 "id": pid,
-                "url": peer.http_url,
-                "raft_addr": f"{peer.raft_host}:{peer.raft_port}",
+                "url": broker.member_url(pid),
+                "raft_addr": raft_addr,
                 "role": role,
                 "match_index": pr.get("match", st.get("last_index") if me else None),
-                "voter": True,
-                "learner": False,
+                "voter": pid in voters or not voters,
+                "learner": pid in learners,
                 # What this node knows: its own log; of the others, only a leader's view.
                 "first_index": st.get("first_index") if me else None,
                 "last_index": st.get("last_index") if me else None,
@@ -183,12 +193,12 @@ def cluster_view(broker: Broker, incarnation: str | None = None) -> dict[str, An
                 "incarnation": incarnation if pid == cfg.node_id else None,
             }
         )
-    leader_peer = cfg.peers.get(leader_id)
+    leader_url = broker.member_url(leader_id) if leader_id else None
     return {
         "cluster_id": cfg.cluster_id,
         "node_id": cfg.node_id,
         "incarnation": incarnation,
-        "leader": {"id": leader_id, "url": leader_peer.http_url} if leader_peer else None,
+        "leader": {"id": leader_id, "url": leader_url} if leader_url else None,
         "term": st.get("term", 0),
         "role": st.get("role"),
         "commit_index": st.get("commit", 0),
@@ -213,22 +223,24 @@ async def transfer_leader(request: web.Request) -> web.Response:
     body = await _body(request)
     reject_unknown(body, {"to"}, "body")
     to = get_int(body, "to", None, 1, 1 << 31)
-    if to is None or to not in broker.config.peers:
-        raise bad_request("body.to must name a member node id", field="to")
+    voters = set(broker.raft.status().get("voters") or broker.config.peers)
+    if to is not None and to not in voters:
+        raise bad_request("body.to must name a voting member's node id", field="to")
     broker.require_leader()
+    if to is None:  # no target named: the most caught-up other voter
+        to = broker.raft.best_successor()
+        if to is None:
+            raise ApiError(409, "conflict", "no other voter to hand leadership to")
     if to == broker.config.node_id:
         return respond(request, {"leader_id": to, "transferred": False})
     await broker.raft.transfer_leader(to)
     return respond(request, {"leader_id": broker.raft.leader_id, "transferred": True})
 
 
-async def members_unsupported(request: web.Request) -> web.Response:
-    raise ApiError(
-        501,
-        "not_supported",
-        "membership changes are not available in this version; the member list is static "
-        "(set with --peers)",
-    )
+async def list_members(request: web.Request) -> web.Response:
+    """GET /v1/cluster/members: the configuration in force on this node."""
+    broker: Broker = request.app[BROKER_KEY]
+    return respond(request, conf_view(broker.raft.conf))
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -495,8 +507,10 @@ ROUTES: tuple[tuple[str, str, Any], ...] = (
     ("GET", "/v1/ready", ready),
     ("GET", "/v1/cluster", cluster),
     ("POST", "/v1/cluster/transfer-leader", transfer_leader),
-    ("POST", "/v1/cluster/members", members_unsupported),
-    ("DELETE", "/v1/cluster/members/{id}", members_unsupported),
+    ("GET", "/v1/cluster/members", list_members),
+    ("POST", "/v1/cluster/members", add_member),
+    ("DELETE", "/v1/cluster/members/{id}", remove_member),
+    ("POST", "/v1/cluster/members/{id}/promote", promote_member),
     ("GET", "/metrics", metrics),
     ("GET", "/v1/queues", list_queues),
     ("PUT", "/v1/queues/{name}", put_queue),

@@ -78,9 +78,18 @@ class Broker:
 
     # ------------------------------------------------------------ leadership
 
+    def member_url(self, node_id: int) -> str | None:
+        """A member's HTTP URL: from the configuration in force, else from --peers."""
+        members = getattr(self.raft, "members", {}) or {}
+        member = members.get(node_id)
+        if member is not None and member.url:
+            return member.url
+        peer = self.config.peers.get(node_id)
+        return peer.http_url if peer is not None else None
+
     def leader_hint(self, leader_id: int | None) -> ApiError:
-        peer = self.config.peers.get(leader_id or 0)
-        if not leader_id or peer is None or leader_id == self.config.node_id:
+        url = self.member_url(leader_id or 0)
+        if not leader_id or url is None or leader_id == self.config.node_id:
             return ApiError(
                 503, "no_leader", "no leader is known; election in progress", {"Retry-After": "1"}
             )
@@ -89,7 +98,7 @@ class Broker:
             "not_leader",
             f"node {self.config.node_id} is not the leader; node {leader_id} is",
             leader_id=leader_id,
-            leader_url=peer.http_url,
+            leader_url=url,
         )
 
     def leader_http_url(self) -> str | None:
@@ -97,10 +106,9 @@ class Broker:
         if self.raft.is_leader:
             return ""
         leader_id = self.raft.leader_id
-        peer = self.config.peers.get(leader_id or 0)
-        if not leader_id or peer is None or leader_id == self.config.node_id:
+        if not leader_id or leader_id == self.config.node_id:
             return None
-        return peer.http_url
+        return self.member_url(leader_id)
 
     def require_leader(self) -> None:
         if not self.raft.is_leader:

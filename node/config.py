@@ -71,6 +71,10 @@ class NodeConfig:
     forward_wait_s: float = 3.0
     shutdown_grace_s: float = 5.0
     secret: str | None = None
+    # A node that joins a running cluster: the URL of any of its nodes. It asks to be added
+    # (a learner, promoted once caught up) and learns the members from the answer; its
+    # --peers is then only itself.
+    join: str | None = None
     max_map_bytes: int = 1 << 40  # LMDB map ceiling: a small one simulates a full disk
     # Log compaction: once this many applied entries sit in the log, it is cut to the last
     # `snapshot_trailing` of them (0 turns compaction off); followers behind the cut get
@@ -168,6 +172,7 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         "forward_wait_s": float,
         "shutdown_grace_s": float,
         "secret": str,
+        "join": str,
         "max_map_bytes": int,
         "snapshot_entries": int,
         "snapshot_trailing": int,
@@ -179,6 +184,11 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         raise ConfigError("log_format must be json or console")
     if cfg.tick_ms <= 0 or cfg.election_ticks <= cfg.heartbeat_ticks:
         raise ConfigError("need tick_ms > 0 and election_ticks > heartbeat_ticks")
+    if cfg.join is not None:
+        if not cfg.join.startswith(("http://", "https://")):
+            raise ConfigError(f"--join must be an http(s) URL of a cluster node, got {cfg.join!r}")
+        if set(cfg.peers) != {cfg.node_id}:
+            raise ConfigError("a node that joins takes no --peers: it learns them from the cluster")
     if cfg.snapshot_entries < 0 or cfg.snapshot_trailing < 0:
         raise ConfigError("snapshot_entries and snapshot_trailing must be >= 0")
     if cfg.quota_bytes is not None and cfg.quota_bytes <= 0:
@@ -244,6 +254,11 @@ def argument_parser() -> argparse.ArgumentParser:
         help="largest Raft entry (one request's command); larger requests get 413",
     )
     p.add_argument("--secret", help="shared secret for the peer handshake HMAC")
+    p.add_argument(
+        "--join",
+        help="URL of a node of a running cluster: ask it to add this node (a learner, then a "
+        "voter once caught up); no --peers needed",
+    )
     p.add_argument(
         "--max-map-bytes", dest="max_map_bytes", type=int, help="LMDB size ceiling (default 1 TiB)"
     )

@@ -22,13 +22,14 @@ from node.broker import Broker
 from node.config import NodeConfig
 from node.data_dir import DIR_MODE, DataDir, DataDirError
 from node.logging import bind_raft_state
+from node.membership import join_cluster
 from node.metrics import Metrics
 from node.quota import DiskGuardedEnv, disk_full_cause, node_quota
 from node.state_machine import QueueStateMachine
 from raft.driver import RaftNode
 from raft.errors import StorageCorruption, StorageError
 from raft.lmdb_storage import LmdbStorage
-from raft.messages import Role
+from raft.messages import Member, Role
 
 log = structlog.get_logger("node.server")
 
@@ -94,6 +95,12 @@ class BrokerNode:
                 "max_entry_bytes": config.limits.max_entry_bytes,
             },
             transport_options={"secret": config.secret.encode()} if config.secret else None,
+            members=[
+                Member(p.id, p.http_url, f"{p.raft_host}:{p.raft_port}")
+                for p in config.peers.values()
+            ],
+            bootstrap=config.join is None,
+            incarnation=self.incarnation,
         )
         self.quota = node_quota(self.env, config.quota_bytes, config.max_map_bytes)
         self.broker = Broker(config, self.raft, self.sm, self.metrics, self.quota)
@@ -118,6 +125,29 @@ class BrokerNode:
         except StorageError as exc:
             raise DataDirError(str(exc)) from exc
 
+    async def _join(self) -> None:
+        """Ask the cluster at --join to add this node (a learner, promoted once caught up),
+        and learn from the answer how to reach the members before Raft starts.
+
+        Only on a fresh data dir: a node that joined before finds its configuration in its
+        own log. Retried until the cluster answers (it may be electing a leader).
+        """
+        cfg = self.config
+        body = {
+            "id": cfg.node_id,
+            "url": cfg.http_url,
+            "raft_addr": f"{cfg.raft_host}:{cfg.raft_port}",
+            "voter": True,
+            "incarnation": self.incarnation,
+        }
+        answer = await join_cluster(cfg.join or "", body, deadline_s=cfg.propose_timeout_s * 6)
+        for member in answer.get("members", []):
+            mid, raft_addr = member.get("id"), member.get("raft_addr") or ""
+            host, _, port = raft_addr.rpartition(":")
+            if isinstance(mid, int) and mid != cfg.node_id and host and port.isdigit():
+                self.raft.peers[mid] = (host.strip("[]"), int(port))
+        log.info("node.joined", via=cfg.join, members=sorted(self.raft.peers))
+
     def _on_role_change(self, role: Role, term: int, leader_id: int) -> None:
         bind_raft_state(term, role.label)
         if leader_id != self._last_leader:
@@ -140,6 +170,8 @@ class BrokerNode:
         ]
 
     async def start(self) -> None:
+        if self.config.join is not None and self.storage.last_index() == 0:
+            await self._join()
         await self.raft.start()
         self._runner = web.AppRunner(
             self.app,

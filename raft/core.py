@@ -162,6 +162,7 @@ class RaftCore:
         self.learners: tuple[int, ...] = ()
         self.conf_state = ConfState(())
         self._member_ids: frozenset[int] = frozenset()
+        self._incarnations: dict[int, str] = {}
         self._conf_version = -1
         self.term = hard_state.term
         self.vote = hard_state.vote
@@ -321,16 +322,21 @@ class RaftCore:
         return index, self.term
 
     def learners_caught_up(self, max_lag: int) -> list[int]:
-        """Leader only: learners within `max_lag` entries of our log, heard from lately."""
+        """Leader only: learners within `max_lag` entries of our log, heard from lately,
+        being replicated to steadily, and holding the configuration in force (so a
+        learner that has acknowledged nothing yet is never caught up, however short the
+        log)."""
         if self.role is not Role.LEADER:
             return []
         last = self.log.last_index()
+        floor = max(last - max_lag, self.log.last_conf_index(), 1)
         return [
             p
             for p in self.learners
             if (pr := self.progress.get(p)) is not None
             and pr.recent_active
-            and pr.match_index >= last - max_lag
+            and pr.state is ProgressState.REPLICATE
+            and pr.match_index >= floor
         ]
 
     def read_index(self, ctx: bytes) -> None:
@@ -843,8 +849,13 @@ class RaftCore:
         behind, always holds the entry; one that does not (or holds another term there)
         lost or rolled back its log: etcd stops the node, and so do we.
         """
-        if m.commit > self.log.committed:
-            last = self.log.last_index()
+        last = self.log.last_index()
+        if m.commit > self.log.committed and last == 0:
+            # A brand-new log (a fresh data dir, started again under its old id): a leader
+            # that has not yet learned of the new incarnation still thinks we hold its old
+            # log. Nothing here contradicts it; the entries will come.
+            pass
+        elif m.commit > self.log.committed:
             if m.commit > last:
                 raise SafetyViolation(
                     f"node {self.id}: tocommit({m.commit}) is out of range "
@@ -1003,8 +1014,14 @@ class RaftCore:
         self.voters = tuple(sorted(conf.voters))
         self.learners = tuple(sorted(conf.learners))
         self._member_ids = frozenset(conf.ids())
+        incarnations = {m.id: m.incarnation for m in conf.members}
+        previous, self._incarnations = self._incarnations, incarnations
         if self.role is Role.LEADER:
             last = self.log.last_index()
+            for peer, incarnation in incarnations.items():
+                if previous.get(peer) and previous[peer] != incarnation and peer != self.id:
+                    # Another data dir under that id: what we knew of its log is void.
+                    self.progress.pop(peer, None)
             for peer in self._member_ids:
                 if peer not in self.progress:
                     pr = Progress(last + 1, self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes)
@@ -1017,6 +1034,11 @@ class RaftCore:
                 self.lead_transferee = NONE
         elif self.role in (Role.CANDIDATE, Role.PRE_CANDIDATE) and self.id not in self.voters:
             self._become_follower(self.term, NONE)
+
+    def committed_in_current_term(self) -> bool:
+        """Whether this node's log has committed an entry of the current term (a new
+        leader may change membership or serve ReadIndex only then)."""
+        return self._committed_entry_in_current_term()
 
     def _committed_entry_in_current_term(self) -> bool:
         return self.log.term_or_zero(self.log.committed) == self.term

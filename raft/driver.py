@@ -60,6 +60,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -78,8 +79,10 @@ from raft.failpoints import failpoint
 from raft.framing import config_digest
 from raft.lmdb_env import LmdbEnv
 from raft.messages import (
+    ConfState,
     Entry,
     HardState,
+    Member,
     Message,
     MessageType,
     Ready,
@@ -108,6 +111,7 @@ _PERSISTED = 5
 _APPLIED = 6
 _STORAGE_FAILED = 7
 _SNAP_REPORT = 8
+_CONF = 9
 
 
 class NodeStopped(RaftError):
@@ -153,6 +157,11 @@ class RaftNode:
         snapshot_trailing: int = 0,
         compact_chunk_entries: int = 2_000,
         snapshot_options: dict[str, Any] | None = None,
+        members: Sequence[Member] = (),
+        bootstrap: bool = True,
+        incarnation: str = "",
+        promote_lag: int = 100,
+        on_conf_change: Callable[[ConfState], None] | None = None,
         pre_vote: bool = True,
         check_quorum: bool = True,
         core_options: dict[str, Any] | None = None,
@@ -178,9 +187,19 @@ class RaftNode:
         self._listen = listen if listen is not None else self.peers[node_id]
         self._transport_options = dict(transport_options or {})
         self._rng = random.Random(rng_seed)
+        # Membership: `peers` bootstraps a new cluster (with `members` saying how to reach
+        # them); a node that joins (`bootstrap=False`) knows no configuration until the
+        # cluster sends it one, and only talks to `peers` until then.
+        self.incarnation = incarnation
+        self.promote_lag = promote_lag
+        self._on_conf_change = on_conf_change
+        self._conf_version = -1
+        self._departed: set[int] = set()
+        self.conf = ConfState(())
         self._cfg_options = dict(
             id=node_id,
-            peers=tuple(sorted(self.peers)),
+            peers=tuple(sorted(self.peers)) if bootstrap else (),
+            members=tuple(members),
             election_ticks=election_ticks,
             heartbeat_ticks=heartbeat_ticks,
             pre_vote=pre_vote,
@@ -195,10 +214,11 @@ class RaftNode:
         frame_limit = self._transport_options.setdefault(
             "max_frame_bytes", max(DEFAULT_MAX_FRAME_BYTES, frame_bound)
         )
-        # Peers that disagree on the members or the entry limit refuse each other.
-        self._transport_options.setdefault(
-            "config_digest", config_digest(core_cfg.peers, core_cfg.max_entry_bytes)
-        )
+        # Peers that disagree on the members or the entry limit refuse each other (the
+        # members part is settled in start(): only a node without a configuration in its
+        # log bootstraps from `peers`).
+        self._digest_given = "config_digest" in self._transport_options
+        self._transport_options.setdefault("incarnation", incarnation)
         if frame_limit < frame_bound:
             raise ValueError(
                 f"max_frame_bytes {frame_limit} cannot carry an entry of max_entry_bytes "
@@ -272,6 +292,12 @@ class RaftNode:
         if self._applied:
             with contextlib.suppress(RaftError):
                 self._applied_term = self._storage.term(self._applied)
+        if not self._digest_given:
+            from_log = bool(self._core.log.conf_entries or self._storage.initial_state()[1].ids())
+            bootstrap = () if from_log else tuple(self._cfg_options["peers"])
+            self._transport_options["config_digest"] = config_digest(
+                bootstrap, self.max_entry_bytes
+            )
         self._transport = Transport(
             self.node_id,
             self.cluster_id,
@@ -281,6 +307,7 @@ class RaftNode:
             **self._transport_options,
         )
         await self._transport.start()
+        self._sync_conf(self._core)
         self._log.info(
             "raft.node_started",
             term=st.term,
@@ -428,8 +455,8 @@ class RaftNode:
     async def transfer_leader(self, to: int, timeout_s: float | None = None) -> None:
         """Ask the leader to hand leadership to `to`; returns once `to` leads."""
         self._check_running()
-        if to not in self.peers:
-            raise ValueError(f"unknown transfer target {to}")
+        if to not in (self.conf.voters or self.peers):
+            raise ValueError(f"transfer target {to} is not a voter")
         if self._leader_id == to:
             return
         if self._role != Role.LEADER:
@@ -469,6 +496,9 @@ class RaftNode:
             "driver": dict(self.stats),
             "failed": repr(self._failure) if self._failure else None,
         }
+        out["voters"] = list(self.conf.voters)
+        out["learners"] = list(self.conf.learners)
+        out["incarnation"] = self.incarnation
         if self._core is not None:
             st = self._core.status()
             out["commit"] = st.commit
@@ -573,6 +603,8 @@ class RaftNode:
                     msg = self._snapshot_traffic(core, msg)
                     if msg is None:
                         continue
+                if msg.type in _VOTE_TYPES and self._stale_incarnation(msg.frm):
+                    continue
                 # Nothing out of step() is handled here: the core drops malformed input
                 # itself, so an exception is a failed safety check (SafetyViolation) or a
                 # bug, and either stops the node (see _run).
@@ -602,8 +634,12 @@ class RaftNode:
                 core.tick()
                 if self._snapshots is not None:
                     self._snapshots.tick()
+                if core.role is Role.LEADER:
+                    self._membership_housekeeping(core)
             elif kind == _SNAP_REPORT:
                 core.report_snapshot(item[1], item[2])
+            elif kind == _CONF:
+                self._propose_conf(core, item[1], item[2])
             elif kind == _READ:
                 if not item[1].done():
                     reads.append(item[1])
@@ -617,6 +653,7 @@ class RaftNode:
                 raise StorageError(f"storage thread failed: {item[1]!r}") from item[1]
         if n_props:
             self.stats["proposals"] += n_props
+        self._sync_conf(core)
         if reads:
             # All reads that arrived together share one ReadIndex round.
             ctx = next(self._read_ctx).to_bytes(8, "big")
@@ -629,6 +666,186 @@ class RaftNode:
                         fut.set_exception(err)
             else:
                 self._reads_by_ctx[ctx] = reads
+
+    # ------------------------------------------------------------ membership
+
+    @property
+    def members(self) -> dict[int, Member]:
+        """Every member of the configuration in force, voters and learners, by id."""
+        conf = self.conf
+        known = {m.id: m for m in conf.members}
+        return {i: known.get(i, Member(i)) for i in conf.ids()}
+
+    def best_successor(self) -> int | None:
+        """Leader only: the voter (not us) with the most of our log, to hand over to."""
+        core = self._core
+        if core is None or core.role is not Role.LEADER:
+            return None
+        others = [p for p in core.voters if p != self.node_id and p in core.progress]
+        if not others:
+            return None
+        return max(others, key=lambda p: (core.progress[p].match_index, -p))
+
+    def caught_up_learners(self) -> list[int]:
+        """Leader only: learners close enough to the log to become voters safely (a voter
+        that is far behind cannot help commit, so promoting it can cost the quorum)."""
+        core = self._core
+        if core is None or core.role is not Role.LEADER:
+            return []
+        return core.learners_caught_up(self.promote_lag)
+
+    async def change_membership(
+        self, change: Callable[[ConfState], ConfState], timeout_s: float = 10.0
+    ) -> ConfState:
+        """Propose the configuration `change(current)` and wait until it is applied here.
+
+        `change` runs in the driver task on the configuration in force, so two callers
+        cannot both build on the same one; it raises ValueError for a request that makes
+        no sense (an unknown member...). ConfChangeRefused when a change is in progress.
+        """
+        self._check_running()
+        if self._role != Role.LEADER:
+            raise self.not_leader()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._push((_CONF, change, fut))
+        async with asyncio.timeout(timeout_s):
+            return await fut
+
+    def _propose_conf(
+        self, core: RaftCore, change: Callable[[ConfState], ConfState], fut: asyncio.Future[Any]
+    ) -> None:
+        if fut.done():
+            return
+        try:
+            conf = change(core.conf_state)
+        except Exception as exc:  # the caller's refusal (ValueError, LookupError...)
+            fut.set_exception(exc)
+            return
+        try:
+            index, term = core.propose_conf_change(conf)
+        except NotLeader:
+            fut.set_exception(self.not_leader())
+            return
+        except (RaftError, ValueError) as exc:
+            fut.set_exception(exc)
+            return
+        result: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[index] = (term, result)
+        result.add_done_callback(lambda r: _chain(r, fut, conf))
+
+    def _sync_conf(self, core: RaftCore | None) -> None:
+        """The configuration in force changed: reach its members, tell the node."""
+        if core is None:
+            return
+        if core.log.conf_version == self._conf_version:
+            if self._departed and core.lead not in self._departed:
+                self._prune_peers(core)
+            return
+        self._conf_version = core.log.conf_version
+        self.conf = core.conf_state
+        transport = self._transport
+        members = self.members
+        if transport is not None:
+            for pid, member in members.items():
+                if pid == self.node_id or not member.raft_addr:
+                    continue
+                host, _, port = member.raft_addr.rpartition(":")
+                if host and port.isdigit():
+                    addr = (host.strip("[]"), int(port))
+                    if self.peers.get(pid) != addr:
+                        self.peers[pid] = addr
+                        transport.update_peer(pid, addr)
+            # A node that has not joined yet knows no configuration: it keeps its peers.
+            self._departed = {p for p in self.peers if p != self.node_id and p not in members}
+            if not members:
+                self._departed = set()
+            self._prune_peers(core)
+        self._log.info(
+            "raft.configuration",
+            voters=list(self.conf.voters),
+            learners=list(self.conf.learners),
+        )
+        if self._on_conf_change is not None:
+            try:
+                self._on_conf_change(self.conf)
+            except Exception as exc:
+                self._log.error("raft.on_conf_change_failed", error=repr(exc))
+
+    def _prune_peers(self, core: RaftCore) -> None:
+        """Stop talking to nodes the configuration no longer names, except the leader we
+        follow: a leader that removed itself still needs our acknowledgements to commit
+        its removal (thesis §4.2.2); we let go of it once someone else leads."""
+        transport = self._transport
+        if transport is None:
+            return
+        for pid in sorted(self._departed):
+            if pid == core.lead:
+                continue
+            self._departed.discard(pid)
+            if self.peers.pop(pid, None) is not None:
+                transport.remove_peer(pid)
+
+    def _stale_incarnation(self, peer: int) -> bool:
+        """A vote from (or for) a node whose data dir is not the one the configuration
+        names: it may have forgotten a vote it cast, so it must not vote or be voted for
+        until it is a member again under its new incarnation."""
+        member = self.conf.member(peer)
+        seen = self._transport.peer_incarnations.get(peer, "") if self._transport else ""
+        if member is None or not member.incarnation or not seen or seen == member.incarnation:
+            return False
+        self._log.warning(
+            "raft.vote_from_stale_incarnation",
+            peer=peer,
+            incarnation=seen,
+            configured=member.incarnation,
+        )
+        return True
+
+    def _membership_housekeeping(self, core: RaftCore) -> None:
+        """Leader, every tick: learn members' incarnations, replace a member whose data
+        dir was wiped by its new incarnation (a learner until it has caught up), promote
+        learners that have caught up. One change at a time, each through the log."""
+        if core.log.last_conf_index() > core.log.committed:
+            return  # one in progress
+        if not core.committed_in_current_term():
+            return
+        conf = core.conf_state
+        transport = self._transport
+        seen = dict(transport.peer_incarnations) if transport is not None else {}
+        seen[self.node_id] = self.incarnation
+        for pid in conf.ids():
+            now = seen.get(pid, "")
+            member = conf.member(pid) or Member(pid)
+            if not now or member.incarnation == now:
+                continue
+            if not member.incarnation:
+                new = _with_member(conf, replace(member, incarnation=now))
+                self._auto_change(core, new, "bind_incarnation", pid)
+            elif pid != self.node_id:
+                voters = tuple(v for v in conf.voters if v != pid)
+                learners = tuple(sorted({*conf.learners, pid}))
+                new = _with_member(
+                    ConfState(voters, learners, conf.members),
+                    replace(member, incarnation=now, promote=True),
+                )
+                self._auto_change(core, new, "replace_incarnation", pid)
+            return
+        ready = core.learners_caught_up(self.promote_lag)
+        for pid in ready:
+            member = conf.member(pid) or Member(pid)
+            if member.promote:
+                voters = tuple(sorted({*conf.voters, pid}))
+                learners = tuple(v for v in conf.learners if v != pid)
+                self._auto_change(core, ConfState(voters, learners, conf.members), "promote", pid)
+                return
+
+    def _auto_change(self, core: RaftCore, conf: ConfState, why: str, peer: int) -> None:
+        try:
+            index, _term = core.propose_conf_change(conf)
+        except RaftError as exc:
+            self._log.info("raft.membership_deferred", change=why, peer=peer, reason=str(exc))
+            return
+        self._log.warning("raft.membership_change", change=why, peer=peer, index=index)
 
     def _snapshot_traffic(self, core: RaftCore, msg: Message) -> Message | None:
         """Chunks and their responses go to the snapshot service, never into the core;
@@ -859,6 +1076,8 @@ class RaftNode:
                     reason = "leadership_transferred"
                 elif new_term > old_term:
                     reason = "higher_term"
+                elif self._core is not None and self.node_id not in self._core.voters:
+                    reason = "removed"  # its removal committed: the log decides the rest
                 else:
                     reason = "lost_quorum"
                 self._log.warning("raft.stepped_down", term=new_term, reason=reason)
@@ -943,6 +1162,29 @@ class RaftNode:
                     item[2].set_exception(err)
             elif item[0] == _READ and not item[1].done():
                 item[1].set_exception(err)
+
+
+_VOTE_TYPES = frozenset(
+    {MessageType.VOTE, MessageType.PRE_VOTE, MessageType.VOTE_RESP, MessageType.PRE_VOTE_RESP}
+)
+
+
+def _with_member(conf: ConfState, member: Member) -> ConfState:
+    """`conf` with `member`'s record replaced (or added)."""
+    others = tuple(m for m in conf.members if m.id != member.id)
+    return ConfState(conf.voters, conf.learners, (*others, member))
+
+
+def _chain(done: asyncio.Future[Any], fut: asyncio.Future[Any], value: Any) -> None:
+    """Resolve `fut` with `value` once `done` (a proposal) succeeded, or with its error."""
+    if fut.done():
+        return
+    if done.cancelled():
+        fut.cancel()
+    elif done.exception() is not None:
+        fut.set_exception(done.exception())  # type: ignore[arg-type]
+    else:
+        fut.set_result(value)
 
 
 class _StorageWorker:

@@ -95,33 +95,60 @@ class FrameDecoder:
 
 @dataclass(frozen=True, slots=True)
 class Handshake:
-    """The first frame on every peer connection: who is calling whom, in which cluster."""
+    """The first frame on every peer connection: who is calling whom, in which cluster,
+    and which incarnation of the caller (its data dir's random id) this is."""
 
     proto: int
     cluster: str
     frm: int
     to: int
+    incarnation: str = ""
+
+
+_NO_BOOTSTRAP = bytes(16)
 
 
 def config_digest(voters: tuple[int, ...], max_entry_bytes: int) -> bytes:
-    """What members must agree on to form one cluster, as 16 bytes for the handshake.
+    """What peers must agree on, as 32 bytes for the handshake: the entry limit, and the
+    bootstrap member list (`--peers`) of a node that bootstraps a cluster.
 
-    Why: nodes started with different `--peers` lists compute different majorities (two
-    "majorities" that do not intersect can elect two leaders in one term), and nodes with
-    different entry limits can send frames the other refuses. Until membership lives in
-    the log, the handshake compares these and refuses a peer that disagrees.
+    Why: nodes with different entry limits can send frames the other refuses; nodes that
+    bootstrap a cluster with different `--peers` would count different majorities until
+    their first configuration entry (two "majorities" that do not intersect can elect two
+    leaders in one term). Membership after bootstrap lives in the log, so a node that
+    joins (no `--peers`), or whose log already holds a configuration (its `--peers` is
+    history), carries no bootstrap part and is compared on the limit only.
     """
-    canonical = msgpack.packb(["raftq-config", sorted(voters), max_entry_bytes])
-    return hashlib.sha256(canonical).digest()[:16]
+    limits = hashlib.sha256(msgpack.packb(["raftq-limits", max_entry_bytes])).digest()[:16]
+    if not voters:
+        return limits + _NO_BOOTSTRAP
+    boot = hashlib.sha256(msgpack.packb(["raftq-bootstrap", sorted(voters)])).digest()[:16]
+    return limits + boot
 
 
-def _mac(secret: bytes, proto: int, cluster: str, frm: int, to: int, config: bytes) -> bytes:
-    signed = msgpack.packb([proto, cluster, frm, to, config], use_bin_type=True)
+def configs_agree(ours: bytes, theirs: bytes) -> bool:
+    """Limits equal; bootstrap lists equal unless one side bootstraps nothing."""
+    if not ours or not theirs:
+        return ours == theirs
+    if len(ours) != 32 or len(theirs) != 32 or ours[:16] != theirs[:16]:
+        return False
+    return _NO_BOOTSTRAP in (ours[16:], theirs[16:]) or ours[16:] == theirs[16:]
+
+
+def _mac(
+    secret: bytes, proto: int, cluster: str, frm: int, to: int, config: bytes, incarnation: str
+) -> bytes:
+    signed = msgpack.packb([proto, cluster, frm, to, config, incarnation], use_bin_type=True)
     return hmac.new(secret, signed, hashlib.sha256).digest()
 
 
 def encode_handshake(
-    cluster: str, frm: int, to: int, secret: bytes | None, config: bytes = b""
+    cluster: str,
+    frm: int,
+    to: int,
+    secret: bytes | None,
+    config: bytes = b"",
+    incarnation: str = "",
 ) -> bytes:
     """Encode the handshake body (not framed); adds an HMAC-SHA256 when a secret is set."""
     fields: dict[str, Any] = {
@@ -130,9 +157,10 @@ def encode_handshake(
         "from": frm,
         "to": to,
         "config": config,
+        "incarnation": incarnation,
     }
     if secret is not None:
-        fields["hmac"] = _mac(secret, PROTO_VERSION, cluster, frm, to, config)
+        fields["hmac"] = _mac(secret, PROTO_VERSION, cluster, frm, to, config, incarnation)
     return msgpack.packb(fields, use_bin_type=True)
 
 
@@ -163,19 +191,23 @@ def decode_handshake(
     if not _is_int(to) or to != our_id:
         raise HandshakeRejected("wrong_to", f"{to!r:.40}")
     got_config = raw.get("config", b"")
-    if type(got_config) is not bytes or got_config != config:
+    if type(got_config) is not bytes or not configs_agree(config, got_config):
         theirs = got_config.hex() if type(got_config) is bytes else repr(got_config)[:40]
         raise HandshakeRejected(
             "config_mismatch",
-            f"node {frm} has members/limits digest {theirs or 'none'}, ours is "
-            f"{config.hex() or 'none'}: start every node with the same --peers and limits",
+            f"node {frm} has limits/bootstrap digest {theirs or 'none'}, ours is "
+            f"{config.hex() or 'none'}: give every node the same --max-entry-bytes, and "
+            "every node that bootstraps the cluster the same --peers",
         )
+    incarnation = raw.get("incarnation", "")
+    if type(incarnation) is not str or len(incarnation) > 64:
+        raise HandshakeRejected("bad_incarnation", f"{incarnation!r:.40}")
     if secret is not None:
         mac = raw.get("hmac")
         if mac is None:
             raise HandshakeRejected("hmac_missing")
         if type(mac) is not bytes or not hmac.compare_digest(
-            mac, _mac(secret, proto, got_cluster, frm, to, got_config)
+            mac, _mac(secret, proto, got_cluster, frm, to, got_config, incarnation)
         ):
             raise HandshakeRejected("hmac_mismatch")
-    return Handshake(proto=proto, cluster=got_cluster, frm=frm, to=to)
+    return Handshake(proto=proto, cluster=got_cluster, frm=frm, to=to, incarnation=incarnation)

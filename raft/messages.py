@@ -75,6 +75,7 @@ class Member:
     url: str = ""  # HTTP API
     raft_addr: str = ""  # HOST:PORT of the peer transport
     incarnation: str = ""  # "" until the leader has learned it
+    promote: bool = True  # a learner to make a voter once it has caught up
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,7 +380,7 @@ def encode_conf(conf: ConfState) -> bytes:
 
 
 def conf_fields(conf: ConfState) -> list[Any]:
-    members = [[m.id, m.url, m.raft_addr, m.incarnation] for m in conf.members]
+    members = [[m.id, m.url, m.raft_addr, m.incarnation, m.promote] for m in conf.members]
     return [list(conf.voters), list(conf.learners), members]
 
 
@@ -401,12 +402,15 @@ def conf_from_fields(raw: Any) -> ConfState:
         raise InvalidMessage("a node cannot be both voter and learner")
     members: list[Member] = []
     for item in raw[2] if len(raw) == 3 else []:
-        if type(item) is not list or len(item) != 4:
-            raise InvalidMessage("a member must be [id, url, raft_addr, incarnation]")
-        node_id, url, raft_addr, incarnation = item
+        if type(item) is not list or len(item) not in (4, 5):
+            raise InvalidMessage("a member must be [id, url, raft_addr, incarnation, promote]")
+        node_id, url, raft_addr, incarnation = item[:4]
+        promote = item[4] if len(item) == 5 else True
         if not all(type(v) is str and len(v) <= 512 for v in (url, raft_addr, incarnation)):
             raise InvalidMessage("member url, raft_addr and incarnation must be short strings")
-        members.append(Member(_uint(node_id, "member.id"), url, raft_addr, incarnation))
+        if type(promote) is not bool:
+            raise InvalidMessage("member promote must be true or false")
+        members.append(Member(_uint(node_id, "member.id"), url, raft_addr, incarnation, promote))
     return ConfState(voters, learners, tuple(members))
 
 

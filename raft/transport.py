@@ -149,6 +149,7 @@ class Transport:
         max_queue_msgs: int = 4096,
         secret: bytes | None = None,
         config_digest: bytes = b"",
+        incarnation: str = "",
         connect_timeout_s: float = 1.0,
         backoff_base_s: float = 0.05,
         backoff_max_s: float = 2.0,
@@ -167,6 +168,9 @@ class Transport:
         self.max_queue_msgs = max_queue_msgs
         self._secret = secret
         self._config_digest = config_digest  # see framing.config_digest
+        self.incarnation = incarnation  # ours, sent in every handshake
+        # Each peer's incarnation as its latest accepted connection announced it.
+        self.peer_incarnations: dict[int, str] = {}
         self.connect_timeout_s = connect_timeout_s
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
@@ -455,6 +459,7 @@ class Transport:
                     peer.peer_id,
                     self._secret,
                     self._config_digest,
+                    self.incarnation,
                 )
             )
         )
@@ -547,6 +552,11 @@ class Transport:
         except (OSError, ConnectionError) as exc:
             self._reject("connection_error", repr(exc), remote_s)
             return None
+        if hs.incarnation and self.peer_incarnations.get(hs.frm) != hs.incarnation:
+            self._log.info(
+                "raft.transport.peer_incarnation", peer=hs.frm, incarnation=hs.incarnation
+            )
+            self.peer_incarnations[hs.frm] = hs.incarnation
         return hs.frm
 
     def _reject(self, reason: str, detail: str, remote_s: str) -> None:

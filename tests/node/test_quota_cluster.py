@@ -90,7 +90,15 @@ async def test_quota_alarm_rises_and_clears(make_cluster):
         assert str(QUOTA) in err["message"] and "--quota-bytes" in err["message"]
         assert "acks, deletes and purges still work" in err["message"]
 
-        # Every request that adds data is refused, and nothing is proposed for it.
+        # Every request that adds data is refused, and nothing is proposed for it. (The
+        # leader records each member's incarnation through the log once it has heard from
+        # it: wait for that, so the applied index moves only for a proposal of ours.)
+        deadline = time.monotonic() + 10
+        while not all(
+            m["incarnation"] for m in (await lead.get("/v1/cluster/members"))[1]["members"]
+        ):
+            assert time.monotonic() < deadline, "incarnations never recorded"
+            await asyncio.sleep(0.1)
         before = await _state(lead)
         one = {"messages": [{"body": "one more"}]}
         for api, method, path, body in (

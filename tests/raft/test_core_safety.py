@@ -110,6 +110,20 @@ def test_heartbeat_commit_beyond_the_log_stops_the_node() -> None:
     assert core.log.committed == 3
 
 
+def test_a_brand_new_log_waits_for_entries_instead_of_stopping() -> None:
+    """A wiped data dir started again under its id (a new incarnation): until the leader
+    learns so, it heartbeats the old match. An empty log contradicts nothing: no commit,
+    no stop, an answer so the leader keeps in touch. A log that lost only its tail still
+    stops (above)."""
+    core = follower(entries=0, commit=0, term=0)
+    core.step(Message(MessageType.HEARTBEAT, to=2, frm=1, term=2, commit=45, log_term=2))
+    assert core.log.committed == 0 and core.term == 2 and core.lead == 1
+    rd = core.ready()
+    (resp,) = rd.messages_after_persist
+    assert resp.type is MessageType.HEARTBEAT_RESP and resp.to == 1
+    assert rd.committed_entries == ()
+
+
 def test_heartbeat_commit_of_an_entry_we_hold_differently_stops_the_node() -> None:
     """A rolled-back copy that is long enough: our entry 3 is not the committed one."""
     core = follower(entries=3, commit=1)

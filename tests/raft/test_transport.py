@@ -875,9 +875,12 @@ async def test_peers_with_different_member_lists_refuse_each_other(
     assert [m.index for m in await inbox_b.wait_for_count(1)] == [2]
 
 
-def test_the_driver_puts_members_and_entry_limit_in_the_handshake(tmp_path: Any) -> None:
+async def test_the_driver_puts_members_and_entry_limit_in_the_handshake(tmp_path: Any) -> None:
+    """A node bootstrapping from `peers` names them; one whose log already holds a
+    configuration (its `peers` are history, membership lives in the log) does not."""
     from raft.driver import RaftNode
     from raft.memory_storage import MemoryStorage
+    from raft.messages import ConfState
 
     class NoMachine:
         def applied_index(self) -> int:
@@ -887,5 +890,20 @@ def test_the_driver_puts_members_and_entry_limit_in_the_handshake(tmp_path: Any)
             return [None] * len(entries)
 
     peers = {1: ("127.0.0.1", 1), 2: ("127.0.0.1", 2), 3: ("127.0.0.1", 3)}
-    node = RaftNode(1, peers, MemoryStorage(), NoMachine(), cluster_id=CLUSTER)  # type: ignore[arg-type]
-    assert node._transport_options["config_digest"] == config_digest((1, 2, 3), 8 << 20)
+    for storage, expected in (
+        (MemoryStorage(), config_digest((1, 2, 3), 8 << 20)),
+        (MemoryStorage(conf_state=ConfState((1, 2, 4))), config_digest((), 8 << 20)),
+    ):
+        node = RaftNode(
+            1,
+            peers,
+            storage,
+            NoMachine(),  # type: ignore[arg-type]
+            cluster_id=CLUSTER,
+            listen=("127.0.0.1", 0),
+        )
+        await node.start()
+        try:
+            assert node._transport_options["config_digest"] == expected
+        finally:
+            await node.stop()

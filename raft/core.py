@@ -155,8 +155,13 @@ class RaftCore:
         self.rng = rng
         hard_state, _conf = storage.initial_state()
         self.log = RaftLog(storage, committed=hard_state.commit, applied=cfg.applied)
-        if not self.log.conf().ids() and cfg.peers:
-            # A new cluster: its first configuration is the bootstrap member list.
+        # A log that was empty when this process started cannot have lost anything (see
+        # _handle_heartbeat): the out-of-range check is for logs that shrank.
+        self._started_empty = self.log.last_index() == 0
+        if not self.log.base_conf.ids() and cfg.peers:
+            # A new cluster: its first configuration is the bootstrap member list (the
+            # one in force before any configuration entry, including after one of those
+            # is overwritten).
             self.log.base_conf = ConfState(tuple(sorted(cfg.peers)), (), cfg.members)
         self.voters: tuple[int, ...] = ()
         self.learners: tuple[int, ...] = ()
@@ -214,9 +219,14 @@ class RaftCore:
             or m.frm == self.id
             or (
                 m.frm not in self._member_ids
-                # a node that joins knows no members yet: it follows whoever leads it
-                and not (not self._member_ids and m.type in _FROM_LEADER)
-                # a leader that removed itself finishes its term: commit, then hand over
+                # A leader's messages count whoever sends them: one leader per term, and
+                # the log checks do the rest. Our configuration may be an uncommitted one
+                # that a leader outside it will overwrite, we may be joining (no members
+                # yet), or the leader removed itself and finishes its term. Vote requests
+                # too: the candidate counts votes by its configuration, which may be newer
+                # than ours (a removed node is kept out by pre-vote and the leader lease).
+                and m.type not in _FROM_LEADER
+                and m.type not in (MessageType.VOTE, MessageType.PRE_VOTE)
                 and not (m.frm == self.lead and m.term == self.term and m.type in _FROM_OUR_LEADER)
             )
         ):
@@ -307,6 +317,19 @@ class RaftCore:
             raise ConfChangeRefused(
                 f"voters {sorted(old.voters)} -> {sorted(conf.voters)} changes more than one: "
                 "change one voter at a time"
+            )
+        recorded_new = _recorded_voters(conf)
+        if (
+            len(_recorded_voters(old)) > len(old.voters) // 2
+            and len(recorded_new) <= len(conf.voters) // 2
+        ):
+            # Once a majority of voters have a recorded data dir, only their votes elect
+            # (raft.membership_policy): a change that drops below it could leave a voter
+            # that no leader ever heard from deciding elections, or nobody able to win.
+            unknown = sorted(set(conf.voters) - recorded_new)
+            raise ConfChangeRefused(
+                f"voters {sorted(conf.voters)} would leave too few whose data dir is "
+                f"recorded (never heard from: {unknown}); retry once they have been"
             )
         index = self.log.last_index() + 1
         self._append_entries([Entry(index, self.term, EntryKind.CONF_CHANGE, encode_conf(conf))])
@@ -639,9 +662,6 @@ class RaftCore:
         resp_type = (
             MessageType.VOTE_RESP if m.type is MessageType.VOTE else MessageType.PRE_VOTE_RESP
         )
-        if m.frm not in self.voters:  # a learner never leads
-            self._send(Message(resp_type, to=m.frm, frm=self.id, term=self.term, reject=True))
-            return
         can_vote = (
             self.vote == m.frm
             or (self.vote == NONE and self.lead == NONE)
@@ -850,9 +870,10 @@ class RaftCore:
         lost or rolled back its log: etcd stops the node, and so do we.
         """
         last = self.log.last_index()
-        if m.commit > self.log.committed and last == 0:
-            # A brand-new log (a fresh data dir, started again under its old id): a leader
-            # that has not yet learned of the new incarnation still thinks we hold its old
+        if m.commit > self.log.committed and m.commit > last and self._started_empty:
+            # This process started on an empty log (a fresh data dir, maybe under the id
+            # of a node that lost its disk): a leader that has not yet learned of the new
+            # incarnation, or a heartbeat it sent before it did, still counts on the old
             # log. Nothing here contradicts it; the entries will come.
             pass
         elif m.commit > self.log.committed:
@@ -1063,3 +1084,8 @@ class RaftCore:
 
     def _hard_state(self) -> HardState:
         return HardState(self.term, self.vote, self.log.committed)
+
+
+def _recorded_voters(conf: ConfState) -> set[int]:
+    """Voters whose data dir (incarnation) the configuration records."""
+    return {v for v in conf.voters if (m := conf.member(v)) is not None and m.incarnation}

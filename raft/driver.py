@@ -60,13 +60,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 import structlog
 
 from raft.core import Config, RaftCore
 from raft.errors import (
+    ConfChangeRefused,
     EntryTooLarge,
     LeadershipLost,
     NotLeader,
@@ -78,6 +78,7 @@ from raft.errors import (
 from raft.failpoints import failpoint
 from raft.framing import config_digest
 from raft.lmdb_env import LmdbEnv
+from raft.membership_policy import VOTE_TYPES, drop_message, next_change, unsafe_change
 from raft.messages import (
     ConfState,
     Entry,
@@ -195,6 +196,8 @@ class RaftNode:
         self._on_conf_change = on_conf_change
         self._conf_version = -1
         self._departed: set[int] = set()
+        self._recorded: frozenset[int] = frozenset()
+        self._last_deferred: tuple[str, int, str] | None = None
         self.conf = ConfState(())
         self._cfg_options = dict(
             id=node_id,
@@ -304,6 +307,7 @@ class RaftNode:
             self._listen,
             {pid: addr for pid, addr in self.peers.items() if pid != self.node_id},
             self._on_transport_message,
+            with_incarnation=True,
             **self._transport_options,
         )
         await self._transport.start()
@@ -540,8 +544,8 @@ class RaftNode:
         if wake is not None and not wake.is_set():
             wake.set()
 
-    def _on_transport_message(self, msg: Message) -> None:
-        self._push((_MSG, msg))
+    def _on_transport_message(self, msg: Message, incarnation: str = "") -> None:
+        self._push((_MSG, msg, incarnation))
 
     async def _ticker(self) -> None:
         tick = (_TICK,)
@@ -596,6 +600,10 @@ class RaftNode:
             kind = item[0]
             if kind == _MSG:
                 msg = item[1]
+                if (msg.type in VOTE_TYPES or msg.frm in self._recorded) and self._drop(
+                    core, msg, item[2]
+                ):
+                    continue
                 if msg.type is MessageType.VOTE_RESP and not msg.reject:
                     seen = self._votes_granted.get(msg.term, set())
                     self._votes_granted = {msg.term: seen | {msg.frm}}  # this term only
@@ -603,8 +611,6 @@ class RaftNode:
                     msg = self._snapshot_traffic(core, msg)
                     if msg is None:
                         continue
-                if msg.type in _VOTE_TYPES and self._stale_incarnation(msg.frm):
-                    continue
                 # Nothing out of step() is handled here: the core drops malformed input
                 # itself, so an exception is a failed safety check (SafetyViolation) or a
                 # bug, and either stops the node (see _run).
@@ -721,6 +727,12 @@ class RaftNode:
         except Exception as exc:  # the caller's refusal (ValueError, LookupError...)
             fut.set_exception(exc)
             return
+        seen = dict(self._transport.peer_incarnations) if self._transport is not None else {}
+        seen[self.node_id] = self.incarnation
+        unsafe = unsafe_change(conf, seen)
+        if unsafe is not None:
+            fut.set_exception(ConfChangeRefused(unsafe))
+            return
         try:
             index, term = core.propose_conf_change(conf)
         except NotLeader:
@@ -743,6 +755,9 @@ class RaftNode:
             return
         self._conf_version = core.log.conf_version
         self.conf = core.conf_state
+        # Members whose data dir the configuration records: their messages are checked
+        # against the incarnation they announced (the hot path skips everyone else).
+        self._recorded = frozenset(m.id for m in self.conf.members if m.incarnation)
         transport = self._transport
         members = self.members
         if transport is not None:
@@ -785,66 +800,37 @@ class RaftNode:
             if self.peers.pop(pid, None) is not None:
                 transport.remove_peer(pid)
 
-    def _stale_incarnation(self, peer: int) -> bool:
-        """A vote from (or for) a node whose data dir is not the one the configuration
-        names: it may have forgotten a vote it cast, so it must not vote or be voted for
-        until it is a member again under its new incarnation."""
-        member = self.conf.member(peer)
-        seen = self._transport.peer_incarnations.get(peer, "") if self._transport else ""
-        if member is None or not member.incarnation or not seen or seen == member.incarnation:
+    def _drop(self, core: RaftCore, msg: Message, incarnation: str) -> bool:
+        """A message that the configuration's incarnations forbid (see
+        raft.membership_policy.drop_message); `incarnation` is the sender's, as the
+        handshake of the connection it came on named it."""
+        why = drop_message(core.conf_state, self.node_id, self.incarnation, msg, incarnation)
+        if why is None:
             return False
-        self._log.warning(
-            "raft.vote_from_stale_incarnation",
-            peer=peer,
-            incarnation=seen,
-            configured=member.incarnation,
-        )
+        self._log.info("raft.message_dropped", peer=msg.frm, type=msg.type.name, why=why)
         return True
 
     def _membership_housekeeping(self, core: RaftCore) -> None:
-        """Leader, every tick: learn members' incarnations, replace a member whose data
-        dir was wiped by its new incarnation (a learner until it has caught up), promote
-        learners that have caught up. One change at a time, each through the log."""
-        if core.log.last_conf_index() > core.log.committed:
-            return  # one in progress
-        if not core.committed_in_current_term():
-            return
-        conf = core.conf_state
-        transport = self._transport
-        seen = dict(transport.peer_incarnations) if transport is not None else {}
+        """Leader, every tick: the change raft.membership_policy asks for, if any."""
+        seen = dict(self._transport.peer_incarnations) if self._transport is not None else {}
         seen[self.node_id] = self.incarnation
-        for pid in conf.ids():
-            now = seen.get(pid, "")
-            member = conf.member(pid) or Member(pid)
-            if not now or member.incarnation == now:
-                continue
-            if not member.incarnation:
-                new = _with_member(conf, replace(member, incarnation=now))
-                self._auto_change(core, new, "bind_incarnation", pid)
-            elif pid != self.node_id:
-                voters = tuple(v for v in conf.voters if v != pid)
-                learners = tuple(sorted({*conf.learners, pid}))
-                new = _with_member(
-                    ConfState(voters, learners, conf.members),
-                    replace(member, incarnation=now, promote=True),
-                )
-                self._auto_change(core, new, "replace_incarnation", pid)
-            return
-        ready = core.learners_caught_up(self.promote_lag)
-        for pid in ready:
-            member = conf.member(pid) or Member(pid)
-            if member.promote:
-                voters = tuple(sorted({*conf.voters, pid}))
-                learners = tuple(v for v in conf.learners if v != pid)
-                self._auto_change(core, ConfState(voters, learners, conf.members), "promote", pid)
-                return
+        planned = next_change(core, seen, self.promote_lag)
+        if planned is not None:
+            why, peer, conf = planned
+            self._auto_change(core, conf, why, peer)
 
     def _auto_change(self, core: RaftCore, conf: ConfState, why: str, peer: int) -> None:
         try:
             index, _term = core.propose_conf_change(conf)
         except RaftError as exc:
-            self._log.info("raft.membership_deferred", change=why, peer=peer, reason=str(exc))
+            deferred = (why, peer, str(exc))
+            if deferred != self._last_deferred:  # retried every tick: said once
+                self._last_deferred = deferred
+                self._log.warning(
+                    "raft.membership_deferred", change=why, peer=peer, reason=str(exc)
+                )
             return
+        self._last_deferred = None
         self._log.warning("raft.membership_change", change=why, peer=peer, index=index)
 
     def _snapshot_traffic(self, core: RaftCore, msg: Message) -> Message | None:
@@ -957,7 +943,7 @@ class RaftNode:
 
     def _send(self, transport: Transport, m: Message) -> None:
         if m.to == self.node_id:
-            self._push((_MSG, m))
+            self._push((_MSG, m, self.incarnation))
         else:
             transport.send(m)
 
@@ -1162,17 +1148,6 @@ class RaftNode:
                     item[2].set_exception(err)
             elif item[0] == _READ and not item[1].done():
                 item[1].set_exception(err)
-
-
-_VOTE_TYPES = frozenset(
-    {MessageType.VOTE, MessageType.PRE_VOTE, MessageType.VOTE_RESP, MessageType.PRE_VOTE_RESP}
-)
-
-
-def _with_member(conf: ConfState, member: Member) -> ConfState:
-    """`conf` with `member`'s record replaced (or added)."""
-    others = tuple(m for m in conf.members if m.id != member.id)
-    return ConfState(conf.voters, conf.learners, (*others, member))
 
 
 def _chain(done: asyncio.Future[Any], fut: asyncio.Future[Any], value: Any) -> None:

@@ -65,11 +65,14 @@ from typing import Any
 
 import msgpack
 
-from raft.errors import NotLeader, ProposalDropped
+from raft.errors import NotLeader, ProposalDropped, RaftError
+from raft.membership_policy import drop_message, next_change, unsafe_change
 from raft.messages import (
+    ConfState,
     Entry,
     EntryKind,
     HardState,
+    Member,
     Message,
     MessageType,
     ReadState,
@@ -238,8 +241,10 @@ class Network:
             delay += self._rng.randint(0, p.spike_max_ms)
         return delay
 
-    def send(self, msg: Message) -> int:
-        """Put `msg` on the wire; returns how many copies will be delivered (0 = dropped)."""
+    def send(self, msg: Message, incarnation: str = "") -> int:
+        """Put `msg` on the wire; returns how many copies will be delivered (0 = dropped).
+        `incarnation` is the sender's data dir when it sent it (a connection's handshake
+        says it in raftq; a message outlives its sender's disk)."""
         self.stats.sent += 1
         p = self.profile
         if (msg.frm, msg.to) in self.cut_links or (
@@ -253,7 +258,7 @@ class Network:
             self.stats.duplicated += 1
         now = self._clock.now_ms
         for _ in range(copies):
-            self._queue.schedule(now + self.latency_ms(), EventKind.DELIVER, msg)
+            self._queue.schedule(now + self.latency_ms(), EventKind.DELIVER, (msg, incarnation))
         return copies
 
     def arrives(self, msg: Message) -> bool:
@@ -313,6 +318,8 @@ class SafetyChecker:
         self.snapshots_ahead: list[tuple[int, int, int, bytes]] = []  # (node, index, term, fp)
         self.snapshots_installed = 0
         self.reads_answered = 0
+        # Logs of wiped nodes: node -> [(log, prefix fingerprints)] (see on_wipe).
+        self._lost_logs: dict[int, list[tuple[list[Entry], list[int]]]] = {}
 
     # -- helpers
     @property
@@ -442,7 +449,10 @@ class SafetyChecker:
         """`node` installed a snapshot that `source` sent: it must be the committed state
         at its index (checked now, or once the checker learns that commit)."""
         index = snap.index
-        src_log = self.logs[source]
+        src_log, src_fps = self.logs[source], self._fps[source]
+        for lost_log, lost_fps in self._lost_logs.get(source, []):
+            if index > len(src_log) or src_log[index - 1].term != snap.term:
+                src_log, src_fps = lost_log, lost_fps  # sent before the source was wiped
         if index > len(src_log) or src_log[index - 1].term != snap.term:
             raise InvariantViolation(
                 "snapshot-content",
@@ -454,7 +464,7 @@ class SafetyChecker:
         else:
             self.snapshots_ahead.append((node, index, snap.term, fp))
         self.logs[node] = list(src_log[:index])
-        self._fps[node] = list(self._fps[source][:index])
+        self._fps[node] = list(src_fps[:index])
         self.applied[node] = max(self.applied[node], index)
         self.node_commit[node] = max(self.node_commit[node], index)
         self.snapshots_installed += 1
@@ -478,6 +488,16 @@ class SafetyChecker:
 
     def on_restart(self, node: int, hs: HardState) -> None:
         self.node_commit[node] = hs.commit
+
+    def on_wipe(self, node: int) -> None:
+        """`node` lost its disk: its log, commit and applied state start from nothing
+        (what the cluster committed stays committed: that is what is checked). A snapshot
+        it sent before may still arrive: what its log held is kept for that check."""
+        self._lost_logs.setdefault(node, []).append((self.logs[node], self._fps[node]))
+        self.logs[node] = []
+        self._fps[node] = []
+        self.node_commit[node] = 0
+        self.applied[node] = 0
 
     def on_apply(self, node: int, entry: Entry, term: int = 0) -> bool:
         """`node` applies `entry`; returns False when it is a replay of an applied index.
@@ -661,6 +681,11 @@ class SimNode:
     # (bytes, sender id).
     received: dict[tuple[int, int], tuple[bytes, int]] = field(default_factory=dict)
     senders: dict[int, SnapshotSender] = field(default_factory=dict)  # leader side
+    # Its data dir's incarnation (new on every wipe) and the peers' as announced to it
+    # (the transport learns them in the handshake; here from each delivery).
+    identity: str = ""
+    seen: dict[int, str] = field(default_factory=dict)
+    wipes: int = 0
 
     @property
     def up(self) -> bool:
@@ -692,6 +717,7 @@ class SimParams:
     trace_len: int = 40  # recent events kept for failure messages
     verbose: bool = False  # keep the full trace (replay)
     storage: str = ""  # "" = drawn per seed; "thread" or "inline" forces the driver's mode
+    fault_mix: str = ""  # "" = every fault; "membership" = mostly disks lost and churn
 
     def replay_command(self) -> str:
         extra = ""
@@ -703,6 +729,9 @@ class SimParams:
         if self.storage:
             extra += f" --storage {self.storage}"
             env_extra += f" RAFTQ_SIM_STORAGE={self.storage}"
+        if self.fault_mix:
+            extra += f" --fault-mix {self.fault_mix}"
+            env_extra += f" RAFTQ_SIM_FAULT_MIX={self.fault_mix}"
         return (
             f".venv/bin/python -m raft.simulation --seed {self.seed} --nodes {self.nodes}"
             f"{extra} --verbose   # or: RAFTQ_SIM_SEED={self.seed} RAFTQ_SIM_NODES={self.nodes}"
@@ -731,6 +760,8 @@ class SimResult:
     core_options: dict[str, Any]
     driver_options: dict[str, Any]
     trace: list[str]
+    # What the membership faults did: disks lost, configuration changes by kind.
+    membership: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
         return (
@@ -741,8 +772,8 @@ class SimResult:
             f"superseded={self.proposals_superseded} acked={self.proposals_acked} "
             f"reads={self.reads_answered}/{self.reads_issued} crashes={self.crashes} "
             f"msgs sent={self.network.sent} dropped={self.network.dropped} "
-            f"dup={self.network.duplicated} faults={self.faults} core={self.core_options} "
-            f"driver={self.driver_options}"
+            f"dup={self.network.duplicated} faults={self.faults} "
+            f"membership={self.membership} core={self.core_options} driver={self.driver_options}"
         )
 
 
@@ -765,17 +796,43 @@ FAULT_WEIGHTS: tuple[tuple[str, int], ...] = (
     ("minority_leader", 3),
     ("lonely_append", 3),
     ("campaign_storm", 2),
+    ("member_remove", 2),
+    ("member_add", 2),
+    ("amnesia", 2),
     ("heal", 4),
 )
+
+
+#: A mix that loses disks often, with what makes that dangerous: isolated and lagging
+#: nodes, crashes, leader changes, membership churn.
+MEMBERSHIP_FAULT_WEIGHTS: tuple[tuple[str, int], ...] = (
+    ("amnesia", 6),
+    ("member_remove", 2),
+    ("member_add", 2),
+    ("partition", 3),
+    ("isolate_leader", 3),
+    ("crash", 2),
+    ("crash_leader", 2),
+    ("transfer_leader", 1),
+    ("pause", 1),
+    ("heal", 3),
+)
+FAULT_MIXES = {"": FAULT_WEIGHTS, "membership": MEMBERSHIP_FAULT_WEIGHTS}
 
 
 class FaultScheduler:
     """Draws the next fault and when it happens, from the run's single RNG."""
 
-    def __init__(self, rng: random.Random, min_gap_ms: int = 30, max_gap_ms: int = 250) -> None:
+    def __init__(
+        self,
+        rng: random.Random,
+        min_gap_ms: int = 30,
+        max_gap_ms: int = 250,
+        weights: tuple[tuple[str, int], ...] = FAULT_WEIGHTS,
+    ) -> None:
         self._rng = rng
-        self._names = [n for n, _ in FAULT_WEIGHTS]
-        self._weights = [w for _, w in FAULT_WEIGHTS]
+        self._names = [n for n, _ in weights]
+        self._weights = [w for _, w in weights]
         self.min_gap_ms = min_gap_ms
         self.max_gap_ms = max_gap_ms
 
@@ -824,21 +881,30 @@ class Simulation:
         self.clock = VirtualClock()
         self.queue = EventQueue()
         self.net = Network(self.rng, self.queue, self.clock)
-        self.faults = FaultScheduler(self.rng)
+        self.faults = FaultScheduler(self.rng, weights=FAULT_MIXES[params.fault_mix])
         self.ids: tuple[int, ...] = tuple(range(1, params.nodes + 1))
         self.checker = SafetyChecker(self.ids)
         self._core_factory = core_factory or default_core_factory
+        # A disk can be lost (the amnesia fault) where storage is the simulation's own.
+        self._can_wipe = storage_factory is None
         storage_factory = storage_factory or default_storage_factory
+        self._storage_factory = storage_factory
         self.core_options = core_options if core_options is not None else self._draw_options()
         self.driver_options = (
             driver_options if driver_options is not None else self._draw_driver_options()
         )
-        self.nodes: dict[int, SimNode] = {n: SimNode(n, storage_factory(n)) for n in self.ids}
+        self.nodes: dict[int, SimNode] = {
+            n: SimNode(n, storage_factory(n), identity=f"{n}.0") for n in self.ids
+        }
+        # Wiped nodes not yet voters again under their new incarnation: while one is, no
+        # other disk is lost (a majority of every configuration keeps its disk).
+        self.recovering: set[int] = set()
         self.events = 0
         self.trace: deque[tuple[int, str, Any]] = deque(
             maxlen=None if params.verbose else params.trace_len
         )
         self.fault_counts: dict[str, int] = {}
+        self.membership_counts: dict[str, int] = {}
         self.crash_kinds: dict[str, int] = {}
         self.accepted: dict[bytes, tuple[int, int, int]] = {}  # data -> (node, index, term)
         self.acked: set[bytes] = set()
@@ -889,6 +955,8 @@ class Simulation:
             "trailing": r.choice((0, 2, 10)),
             "chunk_bytes": r.choice((32, 200, 4096)),
             "window_chunks": r.choice((1, 2, 4)),
+            # A learner is promoted within this many entries of the leader's log.
+            "promote_lag": r.choice((0, 5, 100)),
         }
 
     def _start_core(self, node: SimNode) -> None:
@@ -918,6 +986,7 @@ class Simulation:
         node.incoming = bytearray()
         node.received = {}
         node.senders = {}
+        node.seen = {}  # a new process: no connections yet
         self.checker.on_restart(node.id, hs)
 
     # -- tracing
@@ -1143,11 +1212,11 @@ class Simulation:
         node.senders[m.to] = sender
         self._log(f"n{node.id}", f"snapshot to n{m.to} at ({index}, t{term}), {len(data)} bytes")
         for chunk in sender.start(self.clock.now_ms / 1000):
-            self.net.send(chunk)
+            self._send(chunk)
 
     def _snapshot_sender_event(self, node: SimNode, peer: int, msgs: list[Message]) -> None:
         for chunk in msgs:
-            self.net.send(chunk)
+            self._send(chunk)
         sender = node.senders.get(peer)
         if sender is not None and sender.ended and node.core is not None:
             del node.senders[peer]
@@ -1241,9 +1310,10 @@ class Simulation:
 
     def _send(self, m: Message) -> None:
         if m.to == m.frm:
-            self.queue.schedule(self.clock.now_ms, EventKind.DELIVER, m)
+            self.queue.schedule(self.clock.now_ms, EventKind.DELIVER, (m, ""))
             return
-        self.net.send(m)
+        sender = self.nodes.get(m.frm)
+        self.net.send(m, sender.identity if sender is not None else "")
 
     @staticmethod
     def _triggered(node: SimNode, rd: Ready) -> bool:
@@ -1289,24 +1359,102 @@ class Simulation:
             downtime = self.rng.randint(20, 600)
         self.queue.schedule(self.clock.now_ms + downtime, EventKind.RESTART, node.id)
 
+    # -- membership: raft.membership_policy, as raft.driver runs it
+    def _housekeeping(self, node: SimNode) -> None:
+        """The leader's per-tick membership step (the driver's _membership_housekeeping)."""
+        seen = dict(node.seen)
+        seen[node.id] = node.identity
+        planned = next_change(node.core, seen, self.driver_options.get("promote_lag", 100))
+        if planned is not None:
+            why, peer, conf = planned
+            self._change_conf(node, conf, f"{why} n{peer}")
+
+    def _change_conf(self, node: SimNode, conf: ConfState, why: str) -> bool:
+        try:
+            index, term = node.core.propose_conf_change(conf)
+        except (RaftError, ValueError) as exc:
+            self._log(f"n{node.id}", f"conf change ({why}) refused: {exc}")
+            return False
+        self._log(
+            f"n{node.id}",
+            f"conf change ({why}) -> ({index}, t{term}) voters={list(conf.voters)} "
+            f"learners={list(conf.learners)}",
+        )
+        kind = "conf_" + why.split()[0]
+        self.membership_counts[kind] = self.membership_counts.get(kind, 0) + 1
+        return True
+
+    def _add_member(self, leader: SimNode, pid: int) -> bool:
+        """Add `pid` back as a learner, to be promoted once caught up (an API add)."""
+        conf = leader.core.conf_state
+        if pid in conf.ids():
+            return False
+        others = tuple(m for m in conf.members if m.id != pid)
+        new = ConfState(
+            conf.voters,
+            tuple(sorted({*conf.learners, pid})),
+            (*others, Member(pid, promote=True)),
+        )
+        return self._change_conf(leader, new, f"add n{pid}")
+
+    def _wipe(self, node: SimNode) -> None:
+        """The disk is lost: crash, come back with nothing under a new incarnation."""
+        if node.up:
+            self._crash(node, "crash (amnesia)")
+        else:
+            self._log(f"n{node.id}", "amnesia (while down)")
+        node.wipes += 1
+        self.membership_counts["disks_lost"] = self.membership_counts.get("disks_lost", 0) + 1
+        node.identity = f"{node.id}.{node.wipes}"
+        node.storage = self._storage_factory(node.id)
+        node.sm = SimStateMachine()
+        node.hard_state = HardState()
+        node.pending.clear()
+        self.checker.on_wipe(node.id)
+        self.recovering.add(node.id)
+
+    def _recovered(self, leader: SimNode | None) -> None:
+        """Wiped nodes that are voters again under their new incarnation, in a committed
+        configuration, have all a voter needs."""
+        if leader is None or not self.recovering:
+            return
+        core = leader.core
+        if core.log.last_conf_index() > core.log.committed:
+            return
+        conf = core.conf_state
+        for pid in list(self.recovering):
+            member = conf.member(pid)
+            if pid in conf.voters and member and member.incarnation == self.nodes[pid].identity:
+                self.recovering.discard(pid)
+
     # -- events
     def _dispatch(self, kind: EventKind, payload: Any) -> None:
         if kind is EventKind.DELIVER:
-            m: Message = payload
+            m, sent_as = payload
             node = self.nodes.get(m.to)
             if node is None or not node.up:
                 return
             if node.paused_until_ms > self.clock.now_ms:  # queued in its socket buffer
-                self.queue.schedule(node.paused_until_ms, EventKind.DELIVER, m)
+                self.queue.schedule(node.paused_until_ms, EventKind.DELIVER, payload)
                 return
             if not self.net.arrives(m):
                 return
+            if sent_as:
+                sender = self.nodes.get(m.frm)
+                if sender is not None and sender.identity == sent_as:
+                    # the live process's connection: its handshake named it (a message
+                    # from a process that is gone does not undo what a newer one said)
+                    node.seen[m.frm] = sent_as
+                why = drop_message(node.core.conf_state, node.id, node.identity, m, sent_as)
+                if why is not None:
+                    self._log(f"n{node.id}", f"drop {m.type.name} from n{m.frm}: {why}")
+                    return
             self.trace.append((self.clock.now_ms, "deliver", m))
             if m.type is MessageType.SNAP and m.chunk is not None:
                 assert node.receiver is not None
                 resp, whole = node.receiver.on_chunk(m, node.core.term)
                 if resp is not None:
-                    self.net.send(resp)
+                    self._send(resp)
                 if whole is None:
                     return
                 assert whole.snapshot is not None
@@ -1329,6 +1477,8 @@ class Simulation:
             self.queue.schedule(self.clock.now_ms + p.tick_ms + jitter, EventKind.TICK, node.id)
             if node.up and node.paused_until_ms <= self.clock.now_ms:
                 node.core.tick()
+                if node.core.role is Role.LEADER:
+                    self._housekeeping(node)
                 self._drive(node)
                 if node.up and node.senders:
                     self._tick_senders(node)
@@ -1501,13 +1651,14 @@ class Simulation:
             self.net.profile = PROFILES[pname]
             detail = pname
         elif name == "transfer_leader":
-            if leader is not None:
-                to = rng.choice([n for n in ids if n != leader.id])
+            others = [n for n in leader.core.voters if n != leader.id] if leader else []
+            if leader is not None and others:
+                to = rng.choice(others)
                 try:  # its soft state may lag the core, as the driver's role does
                     leader.core.transfer_leader(to)
                     detail = f"n{leader.id} -> n{to}"
-                except NotLeader:
-                    detail = f"n{leader.id} -> n{to} refused: not leader any more"
+                except (NotLeader, ValueError) as exc:
+                    detail = f"n{leader.id} -> n{to} refused: {type(exc).__name__}"
                 self._drive(leader)
         elif name == "pause":
             target = leader if (leader and rng.random() < 0.5) else (rng.choice(up) if up else None)
@@ -1575,6 +1726,63 @@ class Simulation:
                 for n in chosen:
                     self._drive(n)
                 detail = f"{[n.id for n in chosen]}"
+        elif name == "member_remove":  # any voter, the leader too, keeping two
+            self._recovered(leader)
+            if leader is not None:
+                conf = leader.core.conf_state
+                if len(conf.voters) > 2:
+                    pid = leader.id if rng.random() < 0.3 else rng.choice(conf.voters)
+                    new = ConfState(
+                        tuple(v for v in conf.voters if v != pid),
+                        conf.learners,
+                        tuple(m for m in conf.members if m.id != pid),
+                    )
+                    seen = {**leader.seen, leader.id: leader.identity}
+                    unsafe = unsafe_change(new, seen)  # what the driver refuses
+                    lost = [v for v in new.voters if v in self.recovering]
+                    if lost and len(new.voters) - len(lost) <= len(new.voters) // 2:
+                        # the run's precondition: a majority of every configuration
+                        # keeps its disks (the driver may not know of the loss yet)
+                        unsafe = f"would leave {lost} (wiped) without an intact majority"
+                    if unsafe is None:
+                        self._change_conf(leader, new, f"remove n{pid}")
+                    else:
+                        self._log(f"n{leader.id}", f"remove n{pid} refused: {unsafe}")
+                    self._drive(leader)
+                    detail = f"n{pid} by n{leader.id}"
+        elif name == "member_add":
+            if leader is not None:
+                absent = [i for i in ids if i not in leader.core.conf_state.ids()]
+                if absent:
+                    pid = rng.choice(absent)
+                    self._add_member(leader, pid)
+                    self._drive(leader)
+                    detail = f"n{pid} by n{leader.id}"
+        elif name == "amnesia":  # a disk lost (a crash that loses durable state), while
+            # a majority of the configuration keeps its disks: one node at a time, every
+            # voter recorded under the incarnation it runs, at least three of them
+            self._recovered(leader)
+            if leader is not None and not self.recovering and self._can_wipe:
+                core = leader.core
+                conf = core.conf_state
+                intact = all(
+                    (m := conf.member(v)) is not None and m.incarnation == self.nodes[v].identity
+                    for v in conf.voters
+                )
+                # ...and every node's durable log holds that record (a node whose log
+                # does not could count the wiped node's vote: see membership_policy)
+                recorded_at = core.log.last_conf_index()
+                everywhere = all(len(self.checker.logs[i]) >= recorded_at for i in ids)
+                if (
+                    intact
+                    and everywhere
+                    and len(conf.voters) >= 3
+                    and not conf.learners
+                    and recorded_at <= core.log.committed
+                ):
+                    target = self.nodes[rng.choice(ids)]
+                    self._wipe(target)
+                    detail = f"n{target.id} now {target.identity}"
         elif name == "heal":
             self.net.heal()
         self._log("fault", f"{name} {detail}".strip())
@@ -1611,19 +1819,47 @@ class Simulation:
                 self.queue.schedule(self.clock.now_ms, EventKind.RESTART, node.id)
         self._log("heal", "all links healed, crashed nodes restart, calm network")
 
-    def _stable_leader(self) -> SimNode | None:
-        """The leader every up node follows, in the highest term, once all nodes are up."""
+    def _stable_leader(self, members_only: bool = False) -> SimNode | None:
+        """The leader every up node follows (with `members_only`: every member of its
+        configuration), in the highest term, once all nodes are up."""
         if not all(n.up for n in self.nodes.values()):
             return None
         leaders = self._leaders()
+        if members_only and leaders:  # a removed node may still believe it leads (in an
+            # older term, nobody telling it otherwise): only members of the newest count
+            top = max(leaders, key=lambda n: n.hard_state.term)
+            leaders = [n for n in leaders if n is top or n.id in top.core.conf_state.ids()]
         if len(leaders) != 1:
             return None
         leader = leaders[0]
         term = leader.hard_state.term
-        for n in self.nodes.values():
+        ids = leader.core.conf_state.ids() if members_only else self.ids
+        for i in ids:
+            n = self.nodes[i]
             if n.hard_state.term != term or n.soft_state.leader_id != leader.id:
                 return None
         return leader
+
+    def _restore_membership(self) -> bool:
+        """After healing: add back every node the faults removed, one change at a time
+        (the leader's housekeeping promotes them once caught up). True once all are
+        voters again."""
+        leader = self._stable_leader(members_only=True)
+        if leader is None:
+            return False
+        conf = leader.core.conf_state
+        if set(conf.voters) == set(self.ids) and not conf.learners:
+            # ...and every node is the member under the data dir it runs now (a node that
+            # lost its disk was swapped in again, not left a voter that never counts)
+            return all(
+                (m := conf.member(i)) is not None and m.incarnation == self.nodes[i].identity
+                for i in self.ids
+            )
+        absent = [i for i in self.ids if i not in conf.ids()]
+        if absent and leader.core.log.last_conf_index() <= leader.core.log.committed:
+            self._add_member(leader, absent[0])
+            self._drive(leader)
+        return False
 
     def _liveness(self) -> int:
         """After healing: a stable leader appears and the final proposals commit and are
@@ -1653,6 +1889,8 @@ class Simulation:
             return "pending"
 
         def converged() -> bool:
+            if not self._restore_membership():
+                return False
             leader = self._stable_leader()
             if leader is None:
                 return False
@@ -1779,6 +2017,7 @@ class Simulation:
             core_options=self.core_options,
             driver_options=self.driver_options,
             trace=self.format_trace() if p.verbose else [],
+            membership=dict(sorted(self.membership_counts.items())),
         )
 
 
@@ -1800,6 +2039,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--storage", choices=["", "thread", "inline"], default="", help="force the driver mode"
     )
+    parser.add_argument(
+        "--fault-mix", choices=sorted(FAULT_MIXES), default="", help="which faults to draw"
+    )
     parser.add_argument("--verbose", action="store_true", help="print the full event trace")
     parser.add_argument(
         "--core-logs", action="store_true", help="also show the core's structlog events"
@@ -1817,6 +2059,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fault_ms=args.fault_ms,
         verbose=args.verbose,
         storage=args.storage,
+        fault_mix=args.fault_mix,
     )
     sim = Simulation(params)
     out = sys.stdout

@@ -143,8 +143,9 @@ class Transport:
         cluster_id: str,
         listen: Address,
         peers: dict[int, Address],
-        on_message: Callable[[Message], None],
+        on_message: Callable[..., None],
         *,
+        with_incarnation: bool = False,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         max_queue_msgs: int = 4096,
         secret: bytes | None = None,
@@ -163,7 +164,10 @@ class Transport:
         self.node_id = node_id
         self.cluster_id = cluster_id
         self._listen = listen
+        # on_message(msg), or on_message(msg, incarnation) with `with_incarnation`: the
+        # sender's incarnation as the handshake of the connection it came on named it.
         self._on_message = on_message
+        self._with_incarnation = with_incarnation
         self.max_frame_bytes = max_frame_bytes
         self.max_queue_msgs = max_queue_msgs
         self._secret = secret
@@ -504,16 +508,17 @@ class Transport:
         remote_s = f"{remote[0]}:{remote[1]}" if remote else "?"
         sender: int | None = None
         try:
-            sender = await self._read_handshake(reader, remote_s)
-            if sender is None:
+            accepted = await self._read_handshake(reader, remote_s)
+            if accepted is None:
                 self.rejected_connections += 1
                 return
+            sender, incarnation = accepted
             previous = self._inbound_by_peer.get(sender)
             if previous is not None:
                 previous.close()  # a reconnect supersedes a possibly half-open old link
             self._inbound_by_peer[sender] = writer
             self._log.info("raft.transport.accepted", peer=sender, remote=remote_s)
-            await self._read_frames(reader, sender, remote_s)
+            await self._read_frames(reader, sender, remote_s, incarnation)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # nothing a peer sends may escape the transport
@@ -524,8 +529,11 @@ class Transport:
             self._inbound.pop(task, None)
             writer.close()
 
-    async def _read_handshake(self, reader: asyncio.StreamReader, remote_s: str) -> int | None:
-        """Read and check the handshake frame; return the sender id, or None (logged)."""
+    async def _read_handshake(
+        self, reader: asyncio.StreamReader, remote_s: str
+    ) -> tuple[int, str] | None:
+        """Read and check the handshake frame; (sender id, its incarnation), or None
+        (logged)."""
         try:
             async with asyncio.timeout(self.handshake_timeout_s):
                 header = await reader.readexactly(4)
@@ -557,7 +565,7 @@ class Transport:
                 "raft.transport.peer_incarnation", peer=hs.frm, incarnation=hs.incarnation
             )
             self.peer_incarnations[hs.frm] = hs.incarnation
-        return hs.frm
+        return hs.frm, hs.incarnation
 
     def _reject(self, reason: str, detail: str, remote_s: str) -> None:
         self._log.warning(
@@ -570,11 +578,17 @@ class Transport:
             "raft.transport.bad_frame", reason=reason, detail=detail, peer=sender, remote=remote_s
         )
 
-    async def _read_frames(self, reader: asyncio.StreamReader, sender: int, remote_s: str) -> None:
-        """Deliver valid messages in order; the first violation closes the connection."""
+    async def _read_frames(
+        self, reader: asyncio.StreamReader, sender: int, remote_s: str, incarnation: str = ""
+    ) -> None:
+        """Deliver valid messages in order; the first violation closes the connection, and
+        so does a newer incarnation of the sender (what a process that lost its disk said
+        before must not count as said by the one that replaced it)."""
         decoder = FrameDecoder(self.max_frame_bytes)
         node_id = self.node_id
         on_message = self._on_message
+        with_incarnation = self._with_incarnation
+        incarnations = self.peer_incarnations
         while True:
             try:
                 chunk = await reader.read(READ_CHUNK_BYTES)
@@ -609,9 +623,20 @@ class Transport:
                 if msg.to != node_id:
                     self._bad_frame("to_mismatch", f"to={msg.to}", sender, remote_s)
                     return
+                if incarnation and incarnations.get(sender, incarnation) != incarnation:
+                    self._log.info(
+                        "raft.transport.superseded",
+                        peer=sender,
+                        incarnation=incarnation,
+                        by=incarnations.get(sender),
+                    )
+                    return
                 self.received += 1
                 try:
-                    on_message(msg)
+                    if with_incarnation:
+                        on_message(msg, incarnation)
+                    else:
+                        on_message(msg)
                 except Exception as exc:  # the receiver's bug, not the peer's: keep the link
                     self._log.error(
                         "raft.transport.on_message_failed", peer=sender, error=repr(exc)

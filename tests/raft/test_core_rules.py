@@ -341,10 +341,24 @@ def test_messages_for_others_from_strangers_or_self_are_dropped() -> None:
     core = fresh_core()
     core.ready()
     _assert_ignored(core, Message(MessageType.APP, to=2, frm=3, term=9))
-    _assert_ignored(core, Message(MessageType.VOTE, to=1, frm=9, term=9))
+    _assert_ignored(core, Message(MessageType.VOTE_RESP, to=1, frm=9, term=9))
+    _assert_ignored(core, Message(MessageType.APP_RESP, to=1, frm=9, term=9))
     _assert_ignored(core, Message(MessageType.APP_RESP, to=1, frm=1, term=9))
     _assert_ignored(core, Message(MessageType.SNAP, to=1, frm=2, term=9))
     _assert_ignored(core, Message(MessageType.HEARTBEAT, to=1, frm=2, term=0))
+
+
+def test_a_vote_request_from_outside_our_configuration_is_answered() -> None:
+    """Our configuration may be older than the candidate's (it was added, or we lag an
+    uncommitted change): the candidate counts by its own, so we answer like etcd does.
+    Removed nodes are kept from disrupting by pre-vote and the leader lease instead."""
+    core = fresh_core()
+    core.ready()
+    core.step(Message(MessageType.VOTE, to=1, frm=9, term=9, index=0, log_term=0))
+    rd = core.ready()
+    (resp,) = rd.messages_after_persist
+    assert resp.type is MessageType.VOTE_RESP and resp.to == 9 and not resp.reject
+    assert core.term == 9 and core.vote == 9
 
 
 def test_malformed_append_is_dropped_without_term_change() -> None:

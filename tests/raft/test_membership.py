@@ -196,3 +196,66 @@ def test_snapshot_carries_the_configuration() -> None:
         )
     )
     assert joiner.voters == (1, 2, 3) and joiner.learners == (4,)
+
+
+def test_a_restarted_node_falls_back_to_the_bootstrap_configuration_when_its_only_entry_goes() -> (
+    None
+):
+    """Found by the simulation: a node restarted with an uncommitted configuration entry
+    in its log, which a new leader then overwrites, must fall back to the bootstrap member
+    list, not to no configuration at all (it would drop every message after that)."""
+    from raft.messages import Entry, HardState, encode_conf
+
+    storage = MemoryStorage(
+        hard_state=HardState(term=1, vote=1, commit=1),
+        entries=[
+            Entry(1, 1, EntryKind.NOOP),
+            Entry(2, 1, EntryKind.CONF_CHANGE, encode_conf(ConfState((1, 2)))),
+        ],
+    )
+    restarted = RaftCore(Config(id=1, peers=(1, 2, 3)), storage, random.Random(1))
+    assert restarted.voters == (1, 2)
+    restarted.step(
+        Message(
+            MessageType.APP,
+            to=1,
+            frm=2,
+            term=2,
+            index=1,
+            log_term=1,
+            entries=(Entry(2, 2, EntryKind.NOOP),),
+            commit=1,
+        )
+    )
+    assert restarted.voters == (1, 2, 3)
+
+
+def test_a_change_that_leaves_recorded_voters_a_minority_is_refused() -> None:
+    """Once a majority of voters have a recorded data dir only their votes elect; a
+    change that leaves them a minority (here: removing a recorded voter while node 3 was
+    never heard from) is refused, so no voter nobody knows can decide an election."""
+    from raft.messages import Member
+
+    s = cluster()
+    lead = core(s, 1)
+    recorded = ConfState((1, 2, 3), (), (Member(1, incarnation="a"), Member(2, incarnation="b")))
+    lead.propose_conf_change(recorded)
+    s.run("stabilize")
+    with pytest.raises(ConfChangeRefused, match="never heard from: \\[3\\]"):
+        lead.propose_conf_change(ConfState((1, 3), (), (Member(1, incarnation="a"),)))
+    # removing the unrecorded one is fine: both remaining voters are recorded
+    lead.propose_conf_change(ConfState((1, 2), (), recorded.members))
+    s.run("stabilize")
+    assert lead.voters == (1, 2)
+
+
+def test_a_learner_that_acknowledged_nothing_is_never_caught_up() -> None:
+    s = cluster()
+    s.run("add-nodes 1 join=true")
+    s.run("isolate 4")
+    s.run("conf-change 1 voters=1,2,3 learners=4")
+    s.run("stabilize")
+    assert core(s, 1).learners_caught_up(max_lag=1000) == []  # short log, no answer yet
+    s.run("heal")
+    settle(s, 5, node=1)
+    assert core(s, 1).learners_caught_up(max_lag=0) == [4]

@@ -907,3 +907,25 @@ async def test_the_driver_puts_members_and_entry_limit_in_the_handshake(tmp_path
             assert node._transport_options["config_digest"] == expected
         finally:
             await node.stop()
+
+
+async def test_each_message_carries_the_incarnation_its_connection_announced(
+    make_transport: Any,
+) -> None:
+    """The driver judges a message by the data dir of the process that sent it: what a
+    node said before it lost its disk must not count as said by its new incarnation."""
+    got: list[tuple[int, str]] = []
+
+    def receive(msg: Message, incarnation: str) -> None:
+        got.append((msg.index, incarnation))
+
+    b = await make_transport(2, inbox=receive, with_incarnation=True)  # type: ignore[arg-type]
+    old = await make_transport(1, {2: b.listen_addr}, incarnation="old")
+    old.send(app(1, 2, 1))
+    await wait_until(lambda: (1, "old") in got)
+    await old.stop()
+    new = await make_transport(1, {2: b.listen_addr}, incarnation="new")
+    new.send(app(1, 2, 2))
+    await wait_until(lambda: (2, "new") in got)
+    assert got == [(1, "old"), (2, "new")]
+    assert b.peer_incarnations[1] == "new"

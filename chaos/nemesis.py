@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import random
+import shutil
 import signal
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,10 +30,6 @@ from cluster.discovery import REDIRECT_HEADERS
 log = structlog.get_logger("chaos.nemesis")
 
 DISK_FULL_SLACK_BYTES = 256 << 10
-
-
-class NemesisUnsupported(RuntimeError):
-    """The cluster refused a fault operation it does not support (e.g. 501 on membership)."""
 
 
 @dataclass
@@ -390,28 +387,70 @@ class Nemesis:
                 data = None
             return resp.status, data
 
-    async def add_member(self, node: int) -> FaultWindow:
-        """Add `node` as a voter (for issue 15); refused clearly while the API answers 501."""
-        spec = self.cluster.specs[node]
-        w = self.begin("add-member", node=node)
-        status, data = await self._leader_call(
-            "POST",
-            "/v1/cluster/members",
-            {"id": node, "url": spec.url, "raft_addr": spec.raft_addr, "voter": True},
-        )
-        if status == 501:
-            self.end(w)
-            raise NemesisUnsupported(f"membership changes are not supported: {data}")
-        w.detail["status"] = status
-        return w
+    async def members(self) -> dict[str, Any] | None:
+        """The configuration as the current leader (or any node) answers it."""
+        with contextlib.suppress(Exception):
+            status, data = await self._leader_call("GET", "/v1/cluster/members")
+            if status == 200 and isinstance(data, dict):
+                return data
+        return None
 
-    async def remove_member(self, node: int) -> FaultWindow:
-        w = self.begin("remove-member", node=node)
-        status, data = await self._leader_call("DELETE", f"/v1/cluster/members/{node}")
-        if status == 501:
-            self.end(w)
-            raise NemesisUnsupported(f"membership changes are not supported: {data}")
-        w.detail["status"] = status
+    async def add_member(self, node: int) -> int:
+        """Ask the leader to add `node` back (a learner, promoted once caught up); the
+        HTTP status (retried through elections until a definite answer)."""
+        spec = self.cluster.specs[node]
+        body = {"id": node, "url": spec.url, "raft_addr": spec.raft_addr, "voter": True}
+        return await self._member_change("POST", "/v1/cluster/members", body)
+
+    async def remove_member(self, node: int) -> int:
+        """Ask the leader to remove `node` (the leader itself too); the HTTP status."""
+        return await self._member_change("DELETE", f"/v1/cluster/members/{node}", None)
+
+    async def _member_change(self, method: str, path: str, body: Any) -> int:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30.0
+        status = 0
+        while loop.time() < deadline:
+            with contextlib.suppress(Exception):
+                status, _data = await self._leader_call(method, path, body)
+                if status in (200, 404):  # 404 on a retried removal: it is done
+                    return status
+            await asyncio.sleep(0.5)  # no leader, a change in progress, a timeout: again
+        return status
+
+    async def wait_member(
+        self, node: int, not_incarnation: str | None = None, timeout_s: float = 60.0
+    ) -> bool:
+        """Wait until `node` is a voter again (under another incarnation than
+        `not_incarnation`, when given); False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            conf = await self.members()
+            mine = next((m for m in (conf or {}).get("members", []) if m["id"] == node), None)
+            if (
+                mine is not None
+                and mine["voter"]
+                and mine["incarnation"]
+                and mine["incarnation"] != not_incarnation
+            ):
+                return True
+            await asyncio.sleep(0.5)
+        return False
+
+    async def incarnation(self, node: int) -> str | None:
+        conf = await self.members()
+        mine = next((m for m in (conf or {}).get("members", []) if m["id"] == node), None)
+        return mine["incarnation"] if mine else None
+
+    async def wipe(self, node: int, name: str = "amnesia") -> FaultWindow:
+        """kill -9 `node`, delete its data dir, start it again with the same command line:
+        the disk is lost, the node comes back as a new incarnation."""
+        w = self.begin(name, node=node)
+        await self.cluster.akill(node)
+        self.down.add(node)
+        await asyncio.to_thread(shutil.rmtree, self.cluster.specs[node].data_dir, True)
+        await self.restart(node)
         return w
 
     async def lagging_follower(self, node: int, hold_s: float) -> FaultWindow:

@@ -172,6 +172,10 @@ class RaftNode:
             raise ValueError(f"peers must include this node ({node_id}): got {sorted(peers)}")
         self.node_id = node_id
         self.peers = dict(peers)
+        # How this node was told to reach its peers (--peers): it wins over the address a
+        # configuration records (a proxy, a NAT, another network path may sit between
+        # these two nodes only); the configuration's address serves nodes not listed.
+        self._configured_peers = dict(peers)
         self.cluster_id = cluster_id
         self._storage = storage
         self._sm = state_machine
@@ -762,14 +766,12 @@ class RaftNode:
         members = self.members
         if transport is not None:
             for pid, member in members.items():
-                if pid == self.node_id or not member.raft_addr:
+                if pid == self.node_id:
                     continue
-                host, _, port = member.raft_addr.rpartition(":")
-                if host and port.isdigit():
-                    addr = (host.strip("[]"), int(port))
-                    if self.peers.get(pid) != addr:
-                        self.peers[pid] = addr
-                        transport.update_peer(pid, addr)
+                addr = self._configured_peers.get(pid) or _parse_addr(member.raft_addr)
+                if addr is not None and self.peers.get(pid) != addr:
+                    self.peers[pid] = addr
+                    transport.update_peer(pid, addr)
             # A node that has not joined yet knows no configuration: it keeps its peers.
             self._departed = {p for p in self.peers if p != self.node_id and p not in members}
             if not members:
@@ -1148,6 +1150,14 @@ class RaftNode:
                     item[2].set_exception(err)
             elif item[0] == _READ and not item[1].done():
                 item[1].set_exception(err)
+
+
+def _parse_addr(text: str) -> tuple[str, int] | None:
+    """HOST:PORT (HOST may be a bracketed IPv6 address) as a (host, port) pair."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
 
 
 def _chain(done: asyncio.Future[Any], fut: asyncio.Future[Any], value: Any) -> None:

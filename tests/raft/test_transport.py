@@ -929,3 +929,38 @@ async def test_each_message_carries_the_incarnation_its_connection_announced(
     await wait_until(lambda: (2, "new") in got)
     assert got == [(1, "old"), (2, "new")]
     assert b.peer_incarnations[1] == "new"
+
+
+async def test_addresses_from_peers_win_over_the_configurations(tmp_path: Any) -> None:
+    """A node reaches a peer the way it was told to (a proxy, a NAT may sit on this one
+    path); the address a configuration records only serves members it was not told of."""
+    from raft.driver import RaftNode
+    from raft.memory_storage import MemoryStorage
+    from raft.messages import ConfState, Member
+
+    class NoMachine:
+        def applied_index(self) -> int:
+            return 0
+
+        def apply(self, entries: Any) -> list[Any]:
+            return [None] * len(entries)
+
+    conf = ConfState(
+        (1, 2, 3),
+        (),
+        (Member(2, raft_addr="10.0.0.2:7102"), Member(3, raft_addr="127.0.0.1:7103")),
+    )
+    node = RaftNode(
+        1,
+        {1: ("127.0.0.1", 1), 2: ("127.0.0.1", 9102)},  # 2 through a proxy, 3 not listed
+        MemoryStorage(conf_state=conf),
+        NoMachine(),  # type: ignore[arg-type]
+        cluster_id=CLUSTER,
+        listen=("127.0.0.1", 0),
+    )
+    await node.start()
+    try:
+        assert node.peers[2] == ("127.0.0.1", 9102)
+        assert node.peers[3] == ("127.0.0.1", 7103)
+    finally:
+        await node.stop()

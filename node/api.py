@@ -139,8 +139,8 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     broker: Broker = request.app[BROKER_KEY]
     st = broker.raft.status()
-    leader = st.get("leader_id") or 0
-    caught_up = st.get("applied", 0) >= st.get("commit", 0)
+    leader = st.leader_id
+    caught_up = st.applied >= st.commit
     ok = bool(leader) and caught_up
     return respond(
         request,
@@ -156,17 +156,18 @@ def cluster_view(broker: Broker, incarnation: str | None = None) -> dict[str, An
     """
     st = broker.raft.status()
     cfg = broker.config
-    leader_id = st.get("leader_id") or 0
-    progress = st.get("progress") or {}
+    leader_id = st.leader_id
+    progress = st.progress
     nodes = []
-    voters = set(st.get("voters") or [])
-    learners = set(st.get("learners") or [])
-    members = getattr(broker.raft, "members", {}) or {}
+    voters = set(st.voters)
+    learners = set(st.learners)
+    members = broker.raft.members
+    snapshot_index = st.first_index - 1
     ids = sorted(voters | learners) or sorted(cfg.peers)  # --peers until Raft has started
     for pid in ids:
-        pr = progress.get(str(pid)) or {}
+        match, _next, replication = progress.get(pid, (None, None, None))
         role = (
-            st.get("role") if pid == cfg.node_id else ("leader" if pid == leader_id else "follower")
+            st.role.label if pid == cfg.node_id else ("leader" if pid == leader_id else "follower")
         )
         me = pid == cfg.node_id
         member = members.get(pid)
@@ -180,16 +181,16 @@ def cluster_view(broker: Broker, incarnation: str | None = None) -> dict[str, An
                 "url": broker.member_url(pid),
                 "raft_addr": raft_addr,
                 "role": role,
-                "match_index": pr.get("match", st.get("last_index") if me else None),
+                "match_index": match if match is not None else (st.last_index if me else None),
                 "voter": pid in voters or not voters,
                 "learner": pid in learners,
                 # What this node knows: its own log; of the others, only a leader's view.
-                "first_index": st.get("first_index") if me else None,
-                "last_index": st.get("last_index") if me else None,
-                "snapshot_index": st.get("snapshot_index") if me else None,
-                "commit": st.get("commit") if me else None,
-                "applied": st.get("applied") if me else None,
-                "replication": pr.get("state"),  # probe / replicate / snapshot, on the leader
+                "first_index": st.first_index if me else None,
+                "last_index": st.last_index if me else None,
+                "snapshot_index": snapshot_index if me else None,
+                "commit": st.commit if me else None,
+                "applied": st.applied if me else None,
+                "replication": replication,  # probe / replicate / snapshot, on the leader
                 "incarnation": incarnation if pid == cfg.node_id else None,
             }
         )
@@ -199,14 +200,14 @@ def cluster_view(broker: Broker, incarnation: str | None = None) -> dict[str, An
         "node_id": cfg.node_id,
         "incarnation": incarnation,
         "leader": {"id": leader_id, "url": leader_url} if leader_url else None,
-        "term": st.get("term", 0),
-        "role": st.get("role"),
-        "commit_index": st.get("commit", 0),
-        "applied_index": st.get("applied", 0),
-        "last_index": st.get("last_index", 0),
-        "first_index": st.get("first_index", 1),
-        "snapshot_index": st.get("snapshot_index", 0),
-        "snapshots": st.get("snapshots"),
+        "term": st.term,
+        "role": st.role.label,
+        "commit_index": st.commit,
+        "applied_index": st.applied,
+        "last_index": st.last_index,
+        "first_index": st.first_index,
+        "snapshot_index": snapshot_index,
+        "snapshots": broker.raft.diagnostics().get("snapshots"),
         "nodes": nodes,
         # this node's own disk figures (each node has its own disk): see node/quota.py
         "disk": broker.quota.view() if broker.quota is not None else None,
@@ -223,7 +224,7 @@ async def transfer_leader(request: web.Request) -> web.Response:
     body = await _body(request)
     reject_unknown(body, {"to"}, "body")
     to = get_int(body, "to", None, 1, 1 << 31)
-    voters = set(broker.raft.status().get("voters") or broker.config.peers)
+    voters = set(broker.raft.status().voters or broker.config.peers)
     if to is not None and to not in voters:
         raise bad_request("body.to must name a voting member's node id", field="to")
     broker.require_leader()
@@ -478,9 +479,7 @@ async def admin_log(request: web.Request) -> web.Response:
     except ValueError:
         raise bad_request("from, to and max must be integers") from None
     entries = node.committed_log(lo, hi, limit)
-    return respond(
-        request, {"entries": entries, "commit_index": node.raft.status().get("commit", 0)}
-    )
+    return respond(request, {"entries": entries, "commit_index": node.raft.status().commit})
 
 
 async def admin_snapshot(request: web.Request) -> web.Response:

@@ -75,7 +75,7 @@ class BrokerNode:
             self.storage,
             self.sm,
             cluster_id=config.cluster_id,
-            env=self.env,
+            shared_txn=True,  # the log and the queue state share one LMDB env
             tick_ms=config.tick_ms,
             election_ticks=config.election_ticks,
             heartbeat_ticks=config.heartbeat_ticks,
@@ -156,7 +156,7 @@ class BrokerNode:
             self.broker.wake_all()
 
     def committed_log(self, lo: int, hi: int | None, limit: int) -> list[list[int]]:
-        commit = self.raft.status().get("commit", 0)
+        commit = self.raft.status().commit
         first = self.storage.first_index()
         lo = max(lo, first)
         # The commit index may run ahead of this node's durable log (a leader commits on a

@@ -145,6 +145,7 @@ class Status:
     lead_transferee: int = 0
     voters: tuple[int, ...] = ()
     learners: tuple[int, ...] = ()
+    first_index: int = 1  # the oldest entry still in the log (compaction moves it)
 
 
 class RaftCore:
@@ -488,6 +489,7 @@ class RaftCore:
             lead_transferee=self.lead_transferee,
             voters=self.voters,
             learners=self.learners,
+            first_index=self.log.first_index(),
         )
 
     # ================================================================ role changes

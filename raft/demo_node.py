@@ -31,6 +31,7 @@ import subprocess
 import sys
 import zlib
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import msgpack
@@ -189,7 +190,10 @@ class ControlServer:
             elif op == "ping":
                 conn.answer(req_id, True, self.node.node_id)
             elif op == "status":
-                conn.answer(req_id, True, self.node.status())
+                st = self.node.status()
+                doc = {**asdict(st), "role": st.role.label, **self.node.diagnostics()}
+                doc["progress"] = {str(p): list(v) for p, v in st.progress.items()}
+                conn.answer(req_id, True, doc)
             elif op == "log":
                 conn.answer(req_id, True, self._log_dump(arg))
             elif op == "kv_summary":
@@ -572,7 +576,7 @@ async def run_node(args: argparse.Namespace) -> int:
         storage,
         sm,
         cluster_id=args.cluster_id,
-        env=env,
+        shared_txn=True,  # the KV state lives in the log's LMDB env
         tick_ms=args.tick_ms,
         election_ticks=args.election_ticks,
         listen=args.raft,

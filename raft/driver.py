@@ -60,11 +60,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import replace
+from typing import Any, cast
 
 import structlog
 
-from raft.core import Config, RaftCore
+from raft.core import Config, RaftCore, Status
 from raft.errors import (
     ConfChangeRefused,
     EntryTooLarge,
@@ -77,7 +78,6 @@ from raft.errors import (
 )
 from raft.failpoints import failpoint
 from raft.framing import config_digest
-from raft.lmdb_env import LmdbEnv
 from raft.membership_policy import VOTE_TYPES, drop_message, next_change, unsafe_change
 from raft.messages import (
     ConfState,
@@ -95,8 +95,8 @@ from raft.messages import (
 from raft.ready_handler import ReadyHandler, StorageJob, StorageStep
 from raft.snapshot_service import SnapshotService, message_is_chunk
 from raft.state_machine import SharedTxnStateMachine, SnapshotStateMachine, StateMachine
-from raft.storage import DurableStorage
-from raft.transport import DEFAULT_MAX_FRAME_BYTES, Transport
+from raft.storage import DurableStorage, TransactionalStorage
+from raft.transport import DEFAULT_MAX_FRAME_BYTES, PeerTransport, Transport
 
 log = structlog.get_logger("raft.driver")
 
@@ -139,7 +139,7 @@ class RaftNode:
         state_machine: StateMachine,
         *,
         cluster_id: str,
-        env: LmdbEnv | None = None,
+        shared_txn: bool = False,
         tick_ms: int = 50,
         election_ticks: int = 10,
         heartbeat_ticks: int = 1,
@@ -167,6 +167,7 @@ class RaftNode:
         check_quorum: bool = True,
         core_options: dict[str, Any] | None = None,
         transport_options: dict[str, Any] | None = None,
+        transport_factory: Callable[..., PeerTransport] = Transport,
     ) -> None:
         if node_id not in peers:
             raise ValueError(f"peers must include this node ({node_id}): got {sorted(peers)}")
@@ -179,7 +180,15 @@ class RaftNode:
         self.cluster_id = cluster_id
         self._storage = storage
         self._sm = state_machine
-        self._env = env
+        # One write transaction for the log's append and the state machine's apply: only
+        # for a log and a state machine that say they can (both in one LMDB env).
+        if shared_txn and not (
+            isinstance(storage, TransactionalStorage)
+            and isinstance(state_machine, SharedTxnStateMachine)
+        ):
+            raise TypeError("shared_txn needs a TransactionalStorage and a SharedTxnStateMachine")
+        self.shared_txn = shared_txn
+        self._transport_factory = transport_factory
         self.tick_s = tick_ms / 1000.0
         self.election_ticks = election_ticks
         self._on_applied = on_applied
@@ -232,7 +241,7 @@ class RaftNode:
                 f"{core_cfg.max_entry_bytes} (an APP may need {frame_bound} bytes)"
             )
         self._core: RaftCore | None = None
-        self._transport: Transport | None = None
+        self._transport: PeerTransport | None = None
         self._worker: _StorageWorker | None = None
         self.max_inflight_readies = max_inflight_readies
         self.leader_applies_first = leader_applies_first
@@ -305,7 +314,7 @@ class RaftNode:
             self._transport_options["config_digest"] = config_digest(
                 bootstrap, self.max_entry_bytes
             )
-        self._transport = Transport(
+        self._transport = self._transport_factory(
             self.node_id,
             self.cluster_id,
             self._listen,
@@ -489,14 +498,29 @@ class RaftNode:
                 await self._wait_leader_change()
         return self._leader_id
 
-    def status(self) -> dict[str, Any]:
-        """A JSON-friendly snapshot of this node's Raft state."""
+    def status(self) -> Status:
+        """The core's Status, with `applied` the state machine's (what reads see); before
+        start() (or after a failure stopped the core) what the driver last knew."""
+        core = self._core
+        if core is None:
+            return Status(
+                id=self.node_id,
+                term=self._term,
+                role=self._role,
+                leader_id=self._leader_id,
+                commit=0,
+                applied=self._applied,
+                voters=tuple(self.conf.voters),
+                learners=tuple(self.conf.learners),
+            )
+        return replace(core.status(), applied=self._applied)
+
+    def diagnostics(self) -> dict[str, Any]:
+        """What the driver itself knows, JSON-friendly: persistence timings, queues,
+        transport and snapshot counters (for operators and the demo's status command)."""
         out: dict[str, Any] = {
             "id": self.node_id,
-            "role": self._role.label,
-            "term": self._term,
-            "leader_id": self._leader_id,
-            "applied": self._applied,
+            "incarnation": self.incarnation,
             "persisted_index": self._storage.last_index() if self._started else 0,
             "pending_proposals": len(self._pending),
             "last_persist_ms": round(self._last_persist_ms, 3),
@@ -504,17 +528,6 @@ class RaftNode:
             "driver": dict(self.stats),
             "failed": repr(self._failure) if self._failure else None,
         }
-        out["voters"] = list(self.conf.voters)
-        out["learners"] = list(self.conf.learners)
-        out["incarnation"] = self.incarnation
-        if self._core is not None:
-            st = self._core.status()
-            out["commit"] = st.commit
-            out["last_index"] = st.last_index
-            out["progress"] = {
-                str(pid): {"match": p[0], "next": p[1], "state": str(p[2])}
-                for pid, p in (st.progress or {}).items()
-            }
         if self._transport is not None:
             out["transport"] = {
                 str(pid): {
@@ -527,9 +540,6 @@ class RaftNode:
                 for pid, s in self._transport.stats().items()
             }
             out["transport_received"] = self._transport.received
-        if self._started:
-            out["first_index"] = self._storage.first_index()
-            out["snapshot_index"] = self._storage.first_index() - 1
         if self._snapshots is not None:
             out["snapshots"] = self._snapshots.status()
         return out
@@ -1190,13 +1200,7 @@ class _StorageWorker:
         self.inline = inline
         self._failed = False
         sm = node._sm
-        sm_env = getattr(sm, "env", getattr(sm, "_env", None))
-        shared_txn = (
-            node._env is not None
-            and sm_env is node._env
-            and isinstance(sm, SharedTxnStateMachine)
-            and hasattr(node._storage, "prepare_save")
-        )
+        shared_txn = node.shared_txn
         self.shared_txn = shared_txn
         can_install = shared_txn and isinstance(sm, SnapshotStateMachine)
         self._applied_through = node._applied  # the state machine's applied index, here
@@ -1322,7 +1326,8 @@ class _StorageWorker:
         sm = node._sm
         assert isinstance(sm, SnapshotStateMachine)
         path = service.path_for(snap)
-        prepared = node._storage.prepare_apply_snapshot(snap)
+        storage = cast(TransactionalStorage, node._storage)
+        prepared = storage.prepare_apply_snapshot(snap)
         started = time.perf_counter()
 
         def write(txn: Any) -> int:
@@ -1333,7 +1338,7 @@ class _StorageWorker:
             return index
 
         failpoint("raft.before_install")
-        node._env.write(write)
+        storage.run_write(write)
         prepared.publish()
         sm.restored()
         took = time.perf_counter() - started
@@ -1362,7 +1367,10 @@ class _StorageWorker:
         """
         node = self._node
         sm = node._sm
-        prepared = node._storage.prepare_save(hard_state, entries)
+        # checked once, in RaftNode.__init__ (shared_txn): no per-batch isinstance
+        storage = cast(TransactionalStorage, node._storage)
+        sm = cast(SharedTxnStateMachine, sm)
+        prepared = storage.prepare_save(hard_state, entries)
         if prepared is None and not applying:
             return []
         started = time.perf_counter()
@@ -1374,7 +1382,7 @@ class _StorageWorker:
             return out
 
         failpoint("raft.before_persist")
-        results = node._env.write(write)
+        results = storage.run_write(write)
         if prepared is not None:
             prepared.publish()
         if applying:

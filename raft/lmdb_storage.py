@@ -48,7 +48,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import lmdb
 import msgpack
@@ -68,6 +68,8 @@ from raft.messages import (
     conf_from_fields,
     decode_conf,
 )
+
+T = TypeVar("T")
 
 log = structlog.get_logger("raft.storage")
 
@@ -553,6 +555,11 @@ class LmdbStorage:
         if prepared is not None:
             self._env.write(prepared.write)
             prepared.publish()
+
+    def run_write(self, fn: Callable[[Any], T]) -> T:
+        """`fn(txn)` in one write transaction of the environment this log lives in (the
+        state machine's too): TransactionalStorage, for the driver's shared commits."""
+        return self._env.write(fn)
 
     def prepare_save(
         self, hard_state: HardState | None, entries: Sequence[Entry]

@@ -9,10 +9,12 @@ Ready through `DurableStorage.save` in one transaction with one fsync.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from raft.messages import ConfState, Entry, HardState
+from raft.messages import ConfState, Entry, HardState, SnapshotMeta
+
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -59,3 +61,37 @@ class DurableStorage(LogStorage, Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class PreparedWrite(Protocol):
+    """A validated, encoded change to the log, written inside someone's transaction."""
+
+    def write(self, txn: Any) -> None:
+        """Put the change into the open write transaction `txn`."""
+        ...
+
+    def publish(self) -> None:
+        """The transaction committed: make the change visible to readers of the log."""
+        ...
+
+
+@runtime_checkable
+class TransactionalStorage(DurableStorage, Protocol):
+    """A log that can share its write transactions with the state machine (both in one
+    LMDB environment): the driver then persists the next entries and applies earlier
+    ones in ONE commit, and installs a snapshot's state and log start atomically."""
+
+    def prepare_save(
+        self, hard_state: HardState | None, entries: Sequence[Entry]
+    ) -> PreparedWrite | None:
+        """Like `save`, to be written inside `run_write`'s transaction (None: no change)."""
+        ...
+
+    def prepare_apply_snapshot(self, snap: SnapshotMeta) -> PreparedWrite:
+        """Replace the log by the snapshot's start, inside `run_write`'s transaction."""
+        ...
+
+    def run_write(self, fn: Callable[[Any], T]) -> T:
+        """Run `fn(txn)` in one durable write transaction of the shared environment."""
+        ...

@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import structlog
 
@@ -132,6 +133,38 @@ def _write_queued(peer: _Peer, writer: asyncio.StreamWriter) -> None:
     frames = peer.queue.take_all()
     writer.write(b"".join(frames))
     peer.sent += len(frames)
+
+
+@runtime_checkable
+class PeerTransport(Protocol):
+    """What the driver needs from a transport (the TCP `Transport` below; a test may pass
+    another through `RaftNode(transport_factory=...)`).
+
+    Built as `factory(node_id, cluster_id, listen, peers, on_message, with_incarnation=...,
+    **options)`; `on_message(msg, incarnation)` receives every message in order per peer.
+    """
+
+    received: int
+    peer_incarnations: dict[int, str]
+
+    @property
+    def listen_addr(self) -> Address: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def send(self, msg: Message) -> None: ...
+
+    def flush(self) -> None:
+        """Write what `send` queued (the driver calls it once per loop turn)."""
+        ...
+
+    def update_peer(self, peer_id: int, addr: Address) -> None: ...
+
+    def remove_peer(self, peer_id: int) -> None: ...
+
+    def stats(self) -> dict[int, PeerStats]: ...
 
 
 class Transport:

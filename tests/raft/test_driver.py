@@ -76,7 +76,7 @@ class Member:
             self.storage,
             self.sm,
             cluster_id=CLUSTER,
-            env=self.env,
+            shared_txn=True,  # the KV state lives in the log's LMDB env
             tick_ms=TICK_MS,
             election_ticks=10,
             rng_seed=self.node_id,
@@ -147,8 +147,9 @@ async def test_elects_one_leader_and_commits(cluster: dict[int, Member]) -> None
         assert m.sm is not None and m.sm.get(b"a") == b"one"
         assert (result, leader.term) in m.applied
     st = leader.status()
-    assert st["role"] == "leader" and st["commit"] >= result and st["applied"] >= result
-    assert set(st["progress"]) == {"1", "2", "3"}
+    assert st.role is Role.LEADER and st.commit >= result and st.applied >= result
+    assert set(st.progress) == {1, 2, 3}
+    assert leader.diagnostics()["transport"].keys() == {str(i) for i in (1, 2, 3)} - {str(st.id)}
 
 
 async def test_concurrent_proposals_are_batched_and_all_applied(
@@ -213,13 +214,13 @@ async def test_stopped_node_restarts_with_its_log_and_catches_up(
     await asyncio.gather(*(leader.propose(f"Sa{i}\x00v".encode(), timeout_s=5) for i in range(50)))
     victim = next(m for m in cluster.values() if m.node is not leader)
     await wait_applied(cluster, leader.applied_index)
-    before_last = victim.node.status()["last_index"]  # type: ignore[union-attr]
+    before_last = victim.node.status().last_index  # type: ignore[union-attr]
     await victim.stop()
     for i in range(50):
         await leader.propose(f"Sb{i}\x00w".encode(), timeout_s=5)
     victim.applied.clear()
     node = await victim.start()
-    assert node.status()["last_index"] >= before_last  # the log survived the restart
+    assert node.status().last_index >= before_last  # the log survived the restart
     assert node.applied_index >= before_last - 1  # state machine resumed, not replayed
     await wait_applied(cluster, leader.applied_index)
     # Only entries above the persisted applied_index were re-applied after the restart.
@@ -296,6 +297,95 @@ def test_role_is_follower_before_start(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         RaftNode(4, {1: ("127.0.0.1", 1)}, storage, KvStateMachine(env), cluster_id=CLUSTER)
     env.close()
+
+
+def test_a_shared_transaction_needs_parts_that_can_share_one(tmp_path: Path) -> None:
+    """The composition root says the log and the state machine share one LMDB env; the
+    driver checks the parts' contracts once instead of probing them per batch."""
+    from raft.memory_storage import MemoryStorage
+
+    env = LmdbEnv(str(tmp_path / "n"))
+    with pytest.raises(TypeError, match="TransactionalStorage"):
+        RaftNode(
+            1,
+            {1: ("127.0.0.1", 1)},
+            MemoryStorage(conf_state=ConfState((1,))),  # no shared transactions
+            KvStateMachine(env),
+            cluster_id=CLUSTER,
+            shared_txn=True,
+        )
+    env.close()
+
+
+async def test_the_driver_runs_over_any_peer_transport(tmp_path: Path) -> None:
+    """PeerTransport is the driver's whole view of the network: a single node over a
+    transport that never touches a socket elects itself and applies a proposal."""
+    from raft.transport import PeerStats, PeerTransport
+
+    made: list[Any] = []
+
+    class NoNetwork:
+        def __init__(
+            self,
+            node_id: int,
+            cluster_id: str,
+            listen: Any,
+            peers: Any,
+            on_message: Any,
+            **options: Any,
+        ) -> None:
+            self.received = 0
+            self.peer_incarnations: dict[int, str] = {}
+            self.options = options
+            made.append(self)
+
+        @property
+        def listen_addr(self) -> tuple[str, int]:
+            return ("127.0.0.1", 0)
+
+        async def start(self) -> None:
+            pass
+
+        async def stop(self) -> None:
+            pass
+
+        def send(self, msg: Any) -> None:
+            raise AssertionError(f"a single node sends nothing: {msg}")
+
+        def flush(self) -> None:
+            pass
+
+        def update_peer(self, peer_id: int, addr: Any) -> None:
+            pass
+
+        def remove_peer(self, peer_id: int) -> None:
+            pass
+
+        def stats(self) -> dict[int, PeerStats]:
+            return {}
+
+    env = LmdbEnv(str(tmp_path / "n"))
+    storage = LmdbStorage(env, initial_conf=ConfState((1,)))
+    node = RaftNode(
+        1,
+        {1: ("127.0.0.1", 0)},
+        storage,
+        KvStateMachine(env),
+        cluster_id=CLUSTER,
+        shared_txn=True,
+        tick_ms=TICK_MS,
+        transport_factory=NoNetwork,
+    )
+    await node.start()
+    try:
+        assert isinstance(made[0], PeerTransport)
+        assert made[0].options["with_incarnation"] is True
+        await node.wait_for_leader(timeout_s=5)
+        index = await node.propose(b"Ik=v", timeout_s=5)
+        assert node.status().applied >= index and node.status().voters == (1,)
+    finally:
+        await node.stop()
+        env.close()
 
 
 async def test_replies_leave_only_after_their_state_is_durable(
@@ -434,13 +524,13 @@ async def test_isolated_leader_fails_its_proposals_when_it_steps_down(
 async def test_bad_proposal_is_refused_and_changes_nothing(cluster: dict[int, Member]) -> None:
     leader = await wait_leader(cluster)
     index = await leader.propose(b"Sok\x001", timeout_s=5)
-    last = leader.status()["last_index"]
+    last = leader.status().last_index
     for bad in ("text", None, bytearray(b"x")):
         with pytest.raises(TypeError):
             leader.propose_nowait(bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         await leader.transfer_leader(99)
-    assert leader.status()["last_index"] == last
+    assert leader.status().last_index == last
     assert await leader.propose(b"Sok\x002", timeout_s=5) == last + 1 > index
 
 

@@ -22,6 +22,10 @@ Workloads:
               receive loop takes up to the free slots at once, so receives are shared
   memory      fill one queue with --messages 100-byte messages, then report each node's
               resident memory and the latency of single receives
+  snapshot    fill one queue with --messages 100-byte messages; the leader writes a
+              snapshot (size, time); send100 with and without the leader writing snapshots
+              back to back, taking turns twice; (own cluster) a new node joins and is timed
+              until it is a voter holding the leader's state
 
 Load: 64 requests (or consumers) in flight for send1, send100 and recvack, the issue's
 figure for send1, and 32 transaction workers. On 3 nodes sharing 2 cores that saturates
@@ -65,7 +69,9 @@ WORKLOADS = (
     "txn",
     "txn-consumer",
     "memory",
+    "snapshot",
 )
+SNAP_IDLE, SNAP_BUSY = "send100/idle", "send100/snap"  # the snapshot workload's pair
 DEFAULT_SET = ("send1", "send100", "send100dd", "recvack", "txn")
 
 
@@ -534,6 +540,113 @@ class Bench:
             f"{count:,} msgs filled in {fill_s:.0f}s; RSS {rss or 'n/a (external cluster)'}",
         )
 
+    async def snapshot(
+        self, count: int, cluster: LocalCluster | None, concurrency: int
+    ) -> list[Result]:
+        """What snapshots cost and buy, in one run.
+
+        Fill `count` waiting 100-byte messages; the leader writes a snapshot of that state
+        (its size and time); then send100 without and with the leader writing snapshots back
+        to back, taking turns twice, so the drift of the machine falls on both alike; then
+        (own cluster only) a fresh node joins and is timed until it is a voter.
+        """
+        await self.put_queue("bench-snap", visibility_timeout_s=3600)
+        t0 = time.perf_counter()
+        await self.prefill("bench-snap", count, concurrency=4)
+        fill_s = time.perf_counter() - t0
+        snap = await self.post("/v1/admin/snapshot", {})
+        took = float(snap["seconds"])
+        results = [
+            Result(
+                "snapshot",
+                1,
+                count,
+                took,
+                [took * 1000],
+                0,
+                f"{count:,} waiting msgs (filled in {fill_s:.0f}s): "
+                f"{snap['bytes'] / 1e6:,.1f} MB written in {took:.2f}s",
+            )
+        ]
+        for _turn in range(2):
+            idle = await self.send100(concurrency, dedup=False)
+            idle.workload, idle.note = SNAP_IDLE, "send100, no snapshot being written"
+            results.append(idle)
+            busy, written, busy_s = await self._while_snapshotting(
+                self.send100(concurrency, dedup=False)
+            )
+            busy.workload = SNAP_BUSY
+            busy.note = (
+                f"send100 while the leader wrote {written} snapshots "
+                f"({min(busy_s / busy.seconds, 1.0):.0%} of the time)"
+            )
+            results.append(busy)
+        if cluster is not None:
+            results.append(await self._catch_up(cluster, count))
+        return results
+
+    async def _while_snapshotting(self, work: Awaitable[Result]) -> tuple[Result, int, float]:
+        """Run `work` while the leader writes one snapshot after another; returns its result,
+        the snapshots written and the seconds spent writing them."""
+        stop = asyncio.Event()
+        done = {"written": 0, "seconds": 0.0}
+        timeout = aiohttp.ClientTimeout(total=600)
+
+        async def loop() -> None:
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                while not stop.is_set():
+                    started = time.perf_counter()
+                    async with session.post(self.url + "/v1/admin/snapshot", json={}) as resp:
+                        await resp.read()
+                        if resp.status == 200:
+                            done["written"] += 1
+                    done["seconds"] += time.perf_counter() - started
+
+        task = asyncio.ensure_future(loop())
+        try:
+            result = await work
+        finally:
+            stop.set()
+            await task
+        return result, done["written"], done["seconds"]
+
+    async def _catch_up(self, cluster: LocalCluster, count: int) -> Result:
+        """A fresh node joins with --join and is timed until the leader lists it as a voter
+        (it is promoted only once caught up); its state hash is then checked against the
+        leader's at the same applied index."""
+        http_port, raft_port = free_ports(2)
+        node = cluster.add_node(http_port, raft_port)
+        started = time.perf_counter()
+        cluster.start_node(node)
+        url = cluster.url(node)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            while node not in (await _get_json(session, self.url + "/v1/cluster/members")).get(
+                "voters", []
+            ):
+                if time.perf_counter() - started > 600:
+                    raise RuntimeError(f"node {node} was not a voter after 600 s")
+                await asyncio.sleep(0.05)
+            took = time.perf_counter() - started
+            for _ in range(100):  # ticks may land between the two reads: try again
+                lead = await _get_json(session, self.url + "/v1/admin/state")
+                mine = await _get_json(session, url + "/v1/admin/state")
+                if lead == mine:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise RuntimeError(f"node {node} holds a different state: {mine} != {lead}")
+            view = await _get_json(session, url + "/v1/cluster")
+        by = " by snapshot" if (view.get("snapshots") or {}).get("installed") else " by log"
+        return Result(
+            "catch-up",
+            1,
+            count,
+            took,
+            [took * 1000],
+            0,
+            f"a new node joins, gets {count:,} msgs{by}, is promoted to voter: {took:.1f}s",
+        )
+
 
 def _rss_mb(pid: int) -> float:
     try:
@@ -544,6 +657,16 @@ def _rss_mb(pid: int) -> float:
     except OSError:
         pass
     return float("nan")
+
+
+async def _get_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    """GET a JSON object; a node that is still starting answers nothing: {}."""
+    try:
+        async with session.get(url) as resp:
+            data = await resp.json()
+            return data if resp.status == 200 and isinstance(data, dict) else {}
+    except (aiohttp.ClientError, OSError, ValueError):
+        return {}
 
 
 async def _find_leader(session: aiohttp.ClientSession, servers: list[str]) -> str:
@@ -572,7 +695,12 @@ async def run(
         results = []
         for _round in range(args.rounds):
             for name in args.workloads:
-                results.append(await _run_one(bench, args, name, cluster))
+                if name == "snapshot":
+                    results.extend(
+                        await bench.snapshot(args.messages, cluster, args.batch_concurrency)
+                    )
+                else:
+                    results.append(await _run_one(bench, args, name, cluster))
         return results
     finally:
         await http.close()
@@ -603,15 +731,25 @@ async def _run_one(
     return await bench.memory(args.messages, cluster)
 
 
-def dedup_costs(results: list[Result]) -> list[float]:
-    """Per round, 1 - send100dd/send100 msgs/s: the share of batched throughput dedup ids cost.
+def paired_costs(results: list[Result], base: str, variant: str) -> list[float]:
+    """Per turn, 1 - variant/base msgs/s: the share of throughput the variant costs.
 
-    Paired within a round (the two runs are minutes apart at most) because this machine's
-    speed drifts between rounds by more than the cost being measured.
+    Paired within a turn (the two runs are seconds or minutes apart) because this machine's
+    speed drifts between turns by more than the cost being measured.
     """
-    plain = [r.rate for r in results if r.workload == "send100"]
-    dedup = [r.rate for r in results if r.workload == "send100dd"]
-    return [1.0 - d / p for p, d in zip(plain, dedup, strict=False) if p > 0]
+    plain = [r.rate for r in results if r.workload == base]
+    other = [r.rate for r in results if r.workload == variant]
+    return [1.0 - d / p for p, d in zip(plain, other, strict=False) if p > 0]
+
+
+def dedup_costs(results: list[Result]) -> list[float]:
+    """Per round, the share of batched throughput dedup ids cost (send100dd vs send100)."""
+    return paired_costs(results, "send100", "send100dd")
+
+
+def snapshot_costs(results: list[Result]) -> list[float]:
+    """Per turn, the share of batched throughput a snapshot being written costs."""
+    return paired_costs(results, SNAP_IDLE, SNAP_BUSY)
 
 
 def _has_proc() -> bool:
@@ -656,9 +794,17 @@ def parser() -> argparse.ArgumentParser:
         "--prefill", type=int, default=100_000, help="messages prefilled for recvack/txn"
     )
     p.add_argument(
-        "--messages", type=int, default=1_000_000, help="messages for the memory workload"
+        "--messages",
+        type=int,
+        default=1_000_000,
+        help="messages for the memory and snapshot workloads",
     )
     p.add_argument("--no-fsync", action="store_true", help="(own cluster) run nodes without fsync")
+    p.add_argument(
+        "--snapshot-trailing",
+        type=int,
+        help="(own cluster) log entries the nodes keep behind a snapshot (node default 5000)",
+    )
     p.add_argument(
         "--random-dedup-ids",
         action="store_true",
@@ -695,6 +841,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="raftq-bench-")
         ports = free_ports(2 * args.nodes)
         extra = ("--log-level", "warning") + (("--unsafe-no-fsync",) if args.no_fsync else ())
+        if args.snapshot_trailing is not None:
+            extra += ("--snapshot-trailing", str(args.snapshot_trailing))
         cluster = LocalCluster(
             nodes=args.nodes,
             data_dir=tmp.name,
@@ -714,7 +862,8 @@ def main(argv: list[str] | None = None) -> int:
             tmp.cleanup()
     if args.json:
         rows = [r.__dict__ | {"row": r.row()} for r in results]
-        print(json.dumps({"results": rows, "dedup_costs": dedup_costs(results)}, default=str))
+        costs = {"dedup_costs": dedup_costs(results), "snapshot_costs": snapshot_costs(results)}
+        print(json.dumps({"results": rows} | costs, default=str))
     else:
         setup = f"{len(servers)} nodes, fsync {'off' if args.no_fsync else 'on'}, {os.cpu_count()} cores"
         print(f"raftq bench — {setup}, {args.duration:g}s per workload")
@@ -734,13 +883,13 @@ def main(argv: list[str] | None = None) -> int:
                     best[r.workload] = r
             print(f"best of {args.rounds} rounds:")
             print_table(list(best.values()))
-        costs = dedup_costs(results)
-        if costs:
-            shown = ", ".join(f"{c:.0%}" for c in costs)
-            print(
-                f"dedup cost per round (1 - send100dd/send100): {shown}; "
-                f"median {statistics.median(costs):.0%}"
-            )
+        for label, costs in (
+            ("dedup cost per round (1 - send100dd/send100)", dedup_costs(results)),
+            ("snapshot cost per turn (1 - send100/snap / send100/idle)", snapshot_costs(results)),
+        ):
+            if costs:
+                shown = ", ".join(f"{c:.0%}" for c in costs)
+                print(f"{label}: {shown}; median {statistics.median(costs):.0%}")
     return 0
 
 

@@ -139,3 +139,37 @@ def test_cpu_seconds_counts_this_process() -> None:
     while time.process_time() < deadline:
         pass
     assert bench.cpu_seconds(os.getpid()) - before >= 0.2
+
+
+def test_snapshot_workload_pairs_its_turns_and_a_new_node_catches_up_by_snapshot(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Own cluster: the snapshot's size, two idle/busy pairs, and a joiner made a voter."""
+    argv = ["snapshot", "--messages", "2000", "--duration", "0.4", "--batch-concurrency", "8"]
+    argv += ["--snapshot-trailing", "10"]  # the leader's log no longer starts at 1
+    assert bench.main([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = out["results"]
+    names = [r["workload"] for r in rows]
+    assert names == ["snapshot"] + [bench.SNAP_IDLE, bench.SNAP_BUSY] * 2 + ["catch-up"]
+    snap = rows[0]
+    assert snap["msgs"] == 2000 and "MB written" in snap["note"]
+    megabytes = float(snap["note"].split(": ")[1].split(" MB")[0])
+    assert megabytes > 2000 * 100 / 1e6  # at least the bodies it holds
+    for r in rows[1:5]:
+        assert r["msgs"] > 0 and r["errors"] == 0, r
+    written = [int(r["note"].split("wrote ")[1].split()[0]) for r in rows[2:5:2]]
+    assert all(n >= 1 for n in written)  # the busy runs really overlapped snapshots
+    assert len(out["snapshot_costs"]) == 2
+    idle, busy = rows[1], rows[2]
+    expected = 1 - (busy["msgs"] / busy["seconds"]) / (idle["msgs"] / idle["seconds"])
+    assert out["snapshot_costs"][0] == pytest.approx(expected)
+    catch_up = rows[-1]
+    assert "by snapshot" in catch_up["note"] and catch_up["seconds"] > 0
+
+
+def test_snapshot_workload_prints_its_cost(capsys: pytest.CaptureFixture[str]) -> None:
+    result = bench.Result(bench.SNAP_IDLE, 10, 1000, 1.0, [1.0], 0)
+    busy = bench.Result(bench.SNAP_BUSY, 10, 900, 1.0, [1.0], 0)
+    assert bench.snapshot_costs([result, busy]) == [pytest.approx(0.1)]
+    assert bench.dedup_costs([result, busy]) == []

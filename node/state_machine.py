@@ -39,6 +39,7 @@ from node.state import (
     transactions,
 )
 from node.state.snapshot import restore_snapshot, write_snapshot
+from node.state.snapshot_process import write_in_child
 from node.state.tables import (
     META_APPLIED_INDEX,
     META_LAST_TS,
@@ -118,8 +119,11 @@ HANDLERS: dict[str, Handler] = {
 class QueueStateMachine:
     """raft.state_machine.StateMachine for queues, stored in the node.* sub-dbs."""
 
-    def __init__(self, env: LmdbEnv) -> None:
+    def __init__(self, env: LmdbEnv, *, snapshot_in_child: bool = True) -> None:
+        """`snapshot_in_child`: write snapshots in a child process (see
+        node/state/snapshot_process.py); False writes them on the calling thread."""
         self.env = env
+        self.snapshot_in_child = snapshot_in_child
         self.tables = Tables(env)
         # queue_config() runs on every send: answer it from memory. An entry is trusted only
         # while no queue_put/queue_delete has committed since it was read (generation check).
@@ -164,8 +168,12 @@ class QueueStateMachine:
         """Every node.* record at the applied index, from one read transaction, to `path`.
 
         Runs on any thread: the read transaction sees one committed state (LMDB MVCC), so
-        the file is exactly the state at the applied index it records.
+        the file is exactly the state at the applied index it records. By default the
+        records are copied by a child process, which leaves this process's GIL to its
+        event loop.
         """
+        if self.snapshot_in_child:
+            return write_in_child(self.env.path, path)
 
         def read(txn: lmdb.Transaction) -> SnapshotFile:
             applied = self._ctx(txn, 0).get_int(META_APPLIED_INDEX)

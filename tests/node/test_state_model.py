@@ -76,7 +76,7 @@ class QueueComparison(RuleBasedStateMachine):
     def start(self) -> None:
         self.dirs = [tempfile.mkdtemp(prefix="raftq-sm-")]
         self.env = LmdbEnv(self.dirs[0], sync=False)
-        self.sm = QueueStateMachine(self.env)
+        self.sm = QueueStateMachine(self.env, snapshot_in_child=False)
         self.model = QueueModel()
         self.now_ms = 1_000_000
         self.log: list[Entry] = []
@@ -270,7 +270,7 @@ class QueueComparison(RuleBasedStateMachine):
     @rule()
     def restart(self) -> None:
         """A new instance on the same files, as after a restart: it knows no timer floors."""
-        self.sm = QueueStateMachine(self.env)
+        self.sm = QueueStateMachine(self.env, snapshot_in_child=False)
 
     @rule()
     def install_snapshot(self) -> None:
@@ -284,7 +284,7 @@ class QueueComparison(RuleBasedStateMachine):
         written = self.sm.write_snapshot(path)
         assert written.applied_index == len(self.log)
         env = LmdbEnv(tempfile.mkdtemp(prefix="raftq-sm-", dir=snap_dir), sync=False)
-        sm = QueueStateMachine(env)
+        sm = QueueStateMachine(env, snapshot_in_child=False)
         sm.apply(self.log[:1])  # it had some state of its own, which must go
         restored = env.write(lambda txn: sm.restore_in_txn(txn, path))
         sm.restored()

@@ -37,14 +37,13 @@ from typing import Any
 import msgpack
 import structlog
 
-from raft.codec import pack
 from raft.driver import NodeStopped, Overloaded, RaftNode
 from raft.errors import LeadershipLost, NotLeader, ProposalDropped, RaftError
 from raft.framing import FrameDecoder, FrameError, frame
 from raft.kv_state_machine import KvStateMachine
 from raft.lmdb_env import LmdbEnv
 from raft.lmdb_storage import LmdbStorage
-from raft.messages import ConfState
+from raft.messages import ConfState, pack
 
 log = structlog.get_logger("raft.demo_node")
 

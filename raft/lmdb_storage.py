@@ -54,7 +54,6 @@ import lmdb
 import msgpack
 import structlog
 
-from raft.codec import pack
 from raft.errors import Compacted, InvalidMessage, StorageCorruption, StorageError, Unavailable
 from raft.lmdb_env import LmdbEnv
 from raft.messages import (
@@ -67,6 +66,7 @@ from raft.messages import (
     conf_fields,
     conf_from_fields,
     decode_conf,
+    pack,
 )
 
 T = TypeVar("T")

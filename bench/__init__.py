@@ -1,0 +1,10 @@
+"""Benchmarks and demo harnesses of raftq: commands that measure, never product code.
+
+Why a package of its own: a benchmark reaches across layers (the queue benchmark starts
+nodes and drives the client, the Raft benchmark runs demo nodes on the driver), so it may
+import any package, and none of them imports it; `raftq bench` only names
+`bench.queue_bench` as the module to run. Bench code uses the packages through their
+public names only. Each module has one job and is run as `python -m bench.<module>`:
+
+- `pack_bench`: the kept msgpack Packer against a fresh `packb` per call.
+"""

@@ -6,5 +6,6 @@ import any package, and none of them imports it; `raftq bench` only names
 `bench.queue_bench` as the module to run. Bench code uses the packages through their
 public names only. Each module has one job and is run as `python -m bench.<module>`:
 
+- `storage_bench`: fsynced saves/s of the durable log (`LmdbStorage.save`) on this disk.
 - `pack_bench`: the kept msgpack Packer against a fresh `packb` per call.
 """

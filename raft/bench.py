@@ -20,7 +20,7 @@ import tempfile
 import time
 from typing import Any
 
-from raft import lmdb_storage
+from bench import storage_bench
 from raft.demo_node import ControlClient, DemoCluster, configure_logging
 
 
@@ -59,7 +59,7 @@ def _pct(sorted_ms: list[float], q: float) -> float:
 
 def _disk_context(path: str | None) -> float:
     """Single-entry fsynced LMDB saves/s on this disk right now (the latency floor)."""
-    result = lmdb_storage.bench(batch_sizes=(1,), duration_s=1.0, path=path)[0]
+    result = storage_bench.measure(batch_sizes=(1,), duration_s=1.0, path=path)[0]
     return round(result.saves_per_s, 1)
 
 

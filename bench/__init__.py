@@ -7,5 +7,6 @@ import any package, and none of them imports it; `raftq bench` only names
 public names only. Each module has one job and is run as `python -m bench.<module>`:
 
 - `storage_bench`: fsynced saves/s of the durable log (`LmdbStorage.save`) on this disk.
+- `transport_bench`: APP messages/s through the peer transport on loopback.
 - `pack_bench`: the kept msgpack Packer against a fresh `packb` per call.
 """

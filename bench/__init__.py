@@ -6,6 +6,9 @@ import any package, and none of them imports it; `raftq bench` only names
 `bench.queue_bench` as the module to run. Bench code uses the packages through their
 public names only. Each module has one job and is run as `python -m bench.<module>`:
 
+- `raft_bench`: committed proposals/s and commit latency of the Raft layer alone, on the
+  demo nodes of `bench.demo` (a `RaftNode` on a KV state machine, driven over a loopback
+  control port).
 - `storage_bench`: fsynced saves/s of the durable log (`LmdbStorage.save`) on this disk.
 - `transport_bench`: APP messages/s through the peer transport on loopback.
 - `pack_bench`: the kept msgpack Packer against a fresh `packb` per call.

@@ -6,6 +6,7 @@ import any package, and none of them imports it; `raftq bench` only names
 `bench.queue_bench` as the module to run. Bench code uses the packages through their
 public names only. Each module has one job and is run as `python -m bench.<module>`:
 
+- `apply_bench`: the queue state machine's apply cost per message, per replica.
 - `raft_bench`: committed proposals/s and commit latency of the Raft layer alone, on the
   demo nodes of `bench.demo` (a `RaftNode` on a KV state machine, driven over a loopback
   control port).

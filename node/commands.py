@@ -14,7 +14,7 @@ from typing import Any
 import msgpack
 
 from node.errors import BadRequest
-from raft.codec import pack
+from raft.messages import pack
 
 COMMAND_VERSION = 1
 MAX_TS_MS = (1 << 63) - 1

@@ -17,7 +17,7 @@ import msgpack
 from aiohttp import web
 
 from node.errors import ERROR_HTTP_STATUS
-from raft.codec import pack
+from raft.messages import pack
 
 MSGPACK = "application/msgpack"
 MAX_SAFE_INT = (1 << 63) - 1

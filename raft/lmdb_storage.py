@@ -40,11 +40,7 @@ open) safe.
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import struct
-import tempfile
-import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -54,7 +50,6 @@ import lmdb
 import msgpack
 import structlog
 
-from raft.codec import pack
 from raft.errors import Compacted, InvalidMessage, StorageCorruption, StorageError, Unavailable
 from raft.lmdb_env import LmdbEnv
 from raft.messages import (
@@ -67,6 +62,7 @@ from raft.messages import (
     conf_fields,
     conf_from_fields,
     decode_conf,
+    pack,
 )
 
 T = TypeVar("T")
@@ -794,93 +790,3 @@ class LmdbStorage:
     def close(self) -> None:
         """Stop accepting writes. The LmdbEnv is shared: its owner closes it."""
         self._closed = True
-
-
-# ---------------------------------------------------------------- benchmark
-
-
-@dataclass(frozen=True, slots=True)
-class BenchResult:
-    batch_entries: int
-    entry_bytes: int
-    saves: int
-    elapsed_s: float
-
-    @property
-    def saves_per_s(self) -> float:
-        return self.saves / self.elapsed_s
-
-    @property
-    def entries_per_s(self) -> float:
-        return self.saves * self.batch_entries / self.elapsed_s
-
-
-def bench(
-    *,
-    batch_sizes: Sequence[int] = (1, 256),
-    entry_bytes: int = 100,
-    duration_s: float = 2.0,
-    max_saves: int = 100_000,
-    sync: bool = True,
-    path: str | None = None,
-) -> list[BenchResult]:
-    """Time `save` of batches of `entry_bytes` entries (fsync on by default).
-
-    Each batch size runs in a fresh env for about `duration_s` (bounded by `max_saves`).
-    """
-    results = []
-    payload = b"x" * entry_bytes
-    for batch in batch_sizes:
-        root = tempfile.mkdtemp(prefix="raftq-bench-", dir=path)
-        env = LmdbEnv(root, sync=sync)
-        try:
-            storage = LmdbStorage(env, initial_conf=ConfState((1,)))
-            storage.save(HardState(term=1, vote=1), [])
-            next_index = 1
-            saves = 0
-            start = time.perf_counter()
-            deadline = start + duration_s
-            while saves < max_saves and time.perf_counter() < deadline:
-                batch_entries = [
-                    Entry(i, 1, EntryKind.NORMAL, payload)
-                    for i in range(next_index, next_index + batch)
-                ]
-                storage.save(None, batch_entries)
-                next_index += batch
-                saves += 1
-            results.append(BenchResult(batch, entry_bytes, saves, time.perf_counter() - start))
-        finally:
-            env.close()
-            shutil.rmtree(root, ignore_errors=True)
-    return results
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m raft.lmdb_storage")
-    parser.add_argument("--bench", action="store_true", help="run the append benchmark")
-    parser.add_argument("--duration-s", type=float, default=2.0)
-    parser.add_argument("--entry-bytes", type=int, default=100)
-    parser.add_argument("--batch", type=int, action="append", help="batch size (repeatable)")
-    parser.add_argument("--no-sync", action="store_true", help="disable fsync (comparison only)")
-    parser.add_argument("--dir", default=None, help="where to create the bench env")
-    args = parser.parse_args(argv)
-    if not args.bench:
-        parser.print_help()
-        return 2
-    for r in bench(
-        batch_sizes=args.batch or (1, 256),
-        entry_bytes=args.entry_bytes,
-        duration_s=args.duration_s,
-        sync=not args.no_sync,
-        path=args.dir,
-    ):
-        print(  # CLI output, not library logging
-            f"batch={r.batch_entries:4d} entry_bytes={r.entry_bytes} fsync={not args.no_sync} "
-            f"saves/s={r.saves_per_s:9.1f} entries/s={r.entries_per_s:11.1f} "
-            f"({r.saves} saves in {r.elapsed_s:.2f}s)"
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -15,7 +15,7 @@ import msgpack
 
 from node.state import keys
 from node.state.tables import TIMER_DEDUP_EXPIRY, Ctx
-from raft.codec import pack
+from raft.messages import pack
 
 
 def stored(ctx: Ctx, key: bytes) -> tuple[int, int] | None:

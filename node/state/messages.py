@@ -19,7 +19,7 @@ from typing import Any
 
 from node.state import counters, keys
 from node.state.tables import TIMER_DELAYED, TIMER_LEASES, TIMER_RETENTION, Ctx, unpack
-from raft.codec import pack
+from raft.messages import pack
 
 READY = 0
 IN_FLIGHT = 1

@@ -15,8 +15,8 @@ import lmdb
 import msgpack
 
 from node.state import keys
-from raft.codec import pack
 from raft.lmdb_env import LmdbEnv
+from raft.messages import pack
 
 # Every sub-db the queue state machine owns, in the order state_hash visits them.
 TABLE_NAMES: tuple[str, ...] = (

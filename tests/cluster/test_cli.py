@@ -53,7 +53,7 @@ def test_split_passthrough() -> None:
         ["--seed", "3"],
         ["--servers", "http://x:1"],
     )
-    assert split_passthrough(["bench"])[0] == "cluster.bench"  # type: ignore[index]
+    assert split_passthrough(["bench"])[0] == "bench.queue_bench"  # type: ignore[index]
     assert split_passthrough(["status", "node"]) is None
     assert split_passthrough(["--json"]) is None
 
@@ -187,7 +187,7 @@ def test_env_servers_and_subprocess_entry_point(fake: FakeCluster) -> None:
     assert json.loads(proc.stdout)["leader"]["id"] == 1
 
 
-def test_bench_passthrough_execs_cluster_bench() -> None:
+def test_bench_passthrough_execs_bench_queue_bench() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
         [sys.executable, "-m", "cluster.cli", "bench", "--help"],

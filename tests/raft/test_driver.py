@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,9 +11,10 @@ from typing import Any
 import pytest
 import structlog
 
+from bench.demo.kv_state_machine import KvStateMachine
+from cluster.launcher import free_ports
 from raft.driver import NodeStopped, Overloaded, RaftNode
 from raft.errors import LeadershipLost, NotLeader, ProposalDropped, StorageError
-from raft.kv_state_machine import KvStateMachine
 from raft.lmdb_env import LmdbEnv
 from raft.lmdb_storage import LmdbStorage
 from raft.messages import ConfState, Entry, HardState, MessageType, Ready, Role
@@ -24,19 +24,6 @@ pytestmark = pytest.mark.timeout(60)
 
 CLUSTER = "test-driver"
 TICK_MS = 20
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class Member:
@@ -264,23 +251,6 @@ async def test_proposal_from_deposed_leader_is_dropped_or_applied(
         # Applied: the committed entry at that index really is this proposal.
         got = cluster[new_leader.node_id].storage.entries(outcome, outcome + 1)  # type: ignore[union-attr]
         assert got[0].data == f"Sz{i}\x00v".encode()
-
-
-def test_kv_state_machine_is_deterministic(tmp_path: Path) -> None:
-    entries = [Entry(i, 1, data=f"Ik{i % 3}".encode()) for i in range(1, 30)]
-    sums = []
-    for name in ("a", "b"):
-        env = LmdbEnv(str(tmp_path / name))
-        sm = KvStateMachine(env)
-        results = sm.apply(entries[:10]) + sm.apply(entries[10:])
-        sums.append((results, sm.summary()))
-        env.close()
-        reopened = KvStateMachine(LmdbEnv(str(tmp_path / name)))
-        assert reopened.applied_index() == 29
-        with pytest.raises(ValueError):
-            reopened.apply(entries[5:6])
-    assert sums[0] == sums[1]
-    assert sums[0][1]["applied_count"] == 29 and sums[0][1]["keys"] == 3
 
 
 def test_role_is_follower_before_start(tmp_path: Path) -> None:

@@ -1,84 +1,40 @@
-"""`raftq bench`: the benchmark workloads, printing a table.
+"""The queue workloads of `raftq bench`: each loads the cluster one way and times it.
 
-Why a command and not timed tests: throughput depends on the machine and on what else runs;
-a benchmark states its setup and prints figures, a test asserts behaviour. By default it
-starts its own local 3-node cluster (fsync on) in a temporary directory and stops it after;
-`--servers` points it at a running cluster instead. It talks raw HTTP to the leader so the
-figures measure the cluster, not client-side retry logic.
-
-Workloads:
-  send1       1 message per request, --concurrency requests in flight
-  send100     100 messages per request (no dedup ids)
-  send100dd   100 messages per request, each with a dedup id (time-ordered, as the client
-              makes them; --random-dedup-ids for uuid4)
-  recvack     receive batches of 10 and ack them (queue prefilled)
-  consume     the client library's consumer loop (`queue.consume`, --consumers handlers,
-              a handler that does nothing): what a worker gets, leases and acks included,
-              where recvack measures the raw API (queue prefilled)
-  consume-eo  the same with `queue.consume_exactly_once`: each message's ack and a copy of
-              it to an output queue commit as one transaction
-  txn         1-ack-1-send transactions, --txn-workers in flight (needs /v1/transactions)
-  txn-consumer  the same transactions shaped like the client's consume_exactly_once: one
-              receive loop takes up to the free slots at once, so receives are shared
-  memory      fill one queue with --messages 100-byte messages, then report each node's
-              resident memory and the latency of single receives
-  snapshot    fill one queue with --messages 100-byte messages; the leader writes a
-              snapshot (size, time); send100 with and without the leader writing snapshots
-              back to back, taking turns twice; (own cluster) a new node joins and is timed
-              until it is a voter holding the leader's state
-
-Load: 64 requests (or consumers) in flight for send1, send100 and recvack, the issue's
-figure for send1, and 32 transaction workers. On 3 nodes sharing 2 cores that saturates
-the cluster, so each rate is what the cluster can take, and the latencies are those at that
-load (lower concurrency gives lower latency and, below saturation, a lower rate).
+`Bench` runs them against the leader: raw HTTP through `LeanHttp` for the API workloads,
+the client library's consumer loops for `consume` and `consume-eo`, and the admin API
+for the snapshot workload. Each returns `Result` rows (messages/s, requests/s, latency
+percentiles, errors, and the cores each process kept busy when the bench started the
+cluster itself).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
-import json
 import os
-import resource
-import statistics
-import sys
-import tempfile
 import time
-import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import structlog
 
+from bench.lean_http import LeanHttp
+from bench.process_probe import CpuProbe, rss_mb
 from cluster.client import AsyncClient
+from cluster.errors import Conflict
 from cluster.launcher import LocalCluster, free_ports
 from cluster.message import Message
 from cluster.transactions import exactly_once_consumer
 
-WORKLOADS = (
-    "send1",
-    "send100",
-    "send100dd",
-    "recvack",
-    "consume",
-    "consume-eo",
-    "txn",
-    "txn-consumer",
-    "memory",
-    "snapshot",
-)
 SNAP_IDLE, SNAP_BUSY = "send100/idle", "send100/snap"  # the snapshot workload's pair
-DEFAULT_SET = ("send1", "send100", "send100dd", "recvack", "txn")
 
 
 _MASK_80 = (1 << 80) - 1
 
 
-def _ordered_ids(n: int) -> list[str]:
+def ordered_ids(n: int) -> list[str]:
     """`n` ids laid out as the client's `new_dedup_id` (ms time, then 80 bits), made faster.
 
     The load generator shares the cores with the cluster it measures: 100 calls of
@@ -90,7 +46,8 @@ def _ordered_ids(n: int) -> list[str]:
     return [f"{ms:012x}{(base + i) & _MASK_80:020x}" for i in range(n)]
 
 
-def _random_ids(n: int) -> list[str]:
+def random_ids(n: int) -> list[str]:
+    """`n` random uuid4 ids (`--random-dedup-ids`)."""
     return [uuid.uuid4().hex for _ in range(n)]
 
 
@@ -126,89 +83,55 @@ class Result:
         ]
 
 
-class LeanHttp:
-    """A minimal HTTP/1.1 keep-alive client for the load loops.
+class CompletionTimingClient(AsyncClient):
+    """The client of the consume workloads: times and counts the requests completing messages.
 
-    Why not aiohttp's client here: on a small machine the load generator shares the cores
-    with the nodes it measures, and aiohttp's client costs about as much CPU per request as
-    the server does. Like wrk, this sends a fixed request shape on reused connections and
-    parses only the status line, Content-Length and the JSON body, so more of the machine
-    is left to the cluster. It handles exactly what the bench needs (JSON in and out).
+    Every call of the client library goes through the public `AsyncClient.request`, so
+    the bench measures there, from outside the consumer loop: when an ack request
+    (`POST .../ack`) or an exactly-once transaction (`POST /v1/transactions`) is answered,
+    each receipt it carried whose handler start is in `started_at` gets its latency, from
+    that start to the answer. A transaction refused for a stale receipt (409) ended its
+    deliveries too, as stale, so it counts as well. `ack_requests` counts the ack requests
+    sent (concurrent handlers' acks share requests).
     """
 
-    def __init__(self, base_url: str) -> None:
-        parsed = urllib.parse.urlsplit(base_url)
-        self.host = parsed.hostname or "127.0.0.1"
-        self.port = parsed.port or 80
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-        self._all: list[asyncio.StreamWriter] = []
+    def __init__(self, servers: list[str], started_at: dict[str, float], **options: Any) -> None:
+        super().__init__(servers, **options)
+        self.started_at = started_at
+        self.latencies_ms: list[float] = []
+        self.ack_requests = 0
 
-    async def request(self, method: str, path: str, body: Any) -> tuple[int, Any]:
-        payload = json.dumps(body, separators=(",", ":")).encode()
-        head = (
-            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
-        ).encode()
-        if self._idle:
-            reader, writer = self._idle.pop()
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        body = kwargs.get("json_body")
+        if method != "POST" or not isinstance(body, dict):
+            return await super().request(method, path, **kwargs)
+        if path.endswith("/ack"):
+            self.ack_requests += 1
+            receipts = list(body.get("receipts") or ())
+        elif path == "/v1/transactions":
+            receipts = [item["receipt"] for item in body.get("ack") or ()]
         else:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
-            self._all.append(writer)
+            return await super().request(method, path, **kwargs)
         try:
-            writer.write(head + payload)
-            header = await reader.readuntil(b"\r\n\r\n")
-            status = int(header[9:12])
-            lower = header.lower()
-            at = lower.find(b"\r\ncontent-length:")
-            if at < 0:
-                raise RuntimeError(f"{path}: response without Content-Length")
-            length = int(lower[at + 17 : lower.index(b"\r\n", at + 2)])
-            data = await reader.readexactly(length)
-        except BaseException:
-            writer.close()
+            answer = await super().request(method, path, **kwargs)
+        except Conflict:
+            if path == "/v1/transactions":
+                self._completed(receipts)
             raise
-        if b"connection: close" in lower:
-            writer.close()
-        else:
-            self._idle.append((reader, writer))
-        return status, json.loads(data) if data else None
+        self._completed(receipts)
+        return answer
 
-    async def close(self) -> None:
-        for writer in self._all:
-            writer.close()
-        self._all.clear()
-        self._idle.clear()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (Linux /proc)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)": state is fields[0]
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class CpuProbe:
-    """CPU seconds used so far by each node of a local cluster and by this process.
-
-    Why: on a small machine the nodes and the load generator share the cores, and which
-    process saturates first says what bounds a rate: the leader's per-request work, the
-    replicas' apply, or the machine as a whole.
-    """
-
-    def __init__(self, cluster: LocalCluster, leader_url: str) -> None:
-        self.roles = {
-            ("leader" if cluster.url(i) == leader_url else f"follower {i}"): pid
-            for i, pid in sorted(cluster.pids.items())
-        }
-
-    def sample(self) -> dict[str, float]:
-        used = {role: cpu_seconds(pid) for role, pid in self.roles.items()}
-        own = resource.getrusage(resource.RUSAGE_SELF)
-        used["bench"] = own.ru_utime + own.ru_stime
-        return used
+    def _completed(self, receipts: list[str]) -> None:
+        now = time.perf_counter()
+        for receipt in receipts:
+            started = self.started_at.pop(receipt, None)
+            if started is not None:
+                self.latencies_ms.append((now - started) * 1000)
 
 
 class Bench:
+    """The workloads against the leader at `leader_url`, each for `duration_s` seconds."""
+
     def __init__(
         self,
         leader_url: str,
@@ -303,7 +226,7 @@ class Bench:
         """
         name = "bench-send100dd" if dedup else "bench-send100"
         await self.put_queue(name)
-        make_ids = _random_ids if random_ids else _ordered_ids
+        make_ids = random_ids if random_ids else ordered_ids
 
         async def op(_i: int) -> int:
             msgs = [{"body": "x" * 100} for _ in range(100)]
@@ -362,7 +285,8 @@ class Bench:
         The handler does nothing (returns the body), so this is the library's own cost per
         message: receive for the free handler slots, a lease keeper per message, and the
         ack or the 1-ack-1-send transaction (completions that finish together share
-        requests). A message's latency runs from its handler's start to its completion.
+        requests). A message's latency runs from its handler's start to the answer of the
+        ack or transaction request that completed it (`CompletionTimingClient`).
         """
         name = "consume-eo" if exactly_once else "consume"
         source = f"bench-{name}"
@@ -370,14 +294,13 @@ class Bench:
         if exactly_once:
             await self.put_queue(f"{source}-out")
         await self.prefill(source, prefill)
-        latencies: list[float] = []
         started_at: dict[str, float] = {}
         loop = asyncio.get_running_loop()
-        async with AsyncClient(self.servers, timeout_s=30) as client:
+        async with CompletionTimingClient(self.servers, started_at, timeout_s=30) as client:
             q = client.queue(source)
 
             async def handler(msg: Message) -> Any:
-                started_at[msg.id] = time.perf_counter()
+                started_at[msg.receipt] = time.perf_counter()
                 return msg.body
 
             stop = asyncio.Event()
@@ -391,14 +314,6 @@ class Bench:
                 consumer = exactly_once_consumer(q, handler, output=f"{source}-out", **options)
             else:
                 consumer = q.consumer(handler, **options)
-            completion = consumer._complete
-
-            async def timed(msg: Message, result: Any) -> bool:
-                done = await completion(msg, result)
-                latencies.append((time.perf_counter() - started_at.pop(msg.id)) * 1000)
-                return done
-
-            consumer._complete = timed  # the loop's own completion, timed
             loop.call_later(self.duration_s, stop.set)
             cpu_before = self.cpu_sample()
             t0 = time.perf_counter()
@@ -409,7 +324,7 @@ class Bench:
             f"queue.{'consume_exactly_once' if exactly_once else 'consume'}, {concurrency} handlers"
         )
         if not exactly_once:
-            note += f"; {stats.succeeded / max(1, q._acks.requests):.1f} acks/ack request"
+            note += f"; {stats.succeeded / max(1, client.ack_requests):.1f} acks/ack request"
         if not left:
             note += "; the queue ran empty: raise --prefill"
         return Result(
@@ -417,7 +332,7 @@ class Bench:
             stats.succeeded,
             stats.succeeded,
             elapsed,
-            latencies,
+            client.latencies_ms,
             stats.failed + stats.stale,
             note,
             self.cores_busy(cpu_before, elapsed),
@@ -528,7 +443,7 @@ class Bench:
         rss = ""
         if cluster is not None:
             rss = ", ".join(
-                f"node{i} {_rss_mb(pid):.0f} MB" for i, pid in sorted(cluster.pids.items())
+                f"node{i} {rss_mb(pid):.0f} MB" for i, pid in sorted(cluster.pids.items())
             )
         return Result(
             "memory",
@@ -620,7 +535,7 @@ class Bench:
         cluster.start_node(node)
         url = cluster.url(node)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-            while node not in (await _get_json(session, self.url + "/v1/cluster/members")).get(
+            while node not in (await get_json(session, self.url + "/v1/cluster/members")).get(
                 "voters", []
             ):
                 if time.perf_counter() - started > 600:
@@ -628,14 +543,14 @@ class Bench:
                 await asyncio.sleep(0.05)
             took = time.perf_counter() - started
             for _ in range(100):  # ticks may land between the two reads: try again
-                lead = await _get_json(session, self.url + "/v1/admin/state")
-                mine = await _get_json(session, url + "/v1/admin/state")
+                lead = await get_json(session, self.url + "/v1/admin/state")
+                mine = await get_json(session, url + "/v1/admin/state")
                 if lead == mine:
                     break
                 await asyncio.sleep(0.1)
             else:
                 raise RuntimeError(f"node {node} holds a different state: {mine} != {lead}")
-            view = await _get_json(session, url + "/v1/cluster")
+            view = await get_json(session, url + "/v1/cluster")
         by = " by snapshot" if (view.get("snapshots") or {}).get("installed") else " by log"
         return Result(
             "catch-up",
@@ -648,18 +563,7 @@ class Bench:
         )
 
 
-def _rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-async def _get_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+async def get_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
     """GET a JSON object; a node that is still starting answers nothing: {}."""
     try:
         async with session.get(url) as resp:
@@ -667,231 +571,3 @@ async def _get_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
             return data if resp.status == 200 and isinstance(data, dict) else {}
     except (aiohttp.ClientError, OSError, ValueError):
         return {}
-
-
-async def _find_leader(session: aiohttp.ClientSession, servers: list[str]) -> str:
-    for _ in range(100):
-        for url in servers:
-            try:
-                async with session.get(url + "/v1/cluster") as resp:
-                    view = await resp.json()
-                    if view.get("leader"):
-                        return view["leader"]["url"]
-            except aiohttp.ClientError:
-                continue
-        await asyncio.sleep(0.2)
-    raise RuntimeError(f"no leader among {servers}")
-
-
-async def run(
-    args: argparse.Namespace, servers: list[str], cluster: LocalCluster | None
-) -> list[Result]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        leader_url = await _find_leader(session, servers)
-    http = LeanHttp(leader_url)
-    probe = CpuProbe(cluster, leader_url) if cluster is not None and _has_proc() else None
-    bench = Bench(leader_url, http, args.duration, probe, servers)
-    try:
-        results = []
-        for _round in range(args.rounds):
-            for name in args.workloads:
-                if name == "snapshot":
-                    results.extend(
-                        await bench.snapshot(args.messages, cluster, args.batch_concurrency)
-                    )
-                else:
-                    results.append(await _run_one(bench, args, name, cluster))
-        return results
-    finally:
-        await http.close()
-
-
-async def _run_one(
-    bench: Bench, args: argparse.Namespace, name: str, cluster: LocalCluster | None
-) -> Result:
-    if name == "send1":
-        return await bench.send1(args.concurrency)
-    if name == "send100":
-        return await bench.send100(args.batch_concurrency, dedup=False)
-    if name == "send100dd":
-        return await bench.send100(
-            args.batch_concurrency, dedup=True, random_ids=args.random_dedup_ids
-        )
-    if name == "recvack":
-        return await bench.recvack(args.consumers, args.prefill)
-    if name in ("consume", "consume-eo"):
-        return await bench.consume(args.consumers, args.prefill, name == "consume-eo")
-    if name in ("txn", "txn-consumer"):
-        run = bench.txn if name == "txn" else bench.txn_consumer
-        try:
-            return await run(args.txn_workers, args.prefill)
-        except RuntimeError as exc:
-            return Result(name, 0, 0, 0, [], 1, f"unavailable: {exc}"[:80])
-    assert name == "memory", name
-    return await bench.memory(args.messages, cluster)
-
-
-def paired_costs(results: list[Result], base: str, variant: str) -> list[float]:
-    """Per turn, 1 - variant/base msgs/s: the share of throughput the variant costs.
-
-    Paired within a turn (the two runs are seconds or minutes apart) because this machine's
-    speed drifts between turns by more than the cost being measured.
-    """
-    plain = [r.rate for r in results if r.workload == base]
-    other = [r.rate for r in results if r.workload == variant]
-    return [1.0 - d / p for p, d in zip(plain, other, strict=False) if p > 0]
-
-
-def dedup_costs(results: list[Result]) -> list[float]:
-    """Per round, the share of batched throughput dedup ids cost (send100dd vs send100)."""
-    return paired_costs(results, "send100", "send100dd")
-
-
-def snapshot_costs(results: list[Result]) -> list[float]:
-    """Per turn, the share of batched throughput a snapshot being written costs."""
-    return paired_costs(results, SNAP_IDLE, SNAP_BUSY)
-
-
-def _has_proc() -> bool:
-    return os.path.exists(f"/proc/{os.getpid()}/stat")
-
-
-def print_cpu(results: list[Result], out: Any = sys.stdout) -> None:
-    """Per run: cores each process kept busy, and the leader's CPU per op (what req/s
-    counts: a request; for txn a receive and a commit; for txn-consumer a commit)."""
-    for r in results:
-        if not r.cpu:
-            continue
-        busy = ", ".join(f"{role} {cores:.2f}" for role, cores in r.cpu.items())
-        per_op = r.cpu.get("leader", 0.0) * r.seconds / r.ops * 1e6 if r.ops else 0.0
-        print(f"  {r.workload}: {busy} cores; leader {per_op:,.0f} us CPU per op", file=out)
-
-
-def print_table(results: list[Result], out: Any = sys.stdout) -> None:
-    header = ["workload", "msgs/s", "req/s", "p50 ms", "p99 ms", "errors", "setup"]
-    rows = [header] + [r.row() for r in results]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)), file=out)
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="raftq bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("workloads", nargs="*", help=f"default: {' '.join(DEFAULT_SET)}")
-    p.add_argument(
-        "--servers", default=os.environ.get("RAFTQ_BENCH_SERVERS"), help="use a running cluster"
-    )
-    p.add_argument("--nodes", type=int, default=3)
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per workload")
-    p.add_argument(
-        "--rounds", type=int, default=1, help="run the workloads this many times, in turn"
-    )
-    p.add_argument("--concurrency", type=int, default=64, help="send1 requests in flight")
-    p.add_argument("--batch-concurrency", type=int, default=64, help="send100 requests in flight")
-    p.add_argument("--consumers", type=int, default=64, help="recvack consumers, consume handlers")
-    p.add_argument("--txn-workers", type=int, default=32)
-    p.add_argument(
-        "--prefill", type=int, default=100_000, help="messages prefilled for recvack/txn"
-    )
-    p.add_argument(
-        "--messages",
-        type=int,
-        default=1_000_000,
-        help="messages for the memory and snapshot workloads",
-    )
-    p.add_argument("--no-fsync", action="store_true", help="(own cluster) run nodes without fsync")
-    p.add_argument(
-        "--snapshot-trailing",
-        type=int,
-        help="(own cluster) log entries the nodes keep behind a snapshot (node default 5000)",
-    )
-    p.add_argument(
-        "--random-dedup-ids",
-        action="store_true",
-        help="send100dd with random uuid4 ids instead of the client's time-ordered ones",
-    )
-    p.add_argument("--json", action="store_true")
-    return p
-
-
-def _logs_to_stderr() -> None:
-    """Results go to stdout (`--json` must parse); the launcher's log lines to stderr.
-
-    The stream is looked up at each log call, so a replaced sys.stderr (tests) is honoured.
-    """
-    if not structlog.is_configured():
-        structlog.configure(logger_factory=lambda *_: structlog.PrintLogger(sys.stderr))
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = parser()
-    args = p.parse_args(argv)
-    _logs_to_stderr()
-    args.workloads = args.workloads or list(DEFAULT_SET)
-    unknown = [w for w in args.workloads if w not in WORKLOADS]
-    if unknown:
-        p.error(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
-    if args.rounds < 1 or args.duration <= 0:
-        p.error("--rounds must be >= 1 and --duration > 0")
-    cluster = None
-    tmp = None
-    if args.servers:
-        servers = [s.strip().rstrip("/") for s in args.servers.split(",") if s.strip()]
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="raftq-bench-")
-        ports = free_ports(2 * args.nodes)
-        extra = ("--log-level", "warning") + (("--unsafe-no-fsync",) if args.no_fsync else ())
-        if args.snapshot_trailing is not None:
-            extra += ("--snapshot-trailing", str(args.snapshot_trailing))
-        cluster = LocalCluster(
-            nodes=args.nodes,
-            data_dir=tmp.name,
-            http_port=ports[: args.nodes],
-            raft_port=ports[args.nodes :],
-            extra_args=extra,
-        )
-        cluster.start()
-        cluster.wait_for_leader(timeout_s=30)
-        servers = cluster.urls
-    try:
-        results = asyncio.run(run(args, servers, cluster))
-    finally:
-        if cluster is not None:
-            cluster.stop_all()
-        if tmp is not None:
-            tmp.cleanup()
-    if args.json:
-        rows = [r.__dict__ | {"row": r.row()} for r in results]
-        costs = {"dedup_costs": dedup_costs(results), "snapshot_costs": snapshot_costs(results)}
-        print(json.dumps({"results": rows} | costs, default=str))
-    else:
-        setup = f"{len(servers)} nodes, fsync {'off' if args.no_fsync else 'on'}, {os.cpu_count()} cores"
-        print(f"raftq bench — {setup}, {args.duration:g}s per workload")
-        print_table(results)
-        if any(r.cpu for r in results):
-            print("CPU during each run (1.00 = one core busy):")
-            print_cpu(results)
-        lat = [r.latencies_ms for r in results if r.latencies_ms]
-        if lat:
-            print(
-                f"(median of medians {statistics.median(statistics.median(x) for x in lat):.2f} ms)"
-            )
-        if args.rounds > 1:
-            best: dict[str, Result] = {}
-            for r in results:
-                if r.workload not in best or r.rate > best[r.workload].rate:
-                    best[r.workload] = r
-            print(f"best of {args.rounds} rounds:")
-            print_table(list(best.values()))
-        for label, costs in (
-            ("dedup cost per round (1 - send100dd/send100)", dedup_costs(results)),
-            ("snapshot cost per turn (1 - send100/snap / send100/idle)", snapshot_costs(results)),
-        ):
-            if costs:
-                shown = ", ".join(f"{c:.0%}" for c in costs)
-                print(f"{label}: {shown}; median {statistics.median(costs):.0%}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

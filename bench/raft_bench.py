@@ -1,11 +1,11 @@
-"""Raft benchmark: committed proposals/s and commit latency on 3 real demo_node processes.
+"""Raft benchmark: committed proposals/s and commit latency on 3 real demo node processes.
 
 Why a command and not a test: speed depends on the machine and what else runs on it, so
 it is measured on demand and reported with its context (cores, load average), never
 asserted. Both figures are end to end through the control interface: a proposal counts
 once the leader applied it after a majority fsync (fsync is on unless --no-fsync).
 
-    python -m raft.bench [--proposers 256 --size 100 --duration 10]
+    python -m bench.raft_bench [--proposers 256 --size 100 --duration 10]
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ import tempfile
 import time
 from typing import Any
 
-from raft import lmdb_storage
-from raft.demo_node import ControlClient, DemoCluster, configure_logging
+from bench import storage_bench
+from bench.demo.control_client import ControlClient
+from bench.demo.launcher import DemoCluster
+from bench.demo.node import configure_logging
 
 
 async def _throughput(
@@ -59,7 +61,7 @@ def _pct(sorted_ms: list[float], q: float) -> float:
 
 def _disk_context(path: str | None) -> float:
     """Single-entry fsynced LMDB saves/s on this disk right now (the latency floor)."""
-    result = lmdb_storage.bench(batch_sizes=(1,), duration_s=1.0, path=path)[0]
+    result = storage_bench.measure(batch_sizes=(1,), duration_s=1.0, path=path)[0]
     return round(result.saves_per_s, 1)
 
 
@@ -116,7 +118,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m raft.bench")
+    parser = argparse.ArgumentParser(prog="python -m bench.raft_bench")
     parser.add_argument("--proposers", type=int, default=256)
     parser.add_argument("--size", type=int, default=100, help="proposal bytes")
     parser.add_argument("--duration", type=float, default=10.0, help="throughput phase, s")

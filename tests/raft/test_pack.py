@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from raft import codec
+from raft import messages
 
 _values = st.recursive(
     st.none()
@@ -25,13 +25,13 @@ _values = st.recursive(
 
 @given(st.lists(_values, min_size=1, max_size=5))
 def test_kept_packer_writes_what_packb_writes(values: list[object]) -> None:
-    pack = codec.packer()
+    pack = messages.packer()
     for value in values:  # one Packer, several calls: nothing of a call leaks into the next
         assert pack(value) == msgpack.packb(value, use_bin_type=True)
 
 
 def test_a_failed_pack_leaves_nothing_behind_for_the_next_call() -> None:
-    pack = codec.packer()
+    pack = messages.packer()
     with pytest.raises(TypeError):
         pack([1, 2, object()])
     with pytest.raises(OverflowError):
@@ -41,10 +41,4 @@ def test_a_failed_pack_leaves_nothing_behind_for_the_next_call() -> None:
 
 def test_module_pack_round_trips() -> None:
     value = [7, 0, b"x" * 100, {"op": "send"}]
-    assert msgpack.unpackb(codec.pack(value), raw=False) == value
-
-
-def test_the_timing_command_prints_both_figures(capsys: pytest.CaptureFixture[str]) -> None:
-    assert codec.main() == 0
-    out = capsys.readouterr().out
-    assert out.startswith("packb ") and "kept Packer" in out
+    assert msgpack.unpackb(messages.pack(value), raw=False) == value

@@ -1,5 +1,5 @@
-"""`raftq bench` against a real 3-node cluster: short runs, so it is the code path that is
-checked here, never the speed."""
+"""`raftq bench` (bench.queue_bench) against a real 3-node cluster: short runs, so it is the
+code path that is checked here, never the speed."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from cluster import LocalCluster, bench
+from bench import process_probe, queue_bench, queue_workloads
+from cluster import LocalCluster
 from tests.support.api_client import ApiClient
 
 
@@ -19,7 +20,7 @@ def test_rounds_run_every_workload_in_turn_and_pair_the_dedup_cost(
 ) -> None:
     servers = ",".join(cluster3.urls)
     argv = ["send100", "send100dd", "--servers", servers, "--duration", "0.3", "--rounds", "2"]
-    assert bench.main([*argv, "--json"]) == 0
+    assert queue_bench.main([*argv, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [r["workload"] for r in out["results"]] == ["send100", "send100dd"] * 2
     for r in out["results"]:
@@ -31,7 +32,10 @@ def test_rounds_run_every_workload_in_turn_and_pair_the_dedup_cost(
         expected = 1 - (dedup["msgs"] / dedup["seconds"]) / (plain["msgs"] / plain["seconds"])
         assert cost == pytest.approx(expected)
 
-    assert bench.main([*argv[:2], "--servers", servers, "--duration", "0.3", "--rounds", "2"]) == 0
+    assert (
+        queue_bench.main([*argv[:2], "--servers", servers, "--duration", "0.3", "--rounds", "2"])
+        == 0
+    )
     text = capsys.readouterr().out
     assert "best of 2 rounds:" in text and "dedup cost per round" in text
 
@@ -41,7 +45,7 @@ def test_a_run_that_drains_its_queue_says_so(
 ) -> None:
     servers = ",".join(cluster3.urls)
     argv = ["recvack", "--servers", servers, "--duration", "0.5", "--prefill", "20"]
-    assert bench.main([*argv, "--consumers", "4", "--json"]) == 0
+    assert queue_bench.main([*argv, "--consumers", "4", "--json"]) == 0
     (result,) = json.loads(capsys.readouterr().out)["results"]
     assert result["msgs"] == 20 and result["errors"] == 0
     assert "the queue ran empty" in result["note"] and "raise --prefill" in result["note"]
@@ -53,7 +57,7 @@ def test_consume_runs_the_client_consumer_and_completes_every_message_once(
 ) -> None:
     servers = ",".join(cluster3.urls)
     argv = [workload, "--servers", servers, "--duration", "1", "--prefill", "200"]
-    assert bench.main([*argv, "--consumers", "16", "--json"]) == 0
+    assert queue_bench.main([*argv, "--consumers", "16", "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["results"]
     assert row["workload"] == workload and row["errors"] == 0
     assert row["msgs"] == 200 and len(row["latencies_ms"]) == 200
@@ -81,7 +85,7 @@ def test_consume_runs_the_client_consumer_and_completes_every_message_once(
 )
 def test_bad_arguments_are_refused_before_anything_starts(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        bench.main([*argv, "--servers", "http://127.0.0.1:9"])
+        queue_bench.main([*argv, "--servers", "http://127.0.0.1:9"])
     assert exc.value.code == 2
 
 
@@ -90,7 +94,7 @@ def test_txn_consumer_shares_receives_and_moves_each_message_once(
 ) -> None:
     servers = ",".join(cluster3.urls)
     argv = ["txn-consumer", "--servers", servers, "--duration", "0.5", "--prefill", "300"]
-    assert bench.main([*argv, "--json"]) == 0
+    assert queue_bench.main([*argv, "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["results"]
     assert row["workload"] == "txn-consumer" and row["errors"] == 0
     assert 0 < row["msgs"] <= 300
@@ -110,7 +114,7 @@ def test_txn_consumer_shares_receives_and_moves_each_message_once(
 def test_bench_dedup_ids_have_the_client_layout() -> None:
     from cluster.message import new_dedup_id
 
-    ids = bench._ordered_ids(100) + bench._ordered_ids(100)
+    ids = queue_workloads.ordered_ids(100) + queue_workloads.ordered_ids(100)
     assert len(set(ids)) == 200
     assert all(len(i) == 32 and set(i) <= set("0123456789abcdef") for i in ids)
     assert ids[:100] == sorted(ids[:100])  # ordered within one request
@@ -120,7 +124,7 @@ def test_bench_dedup_ids_have_the_client_layout() -> None:
 
 def test_own_cluster_runs_report_each_process_cpu(capsys: pytest.CaptureFixture[str]) -> None:
     """Without --servers the bench starts the nodes, so it can say which process was busy."""
-    assert bench.main(["send1", "--duration", "0.5", "--json"]) == 0
+    assert queue_bench.main(["send1", "--duration", "0.5", "--json"]) == 0
     (result,) = json.loads(capsys.readouterr().out)["results"]
     assert result["msgs"] > 0
     cpu = result["cpu"]
@@ -134,11 +138,11 @@ def test_own_cluster_runs_report_each_process_cpu(capsys: pytest.CaptureFixture[
 
 
 def test_cpu_seconds_counts_this_process() -> None:
-    before = bench.cpu_seconds(os.getpid())
+    before = process_probe.cpu_seconds(os.getpid())
     deadline = time.process_time() + 0.3
     while time.process_time() < deadline:
         pass
-    assert bench.cpu_seconds(os.getpid()) - before >= 0.2
+    assert process_probe.cpu_seconds(os.getpid()) - before >= 0.2
 
 
 def test_snapshot_workload_pairs_its_turns_and_a_new_node_catches_up_by_snapshot(
@@ -147,11 +151,13 @@ def test_snapshot_workload_pairs_its_turns_and_a_new_node_catches_up_by_snapshot
     """Own cluster: the snapshot's size, two idle/busy pairs, and a joiner made a voter."""
     argv = ["snapshot", "--messages", "2000", "--duration", "0.4", "--batch-concurrency", "8"]
     argv += ["--snapshot-trailing", "10"]  # the leader's log no longer starts at 1
-    assert bench.main([*argv, "--json"]) == 0
+    assert queue_bench.main([*argv, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     rows = out["results"]
     names = [r["workload"] for r in rows]
-    assert names == ["snapshot"] + [bench.SNAP_IDLE, bench.SNAP_BUSY] * 2 + ["catch-up"]
+    assert names == ["snapshot"] + [queue_workloads.SNAP_IDLE, queue_workloads.SNAP_BUSY] * 2 + [
+        "catch-up"
+    ]
     snap = rows[0]
     assert snap["msgs"] == 2000 and "MB written" in snap["note"]
     megabytes = float(snap["note"].split(": ")[1].split(" MB")[0])
@@ -169,7 +175,7 @@ def test_snapshot_workload_pairs_its_turns_and_a_new_node_catches_up_by_snapshot
 
 
 def test_snapshot_workload_prints_its_cost(capsys: pytest.CaptureFixture[str]) -> None:
-    result = bench.Result(bench.SNAP_IDLE, 10, 1000, 1.0, [1.0], 0)
-    busy = bench.Result(bench.SNAP_BUSY, 10, 900, 1.0, [1.0], 0)
-    assert bench.snapshot_costs([result, busy]) == [pytest.approx(0.1)]
-    assert bench.dedup_costs([result, busy]) == []
+    result = queue_workloads.Result(queue_workloads.SNAP_IDLE, 10, 1000, 1.0, [1.0], 0)
+    busy = queue_workloads.Result(queue_workloads.SNAP_BUSY, 10, 900, 1.0, [1.0], 0)
+    assert queue_bench.snapshot_costs([result, busy]) == [pytest.approx(0.1)]
+    assert queue_bench.dedup_costs([result, busy]) == []

@@ -22,19 +22,17 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any, overload
 from urllib.parse import quote
 
 import aiohttp
 
+from cluster import transactions
+from cluster.consumer import Consumer, ConsumerStats, Handler
 from cluster.discovery import LeaderRouter, resolve_servers
 from cluster.errors import BadRequest, RaftqError, TooLarge
 from cluster.grouping import GroupedCalls
 from cluster.message import AckResult, Message, OutgoingMessage, SendResult
-
-if TYPE_CHECKING:
-    from cluster.consumer import Consumer, ConsumerStats, Handler
-    from cluster.transactions import AsyncTransaction
 
 #: The API's long-poll limit: a longer `wait_s` is served as several polls.
 MAX_POLL_WAIT_S = 20.0
@@ -363,8 +361,6 @@ class AsyncQueue:
 
     def consumer(self, handler: Handler, **options: Any) -> Consumer:
         """A `Consumer` for this queue (not started); see `cluster.consumer.Consumer`."""
-        from cluster.consumer import Consumer
-
         return Consumer(self, handler, **options)
 
     async def consume(self, handler: Handler, **options: Any) -> ConsumerStats:
@@ -384,9 +380,7 @@ class AsyncQueue:
         """The consumer loop with a transaction instead of an ack: the input's ack and
         the handler's outputs (sent to `output`) commit all or nothing, exactly once per
         delivery. See `cluster.transactions.exactly_once_consumer`."""
-        from cluster.transactions import consume_exactly_once
-
-        return await consume_exactly_once(self, handler, output=output, **options)
+        return await transactions.consume_exactly_once(self, handler, output=output, **options)
 
     def stop(self) -> None:
         """Ask every consumer loop running on this handle to stop (drains, then returns)."""
@@ -474,11 +468,9 @@ class AsyncClient:
             extra_request_s=extra_request_s,
         )
 
-    def transaction(self, txn_id: str | None = None) -> AsyncTransaction:
+    def transaction(self, txn_id: str | None = None) -> transactions.AsyncTransaction:
         """Start collecting acks and sends to commit atomically (`async with` commits)."""
-        from cluster.transactions import AsyncTransaction
-
-        return AsyncTransaction(self, txn_id)
+        return transactions.AsyncTransaction(self, txn_id)
 
     def queue(self, name: str) -> AsyncQueue:
         """The handle of queue `name` (not created on the server: call `create()`)."""

@@ -23,14 +23,12 @@ import contextlib
 import signal
 import threading
 from collections.abc import Coroutine, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from cluster.client import AsyncClient, AsyncQueue, MessageRef
-from cluster.consumer import ConsumerStats, Handler
+from cluster.consumer import Consumer, ConsumerStats, Handler
 from cluster.message import AckResult, Message, SendResult
-
-if TYPE_CHECKING:
-    from cluster.transactions import Transaction
+from cluster.transactions import Transaction, exactly_once_consumer
 
 T = TypeVar("T")
 
@@ -228,15 +226,13 @@ class Queue:
     ) -> ConsumerStats:
         """Like `consume`, but each message's ack and the handler's outputs (sent to
         `output`) commit as one transaction, exactly once per delivery."""
-        from cluster.transactions import exactly_once_consumer
-
         consumer = exactly_once_consumer(
             self._aq, handler, output=output, handle_signals=False, **options
         )
         return self._run_consumer(consumer, stop_event, handle_signals)
 
     def _run_consumer(
-        self, consumer: Any, stop_event: threading.Event | None, handle_signals: bool
+        self, consumer: Consumer, stop_event: threading.Event | None, handle_signals: bool
     ) -> ConsumerStats:
         """Run an async consumer on the client's loop; signals and stop_event stop it."""
         future = asyncio.run_coroutine_threadsafe(consumer.run(), self.client._loop.loop)
@@ -334,8 +330,6 @@ class Client:
 
     def transaction(self, txn_id: str | None = None) -> Transaction:
         """Collect acks and sends to commit atomically; `with` commits on a clean exit."""
-        from cluster.transactions import Transaction
-
         return Transaction(self._async.transaction(txn_id), self._run)
 
     def queue(self, name: str) -> Queue:

@@ -22,14 +22,14 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any, overload
+from typing import Any, Unpack, overload
 from urllib.parse import quote
 
 import aiohttp
 
 from cluster import transactions
 from cluster.consumer import Consumer, ConsumerStats, Handler
-from cluster.discovery import LeaderRouter, resolve_servers
+from cluster.discovery import CallOptions, LeaderRouter, resolve_servers
 from cluster.errors import BadRequest, RaftqError, TooLarge
 from cluster.grouping import GroupedCalls
 from cluster.message import AckResult, Message, OutgoingMessage, SendResult
@@ -448,25 +448,14 @@ class AsyncClient:
         """Close connections (idempotent)."""
         await self._router.close()
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json_body: Any = None,
-        params: Mapping[str, str] | None = None,
-        timeout_s: float | None = None,
-        extra_request_s: float = 0.0,
-    ) -> Any:
-        """Low-level: one API call routed to the leader with retries; the decoded answer."""
-        return await self._router.request(
-            method,
-            path,
-            json_body=json_body,
-            params=params,
-            timeout_s=timeout_s,
-            extra_request_s=extra_request_s,
-        )
+    async def request(self, method: str, path: str, **options: Unpack[CallOptions]) -> Any:
+        """Low-level: one API call routed to the leader with retries; the decoded answer.
+
+        Options: `json_body`, `params`, `timeout_s` (this call's deadline instead of the
+        client's), `extra_request_s` (longer attempts, for a long poll); the router's
+        `LeaderRouter.request` is the one implementation.
+        """
+        return await self._router.request(method, path, **options)
 
     def transaction(self, txn_id: str | None = None) -> transactions.AsyncTransaction:
         """Start collecting acks and sends to commit atomically (`async with` commits)."""

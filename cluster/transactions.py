@@ -24,11 +24,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, Unpack
 
 import structlog
 
 from cluster.consumer import ConsumedQueue, Consumer, ConsumerStats
+from cluster.discovery import CallOptions
 from cluster.errors import BadRequest, Conflict, TooLarge
 from cluster.grouping import GroupedCalls
 from cluster.message import Message, OutgoingMessage, new_dedup_id
@@ -42,9 +43,7 @@ class Requester(Protocol):
     Declared here so that this module need not import the client, which imports it.
     """
 
-    async def request(
-        self, method: str, path: str, *, json_body: Any = ..., timeout_s: float | None = ...
-    ) -> Any: ...
+    async def request(self, method: str, path: str, **options: Unpack[CallOptions]) -> Any: ...
 
 
 class ExactlyOnceQueue(ConsumedQueue, Protocol):

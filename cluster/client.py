@@ -139,17 +139,7 @@ class AsyncQueue:
         """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        wire: list[dict[str, Any]] = []
-        for item in bodies:
-            if not isinstance(item, OutgoingMessage):
-                item = OutgoingMessage(
-                    item,
-                    attributes=dict(attributes or {}),
-                    delay_s=delay_s,
-                    group_id=group_id,
-                    priority=priority,
-                )
-            wire.append(item.to_wire())
+        wire = _wire_messages(bodies, attributes, delay_s, group_id, priority)
         results: list[SendResult] = []
         for start in range(0, len(wire), batch_size):
             batch = wire[start : start + batch_size]
@@ -186,18 +176,7 @@ class AsyncQueue:
         so a leader crash right after may lose it. Faster; for metrics-like data. Returns
         the number of messages accepted. Retries still carry the same dedup ids, so even a
         retried batch is never enqueued twice."""
-        wire = [
-            OutgoingMessage(
-                item,
-                attributes=dict(attributes or {}),
-                delay_s=delay_s,
-                group_id=group_id,
-                priority=priority,
-            ).to_wire()
-            if not isinstance(item, OutgoingMessage)
-            else item.to_wire()
-            for item in bodies
-        ]
+        wire = _wire_messages(bodies, attributes, delay_s, group_id, priority)
         if not wire:
             return 0
         answer = await self._call(
@@ -386,6 +365,31 @@ class AsyncQueue:
         """Ask every consumer loop running on this handle to stop (drains, then returns)."""
         for consumer in list(self._consumers):
             consumer.stop()
+
+
+def _wire_messages(
+    bodies: Iterable[Any],
+    attributes: Mapping[str, str] | None,
+    delay_s: float | None,
+    group_id: str | None,
+    priority: int | None,
+) -> list[dict[str, Any]]:
+    """The API's message dicts: an `OutgoingMessage` item as it is, any other item as the
+    body of a new one (with its own new dedup id) carrying the shared options."""
+    return [
+        (
+            item
+            if isinstance(item, OutgoingMessage)
+            else OutgoingMessage(
+                item,
+                attributes=dict(attributes or {}),
+                delay_s=delay_s,
+                group_id=group_id,
+                priority=priority,
+            )
+        ).to_wire()
+        for item in bodies
+    ]
 
 
 def max_(a: float, b: float) -> float:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import random
 import signal
 import sys
@@ -19,30 +18,9 @@ import structlog
 from chaos.cli_run import add_run_command
 from chaos.proxy import ProxyError, is_loopback, parse_address
 from chaos.proxy_api import serve
+from common.logging_setup import configure_logging
 
 log = structlog.get_logger("chaos")
-
-
-def configure_logging(log_format: str, level: str) -> None:
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
-        if log_format == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-        ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
-    )
 
 
 async def _run_proxy(host: str, port: int, seed: int | None, allow_remote: bool) -> None:

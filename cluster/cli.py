@@ -34,6 +34,7 @@ from cluster.errors import ClusterUnavailable, RaftqError
 from cluster.launcher import ClusterStartError, LocalCluster
 from cluster.message import Message, OutgoingMessage
 from cluster.sync_client import Client
+from common.logging_setup import configure_logging
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -618,16 +619,8 @@ def configure_cli_logging(verbose: bool = False) -> None:
     command itself reports failures in one line."""
     if structlog.is_configured():
         return
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.dev.ConsoleRenderer(colors=False),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.DEBUG if verbose else logging.ERROR
-        ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    configure_logging(
+        "console", logging.DEBUG if verbose else logging.ERROR, cache_logger_on_first_use=False
     )
 
 

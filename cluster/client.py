@@ -22,19 +22,17 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any, Unpack, overload
 from urllib.parse import quote
 
 import aiohttp
 
-from cluster.discovery import LeaderRouter, resolve_servers
+from cluster import transactions
+from cluster.consumer import Consumer, ConsumerStats, Handler
+from cluster.discovery import CallOptions, LeaderRouter, resolve_servers
 from cluster.errors import BadRequest, RaftqError, TooLarge
 from cluster.grouping import GroupedCalls
 from cluster.message import AckResult, Message, OutgoingMessage, SendResult
-
-if TYPE_CHECKING:
-    from cluster.consumer import Consumer, ConsumerStats, Handler
-    from cluster.transactions import AsyncTransaction
 
 #: The API's long-poll limit: a longer `wait_s` is served as several polls.
 MAX_POLL_WAIT_S = 20.0
@@ -141,17 +139,7 @@ class AsyncQueue:
         """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        wire: list[dict[str, Any]] = []
-        for item in bodies:
-            if not isinstance(item, OutgoingMessage):
-                item = OutgoingMessage(
-                    item,
-                    attributes=dict(attributes or {}),
-                    delay_s=delay_s,
-                    group_id=group_id,
-                    priority=priority,
-                )
-            wire.append(item.to_wire())
+        wire = _wire_messages(bodies, attributes, delay_s, group_id, priority)
         results: list[SendResult] = []
         for start in range(0, len(wire), batch_size):
             batch = wire[start : start + batch_size]
@@ -188,18 +176,7 @@ class AsyncQueue:
         so a leader crash right after may lose it. Faster; for metrics-like data. Returns
         the number of messages accepted. Retries still carry the same dedup ids, so even a
         retried batch is never enqueued twice."""
-        wire = [
-            OutgoingMessage(
-                item,
-                attributes=dict(attributes or {}),
-                delay_s=delay_s,
-                group_id=group_id,
-                priority=priority,
-            ).to_wire()
-            if not isinstance(item, OutgoingMessage)
-            else item.to_wire()
-            for item in bodies
-        ]
+        wire = _wire_messages(bodies, attributes, delay_s, group_id, priority)
         if not wire:
             return 0
         answer = await self._call(
@@ -363,8 +340,6 @@ class AsyncQueue:
 
     def consumer(self, handler: Handler, **options: Any) -> Consumer:
         """A `Consumer` for this queue (not started); see `cluster.consumer.Consumer`."""
-        from cluster.consumer import Consumer
-
         return Consumer(self, handler, **options)
 
     async def consume(self, handler: Handler, **options: Any) -> ConsumerStats:
@@ -384,14 +359,37 @@ class AsyncQueue:
         """The consumer loop with a transaction instead of an ack: the input's ack and
         the handler's outputs (sent to `output`) commit all or nothing, exactly once per
         delivery. See `cluster.transactions.exactly_once_consumer`."""
-        from cluster.transactions import consume_exactly_once
-
-        return await consume_exactly_once(self, handler, output=output, **options)
+        return await transactions.consume_exactly_once(self, handler, output=output, **options)
 
     def stop(self) -> None:
         """Ask every consumer loop running on this handle to stop (drains, then returns)."""
         for consumer in list(self._consumers):
             consumer.stop()
+
+
+def _wire_messages(
+    bodies: Iterable[Any],
+    attributes: Mapping[str, str] | None,
+    delay_s: float | None,
+    group_id: str | None,
+    priority: int | None,
+) -> list[dict[str, Any]]:
+    """The API's message dicts: an `OutgoingMessage` item as it is, any other item as the
+    body of a new one (with its own new dedup id) carrying the shared options."""
+    return [
+        (
+            item
+            if isinstance(item, OutgoingMessage)
+            else OutgoingMessage(
+                item,
+                attributes=dict(attributes or {}),
+                delay_s=delay_s,
+                group_id=group_id,
+                priority=priority,
+            )
+        ).to_wire()
+        for item in bodies
+    ]
 
 
 def max_(a: float, b: float) -> float:
@@ -454,31 +452,18 @@ class AsyncClient:
         """Close connections (idempotent)."""
         await self._router.close()
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json_body: Any = None,
-        params: Mapping[str, str] | None = None,
-        timeout_s: float | None = None,
-        extra_request_s: float = 0.0,
-    ) -> Any:
-        """Low-level: one API call routed to the leader with retries; the decoded answer."""
-        return await self._router.request(
-            method,
-            path,
-            json_body=json_body,
-            params=params,
-            timeout_s=timeout_s,
-            extra_request_s=extra_request_s,
-        )
+    async def request(self, method: str, path: str, **options: Unpack[CallOptions]) -> Any:
+        """Low-level: one API call routed to the leader with retries; the decoded answer.
 
-    def transaction(self, txn_id: str | None = None) -> AsyncTransaction:
+        Options: `json_body`, `params`, `timeout_s` (this call's deadline instead of the
+        client's), `extra_request_s` (longer attempts, for a long poll); the router's
+        `LeaderRouter.request` is the one implementation.
+        """
+        return await self._router.request(method, path, **options)
+
+    def transaction(self, txn_id: str | None = None) -> transactions.AsyncTransaction:
         """Start collecting acks and sends to commit atomically (`async with` commits)."""
-        from cluster.transactions import AsyncTransaction
-
-        return AsyncTransaction(self, txn_id)
+        return transactions.AsyncTransaction(self, txn_id)
 
     def queue(self, name: str) -> AsyncQueue:
         """The handle of queue `name` (not created on the server: call `create()`)."""

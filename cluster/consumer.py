@@ -17,17 +17,14 @@ import functools
 import inspect
 import signal
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 
 from cluster.errors import ClusterUnavailable, RaftqError, ServerError
-from cluster.message import Message
-
-if TYPE_CHECKING:
-    from cluster.client import AsyncQueue
+from cluster.message import AckResult, Message
 
 log = structlog.get_logger("raftq.consumer")
 
@@ -48,6 +45,32 @@ class ConsumerStats:
     extended: int = 0
     stale: int = 0
     returned: int = 0
+
+
+class ConsumedQueue(Protocol):
+    """What the loop needs of the queue it consumes; `cluster.client.AsyncQueue` is one.
+
+    Declared here so that this module need not import the client, which imports it.
+    """
+
+    name: str
+    #: The loops running on this queue handle (each adds itself while it runs), so that
+    #: the handle's `stop()` reaches them.
+    _consumers: set[Consumer]
+
+    async def info(self) -> dict[str, Any]: ...
+
+    async def receive(
+        self, max: int, *, wait_s: float = ..., visibility_timeout_s: float | None = ...
+    ) -> list[Message]: ...
+
+    async def acknowledge(self, message: Message) -> bool: ...
+
+    async def retry(self, message: Message, delay_s: float = ...) -> bool: ...
+
+    async def retry_many(self, messages: Iterable[Message], delay_s: float = ...) -> AckResult: ...
+
+    async def extend(self, message: Message, visibility_timeout_s: float) -> bool: ...
 
 
 def retry_delay_s(receive_count: int, base_s: float, max_s: float) -> float:
@@ -72,7 +95,7 @@ class Consumer:
 
     def __init__(
         self,
-        queue: AsyncQueue,
+        queue: ConsumedQueue,
         handler: Handler,
         *,
         concurrency: int = 1,
@@ -362,4 +385,11 @@ class Consumer:
             self.stats.extended += 1
 
 
-__all__ = ["Completion", "Consumer", "ConsumerStats", "Handler", "retry_delay_s"]
+__all__ = [
+    "Completion",
+    "ConsumedQueue",
+    "Consumer",
+    "ConsumerStats",
+    "Handler",
+    "retry_delay_s",
+]

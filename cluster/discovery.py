@@ -23,7 +23,7 @@ import os
 import random
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -50,6 +50,15 @@ REDIRECT_HEADERS = {"X-Raftq-Redirect": "1"}
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 #: Other 5xx answers are retried this many times, then raised as ServerError.
 MAX_SERVER_ERROR_RETRIES = 2
+
+
+class CallOptions(TypedDict, total=False):
+    """The per-call options of `LeaderRouter.request` (so of `AsyncClient.request` too)."""
+
+    json_body: Any
+    params: Mapping[str, str] | None
+    timeout_s: float | None
+    extra_request_s: float
 
 
 def normalize_server(url: str) -> str:

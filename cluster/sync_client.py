@@ -11,8 +11,12 @@
             q.acknowledge(msg)
 
 It runs a private asyncio loop in a daemon thread and forwards every call to the async
-client, so both share one implementation of discovery, retries and the consumer loop.
-A call blocks the calling thread only; many threads may share one `Client`.
+client, so both share one implementation of discovery, retries and the consumer loop:
+a method that only forwards is made by `_blocking` from the async method, whose
+parameters and docs it keeps; only what differs when blocking (iterables taken in the
+caller's thread, the `messages()` iterator, consumer loops stopped by signals or a
+`threading.Event`) is written here. A call blocks the calling thread only; many threads
+may share one `Client`.
 """
 
 from __future__ import annotations
@@ -20,19 +24,44 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import signal
 import threading
-from collections.abc import Coroutine, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from collections.abc import Callable, Coroutine, Iterable, Iterator
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
-from cluster.client import AsyncClient, AsyncQueue, MessageRef
-from cluster.consumer import ConsumerStats, Handler
+from cluster.client import MAX_POLL_WAIT_S, AsyncClient, AsyncQueue, MessageRef
+from cluster.consumer import Consumer, ConsumerStats, Handler
 from cluster.message import AckResult, Message, SendResult
-
-if TYPE_CHECKING:
-    from cluster.transactions import Transaction
+from cluster.transactions import Transaction, exactly_once_consumer
 
 T = TypeVar("T")
+P = ParamSpec("P")
+
+
+class _Blocking(Protocol):
+    """A blocking twin: the async object it wraps, and `_run` to run its coroutines."""
+
+    @property
+    def _async(self) -> Any: ...
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T: ...
+
+
+def _blocking(
+    method: Callable[Concatenate[Any, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[_Blocking, P], T]:
+    """The blocking twin of `method`, an async method of the wrapped object: it takes the
+    same arguments (and shows the same signature and docs), runs the call on the client's
+    loop and returns its result."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def blocking(self: _Blocking, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._run(getattr(self._async, name)(*args, **kwargs))
+
+    blocking.__qualname__ = method.__qualname__.removeprefix("Async")
+    return blocking
 
 
 class _LoopThread:
@@ -71,7 +100,7 @@ class Queue:
 
     def __init__(self, client: Client, aqueue: AsyncQueue) -> None:
         self.client = client
-        self._aq = aqueue
+        self._async = aqueue
         self.name = aqueue.name
 
     def __repr__(self) -> str:
@@ -80,119 +109,45 @@ class Queue:
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.client._run(coro)
 
-    def create(self, **config: Any) -> dict[str, Any]:
-        """Create or update the queue; see `AsyncQueue.create`."""
-        return self._run(self._aq.create(**config))
+    create = _blocking(AsyncQueue.create)
+    info = _blocking(AsyncQueue.info)
+    delete = _blocking(AsyncQueue.delete)
+    purge = _blocking(AsyncQueue.purge)
+    redrive = _blocking(AsyncQueue.redrive)
+    send = _blocking(AsyncQueue.send)
+    receive = _blocking(AsyncQueue.receive)
+    acknowledge = _blocking(AsyncQueue.acknowledge)
+    retry = _blocking(AsyncQueue.retry)
+    extend = _blocking(AsyncQueue.extend)
 
-    def info(self) -> dict[str, Any]:
-        """Config and stats of the queue."""
-        return self._run(self._aq.info())
-
-    def delete(self) -> None:
-        """Delete the queue and its messages."""
-        self._run(self._aq.delete())
-
-    def purge(self) -> dict[str, Any]:
-        """Drop every message, keep the queue."""
-        return self._run(self._aq.purge())
-
-    def redrive(self) -> dict[str, Any]:
-        """Move this dead-letter queue's messages back to their source queues."""
-        return self._run(self._aq.redrive())
-
-    def send(
-        self,
-        body: Any,
-        *,
-        attributes: Mapping[str, str] | None = None,
-        dedup_id: str | None = None,
-        delay_s: float | None = None,
-        group_id: str | None = None,
-        priority: int | None = None,
-        timeout_s: float | None = None,
-    ) -> str:
-        """Send one message (committed before this returns); returns its id."""
-        return self._run(
-            self._aq.send(
-                body,
-                attributes=attributes,
-                dedup_id=dedup_id,
-                delay_s=delay_s,
-                group_id=group_id,
-                priority=priority,
-                timeout_s=timeout_s,
-            )
-        )
+    # Iterables are read here, in the caller's thread, not on the client's loop.
 
     def send_many(self, bodies: Iterable[Any], **options: Any) -> list[SendResult]:
         """Send many messages in batches; see `AsyncQueue.send_many`."""
-        return self._run(self._aq.send_many(list(bodies), **options))
+        return self._run(self._async.send_many(list(bodies), **options))
 
     def send_at_most_once(self, bodies: Iterable[Any], **options: Any) -> int:
         """At-most-once produce (answered before commit); see `AsyncQueue.send_at_most_once`."""
-        return self._run(self._aq.send_at_most_once(list(bodies), **options))
+        return self._run(self._async.send_at_most_once(list(bodies), **options))
 
-    @overload
-    def receive(
-        self,
-        max: None = None,
-        *,
-        wait_s: float = 0.0,
-        visibility_timeout_s: float | None = None,
-        auto_ack: bool = False,
-    ) -> Message | None: ...
+    def acknowledge_many(self, messages: Iterable[MessageRef]) -> AckResult:
+        """Ack many messages in one request."""
+        return self._run(self._async.acknowledge_many(list(messages)))
 
-    @overload
-    def receive(
-        self,
-        max: int,
-        *,
-        wait_s: float = 0.0,
-        visibility_timeout_s: float | None = None,
-        auto_ack: bool = False,
-    ) -> list[Message]: ...
-
-    def receive(
-        self,
-        max: int | None = None,
-        *,
-        wait_s: float = 0.0,
-        visibility_timeout_s: float | None = None,
-        auto_ack: bool = False,
-    ) -> Message | list[Message] | None:
-        """Without `max`: one Message or None. With `max`: a list (maybe empty)."""
-        return self._run(
-            self._aq.receive(
-                max, wait_s=wait_s, visibility_timeout_s=visibility_timeout_s, auto_ack=auto_ack
-            )
-        )
+    def retry_many(self, messages: Iterable[MessageRef], delay_s: float = 0.0) -> AckResult:
+        """Nack many messages."""
+        return self._run(self._async.retry_many(list(messages), delay_s=delay_s))
 
     def messages(
-        self, *, max: int = 10, wait_s: float = 20.0, visibility_timeout_s: float | None = None
+        self,
+        *,
+        max: int = 10,
+        wait_s: float = MAX_POLL_WAIT_S,
+        visibility_timeout_s: float | None = None,
     ) -> Iterator[Message]:
         """Endless iterator of received messages; ack each one yourself."""
         while True:
             yield from self.receive(max, wait_s=wait_s, visibility_timeout_s=visibility_timeout_s)
-
-    def acknowledge(self, message: MessageRef) -> bool:
-        """Ack one message (Message, id of a message received here, or receipt)."""
-        return self._run(self._aq.acknowledge(message))
-
-    def acknowledge_many(self, messages: Iterable[MessageRef]) -> AckResult:
-        """Ack many messages in one request."""
-        return self._run(self._aq.acknowledge_many(list(messages)))
-
-    def retry(self, message: MessageRef, delay_s: float = 0.0) -> bool:
-        """Nack: visible again after `delay_s`."""
-        return self._run(self._aq.retry(message, delay_s=delay_s))
-
-    def retry_many(self, messages: Iterable[MessageRef], delay_s: float = 0.0) -> AckResult:
-        """Nack many messages."""
-        return self._run(self._aq.retry_many(list(messages), delay_s=delay_s))
-
-    def extend(self, message: MessageRef, visibility_timeout_s: float) -> bool:
-        """Extend the lease to now + `visibility_timeout_s`."""
-        return self._run(self._aq.extend(message, visibility_timeout_s))
 
     def consume(
         self,
@@ -208,7 +163,7 @@ class Queue:
         every message until `stop()`, `stop_event.set()` or SIGINT/SIGTERM; then wait for
         running handlers and return the stats. Success acks, an exception nacks with
         exponential delay, and leases are extended while a handler runs."""
-        consumer = self._aq.consumer(
+        consumer = self._async.consumer(
             handler,
             concurrency=concurrency,
             visibility_timeout_s=visibility_timeout_s,
@@ -228,15 +183,13 @@ class Queue:
     ) -> ConsumerStats:
         """Like `consume`, but each message's ack and the handler's outputs (sent to
         `output`) commit as one transaction, exactly once per delivery."""
-        from cluster.transactions import exactly_once_consumer
-
         consumer = exactly_once_consumer(
-            self._aq, handler, output=output, handle_signals=False, **options
+            self._async, handler, output=output, handle_signals=False, **options
         )
         return self._run_consumer(consumer, stop_event, handle_signals)
 
     def _run_consumer(
-        self, consumer: Any, stop_event: threading.Event | None, handle_signals: bool
+        self, consumer: Consumer, stop_event: threading.Event | None, handle_signals: bool
     ) -> ConsumerStats:
         """Run an async consumer on the client's loop; signals and stop_event stop it."""
         future = asyncio.run_coroutine_threadsafe(consumer.run(), self.client._loop.loop)
@@ -262,7 +215,7 @@ class Queue:
 
     def stop(self) -> None:
         """Stop every consumer loop running on this handle (thread-safe)."""
-        self.client._loop.loop.call_soon_threadsafe(self._aq.stop)
+        self.client._loop.loop.call_soon_threadsafe(self._async.stop)
 
 
 class Client:
@@ -334,8 +287,6 @@ class Client:
 
     def transaction(self, txn_id: str | None = None) -> Transaction:
         """Collect acks and sends to commit atomically; `with` commits on a clean exit."""
-        from cluster.transactions import Transaction
-
         return Transaction(self._async.transaction(txn_id), self._run)
 
     def queue(self, name: str) -> Queue:
@@ -345,45 +296,15 @@ class Client:
             q = self._queues[name] = Queue(self, self._async.queue(name))
         return q
 
-    def queues(self) -> list[dict[str, Any]]:
-        """Every queue with its depth, in_flight and delayed counts."""
-        return self._run(self._async.queues())
-
-    def cluster(self) -> dict[str, Any]:
-        """The cluster as the leader sees it."""
-        return self._run(self._async.cluster())
-
-    def members(self) -> dict[str, Any]:
-        """The configuration in force: voters, learners and how to reach each member."""
-        return self._run(self._async.members())
-
-    def add_member(
-        self, node_id: int, url: str, raft_addr: str, *, voter: bool = True
-    ) -> dict[str, Any]:
-        """Add a node (a learner until caught up; it stays one with voter=False)."""
-        return self._run(self._async.add_member(node_id, url, raft_addr, voter=voter))
-
-    def remove_member(self, node_id: int) -> dict[str, Any]:
-        """Remove a node from the configuration."""
-        return self._run(self._async.remove_member(node_id))
-
-    def promote_member(self, node_id: int) -> dict[str, Any]:
-        """Make a caught-up learner a voter."""
-        return self._run(self._async.promote_member(node_id))
-
-    def transfer_leader(self, to: int | None = None) -> dict[str, Any]:
-        """Hand leadership to voter `to` (default: the most caught-up other voter)."""
-        return self._run(self._async.transfer_leader(to))
-
-    def cluster_views(
-        self, urls: Iterable[str] | None = None, timeout_s: float = 2.0
-    ) -> dict[str, dict[str, Any] | Exception]:
-        """Each node's own `/v1/cluster` view (or the exception reaching it)."""
-        return self._run(self._async.cluster_views(urls, timeout_s=timeout_s))
-
-    def request(self, method: str, path: str, **kw: Any) -> Any:
-        """Low-level API call routed to the leader with retries."""
-        return self._run(self._async.request(method, path, **kw))
+    queues = _blocking(AsyncClient.queues)
+    cluster = _blocking(AsyncClient.cluster)
+    members = _blocking(AsyncClient.members)
+    add_member = _blocking(AsyncClient.add_member)
+    remove_member = _blocking(AsyncClient.remove_member)
+    promote_member = _blocking(AsyncClient.promote_member)
+    transfer_leader = _blocking(AsyncClient.transfer_leader)
+    cluster_views = _blocking(AsyncClient.cluster_views)
+    request = _blocking(AsyncClient.request)
 
 
 __all__ = ["Client", "Queue"]

@@ -24,19 +24,36 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, Unpack
 
 import structlog
 
+from cluster.consumer import ConsumedQueue, Consumer, ConsumerStats
+from cluster.discovery import CallOptions
 from cluster.errors import BadRequest, Conflict, TooLarge
 from cluster.grouping import GroupedCalls
 from cluster.message import Message, OutgoingMessage, new_dedup_id
 
-if TYPE_CHECKING:
-    from cluster.client import AsyncClient, AsyncQueue
-    from cluster.consumer import Consumer, ConsumerStats
-
 log = structlog.get_logger("raftq.transactions")
+
+
+class Requester(Protocol):
+    """What a transaction needs of a client: `request`, as `cluster.client.AsyncClient` has.
+
+    Declared here so that this module need not import the client, which imports it.
+    """
+
+    async def request(self, method: str, path: str, **options: Unpack[CallOptions]) -> Any: ...
+
+
+class ExactlyOnceQueue(ConsumedQueue, Protocol):
+    """What the exactly-once consumer needs of a queue: a consumed queue, its client, and
+    `_forget` to drop the receipts it remembers for messages a transaction acked."""
+
+    @property
+    def client(self) -> Requester: ...
+
+    def _forget(self, refs: Iterable[Message]) -> None: ...
 
 
 class TransactionAborted(Conflict):
@@ -59,7 +76,7 @@ class AsyncTransaction:
     # committed on a clean exit; nothing is sent if the block raises
     """
 
-    def __init__(self, client: AsyncClient, txn_id: str | None = None) -> None:
+    def __init__(self, client: Requester, txn_id: str | None = None) -> None:
         self.client = client
         self.txn_id = txn_id or new_dedup_id()  # time-ordered, like dedup ids
         self._acks: list[dict[str, str]] = []
@@ -144,7 +161,7 @@ def group_txn_id(queue: str, messages: Sequence[Message]) -> str:
 
 
 def exactly_once_consumer(
-    queue: AsyncQueue,
+    queue: ExactlyOnceQueue,
     handler: Callable[[Message], Awaitable[Any] | Any],
     *,
     output: Output = None,
@@ -159,8 +176,6 @@ def exactly_once_consumer(
     `concurrency`, leases extended while the handler runs (`extend_leases=False` to
     disable), failures nacked with backoff, clean stop.
     """
-    from cluster.consumer import Consumer
-
     client = queue.client
     Delivery = tuple[Message, list[tuple[str, Any]]]  # a message and its outputs
 
@@ -200,7 +215,7 @@ def exactly_once_consumer(
 
 
 async def consume_exactly_once(
-    queue: AsyncQueue,
+    queue: ExactlyOnceQueue,
     handler: Callable[[Message], Awaitable[Any] | Any],
     *,
     output: Output = None,

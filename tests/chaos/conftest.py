@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -27,14 +26,9 @@ from toxiproxy import Toxiproxy
 
 from chaos.proxy import process_command as proxy_command
 from chaos.proxy_client import ToxiproxyClient
+from cluster.launcher import free_ports
 
 STARTUP_TIMEOUT_S = 15.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http(method: str, url: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
@@ -73,7 +67,7 @@ FAILURE_MARKERS = (
 @contextlib.contextmanager
 def run_proxy_process(log_path: Path) -> Iterator[ProxyProcess]:
     """Start `python -m chaos proxy` on a free loopback port; kill it by PID on exit."""
-    port = free_port()
+    (port,) = free_ports(1)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("TOXIPROXY_URL", None)
     with log_path.open("wb") as log_file:

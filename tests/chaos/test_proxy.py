@@ -22,10 +22,10 @@ from toxiproxy import Toxiproxy
 from toxiproxy.exceptions import InvalidToxic, NotFound, ProxyExists
 
 from chaos.proxy_client import ToxiproxyClient, resolve_url
+from cluster.launcher import free_ports
 from tests.chaos.conftest import (
     FAILURE_MARKERS,
     EchoServer,
-    free_port,
     http,
     run_proxy_process,
 )
@@ -181,7 +181,7 @@ def test_toxic_crud_with_the_real_client(lib: Toxiproxy, proxy_server: str) -> N
 def test_update_rebinds_listen_and_upstream(lib: Toxiproxy, proxy_server: str) -> None:
     proxy = lib.create(upstream="127.0.0.1:9", name="r")
     old_port = port_of(proxy.listen)
-    new_port = free_port()
+    (new_port,) = free_ports(1)
     status, body = http("PATCH", f"{proxy_server}/proxies/r", {"listen": f"127.0.0.1:{new_port}"})
     assert status == 200 and body["listen"] == f"127.0.0.1:{new_port}" and body["enabled"]
     assert refuses(old_port) and not refuses(new_port)
@@ -492,7 +492,7 @@ async def test_toxicity_zero_never_one_always(toxi: ToxiproxyClient, echo: EchoS
 
 
 async def test_unreachable_upstream_closes_the_client(toxi: ToxiproxyClient) -> None:
-    listen = (await toxi.create_proxy("dead", f"127.0.0.1:{free_port()}")).listen
+    listen = (await toxi.create_proxy("dead", f"127.0.0.1:{free_ports(1)[0]}")).listen
     conn = await Conn.open(listen)
     try:
         assert await conn.read_until_closed(timeout_s=3) == b""

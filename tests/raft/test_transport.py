@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import struct
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -14,6 +13,7 @@ import msgpack
 import pytest
 import structlog
 
+from cluster.launcher import free_ports
 from raft.errors import UndeliverableMessage
 from raft.framing import (
     PROTO_VERSION,
@@ -36,12 +36,6 @@ pytestmark = pytest.mark.timeout(60)
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Inbox:
@@ -281,7 +275,7 @@ async def test_three_transports_full_mesh_keeps_per_link_order(make_transport: A
 async def test_messages_queued_before_peer_is_up_are_delivered(
     make_transport: Any, logs: list[dict[str, Any]]
 ) -> None:
-    port = free_port()
+    (port,) = free_ports(1)
     a = Transport(1, CLUSTER, ("127.0.0.1", 0), {2: ("127.0.0.1", port)}, Inbox(), **FAST)
     a.send(app(1, 2, 0))  # queued even before start()
     try:
@@ -310,7 +304,7 @@ async def _queued_before_peer_is_up(
 
 
 async def test_peer_restart_mid_stream_reconnects(make_transport: Any) -> None:
-    port = free_port()
+    (port,) = free_ports(1)
     inbox_b1 = Inbox()
     b1 = await make_transport(2, inbox=inbox_b1, port=port)
     a = await make_transport(1, {2: ("127.0.0.1", port)})
@@ -331,7 +325,7 @@ async def test_peer_restart_mid_stream_reconnects(make_transport: Any) -> None:
 
 
 async def test_update_peer_moves_the_link_and_remove_peer_forgets_it(make_transport: Any) -> None:
-    a = await make_transport(1, {2: ("127.0.0.1", free_port())})
+    a = await make_transport(1, {2: ("127.0.0.1", free_ports(1)[0])})
     a.send(app(1, 2, 0))
     inbox_b = Inbox()
     b = await make_transport(2, inbox=inbox_b)
@@ -549,7 +543,7 @@ async def test_one_proxy_per_directed_link_cuts_exactly_one_direction(make_trans
 
 
 async def test_bounded_queue_drops_heartbeats_before_other_messages(make_transport: Any) -> None:
-    port = free_port()
+    (port,) = free_ports(1)
     a = await make_transport(1, {2: ("127.0.0.1", port)})
     assert a.max_queue_msgs == 4096
     sent: list[Message] = []
@@ -572,7 +566,7 @@ async def test_bounded_queue_drops_heartbeats_before_other_messages(make_transpo
 
 
 async def test_bounded_queue_without_heartbeats_drops_the_oldest(make_transport: Any) -> None:
-    port = free_port()
+    (port,) = free_ports(1)
     a = await make_transport(1, {2: ("127.0.0.1", port)}, max_queue_msgs=100)
     for i in range(1000):
         a.send(app(1, 2, i))
@@ -585,7 +579,7 @@ async def test_bounded_queue_without_heartbeats_drops_the_oldest(make_transport:
 
 
 async def test_send_refuses_foreign_frm_and_oversized_messages(make_transport: Any) -> None:
-    port = free_port()
+    (port,) = free_ports(1)
     a = await make_transport(1, {2: ("127.0.0.1", port)}, max_frame_bytes=1000)
     a.send(app(3, 2, 0))  # not from this node: the peer would drop the link for it
     # The peer would refuse the frame every time: never a silent drop, a loud error.

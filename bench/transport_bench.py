@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import time
 
-import structlog
-
+from common.logging_setup import configure_logging
 from raft.messages import Entry, Message, MessageType, encode_message
 from raft.transport import Transport
 
@@ -80,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--payload-bytes", type=int, default=100)
     args = parser.parse_args(argv)
-    # A local setup for now: the shared home of logging setup is another part of issue 17.
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    configure_logging("console", "warning")
     asyncio.run(measure(args.messages, args.payload_bytes))
     return 0
 

@@ -2048,11 +2048,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if not args.core_logs:
-        import logging
+        from common.logging_setup import configure_logging
 
-        import structlog
-
-        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+        configure_logging("console", "warning")
     params = SimParams(
         seed=args.seed,
         nodes=args.nodes,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 
@@ -21,6 +20,7 @@ import structlog
 from bench.demo.control_server import ControlServer
 from bench.demo.kv_state_machine import KvStateMachine
 from bench.demo.protocol import Address
+from common import logging_setup
 from raft.driver import RaftNode
 from raft.lmdb_env import LmdbEnv
 from raft.lmdb_storage import LmdbStorage
@@ -47,24 +47,8 @@ def parse_peers(text: str) -> dict[int, Address]:
 
 
 def configure_logging(level: str) -> None:
-    """JSON lines on stderr, filtered at `level` before any formatting work.
-
-    Kept here (also used by `bench.raft_bench`) until logging setup has a shared home.
-    """
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
-    )
+    """JSON lines on stderr, filtered at `level` (the shared setup of every raftq process)."""
+    logging_setup.configure_logging("json", level)
 
 
 async def run_node(args: argparse.Namespace) -> int:

@@ -63,17 +63,17 @@ def _with(conf: ConfState, member: Member, voters: tuple[int, ...], learners: tu
 
 
 async def _change(request: web.Request, change: Any) -> web.Response:
-    from node.api import BROKER_KEY  # the app's key; the routes live in node/api.py
+    from node.api import SERVICE_KEY  # the app's key; the routes live in node/api.py
     from node.http import respond
 
-    broker = request.app[BROKER_KEY]
-    broker.require_leader()
+    service = request.app[SERVICE_KEY]
+    service.require_leader()
     try:
-        conf = await broker.raft.change_membership(
-            change, timeout_s=broker.config.propose_timeout_s
+        conf = await service.raft.change_membership(
+            change, timeout_s=service.config.propose_timeout_s
         )
     except NotLeader as exc:
-        raise broker.leader_hint(exc.leader_id) from None
+        raise service.leader_hint(exc.leader_id) from None
     except ConfChangeRefused as exc:
         raise ApiError(409, "conflict", f"membership change refused: {exc}") from None
     except ValueError as exc:
@@ -129,12 +129,12 @@ async def add_member(request: web.Request) -> web.Response:
 
 async def _change_unless_same(request: web.Request, change: Any) -> web.Response:
     """Like _change, but a change that changes nothing answers at once (idempotent)."""
-    from node.api import BROKER_KEY
+    from node.api import SERVICE_KEY
     from node.http import respond
 
-    broker = request.app[BROKER_KEY]
-    broker.require_leader()
-    current = broker.raft.conf
+    service = request.app[SERVICE_KEY]
+    service.require_leader()
+    current = service.raft.conf
     try:
         unchanged = change(current) == current
     except ValueError as exc:
@@ -172,10 +172,10 @@ async def promote_member(request: web.Request) -> web.Response:
     """POST /v1/cluster/members/{id}/promote: a learner that has caught up becomes a voter
     now (like etcd, a learner still far behind is refused: as a voter it could not help
     commit, and with another node down the cluster would stop)."""
-    from node.api import BROKER_KEY
+    from node.api import SERVICE_KEY
 
     node_id = _member_id(request)
-    raft = request.app[BROKER_KEY].raft
+    raft = request.app[SERVICE_KEY].raft
 
     def change(conf: ConfState) -> ConfState:
         if node_id in conf.voters:

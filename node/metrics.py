@@ -80,7 +80,7 @@ class Metrics:
     def count_acked(self, queue: str, n: int) -> None:
         self.acked[queue] += n
 
-    def render(self, broker: Any) -> str:
+    def render(self, service: Any) -> str:
         out: list[str] = []
 
         def family(name: str, kind: str, help_text: str) -> None:
@@ -116,7 +116,7 @@ class Metrics:
             for q, n in sorted(data.items()):
                 out.append(f"{name}{_labels(queue=q)} {n}")
 
-        st = broker.raft.status()
+        st = service.raft.status()
         family("raftq_raft_term", "gauge", "Current Raft term.")
         out.append(f"raftq_raft_term {st.term}")
         family("raftq_raft_commit_index", "gauge", "Raft commit index.")
@@ -124,15 +124,15 @@ class Metrics:
         family("raftq_raft_applied_index", "gauge", "Index applied to the state machine.")
         out.append(f"raftq_raft_applied_index {st.applied}")
         family("raftq_raft_is_leader", "gauge", "1 if this node leads.")
-        out.append(f"raftq_raft_is_leader {1 if broker.raft.is_leader else 0}")
+        out.append(f"raftq_raft_is_leader {1 if service.raft.is_leader else 0}")
         family("raftq_raft_leader_changes_total", "counter", "Leader changes seen by this node.")
         out.append(f"raftq_raft_leader_changes_total {self.leader_changes}")
         family("raftq_coalesced_entries_total", "counter", "Raft entries that carried API writes.")
-        out.append(f"raftq_coalesced_entries_total {broker.stats_batches}")
+        out.append(f"raftq_coalesced_entries_total {service.stats_batches}")
         family("raftq_coalesced_commands_total", "counter", "API writes carried by those entries.")
-        out.append(f"raftq_coalesced_commands_total {broker.stats_batched_commands}")
+        out.append(f"raftq_coalesced_commands_total {service.stats_batched_commands}")
 
-        quota = getattr(broker, "quota", None)
+        quota = getattr(service, "quota", None)
         if quota is not None:
             disk = quota.view()
             family("raftq_disk_used_bytes", "gauge", "Bytes in this node's live LMDB pages.")
@@ -146,7 +146,7 @@ class Metrics:
             )
             out.append(f"raftq_disk_quota_alarm {1 if disk['alarm'] else 0}")
 
-        queues = broker.sm.list_queues(broker.stamp_ms())
+        queues = service.sm.list_queues(service.stamp_ms())
         dead_letter_targets = {
             q.get("dead_letter_queue") for q in queues if q.get("dead_letter_queue")
         }

@@ -1,8 +1,9 @@
-"""The glue between the HTTP API and the Raft driver on one node.
+"""The queue service: turns API requests into Raft proposals and wakes long-polls on apply.
 
-Why a separate piece: every write follows the same path (stamp the leader clock, encode one
-command, propose, wait for apply, map the outcome to HTTP), and long-polling receivers must
-wake on apply, not on sleeps. Keeping that in one place keeps the handlers declarative.
+Why a separate piece between the HTTP API and the Raft driver: every write follows the same
+path (stamp the leader clock, encode one command, propose, wait for apply, map the outcome
+to HTTP), and long-polling receivers must wake on apply, not on sleeps. Keeping that in one
+place keeps the handlers declarative.
 """
 
 from __future__ import annotations
@@ -28,13 +29,13 @@ from raft.driver import NodeStopped, Overloaded
 from raft.errors import EntryTooLarge, LeadershipLost, NotLeader, ProposalDropped
 from raft.failpoints import failpoint
 
-log = structlog.get_logger("node.broker")
+log = structlog.get_logger("node.queue_service")
 
 # Ops whose effects can make messages visible in arbitrary queues.
 WAKE_ALL_OPS = frozenset({"tick", "redrive", "txn", "queue_put"})
 
 
-class Broker:
+class QueueService:
     """Proposes commands for the API and wakes long-polls when applies make work visible."""
 
     def __init__(
@@ -52,7 +53,7 @@ class Broker:
         self._last_stamp_ms = 0
         self._queue_events: dict[str, asyncio.Event] = {}
         self._ticker: asyncio.Task[None] | None = None
-        self.quota = quota  # None: no disk quota (tests that build a Broker by hand)
+        self.quota = quota  # None: no disk quota (tests that build a QueueService by hand)
         self._quota_task: asyncio.Task[None] | None = None
         self.closing = False  # set on graceful shutdown: long-polls answer at once
         self.coalesce = config.coalesce_writes
@@ -350,10 +351,10 @@ class Broker:
             except ApiError:
                 continue
             except Exception:
-                log.exception("broker.tick_failed")
+                log.exception("queue_service.tick_failed")
                 await asyncio.sleep(1.0)
 
 
 def _log_detached_failure(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.warning("broker.unacknowledged_write_failed", error=str(task.exception()))
+        log.warning("queue_service.unacknowledged_write_failed", error=str(task.exception()))

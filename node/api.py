@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from node.app_context import NODE_KEY, SERVICE_KEY, NodeAdmin, request_body
 from node.forwarding import LeaderForwarder
 from node.http import (
     ApiError,
@@ -24,7 +25,6 @@ from node.http import (
     get_list,
     get_number,
     not_found,
-    read_body,
     reject_unknown,
     respond,
     too_large,
@@ -43,8 +43,6 @@ from raft.errors import RaftError
 
 log = structlog.get_logger("node.api")
 
-SERVICE_KEY = web.AppKey("queue_service", QueueService)
-NODE_KEY = web.AppKey("node", object)
 FORWARDER_KEY = web.AppKey("forwarder", LeaderForwarder)
 
 
@@ -107,11 +105,6 @@ async def forwarding_middleware(request: web.Request, handler: Any) -> web.Strea
         if not forwarder.may_forward(request, err):
             raise
         return await forwarder.serve_elsewhere(request, handler, err)
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    limits = request.app[SERVICE_KEY].config.limits
-    return await read_body(request, limits.max_body_bytes, limits.max_json_depth)
 
 
 def _queue_name(request: web.Request) -> str:
@@ -217,13 +210,13 @@ def cluster_view(service: QueueService, incarnation: str | None = None) -> dict[
 
 
 async def cluster(request: web.Request) -> web.Response:
-    incarnation = getattr(request.app[NODE_KEY], "incarnation", None)
+    incarnation = request.app[NODE_KEY].incarnation
     return respond(request, cluster_view(request.app[SERVICE_KEY], incarnation))
 
 
 async def transfer_leader(request: web.Request) -> web.Response:
     service: QueueService = request.app[SERVICE_KEY]
-    body = await _body(request)
+    body = await request_body(request)
     reject_unknown(body, {"to"}, "body")
     to = get_int(body, "to", None, 1, 1 << 31)
     voters = set(service.raft.status().voters or service.config.peers)
@@ -248,7 +241,7 @@ async def list_members(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     service: QueueService = request.app[SERVICE_KEY]
-    text = service.metrics.render(service)
+    text = service.metrics.render(service.figures())
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 
@@ -258,7 +251,7 @@ async def metrics(request: web.Request) -> web.Response:
 async def put_queue(request: web.Request) -> web.Response:
     service: QueueService = request.app[SERVICE_KEY]
     name = _queue_name(request)
-    config = parse_queue_config(await _body(request))
+    config = parse_queue_config(await request_body(request))
     result = await service.propose("queue_put", name=name, config=config)
     return respond(request, result["queue"], status=201 if result.get("created") else 200)
 
@@ -322,7 +315,7 @@ async def send_messages(request: web.Request) -> web.Response:
     if ack not in ("all", "none"):
         raise bad_request("ack must be 'all' or 'none'")
     service.require_leader()
-    body = await _body(request)
+    body = await request_body(request)
     reject_unknown(body, {"messages", "producer"}, "body")
     max_bytes, fifo = _queue_limits(service, name)
     messages = parse_messages(body, service.config.limits, max_bytes, fifo)
@@ -345,7 +338,7 @@ async def receive_messages(request: web.Request) -> web.Response:
     service: QueueService = request.app[SERVICE_KEY]
     name = _queue_name(request)
     service.require_leader()
-    params = parse_receive(await _body(request), service.config.limits)
+    params = parse_receive(await request_body(request), service.config.limits)
     wait_s = params.pop("wait_s")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
@@ -368,7 +361,7 @@ async def receive_messages(request: web.Request) -> web.Response:
 async def _receipt_op(request: web.Request, op: str, extra: dict[str, Any]) -> web.Response:
     service: QueueService = request.app[SERVICE_KEY]
     name = _queue_name(request)
-    body = await _body(request)
+    body = await request_body(request)
     reject_unknown(body, {"receipts", *extra}, "body")
     fields: dict[str, Any] = {
         "queue": name,
@@ -444,7 +437,7 @@ async def transaction(request: web.Request) -> web.Response:
     """Acks and sends applied all or nothing, once per txn_id (consume-transform-produce)."""
     service: QueueService = request.app[SERVICE_KEY]
     service.require_leader()
-    body = await _body(request)
+    body = await request_body(request)
     reject_unknown(body, {"txn_id", "ack", "send", "publish", "commit_offsets"}, "body")
     txn_id = body.get("txn_id")
     if not isinstance(txn_id, str) or not 0 < len(txn_id) <= 256:
@@ -463,7 +456,7 @@ async def transaction(request: web.Request) -> web.Response:
 async def producer_init(request: web.Request) -> web.Response:
     """Hand out a producer id, or bump the epoch of a given one (fencing older instances)."""
     service: QueueService = request.app[SERVICE_KEY]
-    body = await _body(request)
+    body = await request_body(request)
     reject_unknown(body, {"producer_id"}, "body")
     producer_id = body.get("producer_id")
     if producer_id is not None and (
@@ -480,6 +473,7 @@ async def producer_init(request: web.Request) -> web.Response:
 async def admin_log(request: web.Request) -> web.Response:
     """(index, term, crc32) of committed entries: P7/P8 of the chaos checker compare these."""
     node = request.app[NODE_KEY]
+    service = request.app[SERVICE_KEY]
     try:
         lo = int(request.query.get("from", "1"))
         hi = int(request.query.get("to", "0")) or None
@@ -487,14 +481,14 @@ async def admin_log(request: web.Request) -> web.Response:
     except ValueError:
         raise bad_request("from, to and max must be integers") from None
     entries = node.committed_log(lo, hi, limit)
-    return respond(request, {"entries": entries, "commit_index": node.raft.status().commit})
+    return respond(request, {"entries": entries, "commit_index": service.raft.status().commit})
 
 
 async def admin_snapshot(request: web.Request) -> web.Response:
     """Write a snapshot of this node's state now and compact its log up to it."""
-    node = request.app[NODE_KEY]
+    service = request.app[SERVICE_KEY]
     try:
-        result = await node.raft.snapshot_now()
+        result = await service.raft.snapshot_now()
     except RaftError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     return respond(request, result)
@@ -538,7 +532,8 @@ ROUTES: tuple[tuple[str, str, Any], ...] = (
 )
 
 
-def build_app(service: QueueService, node: Any) -> web.Application:
+def build_app(service: QueueService, node: NodeAdmin) -> web.Application:
+    """The node's aiohttp application: every route in ROUTES over `service` and `node`."""
     cfg = service.config
     app = web.Application(
         middlewares=[error_middleware, forwarding_middleware],

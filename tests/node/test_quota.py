@@ -16,6 +16,7 @@ import structlog
 from node.commands import OPS
 from node.config import ConfigError, load_config
 from node.http import ApiError
+from node.metrics import Metrics
 from node.queue_service import QueueService
 from node.quota import (
     ADDING_OPS,
@@ -305,7 +306,7 @@ def _service(is_leader: bool) -> tuple[QueueService, FakeRaft]:
     cfg = load_config(_args("--peers", "1=http://127.0.0.1:7001@127.0.0.1:7101"))
     quota, _, _ = make_quota(used=2 * QUOTA)
     raft = FakeRaft(is_leader)
-    return QueueService(cfg, raft, FakeSm(), metrics=None, quota=quota), raft
+    return QueueService(cfg, raft, FakeSm(), Metrics(), quota=quota), raft
 
 
 async def test_a_refused_write_proposes_nothing():

@@ -24,7 +24,8 @@ from typing import Any
 
 import structlog
 
-from chaos.runner import ChaosCluster, Monitor, client_proxy, peer_proxy
+from chaos.chaos_cluster import ChaosCluster, client_proxy, peer_proxy
+from chaos.monitor import Monitor
 from cluster.discovery import REDIRECT_HEADERS
 
 log = structlog.get_logger("chaos.nemesis")

@@ -47,7 +47,6 @@ class Observations:
     leaders_by_term: dict[int, set[int]] = field(default_factory=dict)
     committed: dict[int, tuple[int, int, int, float]] = field(default_factory=dict)
     log_violations: list[dict[str, Any]] = field(default_factory=list)
-    elected_from_logs: list[dict[str, Any]] = field(default_factory=list)
     final_logs: dict[int, list[list[int]]] = field(default_factory=dict)
     final_states: dict[int, dict[str, Any]] = field(default_factory=dict)
     convergence_error: str | None = None

@@ -26,6 +26,7 @@ from node.metrics import Metrics
 from node.queue_service import QueueService
 from node.quota import DiskGuardedEnv, disk_full_cause, node_quota
 from node.state_machine import QueueStateMachine
+from raft.core import SizeLimits
 from raft.driver import RaftNode
 from raft.errors import StorageCorruption, StorageError
 from raft.lmdb_storage import LmdbStorage
@@ -91,12 +92,12 @@ class NodeServer:
             # entries) held the event loop long enough to miss heartbeats while catching a
             # follower up after a partition healed (chaos bridge scenario). Smaller appends
             # keep every step short; the in-flight window still pipelines them.
-            core_options={
-                "max_msg_bytes": 128 << 10,
-                "max_inflight_bytes": 8 << 20,
-                "max_entry_bytes": config.limits.max_entry_bytes,
-            },
-            transport_options={"secret": config.secret.encode()} if config.secret else None,
+            size_limits=SizeLimits(
+                max_msg_bytes=128 << 10,
+                max_inflight_bytes=8 << 20,
+                max_entry_bytes=config.limits.max_entry_bytes,
+            ),
+            secret=config.secret.encode() if config.secret else None,
             members=[
                 Member(p.id, p.http_url, f"{p.raft_host}:{p.raft_port}")
                 for p in config.peers.values()

@@ -18,15 +18,18 @@ import os
 import random
 import shutil
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from chaos.chaos_cluster import ChaosCluster, client_proxy, peer_proxy
 from chaos.monitor import Monitor
 from cluster.discovery import REDIRECT_HEADERS
+
+if TYPE_CHECKING:  # toxiproxy-python is optional: imported when a run starts its proxy
+    from chaos.proxy_client import ToxiproxyClient
 
 log = structlog.get_logger("chaos.nemesis")
 
@@ -53,7 +56,11 @@ class Nemesis:
     """Fault operations on one cluster; `heal_all()` undoes every kind of fault."""
 
     def __init__(
-        self, cluster: ChaosCluster, monitor: Monitor, rng: random.Random, clock: Any
+        self,
+        cluster: ChaosCluster,
+        monitor: Monitor,
+        rng: random.Random,
+        clock: Callable[[], float],
     ) -> None:
         self.cluster = cluster
         self.monitor = monitor
@@ -106,7 +113,7 @@ class Nemesis:
     # --- network -------------------------------------------------------------------------
 
     @property
-    def toxi(self) -> Any:
+    def toxi(self) -> ToxiproxyClient:
         assert self.cluster.toxi is not None
         return self.cluster.toxi
 

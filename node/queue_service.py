@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
@@ -39,6 +39,7 @@ log = structlog.get_logger("node.queue_service")
 WAKE_ALL_OPS = frozenset({"tick", "redrive", "txn", "queue_put"})
 
 
+@runtime_checkable
 class RaftNodeApi(Protocol):
     """What the node's service and routes use of their Raft member (raft.driver.RaftNode).
 
@@ -93,6 +94,7 @@ class RaftNodeApi(Protocol):
     async def snapshot_now(self) -> dict[str, Any]: ...
 
 
+@runtime_checkable
 class QueueStateReader(Protocol):
     """The queue state the service and the routes read (node.state_machine.QueueStateMachine);
     every write goes through Raft instead."""

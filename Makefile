@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test run lint format bench clean
+.PHONY: install test run lint lint-imports format bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,9 +24,13 @@ test: $(STAMP)
 run: $(STAMP)
 	$(BIN)/raftq up $(UP_ARGS)
 
-lint: $(STAMP)
+lint: lint-imports
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+## lint-imports: the package layers of docs/DESIGN.md, no import cycles ([tool.importlinter])
+lint-imports: $(STAMP)
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -36,4 +40,4 @@ bench: $(STAMP)
 	$(BIN)/raftq bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache data chaos-results
+	rm -rf $(VENV) .pytest_cache .import_linter_cache data chaos-results

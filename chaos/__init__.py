@@ -1,0 +1,1 @@
+"""The chaos suite: a Toxiproxy-compatible fault proxy, fault schedules, workloads, the checker."""

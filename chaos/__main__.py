@@ -1,7 +1,9 @@
-"""`python -m chaos <command>`: the chaos tools' command line (one subcommand per tool).
+"""`python -m chaos <command>`: the chaos tools' command line (`proxy`, `run`).
 
-Why a dispatcher: the fault proxy, the nemesis runner and the checker are separate tools that
-share one entry point; each registers a subcommand with its own options and handler.
+`proxy` serves the Toxiproxy-compatible fault proxy; `run` runs one scenario, the whole
+matrix, or lists the scenarios, and prints one table row per run. Why a table and an exit
+code: CI and operators need one glance (and one bit) per run; the details live in
+chaos-results/<scenario>-<seed>/.
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ import random
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import structlog
 
-from chaos.cli_run import add_run_command
+from chaos import scenarios
+from chaos.optional import MATPLOTLIB, TOXIPROXY
 from chaos.proxy import ProxyError, is_loopback, parse_address
 from chaos.proxy_api import serve
+from chaos.proxy_url import add_toxiproxy_url_argument
 from common.logging_setup import configure_logging
 
 log = structlog.get_logger("chaos")
@@ -84,8 +90,155 @@ def _add_proxy_command(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_cmd_proxy)
 
 
-# Other chaos tools add their subcommand here: a function taking the subparsers object.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_proxy_command, add_run_command]
+# ---------------------------------------------------------------- run
+
+
+TABLE_HEADER = (
+    "scenario",
+    "seed",
+    "nodes",
+    "ok/fail/info",
+    "lost",
+    "dup",
+    "unexp",
+    "recov",
+    "violations",
+    "max unavail s",
+)
+
+
+def list_text() -> str:
+    lines = []
+    for s in scenarios.SCENARIOS.values():
+        num = f"{s.number:>2}" if s.number is not None else " -"
+        lines.append(f"{num}  {s.name:<22} {s.nodes}n {s.workload:<8} {s.description}")
+    return "\n".join(lines)
+
+
+def table_row(summary: dict[str, Any]) -> tuple[str, ...]:
+    r = summary["result"]
+    ops = r["ops"]
+    return (
+        summary["scenario"],
+        str(summary["seed"]),
+        str(summary["nodes"]),
+        f"{ops['ok']}/{ops['fail']}/{ops['info']}",
+        str(r["lost"]),
+        str(r["duplicated"]),
+        str(r["unexpected"]),
+        str(r["recovered"]),
+        ",".join(r["violations"]) or "none",
+        str(r["properties"]["P9"]["max_unavailability_s"]),
+    )
+
+
+def render_table(rows: list[tuple[str, ...]]) -> str:
+    all_rows = [TABLE_HEADER, *rows]
+    widths = [max(len(row[i]) for row in all_rows) for i in range(len(TABLE_HEADER))]
+    out = []
+    for k, row in enumerate(all_rows):
+        out.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+        if k == 0:
+            out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(out)
+
+
+def preflight() -> bool:
+    """Check the chaos extra before any run, one line per missing package on stderr.
+
+    Why before: a matrix run takes minutes; toxiproxy-python is needed to run at all (False),
+    matplotlib only for timeline.png, which the runs then skip (the verdicts do not use it).
+    """
+    problem = TOXIPROXY.missing()
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return False
+    problem = MATPLOTLIB.missing()
+    if problem is not None:
+        print(f"warning: {problem}; runs go on without it, verdicts unchanged", file=sys.stderr)
+    return True
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from chaos.scenario_run import run_scenario  # imports aiohttp and the cluster launcher
+
+    if args.list:
+        print(list_text())
+        return 0
+    configure_logging("console", args.log_level)
+    if args.all:
+        names = list(scenarios.MATRIX)
+    elif args.scenario:
+        names = [args.scenario]
+    else:
+        print("error: give --scenario NAME, --all or --list", file=sys.stderr)
+        return 2
+    if not preflight():
+        return 2
+    seed = args.seed if args.seed is not None else random.randrange(1, 1 << 31)
+    rows = []
+    failed = False
+    for name in names:
+        try:
+            scenarios.get(name)
+        except KeyError:
+            print(f"error: unknown scenario {name!r}; see --list", file=sys.stderr)
+            return 2
+        try:
+            summary = asyncio.run(
+                run_scenario(
+                    name,
+                    seed,
+                    args.duration,
+                    nodes=args.nodes,
+                    out_root=Path(args.out),
+                    toxiproxy_url=args.toxiproxy_url,
+                )
+            )
+        except Exception as exc:  # a run that could not complete is a failure, not a crash
+            print(f"error: scenario {name} seed {seed} did not complete: {exc!r}", file=sys.stderr)
+            failed = True
+            rows.append(
+                (
+                    name,
+                    str(seed),
+                    str(args.nodes or "-"),
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    f"run error: {exc.__class__.__name__}",
+                    "-",
+                )
+            )
+            continue
+        rows.append(table_row(summary))
+        failed = failed or not summary["result"]["valid"]
+        print(f"results: {summary['results_dir']}", file=sys.stderr)
+    print(render_table(rows))
+    return 1 if failed else 0
+
+
+def _add_run_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("run", help="run chaos scenarios and check the history")
+    parser.add_argument("--scenario", help="scenario name or number (see --list)")
+    parser.add_argument("--seed", type=int, default=None, help="seed (default: random)")
+    parser.add_argument("--duration", type=float, default=60.0, help="faulty phase, seconds")
+    parser.add_argument("--nodes", type=int, choices=(3, 5), default=None)
+    parser.add_argument("--all", action="store_true", help="run scenarios 1-13 in turn")
+    parser.add_argument("--list", action="store_true", help="list the scenarios")
+    parser.add_argument("--out", default="chaos-results", help="results root directory")
+    parser.add_argument("--log-level", default="warning")
+    add_toxiproxy_url_argument(parser)
+    parser.set_defaults(handler=_cmd_run)
+
+
+# Each subcommand: a function taking the subparsers object.
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_proxy_command,
+    _add_run_command,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

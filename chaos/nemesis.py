@@ -18,14 +18,18 @@ import os
 import random
 import shutil
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from chaos.runner import ChaosCluster, Monitor, client_proxy, peer_proxy
+from chaos.chaos_cluster import ChaosCluster, client_proxy, peer_proxy
+from chaos.monitor import Monitor
 from cluster.discovery import REDIRECT_HEADERS
+
+if TYPE_CHECKING:  # toxiproxy-python is optional: imported when a run starts its proxy
+    from chaos.proxy_client import ToxiproxyClient
 
 log = structlog.get_logger("chaos.nemesis")
 
@@ -52,7 +56,11 @@ class Nemesis:
     """Fault operations on one cluster; `heal_all()` undoes every kind of fault."""
 
     def __init__(
-        self, cluster: ChaosCluster, monitor: Monitor, rng: random.Random, clock: Any
+        self,
+        cluster: ChaosCluster,
+        monitor: Monitor,
+        rng: random.Random,
+        clock: Callable[[], float],
     ) -> None:
         self.cluster = cluster
         self.monitor = monitor
@@ -105,7 +113,7 @@ class Nemesis:
     # --- network -------------------------------------------------------------------------
 
     @property
-    def toxi(self) -> Any:
+    def toxi(self) -> ToxiproxyClient:
         assert self.cluster.toxi is not None
         return self.cluster.toxi
 
@@ -208,12 +216,6 @@ class Nemesis:
             )
         return w
 
-    async def bandwidth(self, links: list[tuple[int, int]], rate_kb: int) -> FaultWindow:
-        w = self.begin("bandwidth", links=links, rate_kb=rate_kb)
-        for a, b in links:
-            await self.toxic(peer_proxy(a, b), "bandwidth", {"rate": rate_kb})
-        return w
-
     async def resets(self, toxicity: float, clients: bool = True) -> FaultWindow:
         """reset_peer on every peer link (and client link) for a fraction of connections."""
         w = self.begin("reset-peer", toxicity=toxicity, clients=clients)
@@ -242,12 +244,6 @@ class Nemesis:
         if clients:
             for i in self.ids:
                 await self.toxic(client_proxy(i), "limit_data", {"bytes": kbytes * 1024})
-        return w
-
-    async def blackhole(self, links: list[tuple[int, int]]) -> FaultWindow:
-        w = self.begin("blackhole", links=links)
-        for a, b in links:
-            await self.toxic(peer_proxy(a, b), "timeout", {"timeout": 0})
         return w
 
     async def clear_toxics(self) -> None:
@@ -348,22 +344,6 @@ class Nemesis:
                 await asyncio.sleep(0.3)
         return self.monitor.leader() == to
 
-    async def crash_at(self, node: int, failpoint: str, nth: int) -> FaultWindow:
-        """Restart `node` armed to crash at the `nth` hit of `failpoint` (leader-side steps)."""
-        w = self.begin("failpoint", node=node, failpoint=failpoint, nth=nth)
-        await self.cluster.astop(node)
-        await self.restart(node, env={"RAFTQ_FAILPOINT": f"{failpoint}:{nth}"})
-        return w
-
-    async def revive_crashed(self) -> list[int]:
-        """Restart nodes that exited by themselves (failpoint, disk full) with normal settings."""
-        revived = []
-        for i in self.ids:
-            if i not in self.cluster.running() and i not in self.down:
-                await self.restart(i)
-                revived.append(i)
-        return revived
-
     # --- membership / snapshots ------------------------------------------------------------
 
     async def _leader_call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -455,7 +435,7 @@ class Nemesis:
 
     async def lagging_follower(self, node: int, hold_s: float) -> FaultWindow:
         """Cut a follower off for `hold_s` while writes go on, then heal: it must catch up
-        (by log replication today; by snapshot install once the log is compacted)."""
+        (by log replication, or by a snapshot install once the leader compacted its log)."""
         w = await self.isolate(node, "lagging-follower")
         await asyncio.sleep(hold_s)
         await self.heal_network()

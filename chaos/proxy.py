@@ -127,10 +127,6 @@ class Proxy:
         return self._server is not None
 
     @property
-    def connection_count(self) -> int:
-        return len(self._connections)
-
-    @property
     def rng(self) -> random.Random:
         return self._rng
 

@@ -115,7 +115,7 @@ REPRO_EVENTS = (
 
 def render_repro(summary: dict[str, Any], log_dir: Path) -> str:
     """A minimal bug reproduction: the command, what the checker said, the key node log lines."""
-    from chaos.runner import node_log_lines
+    from chaos.monitor import node_log_lines
 
     res = summary["result"]
     nodes = f" --nodes {summary['nodes']}" if summary.get("nodes") else ""

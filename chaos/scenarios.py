@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from chaos.chaos_cluster import ELECTION_TIMEOUT_S, ChaosCluster
 from chaos.nemesis import Nemesis
-from chaos.runner import ELECTION_TIMEOUT_S, ChaosCluster
 
 Schedule = Callable[[Nemesis, float], Awaitable[None]]
 

@@ -1,7 +1,7 @@
-"""The aiohttp application: API.md's routes on top of the Broker.
+"""The aiohttp application: API.md's routes on top of the QueueService.
 
-Handlers only parse, validate and shape; every write goes through `Broker.propose`, every
-linearizable read through `Broker.linearizable`, and every error through `ApiError` and the
+Handlers only parse, validate and shape; every write goes through `QueueService.propose`, every
+linearizable read through `QueueService.linearizable`, and every error through `ApiError` and the
 middleware, so statuses and error bodies are the same everywhere.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from node.broker import Broker
+from node.app_context import NODE_KEY, SERVICE_KEY, NodeAdmin, request_body
 from node.forwarding import LeaderForwarder
 from node.http import (
     ApiError,
@@ -25,13 +25,13 @@ from node.http import (
     get_list,
     get_number,
     not_found,
-    read_body,
     reject_unknown,
     respond,
     too_large,
     wants_msgpack,
 )
 from node.membership import add_member, conf_view, promote_member, remove_member
+from node.queue_service import QueueService
 from node.validation import (
     check_queue_name,
     parse_messages,
@@ -43,8 +43,6 @@ from raft.errors import RaftError
 
 log = structlog.get_logger("node.api")
 
-BROKER_KEY = web.AppKey("broker", Broker)
-NODE_KEY = web.AppKey("node", object)
 FORWARDER_KEY = web.AppKey("forwarder", LeaderForwarder)
 
 
@@ -66,7 +64,7 @@ def render_messages(request: web.Request, messages: list[dict[str, Any]]) -> lis
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    broker: Broker = request.app[BROKER_KEY]
+    service: QueueService = request.app[SERVICE_KEY]
     started = time.perf_counter()
     route = (
         request.match_info.route.resource.canonical if request.match_info.route.resource else "?"
@@ -92,7 +90,9 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         log.exception("api.internal_error", path=request.path)
         return error_response(request, ApiError(500, "internal", "internal error; see node logs"))
     finally:
-        broker.metrics.observe_request(request.method, route, status, time.perf_counter() - started)
+        service.metrics.observe_request(
+            request.method, route, status, time.perf_counter() - started
+        )
 
 
 @web.middleware
@@ -107,11 +107,6 @@ async def forwarding_middleware(request: web.Request, handler: Any) -> web.Strea
         return await forwarder.serve_elsewhere(request, handler, err)
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    limits = request.app[BROKER_KEY].config.limits
-    return await read_body(request, limits.max_body_bytes, limits.max_json_depth)
-
-
 def _queue_name(request: web.Request) -> str:
     return check_queue_name(request.match_info["name"])
 
@@ -120,48 +115,48 @@ def _stale_ok(request: web.Request) -> bool:
     return request.query.get("consistency", "linearizable") == "stale"
 
 
-async def _read_consistent(request: web.Request) -> Broker:
-    broker: Broker = request.app[BROKER_KEY]
+async def _read_consistent(request: web.Request) -> QueueService:
+    service: QueueService = request.app[SERVICE_KEY]
     if not _stale_ok(request):
-        broker.require_leader()
-        await broker.linearizable()
-    return broker
+        service.require_leader()
+        await service.linearizable()
+    return service
 
 
 # ---------------------------------------------------------------- cluster
 
 
 async def health(request: web.Request) -> web.Response:
-    broker: Broker = request.app[BROKER_KEY]
-    return respond(request, {"status": "ok", "node_id": broker.config.node_id})
+    service: QueueService = request.app[SERVICE_KEY]
+    return respond(request, {"status": "ok", "node_id": service.config.node_id})
 
 
 async def ready(request: web.Request) -> web.Response:
-    broker: Broker = request.app[BROKER_KEY]
-    st = broker.raft.status()
+    service: QueueService = request.app[SERVICE_KEY]
+    st = service.raft.status()
     leader = st.leader_id
     caught_up = st.applied >= st.commit
     ok = bool(leader) and caught_up
     return respond(
         request,
-        {"ready": ok, "node_id": broker.config.node_id, "leader_id": leader or None},
+        {"ready": ok, "node_id": service.config.node_id, "leader_id": leader or None},
         status=200 if ok else 503,
     )
 
 
-def cluster_view(broker: Broker, incarnation: str | None = None) -> dict[str, Any]:
+def cluster_view(service: QueueService, incarnation: str | None = None) -> dict[str, Any]:
     """This node's view of the cluster; `incarnation` is this node's (its data dir's).
 
     A peer's incarnation is null: this node does not know it.
     """
-    st = broker.raft.status()
-    cfg = broker.config
+    st = service.raft.status()
+    cfg = service.config
     leader_id = st.leader_id
     progress = st.progress
     nodes = []
     voters = set(st.voters)
     learners = set(st.learners)
-    members = broker.raft.members
+    members = service.raft.members
     snapshot_index = st.first_index - 1
     ids = sorted(voters | learners) or sorted(cfg.peers)  # --peers until Raft has started
     for pid in ids:
@@ -178,7 +173,7 @@ def cluster_view(broker: Broker, incarnation: str | None = None) -> dict[str, An
         nodes.append(
             {
                 "id": pid,
-                "url": broker.member_url(pid),
+                "url": service.member_url(pid),
                 "raft_addr": raft_addr,
                 "role": role,
                 "match_index": match if match is not None else (st.last_index if me else None),
@@ -194,7 +189,7 @@ def cluster_view(broker: Broker, incarnation: str | None = None) -> dict[str, An
                 "incarnation": incarnation if pid == cfg.node_id else None,
             }
         )
-    leader_url = broker.member_url(leader_id) if leader_id else None
+    leader_url = service.member_url(leader_id) if leader_id else None
     return {
         "cluster_id": cfg.cluster_id,
         "node_id": cfg.node_id,
@@ -207,46 +202,46 @@ def cluster_view(broker: Broker, incarnation: str | None = None) -> dict[str, An
         "last_index": st.last_index,
         "first_index": st.first_index,
         "snapshot_index": snapshot_index,
-        "snapshots": broker.raft.diagnostics().get("snapshots"),
+        "snapshots": service.raft.diagnostics().get("snapshots"),
         "nodes": nodes,
         # this node's own disk figures (each node has its own disk): see node/quota.py
-        "disk": broker.quota.view() if broker.quota is not None else None,
+        "disk": service.quota.view() if service.quota is not None else None,
     }
 
 
 async def cluster(request: web.Request) -> web.Response:
-    incarnation = getattr(request.app[NODE_KEY], "incarnation", None)
-    return respond(request, cluster_view(request.app[BROKER_KEY], incarnation))
+    incarnation = request.app[NODE_KEY].incarnation
+    return respond(request, cluster_view(request.app[SERVICE_KEY], incarnation))
 
 
 async def transfer_leader(request: web.Request) -> web.Response:
-    broker: Broker = request.app[BROKER_KEY]
-    body = await _body(request)
+    service: QueueService = request.app[SERVICE_KEY]
+    body = await request_body(request)
     reject_unknown(body, {"to"}, "body")
     to = get_int(body, "to", None, 1, 1 << 31)
-    voters = set(broker.raft.status().voters or broker.config.peers)
+    voters = set(service.raft.status().voters or service.config.peers)
     if to is not None and to not in voters:
         raise bad_request("body.to must name a voting member's node id", field="to")
-    broker.require_leader()
+    service.require_leader()
     if to is None:  # no target named: the most caught-up other voter
-        to = broker.raft.best_successor()
+        to = service.raft.best_successor()
         if to is None:
             raise ApiError(409, "conflict", "no other voter to hand leadership to")
-    if to == broker.config.node_id:
+    if to == service.config.node_id:
         return respond(request, {"leader_id": to, "transferred": False})
-    await broker.raft.transfer_leader(to)
-    return respond(request, {"leader_id": broker.raft.leader_id, "transferred": True})
+    await service.raft.transfer_leader(to)
+    return respond(request, {"leader_id": service.raft.leader_id, "transferred": True})
 
 
 async def list_members(request: web.Request) -> web.Response:
     """GET /v1/cluster/members: the configuration in force on this node."""
-    broker: Broker = request.app[BROKER_KEY]
-    return respond(request, conf_view(broker.raft.conf))
+    service: QueueService = request.app[SERVICE_KEY]
+    return respond(request, conf_view(service.raft.conf))
 
 
 async def metrics(request: web.Request) -> web.Response:
-    broker: Broker = request.app[BROKER_KEY]
-    text = broker.metrics.render(broker)
+    service: QueueService = request.app[SERVICE_KEY]
+    text = service.metrics.render(service.figures())
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 
@@ -254,45 +249,45 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def put_queue(request: web.Request) -> web.Response:
-    broker: Broker = request.app[BROKER_KEY]
+    service: QueueService = request.app[SERVICE_KEY]
     name = _queue_name(request)
-    config = parse_queue_config(await _body(request))
-    result = await broker.propose("queue_put", name=name, config=config)
+    config = parse_queue_config(await request_body(request))
+    result = await service.propose("queue_put", name=name, config=config)
     return respond(request, result["queue"], status=201 if result.get("created") else 200)
 
 
 async def list_queues(request: web.Request) -> web.Response:
-    broker = await _read_consistent(request)
-    return respond(request, {"queues": broker.sm.list_queues(broker.stamp_ms())})
+    service = await _read_consistent(request)
+    return respond(request, {"queues": service.sm.list_queues(service.stamp_ms())})
 
 
 async def show_queue(request: web.Request) -> web.Response:
     name = _queue_name(request)
-    broker = await _read_consistent(request)
-    info = broker.sm.queue_info(name, broker.stamp_ms())
+    service = await _read_consistent(request)
+    info = service.sm.queue_info(name, service.stamp_ms())
     if info is None:
         raise not_found(f"queue {name!r} does not exist")
     return respond(request, info)
 
 
 async def delete_queue(request: web.Request) -> web.Response:
-    broker: Broker = request.app[BROKER_KEY]
+    service: QueueService = request.app[SERVICE_KEY]
     name = _queue_name(request)
-    result = await broker.propose("queue_delete", name=name)
+    result = await service.propose("queue_delete", name=name)
     return respond(request, result or {"deleted": name})
 
 
 async def purge_queue(request: web.Request) -> web.Response:
-    broker: Broker = request.app[BROKER_KEY]
-    return respond(request, await broker.propose("queue_purge", name=_queue_name(request)))
+    service: QueueService = request.app[SERVICE_KEY]
+    return respond(request, await service.propose("queue_purge", name=_queue_name(request)))
 
 
-def _queue_limits(broker: Broker, name: str) -> tuple[int, bool]:
-    info = broker.sm.queue_config(name)
+def _queue_limits(service: QueueService, name: str) -> tuple[int, bool]:
+    info = service.sm.queue_config(name)
     if info is None:
         raise not_found(f"queue {name!r} does not exist")
     max_bytes = min(
-        int(info.get("max_message_bytes", 262144)), broker.config.limits.max_message_bytes
+        int(info.get("max_message_bytes", 262144)), service.config.limits.max_message_bytes
     )
     return max_bytes, bool(info.get("fifo"))
 
@@ -314,16 +309,16 @@ def _producer(body: dict[str, Any]) -> dict[str, Any] | None:
 
 
 async def send_messages(request: web.Request) -> web.Response:
-    broker: Broker = request.app[BROKER_KEY]
+    service: QueueService = request.app[SERVICE_KEY]
     name = _queue_name(request)
     ack = request.query.get("ack", "all")
     if ack not in ("all", "none"):
         raise bad_request("ack must be 'all' or 'none'")
-    broker.require_leader()
-    body = await _body(request)
+    service.require_leader()
+    body = await request_body(request)
     reject_unknown(body, {"messages", "producer"}, "body")
-    max_bytes, fifo = _queue_limits(broker, name)
-    messages = parse_messages(body, broker.config.limits, max_bytes, fifo)
+    max_bytes, fifo = _queue_limits(service, name)
+    messages = parse_messages(body, service.config.limits, max_bytes, fifo)
     fields: dict[str, Any] = {"queue": name, "messages": messages}
     producer = _producer(body)
     if producer is not None:
@@ -331,51 +326,54 @@ async def send_messages(request: web.Request) -> web.Response:
             raise bad_request("producer.seq is required")
         fields["producer"] = producer
     if ack == "none":
-        broker.propose_detached("send", **fields)
-        broker.metrics.count_sent(name, len(messages))
+        service.propose_detached("send", **fields)
+        service.metrics.count_sent(name, len(messages))
         return respond(request, {"accepted": len(messages)}, status=202)
-    result = await broker.propose("send", **fields)
-    broker.metrics.count_sent(name, len(messages))
+    result = await service.propose("send", **fields)
+    service.metrics.count_sent(name, len(messages))
     return respond(request, result)
 
 
 async def receive_messages(request: web.Request) -> web.Response:
-    broker: Broker = request.app[BROKER_KEY]
+    service: QueueService = request.app[SERVICE_KEY]
     name = _queue_name(request)
-    broker.require_leader()
-    params = parse_receive(await _body(request), broker.config.limits)
+    service.require_leader()
+    params = parse_receive(await request_body(request), service.config.limits)
     wait_s = params.pop("wait_s")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     while True:
-        event = broker.queue_event(name)  # taken before proposing: no lost wakeup
-        result = await broker.propose("receive", queue=name, **params)
+        event = service.queue_event(name)  # taken before proposing: no lost wakeup
+        result = await service.propose("receive", queue=name, **params)
         messages = result.get("messages", [])
         remaining = deadline - loop.time()
-        if messages or remaining <= 0 or broker.closing:
+        if messages or remaining <= 0 or service.closing:
             break
         try:
             await asyncio.wait_for(event.wait(), remaining)
         except TimeoutError:
             pass
-        broker.require_leader()
-    broker.metrics.count_received(name, len(messages))
+        service.require_leader()
+    service.metrics.count_received(name, len(messages))
     return respond(request, {"messages": render_messages(request, messages)})
 
 
 async def _receipt_op(request: web.Request, op: str, extra: dict[str, Any]) -> web.Response:
-    broker: Broker = request.app[BROKER_KEY]
+    service: QueueService = request.app[SERVICE_KEY]
     name = _queue_name(request)
-    body = await _body(request)
+    body = await request_body(request)
     reject_unknown(body, {"receipts", *extra}, "body")
-    fields: dict[str, Any] = {"queue": name, "receipts": parse_receipts(body, broker.config.limits)}
+    fields: dict[str, Any] = {
+        "queue": name,
+        "receipts": parse_receipts(body, service.config.limits),
+    }
     for key, (default, lo, hi) in extra.items():
         value = get_number(body, key, default, lo, hi)
         if value is not None:  # absent: the state machine applies the queue's own setting
             fields[key] = value
-    result = await broker.propose(op, **fields)
+    result = await service.propose(op, **fields)
     if op == "ack":
-        broker.metrics.count_acked(name, int(result.get("acked", 0)))
+        service.metrics.count_acked(name, int(result.get("acked", 0)))
     return respond(request, result)
 
 
@@ -394,8 +392,8 @@ async def extend_messages(request: web.Request) -> web.Response:
 
 
 async def redrive(request: web.Request) -> web.Response:
-    broker: Broker = request.app[BROKER_KEY]
-    return respond(request, await broker.propose("redrive", queue=_queue_name(request)))
+    service: QueueService = request.app[SERVICE_KEY]
+    return respond(request, await service.propose("redrive", queue=_queue_name(request)))
 
 
 # ---------------------------------------------------------------- exactly-once
@@ -416,7 +414,7 @@ def _txn_acks(body: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
-def _txn_sends(broker: Broker, body: dict[str, Any]) -> list[dict[str, Any]]:
+def _txn_sends(service: QueueService, body: dict[str, Any]) -> list[dict[str, Any]]:
     sends = get_list(body, "send", required=False)
     out = []
     for i, item in enumerate(sends):
@@ -425,37 +423,40 @@ def _txn_sends(broker: Broker, body: dict[str, Any]) -> list[dict[str, Any]]:
             raise bad_request(f"{where} must be an object {{queue, messages}}")
         reject_unknown(item, {"queue", "messages"}, where)
         name = check_queue_name(str(item.get("queue", "")))
-        max_bytes, fifo = _queue_limits(broker, name)
+        max_bytes, fifo = _queue_limits(service, name)
         out.append(
-            {"queue": name, "messages": parse_messages(item, broker.config.limits, max_bytes, fifo)}
+            {
+                "queue": name,
+                "messages": parse_messages(item, service.config.limits, max_bytes, fifo),
+            }
         )
     return out
 
 
 async def transaction(request: web.Request) -> web.Response:
     """Acks and sends applied all or nothing, once per txn_id (consume-transform-produce)."""
-    broker: Broker = request.app[BROKER_KEY]
-    broker.require_leader()
-    body = await _body(request)
+    service: QueueService = request.app[SERVICE_KEY]
+    service.require_leader()
+    body = await request_body(request)
     reject_unknown(body, {"txn_id", "ack", "send", "publish", "commit_offsets"}, "body")
     txn_id = body.get("txn_id")
     if not isinstance(txn_id, str) or not 0 < len(txn_id) <= 256:
         raise bad_request("txn_id must be a string of 1 to 256 characters", field="txn_id")
     if body.get("publish") or body.get("commit_offsets"):
         raise bad_request("publish and commit_offsets need topics, which this version lacks")
-    acks, sends = _txn_acks(body), _txn_sends(broker, body)
+    acks, sends = _txn_acks(body), _txn_sends(service, body)
     if not acks and not sends:
         raise bad_request("a transaction needs at least one ack or send")
-    if len(acks) + sum(len(s["messages"]) for s in sends) > broker.config.limits.max_batch:
-        raise too_large(f"a transaction may hold at most {broker.config.limits.max_batch} items")
-    result = await broker.propose("txn", txn_id=txn_id, ack=acks, send=sends, commit_offsets=[])
+    if len(acks) + sum(len(s["messages"]) for s in sends) > service.config.limits.max_batch:
+        raise too_large(f"a transaction may hold at most {service.config.limits.max_batch} items")
+    result = await service.propose("txn", txn_id=txn_id, ack=acks, send=sends, commit_offsets=[])
     return respond(request, result)
 
 
 async def producer_init(request: web.Request) -> web.Response:
     """Hand out a producer id, or bump the epoch of a given one (fencing older instances)."""
-    broker: Broker = request.app[BROKER_KEY]
-    body = await _body(request)
+    service: QueueService = request.app[SERVICE_KEY]
+    body = await request_body(request)
     reject_unknown(body, {"producer_id"}, "body")
     producer_id = body.get("producer_id")
     if producer_id is not None and (
@@ -463,7 +464,7 @@ async def producer_init(request: web.Request) -> web.Response:
     ):
         raise bad_request("producer_id must be a string of 1 to 128 characters")
     fields = {"producer_id": producer_id} if producer_id else {}
-    return respond(request, await broker.propose("producer_init", **fields))
+    return respond(request, await service.propose("producer_init", **fields))
 
 
 # ---------------------------------------------------------------- admin (chaos checker)
@@ -472,6 +473,7 @@ async def producer_init(request: web.Request) -> web.Response:
 async def admin_log(request: web.Request) -> web.Response:
     """(index, term, crc32) of committed entries: P7/P8 of the chaos checker compare these."""
     node = request.app[NODE_KEY]
+    service = request.app[SERVICE_KEY]
     try:
         lo = int(request.query.get("from", "1"))
         hi = int(request.query.get("to", "0")) or None
@@ -479,24 +481,24 @@ async def admin_log(request: web.Request) -> web.Response:
     except ValueError:
         raise bad_request("from, to and max must be integers") from None
     entries = node.committed_log(lo, hi, limit)
-    return respond(request, {"entries": entries, "commit_index": node.raft.status().commit})
+    return respond(request, {"entries": entries, "commit_index": service.raft.status().commit})
 
 
 async def admin_snapshot(request: web.Request) -> web.Response:
     """Write a snapshot of this node's state now and compact its log up to it."""
-    node = request.app[NODE_KEY]
+    service = request.app[SERVICE_KEY]
     try:
-        result = await node.raft.snapshot_now()
+        result = await service.raft.snapshot_now()
     except RaftError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     return respond(request, result)
 
 
 async def admin_state(request: web.Request) -> web.Response:
-    broker: Broker = request.app[BROKER_KEY]
+    service: QueueService = request.app[SERVICE_KEY]
     return respond(
         request,
-        {"applied_index": broker.sm.applied_index(), "state_hash": broker.sm.state_hash()},
+        {"applied_index": service.sm.applied_index(), "state_hash": service.sm.state_hash()},
     )
 
 
@@ -530,17 +532,18 @@ ROUTES: tuple[tuple[str, str, Any], ...] = (
 )
 
 
-def build_app(broker: Broker, node: Any) -> web.Application:
-    cfg = broker.config
+def build_app(service: QueueService, node: NodeAdmin) -> web.Application:
+    """The node's aiohttp application: every route in ROUTES over `service` and `node`."""
+    cfg = service.config
     app = web.Application(
         middlewares=[error_middleware, forwarding_middleware],
         client_max_size=cfg.limits.max_body_bytes,
     )
-    app[BROKER_KEY] = broker
+    app[SERVICE_KEY] = service
     app[NODE_KEY] = node
     forwarder = LeaderForwarder(
         cfg.node_id,
-        broker.leader_http_url,
+        service.leader_http_url,
         wait_s=cfg.forward_wait_s,
         # a forwarded long-poll may take its whole wait_s before the write's own timeout
         timeout_s=cfg.limits.max_wait_s + cfg.propose_timeout_s + 5.0,

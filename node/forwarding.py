@@ -87,7 +87,6 @@ class LeaderForwarder:
         self.timeout_s = timeout_s
         self.max_body_bytes = max_body_bytes
         self._session: aiohttp.ClientSession | None = None
-        self.forwarded = 0  # answers relayed from the leader
         self.failed = 0  # forwards that ended in no answer (unknown or no leader)
 
     def may_forward(self, request: web.Request, err: ApiError) -> bool:
@@ -177,7 +176,6 @@ class LeaderForwarder:
             ) from None
         if status == 307 or (status == 503 and _error_code(answer, out_headers) == "no_leader"):
             raise _NotServed  # it stopped leading; ask again who does
-        self.forwarded += 1
         return web.Response(status=status, body=answer, headers=out_headers)
 
 

@@ -11,12 +11,14 @@ never counts toward a quorum before that) and the leader promotes it once it is 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import structlog
 from aiohttp import web
 
+from node.app_context import SERVICE_KEY, request_body
 from node.http import (
     ApiError,
     bad_request,
@@ -25,11 +27,15 @@ from node.http import (
     get_str,
     not_found,
     reject_unknown,
+    respond,
 )
 from raft.errors import ConfChangeRefused, NotLeader, RaftError
 from raft.messages import ConfState, Member
 
 log = structlog.get_logger("node.membership")
+
+#: A membership change: the configuration in force -> the one to propose (run by the driver).
+ConfChange = Callable[[ConfState], ConfState]
 
 MEMBER_FIELDS = frozenset({"id", "url", "raft_addr", "voter", "incarnation"})
 
@@ -57,23 +63,22 @@ def conf_view(conf: ConfState) -> dict[str, Any]:
     return {"voters": list(conf.voters), "learners": list(conf.learners), "members": members}
 
 
-def _with(conf: ConfState, member: Member, voters: tuple[int, ...], learners: tuple[int, ...]):
+def _with(
+    conf: ConfState, member: Member, voters: tuple[int, ...], learners: tuple[int, ...]
+) -> ConfState:
     others = tuple(m for m in conf.members if m.id != member.id)
     return ConfState(voters, learners, (*others, member))
 
 
-async def _change(request: web.Request, change: Any) -> web.Response:
-    from node.api import BROKER_KEY  # the app's key; the routes live in node/api.py
-    from node.http import respond
-
-    broker = request.app[BROKER_KEY]
-    broker.require_leader()
+async def _change(request: web.Request, change: ConfChange) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    service.require_leader()
     try:
-        conf = await broker.raft.change_membership(
-            change, timeout_s=broker.config.propose_timeout_s
+        conf = await service.raft.change_membership(
+            change, timeout_s=service.config.propose_timeout_s
         )
     except NotLeader as exc:
-        raise broker.leader_hint(exc.leader_id) from None
+        raise service.leader_hint(exc.leader_id) from None
     except ConfChangeRefused as exc:
         raise ApiError(409, "conflict", f"membership change refused: {exc}") from None
     except ValueError as exc:
@@ -94,9 +99,7 @@ async def _change(request: web.Request, change: Any) -> web.Response:
 
 async def add_member(request: web.Request) -> web.Response:
     """POST /v1/cluster/members: add a learner (promoted once caught up unless voter=false)."""
-    from node.api import _body
-
-    body = await _body(request)
+    body = await request_body(request)
     reject_unknown(body, MEMBER_FIELDS, "body")
     node_id = get_int(body, "id", None, 1, (1 << 31) - 1)
     if node_id is None:
@@ -127,14 +130,11 @@ async def add_member(request: web.Request) -> web.Response:
     return await _change_unless_same(request, change)
 
 
-async def _change_unless_same(request: web.Request, change: Any) -> web.Response:
+async def _change_unless_same(request: web.Request, change: ConfChange) -> web.Response:
     """Like _change, but a change that changes nothing answers at once (idempotent)."""
-    from node.api import BROKER_KEY
-    from node.http import respond
-
-    broker = request.app[BROKER_KEY]
-    broker.require_leader()
-    current = broker.raft.conf
+    service = request.app[SERVICE_KEY]
+    service.require_leader()
+    current = service.raft.conf
     try:
         unchanged = change(current) == current
     except ValueError as exc:
@@ -172,10 +172,8 @@ async def promote_member(request: web.Request) -> web.Response:
     """POST /v1/cluster/members/{id}/promote: a learner that has caught up becomes a voter
     now (like etcd, a learner still far behind is refused: as a voter it could not help
     commit, and with another node down the cluster would stop)."""
-    from node.api import BROKER_KEY
-
     node_id = _member_id(request)
-    raft = request.app[BROKER_KEY].raft
+    raft = request.app[SERVICE_KEY].raft
 
     def change(conf: ConfState) -> ConfState:
         if node_id in conf.voters:

@@ -9,7 +9,10 @@ from the replicated state at scrape time; rates come from node-local counters
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
+
+from raft.core import Status
 
 LATENCY_BUCKETS_S = (
     0.0005,
@@ -28,6 +31,18 @@ LATENCY_BUCKETS_S = (
     10,
     30,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFigures:
+    """What /metrics reports beside this node's own HTTP counters, read once per scrape."""
+
+    status: Status
+    is_leader: bool
+    coalesced_entries: int  # Raft entries that carried API writes
+    coalesced_commands: int  # API writes carried by those entries
+    queues: list[dict[str, Any]]  # the state machine's queue views (list_queues)
+    disk: dict[str, Any] | None = None  # DiskQuota.view(), when the node has a quota
 
 
 def _escape(value: str) -> str:
@@ -80,7 +95,7 @@ class Metrics:
     def count_acked(self, queue: str, n: int) -> None:
         self.acked[queue] += n
 
-    def render(self, broker: Any) -> str:
+    def render(self, figures: NodeFigures) -> str:
         out: list[str] = []
 
         def family(name: str, kind: str, help_text: str) -> None:
@@ -116,7 +131,7 @@ class Metrics:
             for q, n in sorted(data.items()):
                 out.append(f"{name}{_labels(queue=q)} {n}")
 
-        st = broker.raft.status()
+        st = figures.status
         family("raftq_raft_term", "gauge", "Current Raft term.")
         out.append(f"raftq_raft_term {st.term}")
         family("raftq_raft_commit_index", "gauge", "Raft commit index.")
@@ -124,17 +139,16 @@ class Metrics:
         family("raftq_raft_applied_index", "gauge", "Index applied to the state machine.")
         out.append(f"raftq_raft_applied_index {st.applied}")
         family("raftq_raft_is_leader", "gauge", "1 if this node leads.")
-        out.append(f"raftq_raft_is_leader {1 if broker.raft.is_leader else 0}")
+        out.append(f"raftq_raft_is_leader {1 if figures.is_leader else 0}")
         family("raftq_raft_leader_changes_total", "counter", "Leader changes seen by this node.")
         out.append(f"raftq_raft_leader_changes_total {self.leader_changes}")
         family("raftq_coalesced_entries_total", "counter", "Raft entries that carried API writes.")
-        out.append(f"raftq_coalesced_entries_total {broker.stats_batches}")
+        out.append(f"raftq_coalesced_entries_total {figures.coalesced_entries}")
         family("raftq_coalesced_commands_total", "counter", "API writes carried by those entries.")
-        out.append(f"raftq_coalesced_commands_total {broker.stats_batched_commands}")
+        out.append(f"raftq_coalesced_commands_total {figures.coalesced_commands}")
 
-        quota = getattr(broker, "quota", None)
-        if quota is not None:
-            disk = quota.view()
+        disk = figures.disk
+        if disk is not None:
             family("raftq_disk_used_bytes", "gauge", "Bytes in this node's live LMDB pages.")
             out.append(f"raftq_disk_used_bytes {disk['used_bytes']}")
             family("raftq_disk_quota_bytes", "gauge", "This node's disk quota (--quota-bytes).")
@@ -146,7 +160,7 @@ class Metrics:
             )
             out.append(f"raftq_disk_quota_alarm {1 if disk['alarm'] else 0}")
 
-        queues = broker.sm.list_queues(broker.stamp_ms())
+        queues = figures.queues
         dead_letter_targets = {
             q.get("dead_letter_queue") for q in queues if q.get("dead_letter_queue")
         }

@@ -185,7 +185,6 @@ class DiskQuota:
         self.used_bytes = 0
         self.alarm = False
         self.measured_at: float | None = None
-        self.measurements = 0
         self.refused = 0  # requests answered 507 by this node
         self._measure_failed = False
 
@@ -210,7 +209,6 @@ class DiskQuota:
             self._measure_failed = True
             return
         self._measure_failed = False
-        self.measurements += 1
         self.used_bytes = used
         if not self.alarm and used >= self.quota_bytes:
             self.alarm = True

@@ -1,8 +1,8 @@
-"""One broker process: LMDB env + Raft log + queue state machine + driver + HTTP API.
+"""One node's server: LMDB env + Raft log + queue state machine + driver + HTTP API, wired.
 
 Why this shape: one LMDB environment per node holds both the Raft log and the state, so a
 batch's state changes and `applied_index` commit together; the driver owns Raft, the
-broker owns proposals and wakeups, the API owns HTTP. This module wires them and owns the
+queue service owns proposals and wakeups, the API owns HTTP. This module wires them and owns the
 process lifecycle (graceful SIGTERM: stop accepting, finish in-flight requests, hand
 leadership over, close LMDB).
 """
@@ -18,14 +18,15 @@ import structlog
 from aiohttp import web
 
 from node.api import build_app
-from node.broker import Broker
 from node.config import NodeConfig
 from node.data_dir import DIR_MODE, DataDir, DataDirError
 from node.logging import bind_raft_state
 from node.membership import join_cluster
 from node.metrics import Metrics
+from node.queue_service import QueueService
 from node.quota import DiskGuardedEnv, disk_full_cause, node_quota
 from node.state_machine import QueueStateMachine
+from raft.core import SizeLimits
 from raft.driver import RaftNode
 from raft.errors import StorageCorruption, StorageError
 from raft.lmdb_storage import LmdbStorage
@@ -34,7 +35,9 @@ from raft.messages import Member, Role
 log = structlog.get_logger("node.server")
 
 
-class BrokerNode:
+class NodeServer:
+    """Everything one node runs, opened in order; `start()` serves, `stop()` shuts down."""
+
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         if not config.fsync:
@@ -89,12 +92,12 @@ class BrokerNode:
             # entries) held the event loop long enough to miss heartbeats while catching a
             # follower up after a partition healed (chaos bridge scenario). Smaller appends
             # keep every step short; the in-flight window still pipelines them.
-            core_options={
-                "max_msg_bytes": 128 << 10,
-                "max_inflight_bytes": 8 << 20,
-                "max_entry_bytes": config.limits.max_entry_bytes,
-            },
-            transport_options={"secret": config.secret.encode()} if config.secret else None,
+            size_limits=SizeLimits(
+                max_msg_bytes=128 << 10,
+                max_inflight_bytes=8 << 20,
+                max_entry_bytes=config.limits.max_entry_bytes,
+            ),
+            secret=config.secret.encode() if config.secret else None,
             members=[
                 Member(p.id, p.http_url, f"{p.raft_host}:{p.raft_port}")
                 for p in config.peers.values()
@@ -103,8 +106,8 @@ class BrokerNode:
             incarnation=self.incarnation,
         )
         self.quota = node_quota(self.env, config.quota_bytes, config.max_map_bytes)
-        self.broker = Broker(config, self.raft, self.sm, self.metrics, self.quota)
-        self.app = build_app(self.broker, self)
+        self.service = QueueService(config, self.raft, self.sm, self.metrics, self.quota)
+        self.app = build_app(self.service, self)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._last_leader: int | None = None
@@ -153,7 +156,7 @@ class BrokerNode:
         if leader_id != self._last_leader:
             self._last_leader = leader_id
             self.metrics.leader_changes += 1
-            self.broker.wake_all()
+            self.service.wake_all()
 
     def committed_log(self, lo: int, hi: int | None, limit: int) -> list[list[int]]:
         commit = self.raft.status().commit
@@ -184,7 +187,7 @@ class BrokerNode:
             self._runner, self.config.http_host, self.config.http_port, reuse_address=True
         )
         await self._site.start()
-        self.broker.start()
+        self.service.start()
         log.info(
             "node.started",
             http=self.config.http_url,
@@ -196,11 +199,11 @@ class BrokerNode:
     async def stop(self) -> None:
         """Graceful stop: no new requests, in-flight ones finish, leadership moves, LMDB closes."""
         log.info("node.stopping")
-        self.broker.closing = True
-        self.broker.wake_all()
+        self.service.closing = True
+        self.service.wake_all()
         if self._runner is not None:
             await self._runner.cleanup()  # stops listening, waits for in-flight handlers
-        await self.broker.stop()
+        await self.service.stop()
         await self.raft.stop(transfer=True)
         self.env.close()
         self.data_dir.close()  # only now may another process open the dir
@@ -218,7 +221,7 @@ async def run_node(config: NodeConfig) -> int:
     EXIT_DATA_DIR_REFUSED.
     """
     try:
-        node = BrokerNode(config)
+        node = NodeServer(config)
     except DataDirError as exc:
         log.critical("node.data_dir_refused", data_dir=config.data_dir, error=str(exc))
         raise

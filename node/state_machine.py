@@ -64,7 +64,7 @@ class _Refused(Exception):
 
 
 @dataclass(slots=True)
-class _Cached:
+class _FloorsAndClock:
     """What a replica keeps in memory between commands instead of reading it each time.
 
     `floors`: the timer floors (Ctx.floors). `clock`: the stored META_LAST_TS (the last
@@ -77,8 +77,8 @@ class _Cached:
     floors: list[int]
     clock: int | None
 
-    def copy(self) -> _Cached:
-        return _Cached(self.floors[:], self.clock)
+    def copy(self) -> _FloorsAndClock:
+        return _FloorsAndClock(self.floors[:], self.clock)
 
 
 def _send(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -130,13 +130,13 @@ class QueueStateMachine:
         self._config_cache: dict[str, tuple[int, dict[str, Any] | None]] = {}
         self._config_gen = 0
         self._config_dirty = False
-        # `_cached` holds for the committed state; `_work` is the running batch's copy and
+        # `_committed` holds for the committed state; `_work` is the running batch's copy and
         # `_pending` the copy of a batch whose transaction is not yet committed. A floor
         # raised (or a clock moved) by writes that were then rolled back would skip a due
         # entry (or move time) on this replica only.
-        self._cached = _Cached([UNKNOWN_FLOOR] * len(TIMER_TABLES), None)
-        self._work: _Cached | None = None
-        self._pending: _Cached | None = None
+        self._committed = _FloorsAndClock([UNKNOWN_FLOOR] * len(TIMER_TABLES), None)
+        self._work: _FloorsAndClock | None = None
+        self._pending: _FloorsAndClock | None = None
 
     # ---- StateMachine protocol -------------------------------------------------------
 
@@ -156,7 +156,7 @@ class QueueStateMachine:
         """The batch is durable: keep its timer floors and clock; drop cached queue
         configs if a config op was in it."""
         if self._pending is not None:
-            self._cached, self._pending = self._pending, None
+            self._committed, self._pending = self._pending, None
         if self._config_dirty:
             self._config_dirty = False
             self._config_gen += 1
@@ -190,7 +190,7 @@ class QueueStateMachine:
 
     def restored(self) -> None:
         """A restore committed: nothing cached about the old state may be used again."""
-        self._cached = _Cached([UNKNOWN_FLOOR] * len(TIMER_TABLES), None)
+        self._committed = _FloorsAndClock([UNKNOWN_FLOOR] * len(TIMER_TABLES), None)
         self._pending = None
         self._config_gen += 1
         self._config_cache.clear()
@@ -242,7 +242,7 @@ class QueueStateMachine:
     def timer_floors(self) -> tuple[int, ...]:
         """The committed timer floors (Ctx.floors), for tests: each must stay <= the
         deadline of its index's first entry."""
-        return tuple(self._cached.floors)
+        return tuple(self._committed.floors)
 
     def last_ts_ms(self) -> int:
         """The effective time of the last applied command (the leader stamps >= this)."""
@@ -271,20 +271,20 @@ class QueueStateMachine:
     # ---- internals ----------------------------------------------------------------------
 
     def _ctx(self, txn: lmdb.Transaction, now_ms: int) -> Ctx:
-        return Ctx(txn=txn, t=self.tables, now_ms=now_ms)
+        return Ctx(txn=txn, tables=self.tables, now_ms=now_ms)
 
     def _apply_batch(self, txn: lmdb.Transaction, entries: Sequence[Entry]) -> list[Any]:
         """Apply `entries`: optimistically in one child transaction, and again with one
         child per command if any command is refused (same results, see the module doc)."""
         self._pending = None
-        self._work = self._cached.copy()
+        self._work = self._committed.copy()
         try:
             child = self.env.env.begin(write=True, parent=txn)
             try:
                 results = self._apply_entries(child, entries, self._run_direct)
             except _Refused:
                 child.abort()
-                self._work = self._cached.copy()  # the undone attempt's changes go too
+                self._work = self._committed.copy()  # the undone attempt's changes go too
                 results = self._apply_entries(txn, entries, self._run_isolated)
             except BaseException:
                 child.abort()

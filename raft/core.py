@@ -85,6 +85,22 @@ _SUPPORTED = _REQUESTS | {
 
 
 @dataclass(frozen=True, slots=True)
+class SizeLimits:
+    """How much a leader sends: messages and bytes in flight to one follower, the size of one
+    append message and of one entry. The part of Config a node sets (RaftNode(size_limits=))."""
+
+    max_inflight_msgs: int = 256
+    max_inflight_bytes: int = 64 * MiB
+    max_msg_bytes: int = 1 * MiB
+    # The largest entry a proposal may carry. Every APP must fit the transport's frame
+    # limit (`max_append_frame_bytes`), so an accepted entry can always be replicated.
+    max_entry_bytes: int = 8 * MiB
+
+
+_DEFAULT_LIMITS = SizeLimits()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Static configuration of one core. Ticks are abstract: the driver decides their length.
 
@@ -98,12 +114,10 @@ class Config:
     heartbeat_ticks: int = 1
     pre_vote: bool = True
     check_quorum: bool = True
-    max_inflight_msgs: int = 256
-    max_inflight_bytes: int = 64 * MiB
-    max_msg_bytes: int = 1 * MiB
-    # The largest entry a proposal may carry. Every APP must fit the transport's frame
-    # limit (`max_append_frame_bytes`), so an accepted entry can always be replicated.
-    max_entry_bytes: int = 8 * MiB
+    max_inflight_msgs: int = _DEFAULT_LIMITS.max_inflight_msgs  # SizeLimits says what they are
+    max_inflight_bytes: int = _DEFAULT_LIMITS.max_inflight_bytes
+    max_msg_bytes: int = _DEFAULT_LIMITS.max_msg_bytes
+    max_entry_bytes: int = _DEFAULT_LIMITS.max_entry_bytes
     applied: int = 0
     # How to reach the bootstrap `peers` (only used when the log holds no configuration).
     members: tuple[Member, ...] = ()

@@ -60,12 +60,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any, cast
 
 import structlog
 
-from raft.core import Config, RaftCore, Status
+from raft.core import Config, RaftCore, SizeLimits, Status
 from raft.errors import (
     ConfChangeRefused,
     EntryTooLarge,
@@ -165,8 +165,8 @@ class RaftNode:
         on_conf_change: Callable[[ConfState], None] | None = None,
         pre_vote: bool = True,
         check_quorum: bool = True,
-        core_options: dict[str, Any] | None = None,
-        transport_options: dict[str, Any] | None = None,
+        size_limits: SizeLimits | None = None,
+        secret: bytes | None = None,
         transport_factory: Callable[..., PeerTransport] = Transport,
     ) -> None:
         if node_id not in peers:
@@ -199,7 +199,6 @@ class RaftNode:
         self.slow_fsync_ms = slow_fsync_ms
         self._log = log.bind(node_id=node_id)
         self._listen = listen if listen is not None else self.peers[node_id]
-        self._transport_options = dict(transport_options or {})
         self._rng = random.Random(rng_seed)
         # Membership: `peers` bootstraps a new cluster (with `members` saying how to reach
         # them); a node that joins (`bootstrap=False`) knows no configuration until the
@@ -220,26 +219,22 @@ class RaftNode:
             heartbeat_ticks=heartbeat_ticks,
             pre_vote=pre_vote,
             check_quorum=check_quorum,
-            **(core_options or {}),
+            **asdict(size_limits or SizeLimits()),
         )
         core_cfg = Config(**self._cfg_options)
         core_cfg.validate()  # fail at construction, not at start()
         self.max_entry_bytes = core_cfg.max_entry_bytes
-        # Every APP the core can build must fit one frame, on this node and its peers.
+        # What the transport starts with. Every APP the core can build must fit one frame,
+        # on this node and its peers. Peers that disagree on the members or the entry limit
+        # refuse each other: start() adds that digest (only a node without a configuration
+        # in its log bootstraps from `peers`). `secret` authenticates the handshake.
         frame_bound = max_append_frame_bytes(core_cfg.max_entry_bytes, core_cfg.max_msg_bytes)
-        frame_limit = self._transport_options.setdefault(
-            "max_frame_bytes", max(DEFAULT_MAX_FRAME_BYTES, frame_bound)
-        )
-        # Peers that disagree on the members or the entry limit refuse each other (the
-        # members part is settled in start(): only a node without a configuration in its
-        # log bootstraps from `peers`).
-        self._digest_given = "config_digest" in self._transport_options
-        self._transport_options.setdefault("incarnation", incarnation)
-        if frame_limit < frame_bound:
-            raise ValueError(
-                f"max_frame_bytes {frame_limit} cannot carry an entry of max_entry_bytes "
-                f"{core_cfg.max_entry_bytes} (an APP may need {frame_bound} bytes)"
-            )
+        self._transport_options: dict[str, Any] = {
+            "max_frame_bytes": max(DEFAULT_MAX_FRAME_BYTES, frame_bound),
+            "incarnation": incarnation,
+        }
+        if secret is not None:
+            self._transport_options["secret"] = secret
         self._core: RaftCore | None = None
         self._transport: PeerTransport | None = None
         self._worker: _StorageWorker | None = None
@@ -308,12 +303,9 @@ class RaftNode:
         if self._applied:
             with contextlib.suppress(RaftError):
                 self._applied_term = self._storage.term(self._applied)
-        if not self._digest_given:
-            from_log = bool(self._core.log.conf_entries or self._storage.initial_state()[1].ids())
-            bootstrap = () if from_log else tuple(self._cfg_options["peers"])
-            self._transport_options["config_digest"] = config_digest(
-                bootstrap, self.max_entry_bytes
-            )
+        from_log = bool(self._core.log.conf_entries or self._storage.initial_state()[1].ids())
+        bootstrap = () if from_log else tuple(self._cfg_options["peers"])
+        self._transport_options["config_digest"] = config_digest(bootstrap, self.max_entry_bytes)
         self._transport = self._transport_factory(
             self.node_id,
             self.cluster_id,

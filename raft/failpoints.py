@@ -76,8 +76,3 @@ def _crash(fp: _Armed) -> None:
     )
     sys.stderr.flush()
     os._exit(EXIT_CODE)
-
-
-def armed_names() -> list[str]:
-    """The failpoints this process will trigger (for logs and tests)."""
-    return sorted(_ARMED)

@@ -185,9 +185,6 @@ class LmdbEnv:
             log.warning("lmdb.map_grow", path=self.path, old_bytes=current, new_bytes=new_size)
             self.env.set_mapsize(new_size)
 
-    def sync_to_disk(self) -> None:
-        self.env.sync(True)
-
     def close(self) -> None:
         with self._write_lock, self._gate.exclusive():
             self.env.close()

@@ -136,10 +136,6 @@ def _is_uint(value: Any) -> bool:
     return type(value) is int and 0 <= value <= MAX_U63
 
 
-def encode_entry_record(entry: Entry) -> bytes:
-    return encode_record(index_key(entry.index), [entry.term, int(entry.kind), entry.data])
-
-
 def decode_entry_record(index: int, value: bytes, key: bytes | None = None) -> Entry:
     """Verify CRC and shape of one stored log record; raise StorageCorruption(index, ...).
 

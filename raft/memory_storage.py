@@ -26,11 +26,9 @@ class MemoryStorage:
         self._snapshot_index = 0  # index covered by the (future) snapshot; 0 = none
         self._snapshot_term = 0
         self._entries: list[Entry] = []
-        self.save_count = 0
         self.closed = False
         if entries:
             self.save(None, entries)
-            self.save_count = 0
 
     # ------------------------------------------------------------ LogStorage
 
@@ -90,7 +88,6 @@ class MemoryStorage:
             self._entries.extend(entries)
         if hard_state is not None:
             self._hard_state = hard_state
-        self.save_count += 1
 
     def compact(self, index: int) -> None:
         """Drop entries below `index` (the new first index); only applied ones may go."""
@@ -119,7 +116,6 @@ class MemoryStorage:
         self._snapshot_index, self._snapshot_term = snap.index, snap.term
         self._conf_state = snap.conf
         self._hard_state = HardState(self._hard_state.term, self._hard_state.vote, snap.index)
-        self.save_count += 1
 
     def snapshot_point(self) -> tuple[int, int]:
         return self._snapshot_index, self._snapshot_term
@@ -135,9 +131,6 @@ class MemoryStorage:
 
     def all_entries(self) -> list[Entry]:
         return list(self._entries)
-
-    def set_conf_state(self, conf_state: ConfState) -> None:
-        self._conf_state = conf_state
 
     def crash_copy(self) -> MemoryStorage:
         """What survives a crash: everything saved (save is the fsync), nothing else."""

@@ -41,7 +41,7 @@ class MessageType(IntEnum):
 class EntryKind(IntEnum):
     NORMAL = 0
     NOOP = 1  # appended by a new leader at the start of its term
-    CONF_CHANGE = 2  # reserved: membership change (later issue)
+    CONF_CHANGE = 2  # a new configuration (encode_conf): one single-server membership change
 
 
 class Role(IntEnum):
@@ -205,18 +205,6 @@ class Ready:
     # replaced by it and the state machine jumps to its index.
     snapshot: SnapshotMeta | None = None
 
-    def is_empty(self) -> bool:
-        return not (
-            self.soft_state
-            or self.hard_state
-            or self.entries
-            or self.messages
-            or self.messages_after_persist
-            or self.committed_entries
-            or self.read_states
-            or self.snapshot
-        )
-
 
 # ---------------------------------------------------------------- codec
 
@@ -319,18 +307,6 @@ def _bytes(value: Any, name: str) -> bytes:
 
 _ENTRY_KINDS = {int(k): k for k in EntryKind}
 _MESSAGE_TYPES = {int(t): t for t in MessageType}
-
-
-def decode_entry(raw: Any) -> Entry:
-    if type(raw) is not list or len(raw) != 4:
-        raise InvalidMessage("entry must be a 4-element array")
-    index, term, kind, data = raw
-    k = _ENTRY_KINDS.get(kind) if type(kind) is int else None
-    if k is None:
-        raise InvalidMessage(f"unknown entry kind {kind!r:.40}")
-    return Entry(
-        _uint(index, "entry.index"), _uint(term, "entry.term"), k, _bytes(data, "entry.data")
-    )
 
 
 def _decode_entries(raw: list[Any], prev_index: int) -> tuple[Entry, ...]:

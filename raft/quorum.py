@@ -1,4 +1,4 @@
-"""Majority arithmetic for a single voter set (joint consensus is a later issue).
+"""Majority arithmetic for a single voter set (membership changes one server at a time).
 
 Kept apart from the core so the one rule every safety argument leans on — "a quorum is
 more than half of the voters" — lives in one small, separately tested place.

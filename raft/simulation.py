@@ -132,7 +132,6 @@ class EventKind(Enum):
     READ = "read"
     FAULT = "fault"
     RESTART = "restart"
-    CHECK = "check"
     HEAL = "heal"  # a scheduled end of a partition
     CRASH = "crash"  # a scheduled crash of one node (incarnation)
     STORAGE = "storage"  # a node's storage thread finishes the writes queued so far
@@ -316,7 +315,6 @@ class SafetyChecker:
         self.reads_ahead: list[tuple[int, bytes, int]] = []  # answered above known commit
         self.committed_fps: list[bytes] = []  # state fingerprint after each committed index
         self.snapshots_ahead: list[tuple[int, int, int, bytes]] = []  # (node, index, term, fp)
-        self.snapshots_installed = 0
         self.reads_answered = 0
         # Logs of wiped nodes: node -> [(log, prefix fingerprints)] (see on_wipe).
         self._lost_logs: dict[int, list[tuple[list[Entry], list[int]]]] = {}
@@ -467,7 +465,6 @@ class SafetyChecker:
         self._fps[node] = list(src_fps[:index])
         self.applied[node] = max(self.applied[node], index)
         self.node_commit[node] = max(self.node_commit[node], index)
-        self.snapshots_installed += 1
 
     def _check_snapshot(self, node: int, index: int, term: int, fp: bytes) -> None:
         if self.committed[index - 1].term != term or self.committed_fps[index - 1] != fp:
@@ -2019,11 +2016,6 @@ class Simulation:
             trace=self.format_trace() if p.verbose else [],
             membership=dict(sorted(self.membership_counts.items())),
         )
-
-
-def run_simulation(seed: int, nodes: int = 3, **kwargs: Any) -> SimResult:
-    """Convenience: one run with default parameters (what the CI set uses)."""
-    return Simulation(SimParams(seed=seed, nodes=nodes, **kwargs)).run()
 
 
 # ------------------------------------------------------------------ replay CLI

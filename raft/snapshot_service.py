@@ -49,7 +49,6 @@ class SnapshotStats:
     received: int = 0  # snapshots received whole
     installed: int = 0  # installed here
     last_write_s: float = 0.0
-    last_write_bytes: int = 0
     last_install_s: float = 0.0
 
 
@@ -164,7 +163,6 @@ class SnapshotService:
         term = self._term_at(file.applied_index)
         self.stats.written += 1
         self.stats.last_write_s = took
-        self.stats.last_write_bytes = file.size
         log.info(
             "raft.snapshot_written",
             index=file.applied_index,

@@ -25,7 +25,6 @@ SNAP_RESP codes travel in `Message.reject_hint`: RESP_ACK, RESP_RESEND, RESP_REF
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -230,8 +229,3 @@ class SnapshotReceiver:
             reject_hint=code,
             chunk=SnapChunk(c.snap_id, offset, c.total),
         )
-
-
-def digest_of(data: bytes) -> bytes:
-    """The digest a snapshot's chunks carry (SHA-256 of all its bytes)."""
-    return hashlib.sha256(data).digest()

@@ -56,7 +56,7 @@ def decode(raw: bytes) -> dict[str, int]:
 
 
 def store(ctx: Ctx, qid: int, values: dict[str, int]) -> None:
-    ctx.txn.put(keys.u64(qid), encode(values), db=ctx.t.counters)
+    ctx.txn.put(keys.u64(qid), encode(values), db=ctx.tables.counters)
 
 
 def bump(ctx: Ctx, qid: int, name: str, delta: int = 1) -> None:
@@ -66,7 +66,7 @@ def bump(ctx: Ctx, qid: int, name: str, delta: int = 1) -> None:
 
 def flush(ctx: Ctx) -> None:
     """Write every buffered delta (order-independent: each queue's record is one put)."""
-    db = ctx.t.counters
+    db = ctx.tables.counters
     for qid, deltas in ctx.pending_counters.items():
         key = keys.u64(qid)
         raw = ctx.txn.get(key, db=db)
@@ -81,5 +81,5 @@ def flush(ctx: Ctx) -> None:
 
 def read(ctx: Ctx, qid: int) -> dict[str, Any]:
     flush(ctx)
-    raw = ctx.txn.get(keys.u64(qid), db=ctx.t.counters)
+    raw = ctx.txn.get(keys.u64(qid), db=ctx.tables.counters)
     return zero() if raw is None else decode(raw)

@@ -41,7 +41,7 @@ def _move(
 def dead_letter(ctx: Ctx, queue: dict[str, Any], meta: dict[str, Any]) -> bool:
     """Move a message to its queue's dead-letter queue; False if there is none."""
     dlq_name = queue["dead_letter_queue"]
-    dlq = None if dlq_name is None else ctx.get(ctx.t.queues, dlq_name.encode())
+    dlq = None if dlq_name is None else ctx.get(ctx.tables.queues, dlq_name.encode())
     if dlq is None:
         return False
     _move(
@@ -64,7 +64,7 @@ def redrive(ctx: Ctx, dlq: dict[str, Any]) -> int:
     sources: dict[str, dict[str, Any] | None] = {}
     moved = 0
     while True:
-        cur = ctx.txn.cursor(db=ctx.t.messages)
+        cur = ctx.txn.cursor(db=ctx.tables.messages)
         if not cur.set_range(position):
             break
         key = cur.key()
@@ -77,7 +77,7 @@ def redrive(ctx: Ctx, dlq: dict[str, Any]) -> int:
         if src_name is None or meta["state"] == messages.IN_FLIGHT:
             continue
         if src_name not in sources:
-            sources[src_name] = ctx.get(ctx.t.queues, src_name.encode())
+            sources[src_name] = ctx.get(ctx.tables.queues, src_name.encode())
         source = sources[src_name]
         if source is None or source["fifo"] != dlq["fifo"]:
             continue

@@ -24,7 +24,7 @@ def stored(ctx: Ctx, key: bytes) -> tuple[int, int] | None:
     A fixed 16-byte record, not a msgpack map: one is written and read per message sent
     with a dedup id, on every replica. The message id is derived from the seq.
     """
-    raw = ctx.txn.get(key, db=ctx.t.dedup)
+    raw = ctx.txn.get(key, db=ctx.tables.dedup)
     return None if raw is None else keys.split_dedup_record(raw)
 
 
@@ -37,7 +37,7 @@ def claim(ctx: Ctx, key: bytes, seq: int, expire: int) -> bool:
     a put. The caller indexes the expiry with `index_expiry`, once per send.
     """
     record = keys.dedup_record(seq, expire)
-    return bool(ctx.txn.put(key, record, db=ctx.t.dedup, overwrite=False))
+    return bool(ctx.txn.put(key, record, db=ctx.tables.dedup, overwrite=False))
 
 
 def claim_all(ctx: Ctx, claims: list[tuple[bytes, bytes]]) -> bool:
@@ -49,12 +49,12 @@ def claim_all(ctx: Ctx, claims: list[tuple[bytes, bytes]]) -> bool:
     earlier record can hold) and False tells the caller to claim one by one, which
     handles duplicates, expired records and an id repeated within the batch.
     """
-    _consumed, added = ctx.txn.cursor(db=ctx.t.dedup).putmulti(claims, overwrite=False)
+    _consumed, added = ctx.txn.cursor(db=ctx.tables.dedup).putmulti(claims, overwrite=False)
     if added == len(claims):
         return True
     for key, record in claims:
-        if ctx.txn.get(key, db=ctx.t.dedup) == record:
-            ctx.txn.delete(key, db=ctx.t.dedup)
+        if ctx.txn.get(key, db=ctx.tables.dedup) == record:
+            ctx.txn.delete(key, db=ctx.tables.dedup)
     return False
 
 
@@ -64,8 +64,8 @@ def remember(ctx: Ctx, key: bytes, seq: int, expire: int, old: tuple[int, int]) 
     An expired `old` may still be listed in an older expiry record: `expire_due` skips it
     there, as the stored expiry no longer matches.
     """
-    ctx.txn.delete(keys.expiry_key(old[1], key), db=ctx.t.dedup_expiry)  # older format
-    ctx.txn.put(key, keys.dedup_record(seq, expire), db=ctx.t.dedup)
+    ctx.txn.delete(keys.expiry_key(old[1], key), db=ctx.tables.dedup_expiry)  # older format
+    ctx.txn.put(key, keys.dedup_record(seq, expire), db=ctx.tables.dedup)
 
 
 def index_expiry(ctx: Ctx, qid: int, expire: int, first_seq: int, dedup_ids: list[str]) -> None:
@@ -75,14 +75,14 @@ def index_expiry(ctx: Ctx, qid: int, expire: int, first_seq: int, dedup_ids: lis
     """
     if dedup_ids:
         key = keys.expiry_key(expire, keys.u64(qid) + keys.u64(first_seq))
-        ctx.txn.put(key, pack(dedup_ids), db=ctx.t.dedup_expiry)
+        ctx.txn.put(key, pack(dedup_ids), db=ctx.tables.dedup_expiry)
         ctx.timer_added(TIMER_DEDUP_EXPIRY, expire)
 
 
 def drop_expiry_records(ctx: Ctx, qid: int, expire: int) -> None:
     """Delete every per-send expiry record of queue `qid` ending at `expire` (queue delete)."""
     prefix = keys.expiry_key(expire, keys.u64(qid))
-    cur = ctx.txn.cursor(db=ctx.t.dedup_expiry)
+    cur = ctx.txn.cursor(db=ctx.tables.dedup_expiry)
     while cur.set_range(prefix) and cur.key()[: len(prefix)] == prefix:
         cur.delete()
 
@@ -92,8 +92,8 @@ def expire_due(ctx: Ctx, limit: int) -> int:
     if ctx.nothing_due(TIMER_DEDUP_EXPIRY):
         return 0
     n = 0
-    dedup_db = ctx.t.dedup
-    cur = ctx.txn.cursor(db=ctx.t.dedup_expiry)
+    dedup_db = ctx.tables.dedup
+    cur = ctx.txn.cursor(db=ctx.tables.dedup_expiry)
     while n < limit and (key := ctx.first_due(cur, TIMER_DEDUP_EXPIRY)) is not None:
         expire = keys.read_u64(key)
         listed = cur.value()

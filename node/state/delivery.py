@@ -33,7 +33,7 @@ def receive(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     leased = 0
     # One cursor walks node.ready: leasing deletes the key under it and steps to the next
     # candidate; any other outcome may write node.ready elsewhere, so the cursor re-seeks.
-    cur = ctx.txn.cursor(db=ctx.t.ready)
+    cur = ctx.txn.cursor(db=ctx.tables.ready)
     cur.set_range(prefix)
     while len(out) < max_n:
         key = cur.key()  # b"" once the cursor ran off the end

@@ -126,16 +126,16 @@ def decode_meta(raw: bytes) -> dict[str, Any]:
 
 
 def get(ctx: Ctx, qid: int, seq: int) -> dict[str, Any] | None:
-    raw = ctx.txn.get(keys.message_key(qid, seq), db=ctx.t.messages)
+    raw = ctx.txn.get(keys.message_key(qid, seq), db=ctx.tables.messages)
     return None if raw is None else decode_meta(raw)
 
 
 def save(ctx: Ctx, qid: int, meta: dict[str, Any]) -> None:
-    ctx.txn.put(keys.message_key(qid, meta["seq"]), encode_meta(meta), db=ctx.t.messages)
+    ctx.txn.put(keys.message_key(qid, meta["seq"]), encode_meta(meta), db=ctx.tables.messages)
 
 
 def body(ctx: Ctx, seq: int) -> bytes:
-    raw = ctx.txn.get(keys.u64(seq), db=ctx.t.bodies)
+    raw = ctx.txn.get(keys.u64(seq), db=ctx.tables.bodies)
     return b"" if raw is None else bytes(raw)
 
 
@@ -145,7 +145,7 @@ def _ready_priority(queue: dict[str, Any], meta: dict[str, Any]) -> int:
 
 
 def _is_group_head(ctx: Ctx, qid: int, meta: dict[str, Any]) -> bool:
-    first = ctx.first_key(ctx.t.fifo_groups, keys.group_prefix(qid, meta["group"]))
+    first = ctx.first_key(ctx.tables.fifo_groups, keys.group_prefix(qid, meta["group"]))
     return first == keys.group_key(qid, meta["group"], meta["seq"])
 
 
@@ -154,12 +154,12 @@ def _index_add(ctx: Ctx, queue: dict[str, Any], meta: dict[str, Any]) -> None:
     if state == READY:
         if not queue["fifo"] or _is_group_head(ctx, qid, meta):
             key = keys.ready_key(qid, _ready_priority(queue, meta), seq)
-            ctx.txn.put(key, b"", db=ctx.t.ready)
+            ctx.txn.put(key, b"", db=ctx.tables.ready)
     elif state == IN_FLIGHT:
-        ctx.txn.put(keys.timer_key(meta["deadline"], qid, seq), b"", db=ctx.t.leases)
+        ctx.txn.put(keys.timer_key(meta["deadline"], qid, seq), b"", db=ctx.tables.leases)
         ctx.timer_added(TIMER_LEASES, meta["deadline"])
     else:
-        ctx.txn.put(keys.timer_key(meta["deadline"], qid, seq), b"", db=ctx.t.delayed)
+        ctx.txn.put(keys.timer_key(meta["deadline"], qid, seq), b"", db=ctx.tables.delayed)
         ctx.timer_added(TIMER_DELAYED, meta["deadline"])
     counters.bump(ctx, qid, STATE_COUNTER[state], 1)
 
@@ -168,11 +168,11 @@ def _index_remove(ctx: Ctx, queue: dict[str, Any], meta: dict[str, Any]) -> None
     qid, seq, state = queue["id"], meta["seq"], meta["state"]
     if state == READY:
         key = keys.ready_key(qid, _ready_priority(queue, meta), seq)
-        ctx.txn.delete(key, db=ctx.t.ready)
+        ctx.txn.delete(key, db=ctx.tables.ready)
     elif state == IN_FLIGHT:
-        ctx.txn.delete(keys.timer_key(meta["deadline"], qid, seq), db=ctx.t.leases)
+        ctx.txn.delete(keys.timer_key(meta["deadline"], qid, seq), db=ctx.tables.leases)
     else:
-        ctx.txn.delete(keys.timer_key(meta["deadline"], qid, seq), db=ctx.t.delayed)
+        ctx.txn.delete(keys.timer_key(meta["deadline"], qid, seq), db=ctx.tables.delayed)
     counters.bump(ctx, qid, STATE_COUNTER[state], -1)
 
 
@@ -184,10 +184,10 @@ def insert(
     `body_bytes` None means the body is already stored (a move between queues)."""
     qid, seq = queue["id"], meta["seq"]
     if body_bytes is not None:
-        ctx.txn.put(keys.u64(seq), body_bytes, db=ctx.t.bodies)
+        ctx.txn.put(keys.u64(seq), body_bytes, db=ctx.tables.bodies)
     if queue["fifo"]:
-        ctx.txn.put(keys.group_key(qid, meta["group"], seq), b"", db=ctx.t.fifo_groups)
-    ctx.txn.put(keys.timer_key(meta["expire"], qid, seq), b"", db=ctx.t.retention)
+        ctx.txn.put(keys.group_key(qid, meta["group"], seq), b"", db=ctx.tables.fifo_groups)
+    ctx.txn.put(keys.timer_key(meta["expire"], qid, seq), b"", db=ctx.tables.retention)
     ctx.timer_added(TIMER_RETENTION, meta["expire"])
     _set_first_state(ctx, meta, delay_ms)
     save(ctx, qid, meta)
@@ -228,13 +228,13 @@ def insert_new(
         else:
             ready.append((keys.ready_key(qid, meta["prio"], seq), b""))
         metas.append((keys.message_key(qid, seq), encode_meta(meta)))
-    t, txn = ctx.t, ctx.txn
+    tables, txn = ctx.tables, ctx.txn
     for db, items in (
-        (t.bodies, bodies),
-        (t.messages, metas),
-        (t.retention, retention),
-        (t.ready, ready),
-        (t.delayed, delayed),
+        (tables.bodies, bodies),
+        (tables.messages, metas),
+        (tables.retention, retention),
+        (tables.ready, ready),
+        (tables.delayed, delayed),
     ):
         if items:
             txn.cursor(db=db).putmulti(items)
@@ -252,23 +252,23 @@ def remove(ctx: Ctx, queue: dict[str, Any], meta: dict[str, Any], *, keep_body: 
     """Delete a message and every index entry; promote its FIFO group's next head."""
     qid, seq = queue["id"], meta["seq"]
     _index_remove(ctx, queue, meta)
-    ctx.txn.delete(keys.timer_key(meta["expire"], qid, seq), db=ctx.t.retention)
-    ctx.txn.delete(keys.message_key(qid, seq), db=ctx.t.messages)
+    ctx.txn.delete(keys.timer_key(meta["expire"], qid, seq), db=ctx.tables.retention)
+    ctx.txn.delete(keys.message_key(qid, seq), db=ctx.tables.messages)
     if not keep_body:
-        ctx.txn.delete(keys.u64(seq), db=ctx.t.bodies)
+        ctx.txn.delete(keys.u64(seq), db=ctx.tables.bodies)
     if queue["fifo"]:
-        ctx.txn.delete(keys.group_key(qid, meta["group"], seq), db=ctx.t.fifo_groups)
+        ctx.txn.delete(keys.group_key(qid, meta["group"], seq), db=ctx.tables.fifo_groups)
         _promote_head(ctx, queue, meta["group"])
 
 
 def _promote_head(ctx: Ctx, queue: dict[str, Any], group_id: str) -> None:
     qid = queue["id"]
-    first = ctx.first_key(ctx.t.fifo_groups, keys.group_prefix(qid, group_id))
+    first = ctx.first_key(ctx.tables.fifo_groups, keys.group_prefix(qid, group_id))
     if first is None:
         return
     head = get(ctx, qid, keys.read_u64(first, len(first) - 8))
     if head is not None and head["state"] == READY:
-        ctx.txn.put(keys.ready_key(qid, 0, head["seq"]), b"", db=ctx.t.ready)
+        ctx.txn.put(keys.ready_key(qid, 0, head["seq"]), b"", db=ctx.tables.ready)
 
 
 def lease_at_cursor(
@@ -286,7 +286,7 @@ def lease_at_cursor(
     ready_cursor.delete()
     meta["state"], meta["deadline"] = IN_FLIGHT, deadline_ms
     save(ctx, qid, meta)
-    ctx.txn.put(keys.timer_key(deadline_ms, qid, meta["seq"]), b"", db=ctx.t.leases)
+    ctx.txn.put(keys.timer_key(deadline_ms, qid, meta["seq"]), b"", db=ctx.tables.leases)
     ctx.timer_added(TIMER_LEASES, deadline_ms)
 
 
@@ -298,11 +298,11 @@ def drop_leased(ctx: Ctx, qid: int, meta: dict[str, Any]) -> None:
     promotion, which only FIFO queues need (they go through `remove`).
     """
     seq = meta["seq"]
-    txn, t = ctx.txn, ctx.t
-    txn.delete(keys.timer_key(meta["deadline"], qid, seq), db=t.leases)
-    txn.delete(keys.timer_key(meta["expire"], qid, seq), db=t.retention)
-    txn.delete(keys.message_key(qid, seq), db=t.messages)
-    txn.delete(keys.u64(seq), db=t.bodies)
+    txn, tables = ctx.txn, ctx.tables
+    txn.delete(keys.timer_key(meta["deadline"], qid, seq), db=tables.leases)
+    txn.delete(keys.timer_key(meta["expire"], qid, seq), db=tables.retention)
+    txn.delete(keys.message_key(qid, seq), db=tables.messages)
+    txn.delete(keys.u64(seq), db=tables.bodies)
 
 
 def transition(
@@ -320,7 +320,7 @@ def drop_all(ctx: Ctx, queue: dict[str, Any]) -> int:
     qid = queue["id"]
     prefix = keys.u64(qid)
     n = 0
-    cur = ctx.txn.cursor(db=ctx.t.messages)
+    cur = ctx.txn.cursor(db=ctx.tables.messages)
     cur.set_range(prefix)
     while True:
         key = cur.key()
@@ -328,16 +328,18 @@ def drop_all(ctx: Ctx, queue: dict[str, Any]) -> int:
             break
         meta = decode_meta(cur.value())
         seq = meta["seq"]
-        ctx.txn.delete(keys.u64(seq), db=ctx.t.bodies)
-        ctx.txn.delete(keys.timer_key(meta["expire"], qid, seq), db=ctx.t.retention)
+        ctx.txn.delete(keys.u64(seq), db=ctx.tables.bodies)
+        ctx.txn.delete(keys.timer_key(meta["expire"], qid, seq), db=ctx.tables.retention)
         if meta["state"] == READY:
-            ctx.txn.delete(keys.ready_key(qid, _ready_priority(queue, meta), seq), db=ctx.t.ready)
+            ctx.txn.delete(
+                keys.ready_key(qid, _ready_priority(queue, meta), seq), db=ctx.tables.ready
+            )
         elif meta["state"] == IN_FLIGHT:
-            ctx.txn.delete(keys.timer_key(meta["deadline"], qid, seq), db=ctx.t.leases)
+            ctx.txn.delete(keys.timer_key(meta["deadline"], qid, seq), db=ctx.tables.leases)
         else:
-            ctx.txn.delete(keys.timer_key(meta["deadline"], qid, seq), db=ctx.t.delayed)
+            ctx.txn.delete(keys.timer_key(meta["deadline"], qid, seq), db=ctx.tables.delayed)
         if queue["fifo"]:
-            ctx.txn.delete(keys.group_key(qid, meta["group"], seq), db=ctx.t.fifo_groups)
+            ctx.txn.delete(keys.group_key(qid, meta["group"], seq), db=ctx.tables.fifo_groups)
         n += 1
         cur.delete()  # moves to the next record
     return n

@@ -37,11 +37,11 @@ def producer_init(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     if producer_id is None:
         producer_id = format(ctx.next_counter(META_NEXT_PRODUCER), "016x")
         producer_id = f"p{producer_id}"
-    record = ctx.get(ctx.t.producers, _producer_key(producer_id))
+    record = ctx.get(ctx.tables.producers, _producer_key(producer_id))
     epoch = 0 if record is None else record["epoch"] + 1
     if epoch > MAX_EPOCH:
         raise BadRequest("producer epoch exhausted; use a new producer id", field="producer_id")
-    ctx.put(ctx.t.producers, _producer_key(producer_id), {"epoch": epoch})
+    ctx.put(ctx.tables.producers, _producer_key(producer_id), {"epoch": epoch})
     return {"producer_id": producer_id, "epoch": epoch}
 
 
@@ -60,10 +60,10 @@ def send_with_session(
     ctx: Ctx, queue: dict[str, Any], batch: list[dict[str, Any]], producer: Any
 ) -> dict[str, Any]:
     producer_id, epoch, seq = check_producer(producer)
-    record = ctx.get(ctx.t.producers, _producer_key(producer_id))
+    record = ctx.get(ctx.tables.producers, _producer_key(producer_id))
     latest_epoch = -1 if record is None else record["epoch"]
     skey = _session_key(queue["id"], producer_id)
-    session = ctx.get(ctx.t.producers, skey)
+    session = ctx.get(ctx.tables.producers, skey)
     if session is not None:
         latest_epoch = max(latest_epoch, session["epoch"])
     if epoch < latest_epoch:
@@ -84,16 +84,16 @@ def send_with_session(
             )
     # A new session (or a new epoch) starts at whatever seq the producer sends first.
     if record is None or record["epoch"] < epoch:
-        ctx.put(ctx.t.producers, _producer_key(producer_id), {"epoch": epoch})
+        ctx.put(ctx.tables.producers, _producer_key(producer_id), {"epoch": epoch})
     result = {"messages": sending.enqueue(ctx, queue, batch)}
-    ctx.put(ctx.t.producers, skey, {"epoch": epoch, "seq": seq, "result": result})
+    ctx.put(ctx.tables.producers, skey, {"epoch": epoch, "seq": seq, "result": result})
     return result
 
 
 def drop_sessions(ctx: Ctx, qid: int) -> None:
     """Forget every producer session of a deleted queue."""
     prefix = b"S" + keys.u64(qid)
-    cur = ctx.txn.cursor(db=ctx.t.producers)
+    cur = ctx.txn.cursor(db=ctx.tables.producers)
     cur.set_range(prefix)
     while True:
         key = cur.key()

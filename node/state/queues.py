@@ -16,7 +16,7 @@ from node.state.tables import META_NEXT_QUEUE_ID, Ctx
 
 
 def get_queue(ctx: Ctx, name: str) -> dict[str, Any] | None:
-    return ctx.get(ctx.t.queues, name.encode())
+    return ctx.get(ctx.tables.queues, name.encode())
 
 
 def require_queue(ctx: Ctx, name: Any, field: str = "queue") -> dict[str, Any]:
@@ -49,12 +49,12 @@ def queue_put(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
             )
     if existing is None:
         qid = ctx.next_counter(META_NEXT_QUEUE_ID)
-        ctx.txn.put(keys.u64(qid), name.encode(), db=ctx.t.queue_ids)
+        ctx.txn.put(keys.u64(qid), name.encode(), db=ctx.tables.queue_ids)
         counters.store(ctx, qid, counters.zero())
     else:
         qid = existing["id"]
     record = {"id": qid, "name": name, **config}
-    ctx.put(ctx.t.queues, name.encode(), record)
+    ctx.put(ctx.tables.queues, name.encode(), record)
     return {"created": existing is None, "queue": public_config(record)}
 
 
@@ -76,16 +76,16 @@ def queue_delete(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     _drop_dedup(ctx, qid)
     producers.drop_sessions(ctx, qid)
     ctx.pending_counters.pop(qid, None)
-    ctx.txn.delete(keys.u64(qid), db=ctx.t.counters)
-    ctx.txn.delete(keys.u64(qid), db=ctx.t.queue_ids)
-    ctx.txn.delete(queue["name"].encode(), db=ctx.t.queues)
+    ctx.txn.delete(keys.u64(qid), db=ctx.tables.counters)
+    ctx.txn.delete(keys.u64(qid), db=ctx.tables.queue_ids)
+    ctx.txn.delete(queue["name"].encode(), db=ctx.tables.queues)
     return {"deleted": True, "messages": dropped}
 
 
 def _drop_dedup(ctx: Ctx, qid: int) -> None:
     prefix = keys.u64(qid)
     expiries: set[int] = set()  # the ids of one send share one per-send expiry record
-    cur = ctx.txn.cursor(db=ctx.t.dedup)
+    cur = ctx.txn.cursor(db=ctx.tables.dedup)
     cur.set_range(prefix)
     while True:
         key = cur.key()
@@ -93,7 +93,7 @@ def _drop_dedup(ctx: Ctx, qid: int) -> None:
             break
         _seq, expire = keys.split_dedup_record(cur.value())
         expiries.add(expire)
-        ctx.txn.delete(keys.expiry_key(expire, key), db=ctx.t.dedup_expiry)  # older format
+        ctx.txn.delete(keys.expiry_key(expire, key), db=ctx.tables.dedup_expiry)  # older format
         cur.delete()
     for expire in expiries:
         dedup.drop_expiry_records(ctx, qid, expire)
@@ -112,13 +112,13 @@ def queue_purge(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
 def info(ctx: Ctx, queue: dict[str, Any], now_ms: int) -> dict[str, Any]:
     """Config plus live counters of one queue (read-only)."""
     stats = counters.read(ctx, queue["id"])
-    first = ctx.first_key(ctx.t.messages, keys.u64(queue["id"]))
+    first = ctx.first_key(ctx.tables.messages, keys.u64(queue["id"]))
     oldest_age_ms = None
     if first is not None:
-        oldest = messages.decode_meta(ctx.txn.get(first, db=ctx.t.messages))
+        oldest = messages.decode_meta(ctx.txn.get(first, db=ctx.tables.messages))
         oldest_age_ms = max(0, now_ms - oldest["enq"])
     return {**public_config(queue), **stats, "oldest_age_ms": oldest_age_ms}
 
 
 def all_queues(ctx: Ctx) -> list[dict[str, Any]]:
-    return [ctx.get(ctx.t.queues, key) for key, _ in ctx.txn.cursor(db=ctx.t.queues)]
+    return [ctx.get(ctx.tables.queues, key) for key, _ in ctx.txn.cursor(db=ctx.tables.queues)]

@@ -91,7 +91,7 @@ class Ctx:
     """One command's view: its transaction, the tables and its effective time."""
 
     txn: lmdb.Transaction
-    t: Tables
+    tables: Tables
     now_ms: int
     pending_counters: dict[int, dict[str, int]] = field(default_factory=dict)
     released: dict[str, int] = field(default_factory=dict)
@@ -138,11 +138,11 @@ class Ctx:
         self.txn.put(key, pack(value), db=db)
 
     def get_int(self, key: bytes, default: int = 0) -> int:
-        raw = self.txn.get(key, db=self.t.meta)
+        raw = self.txn.get(key, db=self.tables.meta)
         return default if raw is None else int.from_bytes(raw, "big")
 
     def put_int(self, key: bytes, value: int) -> None:
-        self.txn.put(key, value.to_bytes(8, "big"), db=self.t.meta)
+        self.txn.put(key, value.to_bytes(8, "big"), db=self.tables.meta)
 
     def next_counter(self, key: bytes) -> int:
         """Allocate the next value of a global counter (starts at 1)."""

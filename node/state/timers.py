@@ -37,8 +37,8 @@ def _due(ctx: Ctx, db: Any, index: int) -> tuple[int, int] | None:
 def _queue_of(ctx: Ctx, cache: dict[int, dict[str, Any]], qid: int) -> dict[str, Any]:
     queue = cache.get(qid)
     if queue is None:
-        name = ctx.txn.get(keys.u64(qid), db=ctx.t.queue_ids)
-        queue = ctx.get(ctx.t.queues, bytes(name))
+        name = ctx.txn.get(keys.u64(qid), db=ctx.tables.queue_ids)
+        queue = ctx.get(ctx.tables.queues, bytes(name))
         cache[qid] = queue
     return queue
 
@@ -49,18 +49,18 @@ def release_due(ctx: Ctx, limit: int | None = None) -> dict[str, int]:
         limit = RELEASE_LIMIT
     cache: dict[int, dict[str, Any]] = {}
     expired = leases = delayed = 0
-    while expired < limit and (due := _due(ctx, ctx.t.retention, TIMER_RETENTION)) is not None:
+    while expired < limit and (due := _due(ctx, ctx.tables.retention, TIMER_RETENTION)) is not None:
         queue = _queue_of(ctx, cache, due[0])
         meta = messages.get(ctx, due[0], due[1])
         messages.remove(ctx, queue, meta, keep_body=False)
         counters.bump(ctx, queue["id"], "expired_total")
         expired += 1
-    while leases < limit and (due := _due(ctx, ctx.t.leases, TIMER_LEASES)) is not None:
+    while leases < limit and (due := _due(ctx, ctx.tables.leases, TIMER_LEASES)) is not None:
         queue = _queue_of(ctx, cache, due[0])
         meta = messages.get(ctx, due[0], due[1])
         messages.transition(ctx, queue, meta, messages.READY)
         leases += 1
-    while delayed < limit and (due := _due(ctx, ctx.t.delayed, TIMER_DELAYED)) is not None:
+    while delayed < limit and (due := _due(ctx, ctx.tables.delayed, TIMER_DELAYED)) is not None:
         queue = _queue_of(ctx, cache, due[0])
         meta = messages.get(ctx, due[0], due[1])
         messages.transition(ctx, queue, meta, messages.READY)
@@ -79,7 +79,7 @@ def release_due(ctx: Ctx, limit: int | None = None) -> dict[str, int]:
 def next_deadline_ms(ctx: Ctx) -> int | None:
     """The earliest lease / delay / retention deadline (dedup expiry is not urgent)."""
     earliest = None
-    for db in (ctx.t.retention, ctx.t.leases, ctx.t.delayed):
+    for db in (ctx.tables.retention, ctx.tables.leases, ctx.tables.delayed):
         cur = ctx.txn.cursor(db=db)
         if cur.first():
             at = keys.read_u64(cur.key())

@@ -41,7 +41,7 @@ def txn(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest(
             "commit_offsets is not supported by the queue state machine", field="commit_offsets"
         )
-    seen = ctx.get(ctx.t.txns, txn_id.encode())
+    seen = ctx.get(ctx.tables.txns, txn_id.encode())
     if seen is not None and seen["expire"] > ctx.now_ms:
         return {**seen["result"], "duplicate": True}
 
@@ -79,8 +79,8 @@ def txn(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
         "results": {"send": send_results, "ack": acked},
     }
     expire = ctx.now_ms + TXN_DEDUP_WINDOW_MS
-    ctx.put(ctx.t.txns, txn_id.encode(), {"result": result, "expire": expire})
-    ctx.txn.put(keys.expiry_key(expire, txn_id.encode()), b"", db=ctx.t.txn_expiry)
+    ctx.put(ctx.tables.txns, txn_id.encode(), {"result": result, "expire": expire})
+    ctx.txn.put(keys.expiry_key(expire, txn_id.encode()), b"", db=ctx.tables.txn_expiry)
     ctx.timer_added(TIMER_TXN_EXPIRY, expire)
     return {**result, "duplicate": False}
 
@@ -90,12 +90,12 @@ def expire_due(ctx: Ctx, limit: int) -> int:
     if ctx.nothing_due(TIMER_TXN_EXPIRY):
         return 0
     n = 0
-    cur = ctx.txn.cursor(db=ctx.t.txn_expiry)
+    cur = ctx.txn.cursor(db=ctx.tables.txn_expiry)
     while n < limit and (key := ctx.first_due(cur, TIMER_TXN_EXPIRY)) is not None:
         txn_id = key[8:]
-        entry = ctx.get(ctx.t.txns, txn_id)
+        entry = ctx.get(ctx.tables.txns, txn_id)
         if entry is not None and entry["expire"] == keys.read_u64(key):
-            ctx.txn.delete(txn_id, db=ctx.t.txns)
+            ctx.txn.delete(txn_id, db=ctx.tables.txns)
         cur.delete()
         n += 1
     return n

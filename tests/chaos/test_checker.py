@@ -9,7 +9,7 @@ import pytest
 
 from chaos.checker import Observed, check
 from chaos.history import FAIL, INFO, OK, History, read_jsonl
-from chaos.runner import Monitor
+from chaos.monitor import Monitor
 
 
 class Builder:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from chaos.execute import run_scenario
 from chaos.nemesis import Nemesis
+from chaos.scenario_run import run_scenario
 from chaos.scenarios import Scenario
 
 SMOKE_DURATION_S = 12.0

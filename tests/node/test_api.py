@@ -569,14 +569,14 @@ async def test_lost_or_dropped_proposals_answer_leader_changed(exc_name: str) ->
     """Both mean "outcome unknown, retry with the same dedup_id": 503 leader_changed."""
     from types import SimpleNamespace
 
-    from node.broker import Broker
     from node.http import ApiError
+    from node.queue_service import QueueService
     from raft import errors
 
     fut = asyncio.get_running_loop().create_future()
     fut.set_exception(getattr(errors, exc_name)("gone"))
     fake = SimpleNamespace(config=SimpleNamespace(propose_timeout_s=1.0))
     with pytest.raises(ApiError) as caught:
-        await Broker._proposal_outcome(fake, fut)  # type: ignore[arg-type]
+        await QueueService._proposal_outcome(fake, fut)  # type: ignore[arg-type]
     assert caught.value.status == 503 and caught.value.code == "leader_changed"
     assert "same dedup_id" in caught.value.message

@@ -13,10 +13,11 @@ import lmdb
 import pytest
 import structlog
 
-from node.broker import Broker
 from node.commands import OPS
 from node.config import ConfigError, load_config
 from node.http import ApiError
+from node.metrics import Metrics
+from node.queue_service import QueueService
 from node.quota import (
     ADDING_OPS,
     CLEAR_FRACTION,
@@ -77,7 +78,7 @@ def some_queue(_name: str) -> bool:
 
 def test_every_op_is_classified_once():
     """A new op must be put on one side deliberately (refused past the quota, or not)."""
-    proposable = OPS - {"batch"}  # the broker builds batches from checked ops
+    proposable = OPS - {"batch"}  # the service builds batches from checked ops
     assert proposable == ADDING_OPS | NEVER_REFUSED_OPS
     assert not ADDING_OPS & NEVER_REFUSED_OPS
 
@@ -280,7 +281,7 @@ def test_quota_flag_and_toml(tmp_path):
             load_config(_args("--quota-bytes", bad))
 
 
-# ---------------------------------------------------------------- the broker
+# ---------------------------------------------------------------- the queue service
 
 
 class FakeRaft:
@@ -301,36 +302,36 @@ class FakeSm:
         return {"name": name} if name == "q" else None
 
 
-def _broker(is_leader: bool) -> tuple[Broker, FakeRaft]:
+def _service(is_leader: bool) -> tuple[QueueService, FakeRaft]:
     cfg = load_config(_args("--peers", "1=http://127.0.0.1:7001@127.0.0.1:7101"))
     quota, _, _ = make_quota(used=2 * QUOTA)
     raft = FakeRaft(is_leader)
-    return Broker(cfg, raft, FakeSm(), metrics=None, quota=quota), raft
+    return QueueService(cfg, raft, FakeSm(), Metrics(), quota=quota), raft
 
 
 async def test_a_refused_write_proposes_nothing():
-    broker, raft = _broker(is_leader=True)
+    service, raft = _service(is_leader=True)
     send = {"queue": "q", "messages": [{"body": b"x"}]}
     with pytest.raises(ApiError) as refused:
-        await broker.propose("send", **send)
+        await service.propose("send", **send)
     assert refused.value.status == 507
     with pytest.raises(ApiError):
-        broker.propose_detached("send", **send)  # ack=none: 507, not 202 and lost
+        service.propose_detached("send", **send)  # ack=none: 507, not 202 and lost
     with pytest.raises(ApiError):
-        await broker.propose("queue_put", name="new", config={})
+        await service.propose("queue_put", name="new", config={})
     await asyncio.sleep(0.01)  # a coalesced batch would have flushed by now
     assert raft.proposed == []
-    await broker.propose("ack", queue="q", receipts=["r"])
-    await broker.propose("queue_put", name="q", config={})
-    await broker.propose("queue_purge", name="q")
+    await service.propose("ack", queue="q", receipts=["r"])
+    await service.propose("queue_put", name="q", config={})
+    await service.propose("queue_purge", name="q")
     assert len(raft.proposed) == 3
 
 
 async def test_a_follower_does_not_refuse_it_forwards():
     """Only the leader checks: a follower's proposal goes on to fail with not_leader,
     which the API forwards to the leader, whose own quota decides."""
-    broker, raft = _broker(is_leader=False)
-    await broker.propose("send", queue="q", messages=[{"body": b"x"}])
+    service, raft = _service(is_leader=False)
+    await service.propose("send", queue="q", messages=[{"body": b"x"}])
     assert len(raft.proposed) == 1
 
 

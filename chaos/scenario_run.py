@@ -21,14 +21,15 @@ import aiohttp
 import structlog
 
 from chaos import scenarios
+from chaos.chaos_cluster import ChaosCluster
 from chaos.checker import Observed, check
 from chaos.history import History
+from chaos.monitor import Monitor, parse_node_logs
 from chaos.nemesis import Nemesis
 from chaos.report import write_results
-from chaos.runner import ChaosCluster, Monitor, parse_node_logs
 from chaos.workload import WORKLOADS, Api, WorkloadConfig
 
-log = structlog.get_logger("chaos.execute")
+log = structlog.get_logger("chaos.scenario_run")
 
 LEADER_WAIT_S = 30.0
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from chaos import scenarios
-from chaos.cli_run import render_table, table_row
+from chaos.__main__ import render_table, table_row
 
 
 def chaos(*args: str) -> subprocess.CompletedProcess[str]:

@@ -1,15 +1,17 @@
-"""The glue between the HTTP API and the Raft driver on one node.
+"""The queue service: turns API requests into Raft proposals and wakes long-polls on apply.
 
-Why a separate piece: every write follows the same path (stamp the leader clock, encode one
-command, propose, wait for apply, map the outcome to HTTP), and long-polling receivers must
-wake on apply, not on sleeps. Keeping that in one place keeps the handlers declarative.
+Why a separate piece between the HTTP API and the Raft driver: every write follows the same
+path (stamp the leader clock, encode one command, propose, wait for apply, map the outcome
+to HTTP), and long-polling receivers must wake on apply, not on sleeps. Keeping that in one
+place keeps the handlers declarative.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
@@ -23,26 +25,102 @@ from node.commands import (
 )
 from node.config import NodeConfig
 from node.http import STATUS_BY_CODE, ApiError
+from node.metrics import Metrics, NodeFigures
 from node.quota import DiskQuota
+from raft.core import Status
 from raft.driver import NodeStopped, Overloaded
 from raft.errors import EntryTooLarge, LeadershipLost, NotLeader, ProposalDropped
 from raft.failpoints import failpoint
+from raft.messages import ConfState, Member
 
-log = structlog.get_logger("node.broker")
+log = structlog.get_logger("node.queue_service")
 
 # Ops whose effects can make messages visible in arbitrary queues.
 WAKE_ALL_OPS = frozenset({"tick", "redrive", "txn", "queue_put"})
 
 
-class Broker:
+@runtime_checkable
+class RaftNodeApi(Protocol):
+    """What the node's service and routes use of their Raft member (raft.driver.RaftNode).
+
+    A contract rather than the class, as raft/storage.py does for storage: the node
+    depends on these calls only, and tests hand the service a fake that has them.
+    """
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    @property
+    def leader_id(self) -> int:
+        """The leader this node knows of; 0 while none is known."""
+        ...
+
+    @property
+    def members(self) -> dict[int, Member]:
+        """Every member of the configuration in force, voters and learners, by id."""
+        ...
+
+    @property
+    def conf(self) -> ConfState:
+        """The configuration in force."""
+        ...
+
+    def status(self) -> Status: ...
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Driver, transport and snapshot counters, JSON-friendly (for operators)."""
+        ...
+
+    def propose_nowait(self, data: bytes) -> asyncio.Future[Any]:
+        """Hand one entry to Raft; the future holds the state machine's result once it
+        applied, or the reason it will not (NotLeader, Overloaded, ...)."""
+        ...
+
+    async def read_index(self, timeout_s: float | None = None) -> int:
+        """Linearizable read barrier: returns once local state reflects every write
+        acknowledged before the call."""
+        ...
+
+    def best_successor(self) -> int | None: ...
+
+    def caught_up_learners(self) -> list[int]: ...
+
+    async def transfer_leader(self, to: int, timeout_s: float | None = None) -> None: ...
+
+    async def change_membership(
+        self, change: Callable[[ConfState], ConfState], timeout_s: float = 10.0
+    ) -> ConfState: ...
+
+    async def snapshot_now(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class QueueStateReader(Protocol):
+    """The queue state the service and the routes read (node.state_machine.QueueStateMachine);
+    every write goes through Raft instead."""
+
+    def queue_config(self, name: str) -> dict[str, Any] | None: ...
+
+    def queue_info(self, name: str, now_ms: int) -> dict[str, Any] | None: ...
+
+    def list_queues(self, now_ms: int) -> list[dict[str, Any]]: ...
+
+    def next_deadline_ms(self) -> int | None: ...
+
+    def applied_index(self) -> int: ...
+
+    def state_hash(self) -> str: ...
+
+
+class QueueService:
     """Proposes commands for the API and wakes long-polls when applies make work visible."""
 
     def __init__(
         self,
         config: NodeConfig,
-        raft: Any,
-        state_machine: Any,
-        metrics: Any,
+        raft: RaftNodeApi,
+        state_machine: QueueStateReader,
+        metrics: Metrics,
         quota: DiskQuota | None = None,
     ) -> None:
         self.config = config
@@ -52,7 +130,7 @@ class Broker:
         self._last_stamp_ms = 0
         self._queue_events: dict[str, asyncio.Event] = {}
         self._ticker: asyncio.Task[None] | None = None
-        self.quota = quota  # None: no disk quota (tests that build a Broker by hand)
+        self.quota = quota  # None: no disk quota (tests that build a QueueService by hand)
         self._quota_task: asyncio.Task[None] | None = None
         self.closing = False  # set on graceful shutdown: long-polls answer at once
         self.coalesce = config.coalesce_writes
@@ -65,6 +143,17 @@ class Broker:
         self._batch_tasks: set[asyncio.Task[None]] = set()
         self.stats_batches = 0
         self.stats_batched_commands = 0
+
+    def figures(self) -> NodeFigures:
+        """This node's Raft, batching, disk and queue figures for /metrics."""
+        return NodeFigures(
+            status=self.raft.status(),
+            is_leader=self.raft.is_leader,
+            coalesced_entries=self.stats_batches,
+            coalesced_commands=self.stats_batched_commands,
+            queues=self.sm.list_queues(self.stamp_ms()),
+            disk=self.quota.view() if self.quota is not None else None,
+        )
 
     # ------------------------------------------------------------ clock
 
@@ -80,8 +169,7 @@ class Broker:
 
     def member_url(self, node_id: int) -> str | None:
         """A member's HTTP URL: from the configuration in force, else from --peers."""
-        members = getattr(self.raft, "members", {}) or {}
-        member = members.get(node_id)
+        member = self.raft.members.get(node_id)
         if member is not None and member.url:
             return member.url
         peer = self.config.peers.get(node_id)
@@ -350,10 +438,10 @@ class Broker:
             except ApiError:
                 continue
             except Exception:
-                log.exception("broker.tick_failed")
+                log.exception("queue_service.tick_failed")
                 await asyncio.sleep(1.0)
 
 
 def _log_detached_failure(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.warning("broker.unacknowledged_write_failed", error=str(task.exception()))
+        log.warning("queue_service.unacknowledged_write_failed", error=str(task.exception()))

@@ -1,0 +1,39 @@
+"""What every route module takes from the aiohttp application: its typed keys and the body.
+
+Why a module of its own: the queue routes (node/api.py) and the membership routes
+(node/membership.py) both read the queue service and the node from the app; with the keys
+in node/api.py, membership had to import api back (an import circle).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from node.http import read_body
+from node.queue_service import QueueService
+
+
+class NodeAdmin(Protocol):
+    """What the cluster and admin routes need of the node beyond its queue service
+    (node.server.NodeServer implements it)."""
+
+    @property
+    def incarnation(self) -> str:
+        """This node's incarnation: new whenever its Raft state is new (node/data_dir.py)."""
+        ...
+
+    def committed_log(self, lo: int, hi: int | None, limit: int) -> list[list[int]]:
+        """[index, term, crc] of stored committed entries in [lo, hi], at most `limit`."""
+        ...
+
+
+SERVICE_KEY = web.AppKey("queue_service", QueueService)
+NODE_KEY = web.AppKey("node", NodeAdmin)
+
+
+async def request_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON or msgpack object, within this node's body size and depth limits."""
+    limits = request.app[SERVICE_KEY].config.limits
+    return await read_body(request, limits.max_body_bytes, limits.max_json_depth)

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--payload-bytes", type=int, default=100)
     args = parser.parse_args(argv)
-    configure_logging("console", "warning")
+    configure_logging("console", "warning", cache_logger_on_first_use=False)
     asyncio.run(measure(args.messages, args.payload_bytes))
     return 0
 

@@ -19,6 +19,21 @@ from structlog.typing import Processor
 LogFormat = Literal["json", "console"]
 
 
+class _CurrentStderr:
+    """Writes to whatever `sys.stderr` is at the moment of each write.
+
+    Why: structlog binds its output file when configured (or when a logger is first used
+    and cached); a process that swaps `sys.stderr` later (pytest's capture, a daemon that
+    redirects it) would otherwise keep writing to the old, maybe closed, stream.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def level_number(level: str | int) -> int:
     """`level` as a `logging` number: an int as it is, a name in any case ("info"), else INFO."""
     if isinstance(level, int):
@@ -38,7 +53,8 @@ def configure_logging(
 
     `log_format`: "json" for one JSON object a line, anything else for plain console lines.
     `level`: a `logging` level name or number; lines below it are dropped before any
-    formatting work. `stream`: where lines go (default: `sys.stderr` as it is now).
+    formatting work. `stream`: where lines go (default: `sys.stderr` as it is at each
+    write).
     `first_processors` run before the shared ones (contextvars, level, ISO UTC timestamp,
     exception text, renderer). `cache_logger_on_first_use=False` lets a later
     `configure` reach loggers already used (a CLI run several times in one process).
@@ -58,7 +74,9 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level_number(level)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr if stream is None else stream),
+        logger_factory=structlog.PrintLoggerFactory(
+            file=_CurrentStderr() if stream is None else stream  # type: ignore[arg-type]
+        ),
         cache_logger_on_first_use=cache_logger_on_first_use,
     )
 

@@ -2042,7 +2042,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.core_logs:
         from common.logging_setup import configure_logging
 
-        configure_logging("console", "warning")
+        configure_logging("console", "warning", cache_logger_on_first_use=False)
     params = SimParams(
         seed=args.seed,
         nodes=args.nodes,

@@ -208,7 +208,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _logs_to_stderr() -> None:
+def logs_to_stderr() -> None:
     """Results go to stdout (`--json` must parse); the launcher's log lines to stderr.
 
     The stream is looked up at each log call, so a replaced sys.stderr (tests) is honoured.
@@ -220,7 +220,7 @@ def _logs_to_stderr() -> None:
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    _logs_to_stderr()
+    logs_to_stderr()
     args.workloads = args.workloads or list(DEFAULT_SET)
     unknown = [w for w in args.workloads if w not in WORKLOADS]
     if unknown:

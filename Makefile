@@ -1,4 +1,5 @@
 # One venv for everything; each target installs what it needs.
+SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -47,7 +48,7 @@ compare: $(STAMP)
 	$(BIN)/python -m pip install -q nats-py==2.16.0 aio-pika==10.2.1 redis==8.1.0
 	PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH="$(CURDIR)" RAFTQ="$(CURDIR)/$(BIN)/raftq" \
 	PEERS="$${PEERS-nats215-always rabbit}" \
-	RAFTQ_VARIANTS=$$'raftq http, 1 msg/request|\nraftq http, batch 32|--opt batch=32\nraftq client|--peer-adapter bench.peer_adapter:ClientAdapter' \
+	RAFTQ_VARIANTS=$$'raftq http, 1 msg/request|\nraftq http, batch 32|--opt batch=32\nraftq client|--peer-adapter benchmarks.peer_adapter:ClientAdapter' \
 	$(PEERS_DIR)/compare.sh
 
 clean:

@@ -4,7 +4,7 @@
 adapter per system; its own raftq adapter speaks raw HTTP. This one uses `AsyncClient`
 the way the README tells users to: `queue.send` per message (leader discovery, retries
 and dedup ids included) and `queue.consume` with a handler, whose return acks. Load it as
-`--peer-adapter bench.peer_adapter:ClientAdapter` with this checkout on PYTHONPATH.
+`--peer-adapter benchmarks.peer_adapter:ClientAdapter` with this checkout on PYTHONPATH.
 
 Options (`--opt key=value`): servers (comma-separated node URLs, default 7001-7003 as
 `raftq up`), queue (default pbc), vt (visibility timeout, s, default 30), concurrency

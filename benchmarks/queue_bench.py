@@ -47,9 +47,9 @@ from typing import Any
 import aiohttp
 import structlog
 
-from bench.lean_http import LeanHttp
-from bench.process_probe import CpuProbe, has_proc
-from bench.queue_workloads import SNAP_BUSY, SNAP_IDLE, Bench, Result
+from benchmarks.lean_http import LeanHttp
+from benchmarks.process_probe import CpuProbe, has_proc
+from benchmarks.queue_workloads import SNAP_BUSY, SNAP_IDLE, Bench, Result
 from cluster.launcher import LocalCluster, free_ports
 
 WORKLOADS = (

@@ -1,11 +1,11 @@
-"""`python -m bench.ab`: two node configurations side by side, the same workloads in turns.
+"""`python -m benchmarks.ab`: two node configurations side by side, the same workloads in turns.
 
 Why: this machine's speed drifts by tens of percent within minutes, so a lever (an event
 loop, a codec, a flag) is judged only against its baseline in the same run. Both local
 clusters run at once (the idle one costs little); each round runs every workload on A
 and then on B (B first in odd rounds), and the table gives B/A per round and its median.
 
-    python -m bench.ab --a-env RAFTQ_EVENT_LOOP=asyncio --b-env RAFTQ_EVENT_LOOP=uvloop \\
+    python -m benchmarks.ab --a-env RAFTQ_EVENT_LOOP=asyncio --b-env RAFTQ_EVENT_LOOP=uvloop \\
         send1 send100 --rounds 3 --duration 5
 
 Options other than the ones below are `raftq bench`'s (concurrency, prefill, ...).
@@ -20,8 +20,8 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 
-from bench import queue_bench
-from bench.queue_workloads import Result
+from benchmarks import queue_bench
+from benchmarks.queue_workloads import Result
 from cluster.launcher import LocalCluster, free_ports
 
 
@@ -40,13 +40,15 @@ def _env(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"bench.ab: expected KEY=VALUE, got {pair!r}")
+            raise SystemExit(f"benchmarks.ab: expected KEY=VALUE, got {pair!r}")
         out[key] = value
     return out
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.ab", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--a-label", default="A")
     p.add_argument("--b-label", default="B")
     p.add_argument("--a-env", action="append", default=[], metavar="KEY=VALUE")
@@ -113,9 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     workloads = bench_args.workloads or list(queue_bench.DEFAULT_SET)
     unknown = [w for w in workloads if w not in queue_bench.WORKLOADS or w == "snapshot"]
     if unknown or bench_args.servers:
-        raise SystemExit(f"bench.ab: own clusters only, workloads from {queue_bench.WORKLOADS}")
+        raise SystemExit(
+            f"benchmarks.ab: own clusters only, workloads from {queue_bench.WORKLOADS}"
+        )
     if own.a_label == own.b_label:
-        raise SystemExit("bench.ab: --a-label and --b-label must differ")
+        raise SystemExit("benchmarks.ab: --a-label and --b-label must differ")
     a = Side(own.a_label, _env(own.a_env), tuple(own.a_arg))
     b = Side(own.b_label, _env(own.b_env), tuple(own.b_arg))
     queue_bench.logs_to_stderr()

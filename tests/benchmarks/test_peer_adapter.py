@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bench.peer_adapter import ClientAdapter
+from benchmarks.peer_adapter import ClientAdapter
 from cluster.launcher import LocalCluster
 
 

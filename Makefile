@@ -1,10 +1,11 @@
 # One venv for everything; each target installs what it needs.
+SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test run lint lint-imports format bench clean
+.PHONY: install test run lint lint-imports format bench compare clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -38,6 +39,17 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/raftq bench
+
+## compare: raftq beside NATS JetStream and RabbitMQ, taking turns (../shared/bench/peers);
+## installs the peers once (root), runs raftq over HTTP and through its own client
+PEERS_DIR ?= ../shared/bench/peers
+compare: $(STAMP)
+	$(PEERS_DIR)/setup.sh
+	$(BIN)/python -m pip install -q nats-py==2.16.0 aio-pika==10.2.1 redis==8.1.0
+	PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH="$(CURDIR)" RAFTQ="$(CURDIR)/$(BIN)/raftq" \
+	PEERS="$${PEERS-nats215-always rabbit}" \
+	RAFTQ_VARIANTS=$$'raftq http, 1 msg/request|\nraftq http, batch 32|--opt batch=32\nraftq client|--peer-adapter benchmarks.peer_adapter:ClientAdapter' \
+	$(PEERS_DIR)/compare.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .import_linter_cache data chaos-results

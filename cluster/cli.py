@@ -42,7 +42,7 @@ EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 
 #: Commands handed whole to another program (`python -m <module> args...`).
-PASSTHROUGH = {"node": "node", "chaos": "chaos", "bench": "bench.queue_bench"}
+PASSTHROUGH = {"node": "node", "chaos": "chaos", "bench": "benchmarks.queue_bench"}
 _GLOBAL_OPTIONS_WITH_VALUE = {"--servers", "--timeout"}
 SEND_BATCH = 256
 

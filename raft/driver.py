@@ -28,7 +28,7 @@ Where the storage step runs: by default inline, in the driver task itself, which
 event loop for one LMDB commit. That was measured faster on 2 cores than a storage thread
 (`storage_thread=True`, up to `max_inflight_readies` queued): the apply is Python and
 holds the GIL anyway, so the thread bought little overlap and cost two GIL hand-offs and
-two loop wake-ups per Ready (`python -m bench.raft_bench`, two alternating pairs of runs:
+two loop wake-ups per Ready (`python -m benchmarks.raft_bench`, two alternating pairs of runs:
 21.1k/22.4k -> 24.1k/25.0k proposals/s, single proposer p50 2.61/2.74 -> 2.17/2.37 ms).
 While the loop is blocked, peer messages and requests pile up and the next turn batches
 them, as they did behind the thread's fsync.

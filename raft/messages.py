@@ -214,7 +214,7 @@ def packer() -> Callable[[Any], bytes]:
 
     Why a kept Packer instead of `msgpack.packb`: `packb(obj)` is `Packer(**kw).pack(obj)`,
     it builds and frees a Packer and its buffer on every call, about 1.3 µs, where packing
-    100-byte entries with a kept Packer takes about 0.3 µs (`python -m bench.pack_bench`).
+    100-byte entries with a kept Packer takes about 0.3 µs (`python -m benchmarks.pack_bench`).
     Every Raft entry is packed once for the log and once per peer message, and the queue
     state machine packs several records per message, so the difference is paid tens of
     thousands of times a second.

@@ -53,7 +53,7 @@ def test_split_passthrough() -> None:
         ["--seed", "3"],
         ["--servers", "http://x:1"],
     )
-    assert split_passthrough(["bench"])[0] == "bench.queue_bench"  # type: ignore[index]
+    assert split_passthrough(["bench"])[0] == "benchmarks.queue_bench"  # type: ignore[index]
     assert split_passthrough(["status", "node"]) is None
     assert split_passthrough(["--json"]) is None
 

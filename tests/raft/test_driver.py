@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import structlog
 
-from bench.demo.kv_state_machine import KvStateMachine
+from benchmarks.demo.kv_state_machine import KvStateMachine
 from cluster.launcher import free_ports
 from raft.driver import NodeStopped, Overloaded, RaftNode
 from raft.errors import LeadershipLost, NotLeader, ProposalDropped, StorageError

@@ -1,4 +1,4 @@
-"""Three real demo node processes (bench.demo) on loopback: commit, kill -9 the leader, fail over, catch up.
+"""Three real demo node processes (benchmarks.demo) on loopback: commit, kill -9 the leader, fail over, catch up.
 
 What it proves: nothing acknowledged is lost across a kill -9 of the leader, a new leader
 comes up within 3 s, the killed node restarts from its LMDB files and catches up, and
@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from bench.demo.control_client import ControlClient, ControlError
-from bench.demo.launcher import DemoCluster
+from benchmarks.demo.control_client import ControlClient, ControlError
+from benchmarks.demo.launcher import DemoCluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -5,7 +5,7 @@ can carry on loopback (framing, queueing, batched writes, decoding) without the 
 the core or the disk. The sender is kept at most two batches ahead of its socket (its
 queue length read from the public `Transport.stats()`), so its bounded queue sheds nothing.
 
-    python -m bench.transport_bench [--messages 200000 --payload-bytes 100]
+    python -m benchmarks.transport_bench [--messages 200000 --payload-bytes 100]
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ async def measure(n_msgs: int, payload_bytes: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.transport_bench")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.transport_bench")
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--payload-bytes", type=int, default=100)
     args = parser.parse_args(argv)

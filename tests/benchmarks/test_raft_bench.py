@@ -1,6 +1,6 @@
-"""bench.raft_bench: a tiny run on three demo node processes prints every figure.
+"""benchmarks.raft_bench: a tiny run on three demo node processes prints every figure.
 
-It runs as `python -m bench.raft_bench` in a subprocess: the command configures structlog
+It runs as `python -m benchmarks.raft_bench` in a subprocess: the command configures structlog
 with cached loggers for its whole process, which must not leak into later tests.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import raft_bench
+from benchmarks import raft_bench
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_a_short_run_commits_and_reports(tmp_path: Path) -> None:
     argv = ["--proposers", "4", "--duration", "0.3", "--latency-duration", "0.2"]
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.raft_bench", *argv, "--dir", str(tmp_path)],
+        [sys.executable, "-m", "benchmarks.raft_bench", *argv, "--dir", str(tmp_path)],
         capture_output=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         timeout=100,

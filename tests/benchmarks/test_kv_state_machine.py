@@ -1,4 +1,4 @@
-"""bench.demo.kv_state_machine: replicas that apply the same entries agree, across reopens."""
+"""benchmarks.demo.kv_state_machine: replicas that apply the same entries agree, across reopens."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.demo.kv_state_machine import KvStateMachine
+from benchmarks.demo.kv_state_machine import KvStateMachine
 from raft.lmdb_env import LmdbEnv
 from raft.messages import Entry
 

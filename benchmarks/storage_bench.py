@@ -4,7 +4,7 @@ Why: every Raft commit waits for one fsynced LMDB transaction on a majority, so 
 the floor under commit latency and, with batching, the ceiling on commits per second on a
 given disk. Each batch size runs in a fresh env in a temporary directory.
 
-    python -m bench.storage_bench [--batch 1 --batch 256 --entry-bytes 100 --duration-s 2]
+    python -m benchmarks.storage_bench [--batch 1 --batch 256 --entry-bytes 100 --duration-s 2]
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def measure(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.storage_bench")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.storage_bench")
     parser.add_argument("--duration-s", type=float, default=2.0)
     parser.add_argument("--entry-bytes", type=int, default=100)
     parser.add_argument("--batch", type=int, action="append", help="batch size (repeatable)")

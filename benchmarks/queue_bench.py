@@ -26,6 +26,12 @@ Workloads:
               snapshot (size, time); send100 with and without the leader writing snapshots
               back to back, taking turns twice; (own cluster) a new node joins and is timed
               until it is a voter holding the leader's state
+  failover    (own cluster) --trials times each: kill -9, then SIGSTOP, of the leader
+              while the client library sends; the time to the first acknowledged send
+
+Beside other systems: `make compare` runs NATS JetStream, RabbitMQ and raftq through the
+same workloads, taking turns (../shared/bench/peers); `python -m benchmarks.ab` compares
+two node configurations of raftq in one run.
 
 Load: 64 requests (or consumers) in flight for send1, send100 and recvack, the issue's
 figure for send1, and 32 transaction workers. On 3 nodes sharing 2 cores that saturates
@@ -47,9 +53,10 @@ from typing import Any
 import aiohttp
 import structlog
 
-from bench.lean_http import LeanHttp
-from bench.process_probe import CpuProbe, has_proc
-from bench.queue_workloads import SNAP_BUSY, SNAP_IDLE, Bench, Result
+from benchmarks import failover
+from benchmarks.lean_http import LeanHttp
+from benchmarks.process_probe import CpuProbe, has_proc
+from benchmarks.queue_workloads import SNAP_BUSY, SNAP_IDLE, Bench, Result
 from cluster.launcher import LocalCluster, free_ports
 
 WORKLOADS = (
@@ -63,7 +70,14 @@ WORKLOADS = (
     "txn-consumer",
     "memory",
     "snapshot",
+    "failover",
 )
+PEERS_HELP = """raftq beside its peers: `make compare` (from the project root) installs NATS
+JetStream 2.15 and RabbitMQ once (../shared/bench/peers/setup.sh, as root), then runs the
+shared workloads W1-W4 against each, taking turns for 3 rounds, with raftq over HTTP and
+through its own client (benchmarks/peer_adapter.py), and prints each system's ratio to
+JetStream. PEERS="nats215-always rabbit" and BENCH_ARGS (e.g. "--n1 2000 --n2 10000
+--n4 500") are passed through; see ../shared/bench/peers/README.md."""
 DEFAULT_SET = ("send1", "send100", "send100dd", "recvack", "txn")
 
 
@@ -93,7 +107,10 @@ async def run(
         results = []
         for _round in range(args.rounds):
             for name in args.workloads:
-                if name == "snapshot":
+                if name == "failover":
+                    assert cluster is not None  # main() refuses failover with --servers
+                    results.extend(await failover.measure(cluster, args.trials))
+                elif name == "snapshot":
                     results.extend(
                         await bench.snapshot(args.messages, cluster, args.batch_concurrency)
                     )
@@ -204,11 +221,17 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="send100dd with random uuid4 ids instead of the client's time-ordered ones",
     )
+    p.add_argument("--trials", type=int, default=5, help="failover: trials of each fault")
+    p.add_argument(
+        "--peers",
+        action="store_true",
+        help="say how to run these workloads beside NATS JetStream and RabbitMQ, and exit",
+    )
     p.add_argument("--json", action="store_true")
     return p
 
 
-def _logs_to_stderr() -> None:
+def logs_to_stderr() -> None:
     """Results go to stdout (`--json` must parse); the launcher's log lines to stderr.
 
     The stream is looked up at each log call, so a replaced sys.stderr (tests) is honoured.
@@ -220,11 +243,16 @@ def _logs_to_stderr() -> None:
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    _logs_to_stderr()
+    if args.peers:
+        print(PEERS_HELP)
+        return 0
+    logs_to_stderr()
     args.workloads = args.workloads or list(DEFAULT_SET)
     unknown = [w for w in args.workloads if w not in WORKLOADS]
     if unknown:
         p.error(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
+    if "failover" in args.workloads and args.servers:
+        p.error("failover kills and stops nodes: it needs the bench's own cluster (no --servers)")
     if args.rounds < 1 or args.duration <= 0:
         p.error("--rounds must be >= 1 and --duration > 0")
     cluster = None

@@ -1,6 +1,6 @@
-"""`DemoCluster`: N demo node processes (`python -m bench.demo.node`) on loopback.
+"""`DemoCluster`: N demo node processes (`python -m benchmarks.demo.node`) on loopback.
 
-For the Raft integration test and `bench.raft_bench`: it picks free ports, starts and
+For the Raft integration test and `benchmarks.raft_bench`: it picks free ports, starts and
 kills nodes by PID (kill -9 by default, so a test can crash one), and connects control
 clients to them.
 """
@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 
-from bench.demo.control_client import ControlClient, ControlError
+from benchmarks.demo.control_client import ControlClient, ControlError
 from cluster.launcher import free_ports
 
 
@@ -50,7 +50,7 @@ class DemoCluster:
         cmd = [
             sys.executable,
             "-m",
-            "bench.demo.node",
+            "benchmarks.demo.node",
             "--id",
             str(node_id),
             "--raft",

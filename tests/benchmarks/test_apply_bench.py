@@ -1,4 +1,4 @@
-"""bench.apply_bench: the per-replica apply cost command runs every workload shape."""
+"""benchmarks.apply_bench: the per-replica apply cost command runs every workload shape."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench import apply_bench
+from benchmarks import apply_bench
 
 
 def test_measure_applies_every_workload_without_errors(tmp_path) -> None:

@@ -1,10 +1,10 @@
-"""bench.transport_bench: the loopback transport timing delivers every message and says so."""
+"""benchmarks.transport_bench: the loopback transport timing delivers every message and says so."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench import transport_bench
+from benchmarks import transport_bench
 
 
 def test_main_sends_every_message_and_prints_the_rate(capsys: pytest.CaptureFixture[str]) -> None:

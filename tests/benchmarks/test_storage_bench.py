@@ -1,4 +1,4 @@
-"""bench.storage_bench: the fsynced-save timing runs each batch size and prints its rates."""
+"""benchmarks.storage_bench: the fsynced-save timing runs each batch size and prints its rates."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import storage_bench
+from benchmarks import storage_bench
 
 
 def test_measure_saves_every_batch_size_in_a_fresh_env(tmp_path: Path) -> None:

@@ -1,10 +1,10 @@
-"""bench.pack_bench: the packing timing command prints both figures."""
+"""benchmarks.pack_bench: the packing timing command prints both figures."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench import pack_bench
+from benchmarks import pack_bench
 
 
 def test_the_timing_command_prints_both_figures(capsys: pytest.CaptureFixture[str]) -> None:

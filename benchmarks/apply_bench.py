@@ -9,7 +9,7 @@ one LMDB transaction per group, the way a loaded cluster's Readies carry them.
 `txn_1ack_1send` counts per transaction (a receive of one message, then a transaction that
 acks it and sends its body on), the shape of `raftq bench txn`.
 
-    python -m bench.apply_bench [--batches 200 --repeats 5]
+    python -m benchmarks.apply_bench [--batches 200 --repeats 5]
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def measure(batches: int, path: str, repeats: int = 3) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.apply_bench")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.apply_bench")
     parser.add_argument("--batches", type=int, default=200, help="send batches of 100 per run")
     parser.add_argument(
         "--repeats", type=int, default=5, help="rounds; each workload's best run counts"

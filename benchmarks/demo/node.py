@@ -1,10 +1,10 @@
 """The demo node process: a `RaftNode` on the KV state machine, served on a control port.
 
-    python -m bench.demo.node --id 1 --raft 127.0.0.1:7001 \\
+    python -m benchmarks.demo.node --id 1 --raft 127.0.0.1:7001 \\
         --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003 \\
         --data-dir /tmp/n1 --control 127.0.0.1:8001
 
-The control interface binds loopback only (`bench.demo.protocol`). The node exits 0 on
+The control interface binds loopback only (`benchmarks.demo.protocol`). The node exits 0 on
 SIGTERM/SIGINT after handing leadership over, 1 if the driver failed.
 """
 
@@ -17,16 +17,16 @@ import sys
 
 import structlog
 
-from bench.demo.control_server import ControlServer
-from bench.demo.kv_state_machine import KvStateMachine
-from bench.demo.protocol import Address
+from benchmarks.demo.control_server import ControlServer
+from benchmarks.demo.kv_state_machine import KvStateMachine
+from benchmarks.demo.protocol import Address
 from common import logging_setup
 from raft.driver import RaftNode
 from raft.lmdb_env import LmdbEnv
 from raft.lmdb_storage import LmdbStorage
 from raft.messages import ConfState
 
-log = structlog.get_logger("bench.demo.node")
+log = structlog.get_logger("benchmarks.demo.node")
 
 
 def parse_addr(text: str) -> Address:
@@ -98,7 +98,7 @@ async def run_node(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.demo.node")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.demo.node")
     parser.add_argument("--id", type=int, required=True)
     parser.add_argument("--raft", type=parse_addr, required=True, help="peer listen HOST:PORT")
     parser.add_argument("--peers", type=parse_peers, required=True, help="ID=HOST:PORT,...")

@@ -1,6 +1,6 @@
 """A runnable Raft node on the KV test state machine, and what drives it from outside.
 
-Why: the Raft integration test and `bench.raft_bench` need real processes (kill -9,
+Why: the Raft integration test and `benchmarks.raft_bench` need real processes (kill -9,
 restart) that exercise the whole consensus stack without the queue broker on top. The
 parts, one job each:
 
@@ -9,5 +9,5 @@ parts, one job each:
 - `control_server`: the node side of that wire, on a `RaftNode`.
 - `control_client`: the pipelined client of it (tests and benchmark).
 - `launcher`: `DemoCluster`, N demo node processes on loopback, stopped by PID.
-- `node`: the process entry point, `python -m bench.demo.node`.
+- `node`: the process entry point, `python -m benchmarks.demo.node`.
 """

@@ -1,4 +1,4 @@
-"""`raftq bench` (bench.queue_bench) against a real 3-node cluster: short runs, so it is the
+"""`raftq bench` (benchmarks.queue_bench) against a real 3-node cluster: short runs, so it is the
 code path that is checked here, never the speed."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from bench import process_probe, queue_bench, queue_workloads
+from benchmarks import process_probe, queue_bench, queue_workloads
 from cluster import LocalCluster
 from tests.support.api_client import ApiClient
 

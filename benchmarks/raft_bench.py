@@ -5,7 +5,7 @@ it is measured on demand and reported with its context (cores, load average), ne
 asserted. Both figures are end to end through the control interface: a proposal counts
 once the leader applied it after a majority fsync (fsync is on unless --no-fsync).
 
-    python -m bench.raft_bench [--proposers 256 --size 100 --duration 10]
+    python -m benchmarks.raft_bench [--proposers 256 --size 100 --duration 10]
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import tempfile
 import time
 from typing import Any
 
-from bench import storage_bench
-from bench.demo.control_client import ControlClient
-from bench.demo.launcher import DemoCluster
-from bench.demo.node import configure_logging
+from benchmarks import storage_bench
+from benchmarks.demo.control_client import ControlClient
+from benchmarks.demo.launcher import DemoCluster
+from benchmarks.demo.node import configure_logging
 
 
 async def _throughput(
@@ -118,7 +118,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.raft_bench")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.raft_bench")
     parser.add_argument("--proposers", type=int, default=256)
     parser.add_argument("--size", type=int, default=100, help="proposal bytes")
     parser.add_argument("--duration", type=float, default=10.0, help="throughput phase, s")

@@ -1,4 +1,4 @@
-"""The node side of the demo control wire (`bench.demo.protocol`), on a `RaftNode`.
+"""The node side of the demo control wire (`benchmarks.demo.protocol`), on a `RaftNode`.
 
 Proposals are answered from future callbacks (no task per request) and answers are
 flushed once per event-loop turn, so many in-flight requests cost few syscalls.
@@ -15,15 +15,15 @@ from typing import Any
 import msgpack
 import structlog
 
-from bench.demo.kv_state_machine import KvStateMachine
-from bench.demo.protocol import MAX_CONTROL_FRAME_BYTES, Address
+from benchmarks.demo.kv_state_machine import KvStateMachine
+from benchmarks.demo.protocol import MAX_CONTROL_FRAME_BYTES, Address
 from raft.driver import NodeStopped, Overloaded, RaftNode
 from raft.errors import LeadershipLost, NotLeader, ProposalDropped, RaftError
 from raft.framing import FrameDecoder, FrameError, frame
 from raft.lmdb_storage import LmdbStorage
 from raft.messages import pack
 
-log = structlog.get_logger("bench.demo.control_server")
+log = structlog.get_logger("benchmarks.demo.control_server")
 
 
 def error_value(exc: BaseException) -> dict[str, Any]:
@@ -76,7 +76,7 @@ class _Connection:
 
 
 class ControlServer:
-    """Loopback control interface of a demo node (the wire: `bench.demo.protocol`)."""
+    """Loopback control interface of a demo node (the wire: `benchmarks.demo.protocol`)."""
 
     def __init__(self, node: RaftNode, sm: KvStateMachine, storage: LmdbStorage) -> None:
         self.node = node

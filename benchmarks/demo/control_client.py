@@ -1,4 +1,4 @@
-"""Pipelined async client of the demo control wire (`bench.demo.protocol`).
+"""Pipelined async client of the demo control wire (`benchmarks.demo.protocol`).
 
 Many requests ride one connection; requests made in one event-loop turn go out in one
 write, and `propose_batched` coalesces a turn's proposals into one ``propose_many``.
@@ -12,7 +12,7 @@ from typing import Any
 
 import msgpack
 
-from bench.demo.protocol import MAX_CONTROL_FRAME_BYTES, Address
+from benchmarks.demo.protocol import MAX_CONTROL_FRAME_BYTES, Address
 from raft.errors import RaftError
 from raft.framing import FrameDecoder, frame
 from raft.messages import pack

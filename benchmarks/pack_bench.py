@@ -3,7 +3,7 @@
 Why: the log, the peer messages and the queue state machine all pack through one kept
 Packer (`raft.messages.packer` says why); this prints what that saves per call.
 
-    python -m bench.pack_bench
+    python -m benchmarks.pack_bench
 """
 
 from __future__ import annotations

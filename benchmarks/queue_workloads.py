@@ -20,8 +20,8 @@ from typing import Any
 
 import aiohttp
 
-from bench.lean_http import LeanHttp
-from bench.process_probe import CpuProbe, rss_mb
+from benchmarks.lean_http import LeanHttp
+from benchmarks.process_probe import CpuProbe, rss_mb
 from cluster.client import AsyncClient
 from cluster.errors import Conflict
 from cluster.launcher import LocalCluster, free_ports

@@ -129,7 +129,16 @@ class _Peer:
 
 
 def _write_queued(peer: _Peer, writer: asyncio.StreamWriter) -> None:
-    """Hand every queued frame of `peer` to `writer` in one write, in order."""
+    """Hand every queued frame of `peer` to `writer` in one write, in order.
+
+    A connection already closing keeps its frames queued for the next one: uvloop raises
+    on a write to a closed stream (asyncio's own loop drops the bytes quietly), and either
+    way the frames would be lost.
+    """
+    if writer.transport.is_closing():
+        peer.conn_lost = True
+        peer.wake.set()  # the writer task sees it and reconnects
+        return
     frames = peer.queue.take_all()
     writer.write(b"".join(frames))
     peer.sent += len(frames)
@@ -375,6 +384,9 @@ class Transport:
         for peer in self._peers.values():
             writer = peer.idle_writer
             if writer is None or not peer.queue or peer.conn_lost:
+                continue
+            if writer.transport.is_closing():
+                _write_queued(peer, writer)  # keeps the frames, wakes the writer task
                 continue
             if writer.transport.get_write_buffer_size():
                 continue  # the writer task drains first

@@ -14,6 +14,7 @@ import pytest
 import structlog
 
 from cluster.launcher import free_ports
+from common import event_loop
 from raft.errors import UndeliverableMessage
 from raft.framing import (
     PROTO_VERSION,
@@ -958,3 +959,41 @@ async def test_addresses_from_peers_win_over_the_configurations(tmp_path: Any) -
         assert node.peers[3] == ("127.0.0.1", 7103)
     finally:
         await node.stop()
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_flush_on_a_connection_closed_under_it_keeps_the_frames_for_the_next(
+    loop_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The peer's connection closes while the writer idles: a flush (the driver calls it
+    before every inline fsync) must neither raise (uvloop raises on a write to a closed
+    stream, which once failed a leader's driver) nor lose the frames."""
+    if loop_kind == "uvloop":
+        pytest.importorskip("uvloop")
+    monkeypatch.setenv(event_loop.ENV_VAR, loop_kind)
+
+    async def scenario() -> list[Message]:
+        inbox_b = Inbox()
+        a = Transport(1, CLUSTER, ("127.0.0.1", 0), {}, Inbox(), **FAST)
+        b = Transport(2, CLUSTER, ("127.0.0.1", 0), {}, inbox_b, **FAST)
+        await a.start()
+        await b.start()
+        try:
+            a.update_peer(2, b.listen_addr)
+            a.send(app(1, 2, 0))
+            await inbox_b.wait_for_count(1)
+            peer = a._peers[2]
+            await wait_until(lambda: peer.idle_writer is not None)
+            writer = peer.idle_writer
+            assert writer is not None
+            writer.transport.abort()  # closed under the idle writer, before anyone noticed
+            await asyncio.sleep(0)  # uvloop closes the handle on the next turn
+            for i in range(1, 4):
+                a.send(app(1, 2, i))
+            a.flush()  # must not raise
+            return await inbox_b.wait_for_count(4)
+        finally:
+            await a.stop()
+            await b.stop()
+
+    assert event_loop.run(scenario()) == [app(1, 2, i) for i in range(4)]

@@ -53,6 +53,7 @@ def process_command(port: int, seed: int, log_level: str = "warning") -> list[st
     """The argv that runs this proxy as its own process on 127.0.0.1:`port`."""
     return [
         sys.executable,
+        "-P",  # not the caller's cwd first on sys.path
         "-m",
         "chaos",
         "proxy",

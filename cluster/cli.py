@@ -596,7 +596,7 @@ def split_passthrough(argv: Sequence[str]) -> tuple[str, list[str], list[str]] |
 
 def exec_module(module: str, args: Sequence[str], env: dict[str, str] | None = None) -> NoReturn:
     """Replace this process with `python -m module args...`."""
-    argv = [sys.executable, "-m", module, *args]
+    argv = [sys.executable, "-P", "-m", module, *args]
     sys.stdout.flush()
     sys.stderr.flush()
     if env is None:

@@ -265,6 +265,7 @@ class LocalCluster:
         s = self._spec(node_id)
         return [
             self.python,
+            "-P",  # not the caller's cwd first on sys.path: a stray node.py there must not win
             "-m",
             "node",
             "--id",

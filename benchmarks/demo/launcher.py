@@ -49,6 +49,7 @@ class DemoCluster:
         chost, cport = self.control_addrs[node_id]
         cmd = [
             sys.executable,
+            "-P",  # not the caller's cwd first on sys.path
             "-m",
             "benchmarks.demo.node",
             "--id",

@@ -42,7 +42,7 @@ def write_in_child(env_path: str, path: str) -> SnapshotFile:
     """Run the writer for the environment at `env_path` in a child process; blocks (call it
     from a worker thread: waiting releases the GIL) and returns the file it wrote."""
     proc = subprocess.run(
-        [sys.executable, "-m", "node.state.snapshot_process", env_path, path],
+        [sys.executable, "-P", "-m", "node.state.snapshot_process", env_path, path],
         capture_output=True,
         check=False,
     )

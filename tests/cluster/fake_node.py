@@ -20,6 +20,7 @@ from aiohttp import web
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     p.add_argument("-m")
+    p.add_argument("-P", action="store_true")  # the interpreter flag the launcher passes
     p.add_argument("--id", type=int, required=True)
     p.add_argument("--http", required=True)
     p.add_argument("--raft", required=True)

@@ -73,6 +73,7 @@ def test_command_and_peers(tmp_path: Path) -> None:
     assert c.servers == "http://127.0.0.1:8001,http://127.0.0.1:8002"
     peers = "1=http://127.0.0.1:8001@127.0.0.1:8101,2=http://127.0.0.1:8002@127.0.0.1:8102"
     assert c.command(2)[1:] == [
+        "-P",
         "-m",
         "node",
         "--id",
@@ -223,3 +224,16 @@ def test_nodes_die_with_their_launcher(tmp_path: Path, fake_python: str, how: st
         for pid in pids:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_stray_module_in_the_callers_directory_does_not_replace_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nodes start with `python -P`: a node.py or common.py where the user runs `raftq up`
+    (or `raftq bench`) is not imported in place of raftq's own packages."""
+    for name in ("node", "common", "raft"):
+        (tmp_path / f"{name}.py").write_text("raise SystemExit('the stray module ran')\n")
+    monkeypatch.chdir(tmp_path)
+    ports = free_ports(2)
+    with LocalCluster(1, tmp_path / "data", http_port=ports[:1], raft_port=ports[1:]) as c:
+        assert c.wait_for_leader(timeout_s=30).id == 1

@@ -5,7 +5,7 @@ loop, a codec, a flag) is judged only against its baseline in the same run. Both
 clusters run at once (the idle one costs little); each round runs every workload on A
 and then on B (B first in odd rounds), and the table gives B/A per round and its median.
 
-    python -m benchmarks.ab --a-env RAFTQ_EVENT_LOOP=asyncio --b-env RAFTQ_EVENT_LOOP=uvloop \\
+    python -m benchmarks.ab --a-label coalesce --b-label no-coalesce --b-arg=--no-coalesce \\
         send1 send100 --rounds 3 --duration 5
 
 Options other than the ones below are `raftq bench`'s (concurrency, prefill, ...).

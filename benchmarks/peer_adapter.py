@@ -21,7 +21,6 @@ from typing import Any
 from cluster.client import AsyncClient, AsyncQueue
 from cluster.errors import NotFound
 from cluster.message import Message
-from common.event_loop import loop_kind
 
 DEFAULT_SERVERS = "http://127.0.0.1:7001,http://127.0.0.1:7002,http://127.0.0.1:7003"
 
@@ -114,7 +113,7 @@ class ClientAdapter:
             raftq = version("raftq")
         except PackageNotFoundError:
             raftq = "checkout"
-        return {"client": f"raftq AsyncClient {raftq}", "event_loop": loop_kind()}
+        return {"client": f"raftq AsyncClient {raftq}"}
 
 
 class _Surplus(Exception):

@@ -34,7 +34,6 @@ from cluster.client import MAX_POLL_WAIT_S, AsyncClient, AsyncQueue, MessageRef
 from cluster.consumer import Consumer, ConsumerStats, Handler
 from cluster.message import AckResult, Message, SendResult
 from cluster.transactions import Transaction, exactly_once_consumer
-from common import event_loop
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -69,7 +68,7 @@ class _LoopThread:
     """An event loop running forever in a daemon thread, fed with coroutines."""
 
     def __init__(self) -> None:
-        self.loop = event_loop.new_event_loop()
+        self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self.loop.run_forever, name="raftq-client-loop", daemon=True
         )

@@ -17,7 +17,6 @@ import zlib
 import structlog
 from aiohttp import web
 
-from common import event_loop
 from node.api import build_app
 from node.config import NodeConfig
 from node.data_dir import DIR_MODE, DataDir, DataDirError
@@ -195,7 +194,6 @@ class NodeServer:
             raft=f"{self.config.raft_host}:{self.config.raft_port}",
             data_dir=self.data_dir.path,
             incarnation=self.incarnation,
-            event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
 
     async def stop(self) -> None:
@@ -248,4 +246,4 @@ async def run_node(config: NodeConfig) -> int:
 
 
 def main_with(config: NodeConfig) -> int:
-    return event_loop.run(run_node(config))
+    return asyncio.run(run_node(config))

@@ -131,9 +131,9 @@ class _Peer:
 def _write_queued(peer: _Peer, writer: asyncio.StreamWriter) -> None:
     """Hand every queued frame of `peer` to `writer` in one write, in order.
 
-    A connection already closing keeps its frames queued for the next one: uvloop raises
-    on a write to a closed stream (asyncio's own loop drops the bytes quietly), and either
-    way the frames would be lost.
+    A connection already closing keeps its frames queued for the next one: asyncio drops
+    the bytes of a write to a closing stream quietly (uvloop raises), and either way the
+    frames would be lost.
     """
     if writer.transport.is_closing():
         peer.conn_lost = True

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from benchmarks import queue_bench
 from benchmarks.queue_workloads import Result
-from cluster.launcher import LocalCluster, free_ports
+from cluster.launcher import LocalCluster
 
 
 @dataclass
@@ -59,13 +59,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def start(side: Side, nodes: int, data_dir: str) -> LocalCluster:
-    ports = free_ports(2 * nodes)
-    cluster = LocalCluster(
-        nodes=nodes,
-        data_dir=data_dir,
-        http_port=ports[:nodes],
-        raft_port=ports[nodes:],
-        extra_args=("--log-level", "warning", *side.node_args),
+    cluster = LocalCluster.on_free_ports(
+        nodes, data_dir, ("--log-level", "warning", *side.node_args)
     )
     for node_id in cluster.ids:
         cluster.start_node(node_id, env=side.env)

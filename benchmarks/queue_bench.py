@@ -57,7 +57,7 @@ from benchmarks import failover
 from benchmarks.lean_http import LeanHttp
 from benchmarks.process_probe import CpuProbe, has_proc
 from benchmarks.queue_workloads import SNAP_BUSY, SNAP_IDLE, Bench, Result
-from cluster.launcher import LocalCluster, free_ports
+from cluster.launcher import LocalCluster
 
 WORKLOADS = (
     "send1",
@@ -261,17 +261,10 @@ def main(argv: list[str] | None = None) -> int:
         servers = [s.strip().rstrip("/") for s in args.servers.split(",") if s.strip()]
     else:
         tmp = tempfile.TemporaryDirectory(prefix="raftq-bench-")
-        ports = free_ports(2 * args.nodes)
         extra = ("--log-level", "warning") + (("--unsafe-no-fsync",) if args.no_fsync else ())
         if args.snapshot_trailing is not None:
             extra += ("--snapshot-trailing", str(args.snapshot_trailing))
-        cluster = LocalCluster(
-            nodes=args.nodes,
-            data_dir=tmp.name,
-            http_port=ports[: args.nodes],
-            raft_port=ports[args.nodes :],
-            extra_args=extra,
-        )
+        cluster = LocalCluster.on_free_ports(args.nodes, tmp.name, extra)
         cluster.start()
         cluster.wait_for_leader(timeout_s=30)
         servers = cluster.urls

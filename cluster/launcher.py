@@ -204,6 +204,20 @@ class LocalCluster:
 
     # --- addresses -----------------------------------------------------------------------
 
+    @classmethod
+    def on_free_ports(
+        cls, nodes: int, data_dir: str | os.PathLike[str], extra_args: Sequence[str] = ()
+    ) -> LocalCluster:
+        """A cluster of `nodes` on free loopback HTTP and Raft ports (tests, benchmarks)."""
+        ports = free_ports(2 * nodes)
+        return cls(
+            nodes=nodes,
+            data_dir=data_dir,
+            http_port=ports[:nodes],
+            raft_port=ports[nodes:],
+            extra_args=extra_args,
+        )
+
     @property
     def ids(self) -> list[int]:
         return sorted(self.specs)

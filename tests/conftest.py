@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import structlog
 
-from cluster.launcher import LocalCluster, free_ports
+from cluster.launcher import LocalCluster
 from tests.support.api_client import ApiClient
 
 
@@ -22,14 +22,7 @@ def _isolated_structlog() -> Iterator[None]:
 
 
 def start_cluster(data_dir: Path, nodes: int, extra_args: tuple[str, ...] = ()) -> LocalCluster:
-    ports = free_ports(2 * nodes)
-    cluster = LocalCluster(
-        nodes=nodes,
-        data_dir=data_dir,
-        http_port=ports[:nodes],
-        raft_port=ports[nodes:],
-        extra_args=extra_args,
-    )
+    cluster = LocalCluster.on_free_ports(nodes, data_dir, extra_args)
     try:
         cluster.start()
         cluster.wait_for_leader(timeout_s=30)

@@ -169,9 +169,11 @@ class QueueService:
 
     def member_url(self, node_id: int) -> str | None:
         """A member's HTTP URL: from the configuration in force, else from --peers."""
-        member = self.raft.members.get(node_id)
-        if member is not None and member.url:
-            return member.url
+        # a direct scan of the configuration: `members` builds two dicts, and a follower
+        # asks this for every request it forwards
+        for member in self.raft.conf.members:
+            if member.id == node_id and member.url:
+                return member.url
         peer = self.config.peers.get(node_id)
         return peer.http_url if peer is not None else None
 

@@ -135,14 +135,20 @@ def drain(cluster: LocalCluster, queue: str, expect: int) -> set[str]:
     return seen
 
 
+def fill(cluster: LocalCluster, queue: str, requests: int, prefix: str) -> None:
+    """Create `queue` and send it `requests` batches of 5 messages (enough entries that a
+    SMALL_LOG cluster compacts past them)."""
+    with Client(cluster.servers, timeout_s=30) as client:
+        q = client.queue(queue)
+        q.create()
+        for i in range(requests):
+            q.send_many([f"{prefix}{i}-{j}" for j in range(5)])
+
+
 def test_a_node_joins_catches_up_by_snapshot_and_is_promoted(tmp_path: Path) -> None:
     cluster = start_cluster(tmp_path, 3, SMALL_LOG)
     try:
-        with Client(cluster.servers, timeout_s=30) as client:
-            q = client.queue("joined")
-            q.create()
-            for i in range(120):
-                q.send_many([f"m{i}-{j}" for j in range(5)])
+        fill(cluster, "joined", 120, "m")
         node = add_joining_node(cluster)
         wait_for("node 4 to become a voter", lambda: is_voter(cluster, node))
         conf = members(cluster)
@@ -224,11 +230,7 @@ def test_three_to_five_to_three_under_load_removing_the_leader(tmp_path: Path) -
 def test_a_wiped_follower_comes_back_as_a_new_incarnation(tmp_path: Path) -> None:
     cluster = start_cluster(tmp_path, 3, SMALL_LOG)
     try:
-        with Client(cluster.servers, timeout_s=30) as client:
-            q = client.queue("amnesia")
-            q.create()
-            for i in range(40):
-                q.send_many([f"a{i}-{j}" for j in range(5)])
+        fill(cluster, "amnesia", 40, "a")
 
         def incarnations() -> dict[int, str] | None:
             conf = members(cluster)

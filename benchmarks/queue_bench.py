@@ -17,6 +17,8 @@ Workloads:
               where recvack measures the raw API (queue prefilled)
   consume-eo  the same with `queue.consume_exactly_once`: each message's ack and a copy of
               it to an output queue commit as one transaction
+  e2e         --rate messages per second, one per request, while one long-polling receiver
+              takes and acks them: send-to-receive latency (the peer benchmark's W4)
   txn         1-ack-1-send transactions, --txn-workers in flight (needs /v1/transactions)
   txn-consumer  the same transactions shaped like the client's consume_exactly_once: one
               receive loop takes up to the free slots at once, so receives are shared
@@ -66,6 +68,7 @@ WORKLOADS = (
     "recvack",
     "consume",
     "consume-eo",
+    "e2e",
     "txn",
     "txn-consumer",
     "memory",
@@ -134,6 +137,8 @@ async def _run_one(
         )
     if name == "recvack":
         return await bench.recvack(args.consumers, args.prefill)
+    if name == "e2e":
+        return await bench.e2e(args.rate)
     if name in ("consume", "consume-eo"):
         return await bench.consume(args.consumers, args.prefill, name == "consume-eo")
     if name in ("txn", "txn-consumer"):
@@ -201,6 +206,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-concurrency", type=int, default=64, help="send100 requests in flight")
     p.add_argument("--consumers", type=int, default=64, help="recvack consumers, consume handlers")
     p.add_argument("--txn-workers", type=int, default=32)
+    p.add_argument("--rate", type=int, default=500, help="e2e: messages sent per second")
     p.add_argument(
         "--prefill", type=int, default=100_000, help="messages prefilled for recvack/txn"
     )

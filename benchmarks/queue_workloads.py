@@ -243,6 +243,80 @@ class Bench:
             f"100 msgs/request{' + dedup ids' if dedup else ''}, {concurrency} in flight",
         )
 
+    async def e2e(self, rate: int) -> Result:
+        """One message per request at a steady `rate` per second while one long-polling
+        receiver (up to 10 per receive) takes and acks them: the send-to-receive latency
+        of each message (W4's shape in the peer benchmark), over the raw API."""
+        name = "bench-e2e"
+        await self.put_queue(name, visibility_timeout_s=60)
+        loop = asyncio.get_running_loop()
+        sent_at: dict[str, float] = {}
+        latencies: list[float] = []
+        acks: set[asyncio.Task[Any]] = set()
+        counts = {"sent": 0, "errors": 0}
+        producing = True
+
+        async def producer() -> None:
+            nonlocal producing
+            stop_at = loop.time() + self.duration_s
+            next_at = loop.time()
+            sends: set[asyncio.Task[None]] = set()
+
+            async def send(key: str) -> None:
+                try:
+                    await self._send(name, {"messages": [{"body": key + "x" * 92}]})
+                except Exception:
+                    sent_at.pop(key, None)
+                    counts["errors"] += 1
+
+            while loop.time() < stop_at:  # at the rate, not waiting for each answer
+                key = f"{counts['sent']:08d}"
+                counts["sent"] += 1
+                sent_at[key] = time.perf_counter()
+                task = asyncio.ensure_future(send(key))
+                sends.add(task)
+                task.add_done_callback(sends.discard)
+                next_at += 1.0 / rate
+                await asyncio.sleep(max(0.0, next_at - loop.time()))
+            await asyncio.gather(*sends)
+            producing = False
+
+        async def consumer() -> None:
+            give_up = None
+            while producing or (sent_at and loop.time() < (give_up or float("inf"))):
+                if not producing and give_up is None:
+                    give_up = loop.time() + 5.0
+                data = await self.post(f"/v1/queues/{name}/receive", {"max": 10, "wait_s": 1})
+                now = time.perf_counter()
+                receipts = []
+                for m in data.get("messages", []):
+                    t0 = sent_at.pop(m["body"][:8], None)
+                    if t0 is not None:
+                        latencies.append((now - t0) * 1000)
+                    receipts.append(m["receipt"])
+                if receipts:  # acked beside the next receive, as a consumer loop does
+                    task = asyncio.ensure_future(
+                        self.post(f"/v1/queues/{name}/ack", {"receipts": receipts})
+                    )
+                    acks.add(task)
+                    task.add_done_callback(acks.discard)
+
+        cpu_before = self.cpu_sample()
+        started = time.perf_counter()
+        await asyncio.gather(producer(), consumer())
+        await asyncio.gather(*acks)
+        elapsed = time.perf_counter() - started
+        return Result(
+            "e2e",
+            len(latencies),
+            len(latencies),
+            elapsed,
+            latencies,
+            counts["errors"] + len(sent_at),
+            f"{rate} msgs/s sent one per request; latency = send start -> received",
+            self.cores_busy(cpu_before, elapsed),
+        )
+
     async def _send(self, queue: str, body: dict[str, Any]) -> int:
         data = await self.post(f"/v1/queues/{queue}/messages", body)
         return len(data["messages"])

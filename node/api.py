@@ -343,16 +343,20 @@ async def receive_messages(request: web.Request) -> web.Response:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     while True:
-        event = service.queue_event(name)  # taken before proposing: no lost wakeup
-        result = await service.propose("receive", queue=name, **params)
-        messages = result.get("messages", [])
+        event = service.queue_event(name)  # taken before looking: no lost wakeup
+        if wait_s > 0 and service.sm.nothing_to_receive(name, service.stamp_ms()):
+            messages = []  # no Raft round for an empty receive: wait for a send at once
+        else:
+            result = await service.propose("receive", queue=name, **params)
+            messages = result.get("messages", [])
         remaining = deadline - loop.time()
         if messages or remaining <= 0 or service.closing:
             break
-        try:
-            await asyncio.wait_for(event.wait(), remaining)
-        except TimeoutError:
-            pass
+        # Nothing yet: the next send to the queue carries this receive in its own entry.
+        delivered = await service.receive_with_next_send(name, params, event, remaining)
+        if delivered is not None and delivered.get("messages"):
+            messages = delivered["messages"]
+            break
         service.require_leader()
     service.metrics.count_received(name, len(messages))
     return respond(request, {"messages": render_messages(request, messages)})

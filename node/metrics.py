@@ -43,6 +43,7 @@ class NodeFigures:
     coalesced_commands: int  # API writes carried by those entries
     queues: list[dict[str, Any]]  # the state machine's queue views (list_queues)
     disk: dict[str, Any] | None = None  # DiskQuota.view(), when the node has a quota
+    piggybacked_receives: int = 0  # long-poll receives carried by a send's entry
 
 
 def _escape(value: str) -> str:
@@ -146,6 +147,12 @@ class Metrics:
         out.append(f"raftq_coalesced_entries_total {figures.coalesced_entries}")
         family("raftq_coalesced_commands_total", "counter", "API writes carried by those entries.")
         out.append(f"raftq_coalesced_commands_total {figures.coalesced_commands}")
+        family(
+            "raftq_receives_with_send_total",
+            "counter",
+            "Long-poll receives that a send carried in its own Raft entry.",
+        )
+        out.append(f"raftq_receives_with_send_total {figures.piggybacked_receives}")
 
         disk = figures.disk
         if disk is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
@@ -143,6 +144,8 @@ class QueueService:
         self._batch_tasks: set[asyncio.Task[None]] = set()
         self.stats_batches = 0
         self.stats_batched_commands = 0
+        self.stats_piggybacked_receives = 0  # long-poll receives carried by a send's entry
+        self._receivers: dict[str, list[_Receiver]] = {}
 
     def figures(self) -> NodeFigures:
         """This node's Raft, batching, disk and queue figures for /metrics."""
@@ -151,6 +154,7 @@ class QueueService:
             is_leader=self.raft.is_leader,
             coalesced_entries=self.stats_batches,
             coalesced_commands=self.stats_batched_commands,
+            piggybacked_receives=self.stats_piggybacked_receives,
             queues=self.sm.list_queues(self.stamp_ms()),
             disk=self.quota.view() if self.quota is not None else None,
         )
@@ -234,7 +238,10 @@ class QueueService:
         encoded = encode_op(op, **fields) if batchable else None
         if encoded is not None and len(encoded) <= self.max_coalesced_bytes:
             self._note_written(len(encoded))
-            result = await self._coalesced(encoded)
+            joined = self._join_batch(encoded)
+            if op == "send":
+                self._piggyback_receivers(fields["queue"], len(fields["messages"]))
+            result = await joined
         else:  # not batchable, or too big to share an entry
             data = encode_command(op, self.stamp_ms(), **fields)
             if len(data) > self.max_entry_bytes:
@@ -242,11 +249,7 @@ class QueueService:
             self._note_written(len(data))
             result = await self._propose_data(data)
         failpoint("after_apply_before_response")
-        if isinstance(result, dict) and "error" in result:
-            err = dict(result["error"])
-            code = err.pop("code", "bad_request")
-            message = err.pop("message", code)
-            raise ApiError(STATUS_BY_CODE.get(code, 400), code, message, **err)
+        _raise_refusal(result)
         self._wake_after(op, fields)
         return result
 
@@ -325,9 +328,13 @@ class QueueService:
 
     # ------------------------------------------------------------ coalescing
 
-    async def _coalesced(self, encoded: bytes) -> Any:
+    def _join_batch(
+        self, encoded: bytes, fut: asyncio.Future[Any] | None = None
+    ) -> asyncio.Future[Any]:
+        """Add one encoded command to the entry being gathered; its result lands in `fut`."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
+        if fut is None:
+            fut = loop.create_future()
         if self._batch_bytes + len(encoded) > self.max_coalesced_bytes:
             self._flush_batch()
         self._batch.append((encoded, fut))
@@ -336,7 +343,7 @@ class QueueService:
             loop.call_soon(self._flush_batch)
         elif len(self._batch) >= MAX_BATCH_COMMANDS:
             self._flush_batch()
-        return await fut
+        return fut
 
     def _flush_batch(self) -> None:
         batch, self._batch, self._batch_bytes = self._batch, [], 0
@@ -380,6 +387,69 @@ class QueueService:
         task.add_done_callback(_log_detached_failure)
 
     # ------------------------------------------------------------ long-poll
+
+    async def receive_with_next_send(
+        self, queue: str, fields: dict[str, Any], event: asyncio.Event, timeout_s: float
+    ) -> dict[str, Any] | None:
+        """Wait for a send to `queue` and receive in the same Raft entry as that send.
+
+        Why: a long-poll woken by a send used to propose its own receive after the send
+        applied, so a message reached a waiting consumer after two commits. Here the
+        waiting receive is registered, and the next send to the queue takes its receive
+        command into the entry it joins, right after itself: every replica applies the
+        send and then the receive, with the entry's stamp, so the consumer gets the message
+        with the sender's commit (one round, not two) and determinism is untouched.
+
+        Returns the receive's result (maybe no messages: another receiver took them), or
+        None when `event` fired first (a nack, a lease or delay ending, a leader change) or
+        `timeout_s` passed without a send: the caller then proposes a receive of its own.
+        Once a send took the receive into its entry, the outcome is awaited even if the
+        event fires meanwhile: the receive leases messages and only this caller can hand
+        them out.
+        """
+        loop = asyncio.get_running_loop()
+        receiver = _Receiver(
+            encode_op("receive", queue=queue, **fields),
+            loop.create_future(),
+            int(fields.get("max", 1)),
+        )
+        self._receivers.setdefault(queue, []).append(receiver)
+        woken = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait(
+                (receiver.future, woken), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            woken.cancel()
+            if not receiver.taken:
+                self._drop_receiver(queue, receiver)
+                receiver.future.cancel()
+        if not receiver.taken:
+            return None
+        result = await receiver.future
+        _raise_refusal(result)
+        return result
+
+    def _piggyback_receivers(self, queue: str, messages: int) -> None:
+        """Put the receives waiting on `queue` into the entry a send of `messages` just
+        joined, first come first served, until their `max` covers the messages."""
+        waiting = self._receivers.get(queue)
+        wanted = messages
+        while waiting and wanted > 0:
+            receiver = waiting.pop(0)
+            receiver.taken = True
+            self.stats_piggybacked_receives += 1
+            wanted -= receiver.max_messages
+            self._join_batch(receiver.encoded, receiver.future)
+        if not waiting:
+            self._receivers.pop(queue, None)
+
+    def _drop_receiver(self, queue: str, receiver: _Receiver) -> None:
+        waiting = self._receivers.get(queue)
+        if waiting is not None and receiver in waiting:
+            waiting.remove(receiver)
+            if not waiting:
+                del self._receivers[queue]
 
     def queue_event(self, queue: str) -> asyncio.Event:
         ev = self._queue_events.get(queue)
@@ -442,6 +512,26 @@ class QueueService:
             except Exception:
                 log.exception("queue_service.tick_failed")
                 await asyncio.sleep(1.0)
+
+
+@dataclass(eq=False, slots=True)
+class _Receiver:
+    """A long-poll receive waiting for the next send to its queue (see
+    `QueueService.receive_with_next_send`)."""
+
+    encoded: bytes
+    future: asyncio.Future[Any]
+    max_messages: int
+    taken: bool = False  # a send's entry carries it: its outcome must be awaited
+
+
+def _raise_refusal(result: Any) -> None:
+    """A state-machine refusal (`{"error": {...}}`) as the API error it maps to."""
+    if isinstance(result, dict) and "error" in result:
+        err = dict(result["error"])
+        code = err.pop("code", "bad_request")
+        message = err.pop("message", code)
+        raise ApiError(STATUS_BY_CODE.get(code, 400), code, message, **err)
 
 
 def _log_detached_failure(task: asyncio.Task[Any]) -> None:

@@ -31,6 +31,7 @@ from node.state import (
     counters,
     dead_letters,
     delivery,
+    keys,
     producers,
     queue_config,
     queues,
@@ -233,6 +234,31 @@ class QueueStateMachine:
         def read(txn: lmdb.Transaction) -> list[dict[str, Any]]:
             ctx = self._ctx(txn, now_ms)
             return [queues.info(ctx, q, now_ms) for q in queues.all_queues(ctx)]
+
+        return self.env.read(read)
+
+    def nothing_to_receive(self, name: str, now_ms: int) -> bool:
+        """True when queue `name` exists, has no ready message, and no lease, delay or
+        retention deadline is due by `now_ms`: a receive applied now would find nothing.
+
+        From this node's applied state (on the leader: every acknowledged write), so a
+        long-poll can wait for a send without first committing an empty receive. Any due
+        deadline, in any queue, answers False: applying a command may release messages.
+        """
+        if not queue_config.valid_queue_name(name):
+            return False
+
+        def read(txn: lmdb.Transaction) -> bool:
+            ctx = self._ctx(txn, now_ms)
+            queue = queues.get_queue(ctx, name)
+            if queue is None:
+                return False
+            prefix = keys.u64(queue["id"])
+            cur = txn.cursor(db=ctx.tables.ready)
+            if cur.set_range(prefix) and cur.key()[: len(prefix)] == prefix:
+                return False
+            due = timers.next_deadline_ms(ctx)
+            return due is None or due > now_ms
 
         return self.env.read(read)
 

@@ -212,6 +212,66 @@ async def test_long_poll_wakes_on_send(api):
     assert time.monotonic() - started < 5  # woke on apply, long before wait_s
 
 
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+async def test_a_waiting_receive_rides_in_the_next_sends_entry(api):
+    """A long-poll waits; a send takes its receive into the send's own Raft entry: the
+    metric counts it and the commit index moves by one entry for both."""
+    await api.put("/v1/queues/ride", {})
+    _, text = await api.text("/metrics")
+    before = _metric(text, "raftq_receives_with_send_total")
+    poll = asyncio.create_task(api.post("/v1/queues/ride/receive", {"wait_s": 10}))
+    await asyncio.sleep(0.5)  # it polled, found nothing, and waits
+    _, cluster = await api.get("/v1/cluster")
+    commit = cluster["commit_index"]
+    status, sent = await api.post("/v1/queues/ride/messages", {"messages": [{"body": "one"}]})
+    assert status == 200
+    _, got = await asyncio.wait_for(poll, 5)
+    assert [m["id"] for m in got["messages"]] == [sent["messages"][0]["id"]]
+    _, cluster = await api.get("/v1/cluster")
+    assert cluster["commit_index"] == commit + 1  # the send and the receive: one entry
+    _, text = await api.text("/metrics")
+    assert _metric(text, "raftq_receives_with_send_total") == before + 1
+
+
+async def test_a_long_poll_on_an_empty_queue_still_gets_a_message_whose_lease_ran_out(api):
+    """An empty queue's long-poll waits without committing a receive, but a lease that
+    runs out meanwhile brings the message back to it (nothing is left unreceivable)."""
+    await api.put("/v1/queues/lapse", {})
+    await api.post("/v1/queues/lapse/messages", {"messages": [{"body": "again"}]})
+    _, got = await api.post("/v1/queues/lapse/receive", {"visibility_timeout_s": 1})
+    assert got["messages"][0]["receive_count"] == 1
+    started = time.monotonic()
+    _, got = await api.post("/v1/queues/lapse/receive", {"wait_s": 10})
+    assert [(m["body"], m["receive_count"]) for m in got["messages"]] == [("again", 2)]
+    assert time.monotonic() - started < 5
+
+
+async def test_a_send_carries_only_as_many_waiting_receives_as_it_has_messages(api):
+    """Two long-polls wait; a one-message send carries the first, the other keeps waiting
+    and gets the next message; none is leased twice or lost."""
+    await api.put("/v1/queues/ride2", {})
+    first = asyncio.create_task(api.post("/v1/queues/ride2/receive", {"wait_s": 10}))
+    await asyncio.sleep(0.3)
+    second = asyncio.create_task(api.post("/v1/queues/ride2/receive", {"wait_s": 10}))
+    await asyncio.sleep(0.3)
+    await api.post("/v1/queues/ride2/messages", {"messages": [{"body": "one"}]})
+    _, got = await asyncio.wait_for(first, 5)  # first come, first served
+    assert [m["body"] for m in got["messages"]] == ["one"]
+    await asyncio.sleep(0.3)
+    assert not second.done()
+    await api.post("/v1/queues/ride2/messages", {"messages": [{"body": "two"}]})
+    _, got = await asyncio.wait_for(second, 5)
+    assert [m["body"] for m in got["messages"]] == ["two"]
+    _, info = await api.get("/v1/queues/ride2")
+    assert info["in_flight"] == 2 and info["depth"] == 0
+
+
 async def test_a_null_dedup_id_is_no_dedup_id(api):
     await api.put("/v1/queues/nulldd", {})
     for _ in range(2):

@@ -51,6 +51,9 @@ DEFAULT_SERVERS: tuple[str, ...] = (
     "raftq://127.0.0.1:7203",
 )
 BINARY_SCHEME = "raftq"
+#: How long discovery waits past a majority for the leader's own answer, which tells a
+#: router given raftq URLs which of them is the leader's (see `_learn_leader_binary`).
+LEARN_GRACE_S = 0.25
 SERVERS_ENV = "RAFTQ_SERVERS"
 #: A follower pointing at another follower more often than this in one call means the
 #: hints are stale (an election is under way): stop following and back off instead.
@@ -425,6 +428,8 @@ class LeaderRouter:
                     best = key
                 if best == key and votes[key] >= majority:
                     break
+            if best is not None:
+                await self._learn_leader_binary(best[1], tasks)
         except TimeoutError:
             pass
         finally:
@@ -446,6 +451,24 @@ class LeaderRouter:
             log.info("client.leader_changed", old=self._last_leader_url, new=best[1], term=best[0])
         self._last_leader_url = best[1]
         return best[1]
+
+    async def _learn_leader_binary(self, leader: str, probes: list[asyncio.Future[Any]]) -> None:
+        """Give the probes still out a moment (`LEARN_GRACE_S`) if one of them may name the
+        leader's raftq URL: else the first calls after a discovery go over HTTP. Nodes
+        answer `/v1/cluster` locally, so the leader's answer is usually milliseconds
+        behind the majority's; a hung server costs at most the grace."""
+        if not self.binary:
+            return
+        loop = asyncio.get_running_loop()
+        until = loop.time() + LEARN_GRACE_S
+        pending = {t for t in probes if not t.done()}
+        while pending and self.route_url(leader) == leader:
+            remaining = until - loop.time()
+            if remaining <= 0:
+                return
+            _done, pending = await asyncio.wait(
+                pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
 
     def forget_leader(self, url: str | None = None) -> None:
         """Drop the cached leader (only if it is still `url`, when given)."""

@@ -185,6 +185,7 @@ class BinaryApi:
         self._server = await asyncio.start_server(
             self._serve, self.host, self.port, reuse_address=True, limit=1 << 20
         )
+        self.port = self._server.sockets[0].getsockname()[1]  # the real one if 0 was asked
         log.info("binary.listening", addr=f"{self.host}:{self.port}")
 
     async def close(self, grace_s: float) -> None:
@@ -284,10 +285,17 @@ class BinaryApi:
             handler, route, match_info = self.routes.match(method, path)
         except web.HTTPException as exc:
             handler, route, match_info = _route_error(exc), "?", {}
-        request = FrameRequest(self.app, method, path_qs, match_info, body)
-        response = await serve_request(request, handler, route)  # type: ignore[arg-type]
-        headers = {k: v for k, v in response.headers.items() if k.lower() not in _FRAME_OWN_HEADERS}
-        data = encode_answer(request_id, response.status, headers, _answer_body(response))
+        try:
+            request = FrameRequest(self.app, method, path_qs, match_info, body)
+            response = await serve_request(request, handler, route)  # type: ignore[arg-type]
+            headers = {
+                k: v for k, v in response.headers.items() if k.lower() not in _FRAME_OWN_HEADERS
+            }
+            data = encode_answer(request_id, response.status, headers, _answer_body(response))
+        except Exception as exc:  # serve_request answers handler errors; this is our bug
+            log.error("binary.answer_failed", path=path, error=repr(exc))
+            writer.close()  # the client's call fails as a lost connection, and is retried
+            return
         if writer.is_closing():
             return  # the client went away; the command itself ran, as over HTTP
         writer.write(data)

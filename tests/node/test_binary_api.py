@@ -321,3 +321,27 @@ def test_a_connection_that_never_sends_its_magic_blocks_no_one(single_node: Loca
         _still_serves(single_node)
     finally:
         idle.close()
+
+
+async def test_sigterm_with_a_binary_long_poll_outstanding_stops_cleanly(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    """A node stopping answers the long-poll held on its binary port (empty, as over HTTP)
+    and exits 0 well within its grace period."""
+    cluster = make_cluster(1)
+    conn = BinaryConnection(cluster.binary_url(1))
+    try:
+        assert (await call(conn, "PUT", "/v1/queues/bin-stop", {}))[0] == 201
+        poll = asyncio.ensure_future(
+            call(conn, "POST", "/v1/queues/bin-stop/receive", {"wait_s": 20})
+        )
+        await asyncio.sleep(0.3)
+        assert not poll.done()
+        started = time.monotonic()
+        code = await asyncio.to_thread(cluster.stop, 1, 15)
+        assert code == 0 and time.monotonic() - started < 5
+        # answered before the connection closes: stop() wakes long-polls first, then
+        # waits for requests in flight
+        assert await asyncio.wait_for(poll, 5) == (200, {"messages": []})
+    finally:
+        await conn.close()
+    log = cluster.specs[1].log_path.read_text()
+    assert '"binary.stopped"' in log and '"node.stopped"' in log

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import struct
+from types import SimpleNamespace
+from typing import Any
 
 import msgpack
 import pytest
@@ -19,9 +22,10 @@ from common.binwire import (
     frame_length,
 )
 from node.api import ROUTES, health, put_queue, remove_member, send_messages
-from node.binary_api import FrameRequest, RouteTable, _answer_body
+from node.app_context import SERVICE_KEY
+from node.binary_api import BinaryApi, FrameRequest, RouteTable, _answer_body
 from node.config import ConfigError, load_config
-from node.http import RAW_BODY_KEY, read_body, wants_msgpack
+from node.http import MSGPACK, RAW_BODY_KEY, read_body, wants_msgpack
 
 
 def test_request_round_trip() -> None:
@@ -175,3 +179,107 @@ def test_binary_port_from_toml(tmp_path) -> None:  # type: ignore[no-untyped-def
     assert cfg.binary_port == 9100
     path.write_text("binary = false\n")
     assert load_config(["--config", str(path), *BASE]).binary_port is None
+
+
+# ---------------------------------------------------------------- BinaryApi in-process
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, int]] = []
+
+    def observe_request(self, method: str, route: str, status: int, _s: float) -> None:
+        self.seen.append((method, route, status))
+
+
+async def _started(routes: list[tuple[str, str, Any]], max_in_flight: int) -> BinaryApi:
+    app = web.Application()
+    app[SERVICE_KEY] = SimpleNamespace(metrics=_Metrics())  # type: ignore[assignment]
+    api = BinaryApi(app, "127.0.0.1", 0, max_body_bytes=1 << 20, max_in_flight=max_in_flight)
+    api.routes = RouteTable(routes)
+    await api.start()
+    return api
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, int, dict[str, str], Any]:
+    (length,) = struct.unpack(">I", await reader.readexactly(4))
+    return decode_answer(await reader.readexactly(length))
+
+
+async def test_in_flight_requests_per_connection_are_bounded() -> None:
+    """With room for 2, a third request is not even read until one of the two finishes."""
+    entered: list[int] = []
+    release = {i: asyncio.Event() for i in range(3)}
+
+    async def block(request: Any) -> web.Response:
+        n = int(request.query["n"])
+        entered.append(n)
+        await release[n].wait()
+        return web.Response(body=msgpack.packb(n), content_type=MSGPACK)
+
+    api = await _started([("GET", "/block", block)], max_in_flight=2)
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
+    try:
+        writer.write(
+            MAGIC + b"".join(encode_request(n, "GET", f"/block?n={n}", None) for n in range(3))
+        )
+        await asyncio.sleep(0.3)
+        assert entered == [0, 1]
+        release[1].set()
+        assert await asyncio.wait_for(_read_answer(reader), 5) == (1, 200, {}, 1)
+        await asyncio.sleep(0.1)
+        assert entered == [0, 1, 2]
+        release[2].set()
+        release[0].set()
+        answers = {(await asyncio.wait_for(_read_answer(reader), 5))[0] for _ in range(2)}
+        assert answers == {0, 2}
+    finally:
+        writer.close()
+        await api.close(grace_s=1)
+
+
+async def test_close_lets_requests_finish_then_cancels_and_closes_connections() -> None:
+    """Closing with a request in flight: it gets `grace_s`, then it is cancelled, every
+    connection is closed, and new connections are refused."""
+    started = asyncio.Event()
+
+    async def forever(_request: Any) -> web.Response:
+        started.set()
+        await asyncio.sleep(3600)
+        raise AssertionError("not reached")
+
+    async def quick(_request: Any) -> web.Response:
+        return web.Response(body=msgpack.packb("ok"), content_type=MSGPACK)
+
+    api = await _started([("GET", "/forever", forever), ("GET", "/quick", quick)], 8)
+    port = api.port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(MAGIC + encode_request(1, "GET", "/forever", None))
+    await asyncio.wait_for(started.wait(), 5)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await asyncio.wait_for(api.close(grace_s=0.3), 5)
+    assert 0.25 <= loop.time() - t0 < 3
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing answered
+    writer.close()
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_unknown_routes_and_handler_errors_count_in_the_metrics() -> None:
+    async def boom(_request: Any) -> web.Response:
+        raise RuntimeError("bug")
+
+    api = await _started([("GET", "/boom", boom)], 8)
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
+    try:
+        writer.write(MAGIC + encode_request(1, "GET", "/boom", None))
+        writer.write(encode_request(2, "GET", "/nowhere", None))
+        answers = {a[0]: a for a in [await _read_answer(reader), await _read_answer(reader)]}
+        assert answers[1][1] == 500 and answers[1][3]["error"]["code"] == "internal"
+        assert answers[2][1] == 404 and answers[2][3]["error"]["code"] == "not_found"
+        seen = sorted(api.app[SERVICE_KEY].metrics.seen)  # type: ignore[attr-defined]
+        assert seen == [("GET", "/boom", 500), ("GET", "?", 404)]
+    finally:
+        writer.close()
+        await api.close(grace_s=1)

@@ -90,6 +90,10 @@ class NodeConfig:
     # host and port + 200 (node i: 7200+i).
     binary_host: str | None = None
     binary_port: int | None = None
+    # Given explicitly (flag or TOML): failing to listen there stops the node. The default
+    # address only logs `node.binary_unavailable`: the port HTTP + 200 was never asked for
+    # and may be taken, and HTTP serves everything the binary port does.
+    binary_required: bool = False
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -185,6 +189,7 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         http_port=http_port,
         binary_host=binary_host,
         binary_port=binary_port,
+        binary_required=values.get("binary") not in (None, True),
         raft_host=raft_host,
         raft_port=raft_port,
         peers=peers,

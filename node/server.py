@@ -13,6 +13,7 @@ import asyncio
 import os
 import signal
 import zlib
+from dataclasses import replace
 
 import structlog
 from aiohttp import web
@@ -193,8 +194,7 @@ class NodeServer:
             self._runner, self.config.http_host, self.config.http_port, reuse_address=True
         )
         await self._site.start()
-        if self.binary is not None:
-            await self.binary.start()
+        await self._start_binary()
         self.service.start()
         log.info(
             "node.started",
@@ -204,6 +204,28 @@ class NodeServer:
             data_dir=self.data_dir.path,
             incarnation=self.incarnation,
         )
+
+    async def _start_binary(self) -> None:
+        """Listen on the binary port; if only the default address was not free, go on
+        without it (HTTP serves every command too) and say so in the log and in
+        `/v1/cluster` (`binary_url` null)."""
+        if self.binary is None:
+            return
+        try:
+            await self.binary.start()
+        except OSError as exc:
+            if self.config.binary_required:
+                raise
+            log.warning(
+                "node.binary_unavailable",
+                addr=f"{self.binary.host}:{self.binary.port}",
+                error=str(exc),
+                detail="default binary port not free; serving HTTP only (--binary to choose)",
+            )
+            self.binary = None
+            self.config = replace(self.config, binary_host=None, binary_port=None)
+            self.service.config = self.config
+            return
 
     async def stop(self) -> None:
         """Graceful stop: no new requests, in-flight ones finish, leadership moves, LMDB closes."""

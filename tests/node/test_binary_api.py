@@ -19,7 +19,7 @@ import msgpack
 import pytest
 
 from cluster.binary_client import BinaryConnection, parse_binary_url
-from cluster.launcher import LocalCluster
+from cluster.launcher import ClusterStartError, LocalCluster, free_ports
 from common.binwire import MAGIC, decode_answer, encode_request
 from tests.support.api_client import ApiClient
 
@@ -345,3 +345,55 @@ async def test_sigterm_with_a_binary_long_poll_outstanding_stops_cleanly(make_cl
         await conn.close()
     log = cluster.specs[1].log_path.read_text()
     assert '"binary.stopped"' in log and '"node.stopped"' in log
+
+
+def _port_pair() -> tuple[int, socket.socket]:
+    """A free HTTP port P and a socket listening on P + 200 (the default binary port)."""
+    for _ in range(50):
+        (http,) = free_ports(1)
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", http + 200))
+        except OSError:
+            s.close()
+            continue
+        s.listen()
+        return http, s
+    raise AssertionError("no free port pair")
+
+
+def test_default_binary_port_taken_the_node_serves_http_only(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    http, squatter = _port_pair()
+    cluster = LocalCluster(1, tmp_path / "d", http_port=[http], raft_port=free_ports(1))
+    try:
+        cluster.start()
+        cluster.wait_for_leader(timeout_s=30)
+        view = cluster.cluster_view(1)
+        assert view is not None and view["binary_url"] is None
+        assert _logged_event(cluster, "node.binary_unavailable")
+    finally:
+        cluster.stop_all()
+        squatter.close()
+
+
+def test_explicit_binary_port_taken_the_node_does_not_start(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    http, squatter = _port_pair()
+    cluster = LocalCluster(
+        1, tmp_path / "d", http_port=[http], raft_port=free_ports(1), binary_port=[http + 200]
+    )
+    try:
+        cluster.start()
+        with pytest.raises(ClusterStartError):
+            cluster.wait_for_leader(timeout_s=30)
+        assert cluster.returncodes()[1] not in (None, 0)
+    finally:
+        cluster.stop_all()
+        squatter.close()
+
+
+def _logged_event(cluster: LocalCluster, event: str) -> bool:
+    return any(
+        json.loads(line).get("event") == event
+        for line in cluster.specs[1].log_path.read_text().splitlines()
+        if line.startswith("{")
+    )

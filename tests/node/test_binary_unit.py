@@ -157,12 +157,12 @@ BASE = ["--id", "1", "--http", "127.0.0.1:7001", "--raft", "127.0.0.1:7101", "--
 def test_binary_port_defaults_to_http_plus_200() -> None:
     cfg = load_config(BASE)
     assert (cfg.binary_host, cfg.binary_port) == ("127.0.0.1", 7201)
-    assert cfg.binary_url == "raftq://127.0.0.1:7201"
+    assert cfg.binary_url == "raftq://127.0.0.1:7201" and not cfg.binary_required
 
 
 def test_binary_port_explicit_or_off() -> None:
     cfg = load_config([*BASE, "--binary", "0.0.0.0:9000"])
-    assert (cfg.binary_host, cfg.binary_port) == ("0.0.0.0", 9000)
+    assert (cfg.binary_host, cfg.binary_port) == ("0.0.0.0", 9000) and cfg.binary_required
     for off in ("off", "0"):
         cfg = load_config([*BASE, "--binary", off])
         assert cfg.binary_port is None and cfg.binary_url is None

@@ -19,8 +19,9 @@ Servers given as `raftq://host:port` are spoken to over the binary protocol
 (cluster/binary_client.py), `http://` ones over HTTP; answers are the same `Response`
 either way. Nodes name each other by HTTP URL (in `/v1/cluster` and in 307 hints), so a
 router given raftq servers learns which raftq URL is which node from the `/v1/cluster`
-answers of those servers (`node_id`, `binary_url` and the node's own HTTP URL) and sends to
-a leader's raftq URL once it knows it; until then, to its HTTP URL (HTTP still works).
+answers of those servers (the answering node's own entry in `nodes` names its HTTP URL) and
+sends to a leader's raftq URL once it knows it; until then, to its HTTP URL (HTTP still
+works). Discovery waits up to `LEARN_GRACE_S` past the majority for the leader's own answer.
 """
 
 from __future__ import annotations

@@ -8,8 +8,10 @@ and dedup ids included) and `queue.consume` with a handler, whose return acks. L
 
 Options (`--opt key=value`): servers (comma-separated node URLs, default
 raftq://127.0.0.1:7201-7203, the binary ports of `raftq up`, which the client speaks by
-default; http://127.0.0.1:7001-7003 measures the client over HTTP), queue (default pbc), vt (visibility timeout, s, default 30), concurrency
-(the consumer's handlers, default 256).
+default; http://127.0.0.1:7001-7003 measures the client over HTTP), queue (default pbc),
+vt (visibility timeout, s, default 30), concurrency (the consumer's handlers, default
+256); the producer's batching, for A/B runs only (defaults are the client's): send_batch
+(messages per request), sends_in_flight (requests per queue), linger_ms.
 """
 
 from __future__ import annotations
@@ -38,11 +40,19 @@ class ClientAdapter:
         self.queue_name = opts.get("queue", "pbc")
         self.vt = int(float(opts.get("vt", "30")))
         self.concurrency = int(opts.get("concurrency", "256"))
+        self.producer: dict[str, Any] = {}
+        for opt, key, kind in (
+            ("send_batch", "send_batch_size", int),
+            ("sends_in_flight", "max_sends_in_flight", int),
+            ("linger_ms", "linger_ms", float),
+        ):
+            if opt in opts:
+                self.producer[key] = kind(opts[opt])
         self.client: AsyncClient | None = None
         self.queue: AsyncQueue | None = None
 
     async def connect(self) -> None:
-        self.client = AsyncClient(self.servers)
+        self.client = AsyncClient(self.servers, **self.producer)
         self.queue = self.client.queue(self.queue_name)
 
     def _q(self) -> AsyncQueue:

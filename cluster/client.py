@@ -15,6 +15,15 @@ Receive rule: without `max` you get one `Message` or `None`; with `max=N` (any N
 Every call has one deadline (`timeout_s`, default 30 s) for leader discovery and retries
 (see `cluster.discovery`). Sends carry a generated `dedup_id` per message, reused by every
 retry, so a send that fails ambiguously (timeout, reset, failover) never enqueues twice.
+
+Producer batching: `q.send()` calls made from many tasks at once leave together, one
+request per group (Kafka's `linger.ms`/`batch.size`, see `cluster.grouping`). A lone send
+leaves at once; while `max_sends_in_flight` send requests of a queue are on their way,
+new sends wait and then share the next request (up to `send_batch_size` messages, 1 MiB),
+or also up to `linger_ms` for company when that is set. Each caller gets its own id or
+error; buffered sends are bounded by `max_buffered_send_bytes` (callers wait beyond it).
+Concurrent sends have no order among themselves; a send awaited before the next is
+ordered before it, as always.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Unpack, overload
 from urllib.parse import quote
 
@@ -38,6 +48,11 @@ from cluster.message import AckResult, Message, OutgoingMessage, SendResult
 MAX_POLL_WAIT_S = 20.0
 #: Grouped single acks per request at most (the API's default batch limit is 1,000).
 ACKS_PER_REQUEST = 500
+#: Requests of grouped sends carry at most this many bytes of message bodies and fields
+#: (well under a node's 16 MiB body limit, and its 1 MiB coalescing unit).
+SEND_REQUEST_BYTES = 1 << 20
+#: Fixed per-message overhead in the size estimate (dedup id, field names, framing).
+SEND_MESSAGE_OVERHEAD = 64
 #: How many message-id -> receipt pairs a queue handle remembers, so that
 #: `acknowledge(msg.id)` works for messages this handle received.
 RECEIPT_MEMORY = 10_000
@@ -58,6 +73,17 @@ class AsyncQueue:
         self._consumers: set[Consumer] = set()
         self._acks: GroupedCalls[tuple[MessageRef, str], bool] = GroupedCalls(
             self._ack_group, max_per_request=ACKS_PER_REQUEST, split_on=(BadRequest, TooLarge)
+        )
+        producer = client.producer
+        self._sends: GroupedCalls[dict[str, Any], SendResult] = GroupedCalls(
+            self._send_group,
+            max_per_request=producer.batch_size,
+            split_on=(BadRequest, TooLarge),
+            max_in_flight=producer.max_in_flight,
+            linger_s=producer.linger_ms / 1000.0,
+            size_of=wire_size,
+            max_request_bytes=SEND_REQUEST_BYTES,
+            max_buffered_bytes=producer.max_buffered_bytes,
         )
 
     def __repr__(self) -> str:
@@ -107,7 +133,8 @@ class AsyncQueue:
 
         `body`: str as-is, bytes as base64, anything else JSON-encoded (see
         `cluster.message`). Repeating a `dedup_id` inside the queue's dedup window returns
-        the original id and enqueues nothing.
+        the original id and enqueues nothing. Sends made concurrently on this queue share
+        requests (see the module docstring); one with its own `timeout_s` goes alone.
         """
         msg = OutgoingMessage(
             body,
@@ -117,8 +144,13 @@ class AsyncQueue:
             group_id=group_id,
             priority=priority,
         )
-        results = await self.send_many([msg], timeout_s=timeout_s)
-        return results[0].id
+        if timeout_s is not None:
+            results = await self.send_many([msg], timeout_s=timeout_s)
+            return results[0].id
+        return (await self._sends.call(msg.to_wire())).id
+
+    async def _send_group(self, batch: Sequence[dict[str, Any]]) -> list[SendResult]:
+        return await self._send_wire(list(batch), None)
 
     async def send_many(
         self,
@@ -142,25 +174,30 @@ class AsyncQueue:
         wire = _wire_messages(bodies, attributes, delay_s, group_id, priority)
         results: list[SendResult] = []
         for start in range(0, len(wire), batch_size):
-            batch = wire[start : start + batch_size]
-            answer = await self._call("POST", "/messages", {"messages": batch}, timeout_s=timeout_s)
-            items = (answer or {}).get("messages") or []
-            if len(items) != len(batch):
-                raise RaftqError(
-                    f"server answered {len(items)} results for {len(batch)} messages",
-                    code="bad_response",
-                    body=answer if isinstance(answer, dict) else {},
-                )
-            for sent, item in zip(batch, items, strict=True):
-                results.append(
-                    SendResult(
-                        id=str(item.get("id")),
-                        seq=item.get("seq"),
-                        duplicate=bool(item.get("duplicate", False)),
-                        dedup_id=sent["dedup_id"],
-                    )
-                )
+            results += await self._send_wire(wire[start : start + batch_size], timeout_s)
         return results
+
+    async def _send_wire(
+        self, batch: list[dict[str, Any]], timeout_s: float | None
+    ) -> list[SendResult]:
+        """One send request of API message dicts; one `SendResult` per message, in order."""
+        answer = await self._call("POST", "/messages", {"messages": batch}, timeout_s=timeout_s)
+        items = (answer or {}).get("messages") or []
+        if len(items) != len(batch):
+            raise RaftqError(
+                f"server answered {len(items)} results for {len(batch)} messages",
+                code="bad_response",
+                body=answer if isinstance(answer, dict) else {},
+            )
+        return [
+            SendResult(
+                id=str(item.get("id")),
+                seq=item.get("seq"),
+                duplicate=bool(item.get("duplicate", False)),
+                dedup_id=sent["dedup_id"],
+            )
+            for sent, item in zip(batch, items, strict=True)
+        ]
 
     async def send_at_most_once(
         self,
@@ -392,6 +429,40 @@ def _wire_messages(
     ]
 
 
+def wire_size(message: Mapping[str, Any]) -> int:
+    """A cheap estimate of one API message's bytes in a request: its body and attributes
+    plus a fixed overhead (enough for request-size caps and back-pressure)."""
+    size = SEND_MESSAGE_OVERHEAD + len(message.get("body") or message.get("body_b64") or "")
+    attributes = message.get("attributes")
+    if attributes:
+        size += sum(len(k) + len(v) for k, v in attributes.items())
+    return size
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerOptions:
+    """How `AsyncQueue.send` groups concurrent sends (see the module docstring).
+
+    `linger_ms=0`: a send leaves as soon as a request slot is free, so a lone send pays
+    no timer, and batches still form whenever requests are on their way (group commit).
+    """
+
+    batch_size: int = 256
+    max_in_flight: int = 2
+    linger_ms: float = 0.0
+    max_buffered_bytes: int = 32 << 20
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= 1000:
+            raise ValueError("send_batch_size must be 1 to 1000 (the API's batch limit)")
+        if self.max_in_flight < 1:
+            raise ValueError("max_sends_in_flight must be >= 1")
+        if self.linger_ms < 0:
+            raise ValueError("linger_ms must be >= 0")
+        if self.max_buffered_bytes < 1:
+            raise ValueError("max_buffered_send_bytes must be >= 1")
+
+
 def max_(a: float, b: float) -> float:
     """`max` of two floats (the builtin is shadowed by the `max` parameter above)."""
     return a if a >= b else b
@@ -417,8 +488,15 @@ class AsyncClient:
         request_timeout_s: float = 10.0,
         leader_check_s: float | None = 1.0,
         session: aiohttp.ClientSession | None = None,
+        send_batch_size: int = 256,
+        max_sends_in_flight: int = 2,
+        linger_ms: float = 0.0,
+        max_buffered_send_bytes: int = 32 << 20,
     ) -> None:
         self.servers = resolve_servers(servers)
+        self.producer = ProducerOptions(
+            send_batch_size, max_sends_in_flight, linger_ms, max_buffered_send_bytes
+        )
         self.timeout_s = timeout_s
         self.request_timeout_s = request_timeout_s
         self._router = LeaderRouter(
@@ -449,7 +527,9 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close connections (idempotent)."""
+        """Close connections (idempotent); sends still waiting to leave are cancelled."""
+        for q in self._queues.values():
+            q._sends.cancel_all()
         await self._router.close()
 
     async def request(self, method: str, path: str, **options: Unpack[CallOptions]) -> Any:

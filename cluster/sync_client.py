@@ -232,7 +232,11 @@ class Client:
         timeout_s: float = 30.0,
         request_timeout_s: float = 10.0,
         leader_check_s: float | None = 1.0,
+        **producer: Any,
     ) -> None:
+        """`producer`: `AsyncClient`'s send batching options (`send_batch_size`,
+        `max_sends_in_flight`, `linger_ms`, `max_buffered_send_bytes`): sends made from
+        many threads at once share requests."""
         self._loop = _LoopThread()
         servers = servers if servers is None or isinstance(servers, str) else list(servers)
         try:
@@ -241,6 +245,7 @@ class Client:
                 timeout_s=timeout_s,
                 request_timeout_s=request_timeout_s,
                 leader_check_s=leader_check_s,
+                **producer,
             )
         except BaseException:
             self._loop.close()

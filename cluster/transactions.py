@@ -16,7 +16,8 @@ Handlers that finish while another commit of the loop is on its way are committe
 in the next one (`cluster.grouping`): ONE transaction holding each delivery's ack and its
 outputs, all or nothing, with an id derived from all their receipts (`group_txn_id`). If
 one of them went stale the cluster refuses the whole group (409, nothing applied), and the
-group is retried one delivery per transaction: only the stale delivery fails.
+group is retried in halves down to one delivery per transaction: only the stale delivery
+fails.
 """
 
 from __future__ import annotations

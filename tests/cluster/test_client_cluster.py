@@ -223,6 +223,46 @@ async def test_consumer_handlers_share_ack_requests(cluster3: LocalCluster) -> N
         assert q._acks.requests <= total // 2, q._acks.requests
 
 
+async def test_concurrent_sends_share_requests_and_a_bad_one_fails_alone(
+    cluster3: LocalCluster,
+) -> None:
+    """64 tasks sending 8 messages each: every send its own id, the messages exactly once,
+    far fewer requests than sends; one oversize message among them fails only its caller."""
+    from cluster.errors import TooLarge
+
+    tasks_n, per_task = 64, 8
+    async with AsyncClient(cluster3.urls, timeout_s=15) as client:
+        q = client.queue("grouped-sends")
+        await q.create(visibility_timeout_s=60, max_message_bytes=1024)
+        ids: dict[tuple[int, int], str] = {}
+        refused: list[Exception] = []
+
+        async def producer(t: int) -> None:
+            for i in range(per_task):
+                if (t, i) == (7, 3):
+                    try:
+                        await q.send("x" * 2000)
+                    except TooLarge as exc:
+                        refused.append(exc)
+                    continue
+                ids[(t, i)] = await q.send({"t": t, "i": i})
+
+        await asyncio.gather(*(producer(t) for t in range(tasks_n)))
+        total = tasks_n * per_task - 1
+        assert len(refused) == 1 and len(ids) == total and len(set(ids.values())) == total
+        assert q._sends.requests < total // 4, q._sends.requests
+        seen: dict[tuple[int, int], str] = {}
+        for _ in range(100):
+            batch = await q.receive(max=100, wait_s=0.5)
+            if not batch:
+                break
+            for m in batch:
+                key = (m.data["t"], m.data["i"])
+                assert key not in seen
+                seen[key] = m.id
+        assert seen == ids
+
+
 def test_sync_client_against_real_cluster(cluster3: LocalCluster) -> None:
     with Client(cluster3.urls, timeout_s=15) as client:
         q = client.queue("sync-real")

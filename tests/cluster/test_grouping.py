@@ -78,7 +78,7 @@ async def test_a_request_carries_at_most_max_per_request() -> None:
     assert server.requests == [["r0", "r1"], ["r2", "r3"], ["r4"]]
 
 
-async def test_a_request_refused_whole_is_retried_one_item_per_request() -> None:
+async def test_a_request_refused_whole_is_retried_in_halves() -> None:
     """One bad item must not fail the other callers."""
     server = FakeServer(refuse=["bad"])
     calls = _grouped(server)
@@ -89,7 +89,24 @@ async def test_a_request_refused_whole_is_retried_one_item_per_request() -> None
     results = await asyncio.gather(first, *tasks, return_exceptions=True)
     assert results[0] == "R0" and results[1] == "R1" and results[3] == "R2"
     assert isinstance(results[2], BadRequest)
-    assert server.requests == [["r0"], ["r1", "bad", "r2"], ["r1"], ["bad"], ["r2"]]
+    assert server.requests == [["r0"], ["r1", "bad", "r2"], ["r1"], ["bad", "r2"], ["bad"], ["r2"]]
+
+
+async def test_one_bad_item_among_many_costs_a_few_requests_not_one_each() -> None:
+    server = FakeServer(refuse=["bad"])
+    calls = _grouped(server)
+    first = await _start_first(calls, server)
+    items = [f"r{i}" for i in range(1, 64)]
+    items.insert(40, "bad")
+    tasks = [asyncio.ensure_future(calls.call(r)) for r in items]
+    await asyncio.sleep(0)
+    server.gate.set()
+    results = await asyncio.gather(first, *tasks, return_exceptions=True)
+    assert isinstance(results[41], BadRequest)
+    assert [r for i, r in enumerate(results) if i != 41] == ["R0"] + [
+        i.upper() for i in items if i != "bad"
+    ]
+    assert len(server.requests) <= 2 + 2 * 6, server.requests
 
 
 async def test_other_errors_fail_every_call_of_the_request() -> None:
@@ -134,8 +151,8 @@ async def test_cancelling_the_sender_releases_every_waiter() -> None:
     first = await _start_first(calls, server)  # the gate is never opened: it hangs
     queued = asyncio.ensure_future(calls.call("r1"))
     await asyncio.sleep(0)
-    assert calls._sender is not None
-    calls._sender.cancel()
+    assert calls.in_flight == 1
+    calls.cancel_all()
     for task in (first, queued):
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(task, 5)
@@ -146,3 +163,78 @@ async def test_cancelling_the_sender_releases_every_waiter() -> None:
 def test_max_per_request_must_be_positive() -> None:
     with pytest.raises(ValueError):
         GroupedCalls(FakeServer(), max_per_request=0)
+
+
+async def test_cancelling_a_request_task_releases_the_calls_waiting_behind_it() -> None:
+    """The loop shutting down cancels the request tasks themselves."""
+    server = FakeServer()
+    calls = _grouped(server)
+    first = await _start_first(calls, server)
+    queued = asyncio.ensure_future(calls.call("r1"))
+    await asyncio.sleep(0)
+    next(iter(calls._senders)).cancel()
+    for task in (first, queued):
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+
+
+async def test_max_in_flight_requests_go_out_together_and_the_rest_wait() -> None:
+    server = FakeServer()
+    server.gate = asyncio.Event()
+    calls = GroupedCalls(server, max_per_request=1, max_in_flight=2)
+    tasks = [asyncio.ensure_future(calls.call(f"r{i}")) for i in range(3)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert server.requests == [["r0"], ["r1"]] and calls.in_flight == 2
+    server.gate.set()
+    assert await asyncio.gather(*tasks) == ["R0", "R1", "R2"]
+    assert server.requests == [["r0"], ["r1"], ["r2"]]
+
+
+async def test_linger_holds_a_partial_batch_for_company_but_not_a_full_one() -> None:
+    server = FakeServer()
+    calls = GroupedCalls(server, max_per_request=3, linger_s=0.2)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    first = asyncio.ensure_future(calls.call("r0"))
+    await asyncio.sleep(0.05)
+    second = asyncio.ensure_future(calls.call("r1"))
+    assert [await first, await second] == ["R0", "R1"]
+    assert loop.time() - started >= 0.19  # waited out the linger from the first call
+    assert server.requests == [["r0", "r1"]]
+    started = loop.time()
+    full = [asyncio.ensure_future(calls.call(f"f{i}")) for i in range(3)]
+    assert await asyncio.gather(*full) == ["F0", "F1", "F2"]
+    assert loop.time() - started < 0.15  # a full batch does not linger
+    assert server.requests[-1] == ["f0", "f1", "f2"]
+
+
+async def test_requests_are_cut_at_max_request_bytes() -> None:
+    server = FakeServer()
+    calls = GroupedCalls(server, max_per_request=100, size_of=len, max_request_bytes=6)
+    items = ["aaa", "bbb", "cc", "dddddddd", "e"]
+    assert await asyncio.gather(*(calls.call(i) for i in items)) == [i.upper() for i in items]
+    # an item larger than the cap still goes, alone
+    assert server.requests == [["aaa", "bbb"], ["cc"], ["dddddddd"], ["e"]]
+
+
+async def test_callers_wait_while_the_buffer_is_full() -> None:
+    server = FakeServer()
+    server.gate = asyncio.Event()
+    calls = GroupedCalls(server, max_per_request=10, size_of=len, max_buffered_bytes=8)
+    held = [asyncio.ensure_future(calls.call(i)) for i in ("aaaa", "bbbb")]
+    await server.started.wait()
+    assert calls.buffered_bytes == 8
+    blocked = asyncio.ensure_future(calls.call("cc"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not blocked.done() and server.requests == [["aaaa", "bbbb"]]  # not even queued
+    server.gate.set()
+    assert await asyncio.gather(*held, blocked) == ["AAAA", "BBBB", "CC"]
+    assert calls.buffered_bytes == 0
+
+
+def test_options_are_checked() -> None:
+    for bad in ({"max_in_flight": 0}, {"linger_s": -1.0}):
+        with pytest.raises(ValueError):
+            GroupedCalls(FakeServer(), max_per_request=1, **bad)

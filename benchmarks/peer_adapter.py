@@ -6,11 +6,12 @@ the way the README tells users to: `queue.send` per message (leader discovery, r
 and dedup ids included) and `queue.consume` with a handler, whose return acks. Load it as
 `--peer-adapter benchmarks.peer_adapter:ClientAdapter` with this checkout on PYTHONPATH.
 
-Options (`--opt key=value`): servers (comma-separated node URLs, default 7001-7003 as
-`raftq up`), queue (default pbc), vt (visibility timeout, s, default 30), concurrency
-(the consumer's handlers, default 256); the producer's batching, for A/B runs only
-(defaults are the client's): send_batch (messages per request), sends_in_flight
-(requests per queue), linger_ms.
+Options (`--opt key=value`): servers (comma-separated node URLs, default
+raftq://127.0.0.1:7201-7203, the binary ports of `raftq up`, which the client speaks by
+default; http://127.0.0.1:7001-7003 measures the client over HTTP), queue (default pbc),
+vt (visibility timeout, s, default 30), concurrency (the consumer's handlers, default
+256); the producer's batching, for A/B runs only (defaults are the client's): send_batch
+(messages per request), sends_in_flight (requests per queue), linger_ms.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from cluster.client import AsyncClient, AsyncQueue
 from cluster.errors import NotFound
 from cluster.message import Message
 
-DEFAULT_SERVERS = "http://127.0.0.1:7001,http://127.0.0.1:7002,http://127.0.0.1:7003"
+DEFAULT_SERVERS = "raftq://127.0.0.1:7201,raftq://127.0.0.1:7202,raftq://127.0.0.1:7203"
 
 
 class ClientAdapter:
@@ -123,7 +124,11 @@ class ClientAdapter:
             raftq = version("raftq")
         except PackageNotFoundError:
             raftq = "checkout"
-        return {"client": f"raftq AsyncClient {raftq}"}
+        binary = all(u.startswith("raftq://") for u in self.servers)
+        return {
+            "client": f"raftq AsyncClient {raftq}",
+            "protocol": "binary" if binary else "http",
+        }
 
 
 class _Surplus(Exception):

@@ -404,6 +404,7 @@ def cmd_up(args: argparse.Namespace, out: Output) -> int:
         http_port=args.http_port,
         raft_port=args.raft_port,
         host=args.host,
+        binary_port=args.binary_port,
         extra_args=tuple(args.node_args or ()),
         python=args.python,
     )
@@ -433,6 +434,7 @@ def cmd_up(args: argparse.Namespace, out: Output) -> int:
                         {
                             "id": s.id,
                             "url": s.url,
+                            "binary_url": s.binary_url,
                             "raft": s.raft_addr,
                             "pid": cluster.pids.get(s.id),
                         }
@@ -446,11 +448,12 @@ def cmd_up(args: argparse.Namespace, out: Output) -> int:
             out.line(f"raftq: {len(cluster.specs)} nodes running, data in {cluster.data_dir}")
             for s in cluster.specs.values():
                 out.line(
-                    f"  node {s.id}  {s.url}  raft {s.raft_addr}  "
+                    f"  node {s.id}  {s.binary_url}  {s.url}  raft {s.raft_addr}  "
                     f"pid {cluster.pids.get(s.id)}  log {s.log_path}"
                 )
             out.line(f"leader: node {leader.id} ({leader.url}), term {leader.term}")
-            out.line(f"export RAFTQ_SERVERS={cluster.servers}")
+            # the binary protocol, what the client speaks by default (HTTP: the urls above)
+            out.line(f"export RAFTQ_SERVERS={cluster.binary_servers}")
             out.line("Press Ctrl-C to stop.")
         out.out.flush()
         reported: set[int] = set()
@@ -513,6 +516,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", default="./data")
     up.add_argument("--http-port", type=int, default=7001)
     up.add_argument("--raft-port", type=int, default=7101)
+    up.add_argument(
+        "--binary-port",
+        type=int,
+        default=None,
+        help="first binary-protocol port (raftq:// URLs); default: each node's HTTP port + 200",
+    )
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument(
         "--leader-timeout", type=float, default=30.0, help="seconds to wait for a leader"

@@ -14,6 +14,14 @@ last error seen there.
 
 The router re-sends the *same* request body on every attempt: callers put idempotency keys
 (`dedup_id`) in the body once, so an ambiguous failure never enqueues twice.
+
+Servers given as `raftq://host:port` are spoken to over the binary protocol
+(cluster/binary_client.py), `http://` ones over HTTP; answers are the same `Response`
+either way. Nodes name each other by HTTP URL (in `/v1/cluster` and in 307 hints), so a
+router given raftq servers learns which raftq URL is which node from the `/v1/cluster`
+answers of those servers (the answering node's own entry in `nodes` names its HTTP URL) and
+sends to a leader's raftq URL once it knows it; until then, to its HTTP URL (HTTP still
+works). Discovery waits up to `LEARN_GRACE_S` past the majority for the leader's own answer.
 """
 
 from __future__ import annotations
@@ -24,21 +32,29 @@ import random
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
+import msgpack
 import structlog
 
+from cluster.binary_client import BinaryConnection
 from cluster.errors import DEFINITE_STATUSES, ClusterUnavailable, error_from_response
 from cluster.watch import Abandoned, await_or_abandon
 
 log = structlog.get_logger("raftq.client")
 
+#: The binary ports of `raftq up`'s three nodes: the client speaks the binary protocol
+#: unless given http:// URLs (HTTP stays for curl, browsers and the whole contract).
 DEFAULT_SERVERS: tuple[str, ...] = (
-    "http://127.0.0.1:7001",
-    "http://127.0.0.1:7002",
-    "http://127.0.0.1:7003",
+    "raftq://127.0.0.1:7201",
+    "raftq://127.0.0.1:7202",
+    "raftq://127.0.0.1:7203",
 )
+BINARY_SCHEME = "raftq"
+#: How long discovery waits past a majority for the leader's own answer, which tells a
+#: router given raftq URLs which of them is the leader's (see `_learn_leader_binary`).
+LEARN_GRACE_S = 0.25
 SERVERS_ENV = "RAFTQ_SERVERS"
 #: A follower pointing at another follower more often than this in one call means the
 #: hints are stale (an election is under way): stop following and back off instead.
@@ -62,15 +78,22 @@ class CallOptions(TypedDict, total=False):
 
 
 def normalize_server(url: str) -> str:
-    """Return `url` as `scheme://host:port` without a trailing slash (`http://` if omitted)."""
+    """Return `url` as `scheme://host:port` without a trailing slash (`http://` if omitted).
+
+    `raftq://host:port` names a node's binary port, `http(s)://` its HTTP API.
+    """
     url = url.strip()
     if not url:
         raise ValueError("empty server URL")
     if "://" not in url:
         url = "http://" + url
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"invalid server URL {url!r}: expected http://host:port")
+    if parts.scheme not in ("http", "https", BINARY_SCHEME) or not parts.netloc:
+        raise ValueError(
+            f"invalid server URL {url!r}: expected raftq://host:port or http://host:port"
+        )
+    if parts.scheme == BINARY_SCHEME and parts.port is None:
+        raise ValueError(f"invalid server URL {url!r}: a raftq:// URL needs a port")
     return f"{parts.scheme}://{parts.netloc}"
 
 
@@ -133,6 +156,10 @@ def describe_exception(exc: BaseException) -> str:
         return "server disconnected"
     if isinstance(exc, aiohttp.ClientOSError):
         return f"connection error: {exc.strerror or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "cannot connect: Connection refused"
+    if isinstance(exc, ConnectionError) and not isinstance(exc, aiohttp.ClientError):
+        return f"connection error: {exc}"[:200]
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:200]
 
@@ -222,6 +249,13 @@ class LeaderRouter:
         self._owns_session = session is None
         self.leader_url: str | None = None
         self._last_leader_url: str | None = None  # only for the leader_changed log event
+        # The binary protocol: one connection per raftq URL, and what the router learned
+        # of which raftq URL is which node's (nodes name each other by HTTP URL).
+        self.binary = any(s.startswith(BINARY_SCHEME + "://") for s in self.servers)
+        self._binary: dict[str, BinaryConnection] = {}
+        self._binary_for_http: dict[str, str] = {}
+        self._http_for_binary: dict[str, str] = {}
+        self._background: set[asyncio.Task[Any]] = set()
 
     def __repr__(self) -> str:
         return f"LeaderRouter(servers={list(self.servers)!r}, leader={self.leader_url!r})"
@@ -244,6 +278,12 @@ class LeaderRouter:
         if check is not None and not check.done():
             check.cancel()
             await asyncio.gather(check, return_exceptions=True)
+        background, self._background = self._background, set()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        connections, self._binary = list(self._binary.values()), {}
+        await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)
         if self._owns_session and self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None if self._owns_session else self._session
@@ -261,6 +301,10 @@ class LeaderRouter:
         timeout_s: float,
     ) -> Response:
         """One request to one node, no retry; transport errors propagate."""
+        if base_url.startswith(BINARY_SCHEME + "://"):
+            return await self._send_binary(
+                base_url, method, path, json_body=json_body, params=params, timeout_s=timeout_s
+            )
         session = self._get_session()
         async with session.request(
             method,
@@ -279,6 +323,56 @@ class LeaderRouter:
                 except ValueError:
                     body = raw.decode("utf-8", "replace")
             return Response(resp.status, dict(resp.headers), body)
+
+    async def _send_binary(
+        self,
+        base_url: str,
+        method: str,
+        path: str,
+        *,
+        json_body: Any,
+        params: Mapping[str, str] | None,
+        timeout_s: float,
+    ) -> Response:
+        """`send_once` over the binary protocol: the same call, the same `Response`."""
+        conn = self._binary.get(base_url)
+        if conn is None:
+            conn = self._binary[base_url] = BinaryConnection(base_url)
+        path_qs = f"{path}?{urlencode(params)}" if params else path
+        body = None if json_body is None else msgpack.packb(json_body, use_bin_type=True)
+        status, headers, answer = await conn.request(method, path_qs, body, timeout_s)
+        if status == 200 and method == "GET" and path == "/v1/cluster":
+            self._learn_binary(base_url, answer)
+        return Response(status, headers, answer)
+
+    def _learn_binary(self, base_url: str, view: Any) -> None:
+        """Note which node answered at `base_url` (a raftq URL): its HTTP URL, from its
+        own `/v1/cluster` view, so that leader hints (HTTP URLs) can be sent over binary."""
+        if not isinstance(view, dict):
+            return
+        me = view.get("node_id")
+        for node in view.get("nodes") or ():
+            if isinstance(node, dict) and node.get("id") == me and isinstance(node.get("url"), str):
+                try:
+                    http_url = normalize_server(node["url"])
+                except ValueError:
+                    return
+                self._binary_for_http[http_url] = base_url
+                self._http_for_binary[base_url] = http_url
+                return
+
+    def route_url(self, url: str) -> str:
+        """Where to send a request meant for node `url`: its raftq URL when this router
+        speaks binary and knows it, else `url` itself."""
+        if self.binary and not url.startswith(BINARY_SCHEME + "://"):
+            return self._binary_for_http.get(url, url)
+        return url
+
+    def same_node(self, a: str | None, b: str | None) -> bool:
+        """Whether URLs `a` and `b` name the same node (one may be its raftq URL)."""
+        if a is None or b is None:
+            return a is b
+        return self._http_for_binary.get(a, a) == self._http_for_binary.get(b, b)
 
     # --- discovery -----------------------------------------------------------------------
 
@@ -335,12 +429,22 @@ class LeaderRouter:
                     best = key
                 if best == key and votes[key] >= majority:
                     break
+            if best is not None:
+                await self._learn_leader_binary(best[1], tasks)
         except TimeoutError:
             pass
         finally:
+            cancelled = []
             for task in tasks:
+                if self.binary and not task.done():
+                    # its answer still teaches which raftq URL is which node (the leader's
+                    # may be the one not in yet); bounded by the probe timeout
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
+                    continue
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+                cancelled.append(task)
+            await asyncio.gather(*cancelled, return_exceptions=True)
         if best is None:
             return None
         self.leader_url = best[1]
@@ -349,9 +453,27 @@ class LeaderRouter:
         self._last_leader_url = best[1]
         return best[1]
 
+    async def _learn_leader_binary(self, leader: str, probes: list[asyncio.Future[Any]]) -> None:
+        """Give the probes still out a moment (`LEARN_GRACE_S`) if one of them may name the
+        leader's raftq URL: else the first calls after a discovery go over HTTP. Nodes
+        answer `/v1/cluster` locally, so the leader's answer is usually milliseconds
+        behind the majority's; a hung server costs at most the grace."""
+        if not self.binary:
+            return
+        loop = asyncio.get_running_loop()
+        until = loop.time() + LEARN_GRACE_S
+        pending = {t for t in probes if not t.done()}
+        while pending and self.route_url(leader) == leader:
+            remaining = until - loop.time()
+            if remaining <= 0:
+                return
+            _done, pending = await asyncio.wait(
+                pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+
     def forget_leader(self, url: str | None = None) -> None:
         """Drop the cached leader (only if it is still `url`, when given)."""
-        if url is None or self.leader_url == url:
+        if url is None or self.same_node(self.leader_url, url):
             self.leader_url = None
 
     # --- the retry loop ------------------------------------------------------------------
@@ -397,6 +519,7 @@ class LeaderRouter:
                 if target is None:
                     await pause(backoff.next_delay_s())
                     continue
+            target = self.route_url(target)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 continue
@@ -430,7 +553,11 @@ class LeaderRouter:
                 hint = leader_hint(resp)
                 errors[target] = f"{resp.status} not_leader (leader hint {hint})"
                 self.forget_leader(target)
-                if hint is not None and hint != target and redirects < MAX_REDIRECTS_PER_ROUND:
+                if (
+                    hint is not None
+                    and not self.same_node(hint, target)
+                    and redirects < MAX_REDIRECTS_PER_ROUND
+                ):
                     redirects += 1
                     self.leader_url = hint
                     continue
@@ -473,7 +600,7 @@ class LeaderRouter:
         async def another_leader() -> str | None:
             # shielded: the check is shared, and this waiter may be cancelled
             leader = await asyncio.shield(self._check_leader())
-            return leader if leader is not None and leader != target else None
+            return leader if leader is not None and not self.same_node(leader, target) else None
 
         return await await_or_abandon(attempt, another_leader, self.leader_check_s)
 

@@ -1,7 +1,9 @@
 """`LocalCluster`: N real `python -m node` processes on this machine, for `raftq up` and tests.
 
 Node *i* (1-based id) gets HTTP port `http_port + i - 1` and Raft port `raft_port + i - 1`
-(or the i-th entry when lists of ports are given, e.g. from `free_ports`), its data in
+(or the i-th entry when lists of ports are given, e.g. from `free_ports`), its binary
+client port (`raftq://`, docs/API.md "Binary protocol") from `binary_port` likewise, or
+by default the node's own default, its HTTP port + 200, its data in
 `data_dir/node-i` and its stdout/stderr in `log_dir/node-i.log` (appended across restarts).
 
 It never leaves processes behind: `stop_all()` runs on `__exit__`, at interpreter exit, and
@@ -139,10 +141,18 @@ class NodeSpec:
     raft_port: int
     data_dir: Path
     log_path: Path
+    #: The binary client port; None: the node's default (HTTP port + 200), no flag passed.
+    binary_port: int | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def binary_url(self) -> str:
+        """`raftq://host:port`: where the client reaches this node over the binary protocol."""
+        port = self.binary_port if self.binary_port is not None else self.http_port + 200
+        return f"raftq://{self.host}:{port}"
 
     @property
     def raft_addr(self) -> str:
@@ -168,6 +178,7 @@ class LocalCluster:
         http_port: int | Sequence[int] = 7001,
         raft_port: int | Sequence[int] = 7101,
         host: str = "127.0.0.1",
+        binary_port: int | Sequence[int] | None = None,
         extra_args: Sequence[str] = (),
         python: str = sys.executable,
         log_dir: str | os.PathLike[str] | None = None,
@@ -183,6 +194,9 @@ class LocalCluster:
         self.stop_grace_s = stop_grace_s
         http_ports = _ports(http_port, nodes, "http_port")
         raft_ports = _ports(raft_port, nodes, "raft_port")
+        binary_ports = (
+            _ports(binary_port, nodes, "binary_port") if binary_port is not None else None
+        )
         self.specs: dict[int, NodeSpec] = {
             i + 1: NodeSpec(
                 id=i + 1,
@@ -191,6 +205,7 @@ class LocalCluster:
                 raft_port=raft_ports[i],
                 data_dir=self.data_dir / f"node-{i + 1}",
                 log_path=self.log_dir / f"node-{i + 1}.log",
+                binary_port=binary_ports[i] if binary_ports is not None else None,
             )
             for i in range(nodes)
         }
@@ -208,13 +223,15 @@ class LocalCluster:
     def on_free_ports(
         cls, nodes: int, data_dir: str | os.PathLike[str], extra_args: Sequence[str] = ()
     ) -> LocalCluster:
-        """A cluster of `nodes` on free loopback HTTP and Raft ports (tests, benchmarks)."""
-        ports = free_ports(2 * nodes)
+        """A cluster of `nodes` on free loopback HTTP, Raft and binary ports (tests,
+        benchmarks); the binary ports are chosen too, not HTTP + 200 (which may be taken)."""
+        ports = free_ports(3 * nodes)
         return cls(
             nodes=nodes,
             data_dir=data_dir,
             http_port=ports[:nodes],
-            raft_port=ports[nodes:],
+            raft_port=ports[nodes : 2 * nodes],
+            binary_port=ports[2 * nodes :],
             extra_args=extra_args,
         )
 
@@ -229,8 +246,21 @@ class LocalCluster:
 
     @property
     def servers(self) -> str:
-        """The URLs comma-joined, as `--servers`/`RAFTQ_SERVERS` expect."""
+        """The HTTP URLs comma-joined, as `--servers`/`RAFTQ_SERVERS` expect."""
         return ",".join(self.urls)
+
+    @property
+    def binary_urls(self) -> list[str]:
+        """`raftq://` URL of every node's binary port, in id order."""
+        return [self.specs[i].binary_url for i in self.ids]
+
+    @property
+    def binary_servers(self) -> str:
+        """The `raftq://` URLs comma-joined: what a client should use (the binary protocol)."""
+        return ",".join(self.binary_urls)
+
+    def binary_url(self, node_id: int) -> str:
+        return self._spec(node_id).binary_url
 
     @property
     def pids(self) -> dict[int, int]:
@@ -250,7 +280,13 @@ class LocalCluster:
             f"{s.id}={s.url}@{s.raft_addr}" for s in self.specs.values() if s.id in self._founders
         )
 
-    def add_node(self, http_port: int, raft_port: int, join_via: int | None = None) -> int:
+    def add_node(
+        self,
+        http_port: int,
+        raft_port: int,
+        join_via: int | None = None,
+        binary_port: int | None = None,
+    ) -> int:
         """Register a new node (the next id) that joins the running cluster through node
         `join_via` (default: the lowest running id) with `--join`; start it with
         `start_node`. Returns its id."""
@@ -263,6 +299,7 @@ class LocalCluster:
             raft_port=raft_port,
             data_dir=self.data_dir / f"node-{node_id}",
             log_path=self.log_dir / f"node-{node_id}.log",
+            binary_port=binary_port,
         )
         self._joins[node_id] = self.url(via)
         return node_id
@@ -288,6 +325,7 @@ class LocalCluster:
             f"{s.host}:{s.http_port}",
             "--raft",
             s.raft_addr,
+            *(("--binary", f"{s.host}:{s.binary_port}") if s.binary_port is not None else ()),
             *(
                 ("--join", self._joins[node_id])
                 if node_id in self._joins

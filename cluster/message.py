@@ -125,6 +125,8 @@ class Message:
         """Build from one entry of the receive answer's `messages` list."""
         if "body_b64" in item and item["body_b64"] is not None:
             body_bytes = base64.b64decode(item["body_b64"])
+        elif isinstance(item.get("body"), bytes):  # msgpack answers (the binary protocol)
+            body_bytes = item["body"]
         else:
             body_bytes = str(item.get("body") or "").encode("utf-8")
         attributes = item.get("attributes") or {}
@@ -138,7 +140,7 @@ class Message:
             receive_count=int(item.get("receive_count") or 1),
             enqueued_at=enqueued_at if isinstance(enqueued_at, int | float) else None,
             group_id=item.get("group_id"),
-            raw=dict(item),
+            raw=_json_shape(item),
         )
 
     @property
@@ -189,3 +191,17 @@ __all__ = [
     "encode_body",
     "new_dedup_id",
 ]
+
+
+def _json_shape(item: Mapping[str, Any]) -> dict[str, Any]:
+    """`item` as the HTTP API's JSON has it: a msgpack answer's bytes body becomes `body`
+    (UTF-8) or `body_b64`, so `raw` is the same whichever protocol fetched the message."""
+    raw = dict(item)
+    body = raw.get("body")
+    if isinstance(body, bytes):
+        try:
+            raw["body"] = body.decode("utf-8")
+        except UnicodeDecodeError:
+            del raw["body"]
+            raw["body_b64"] = base64.b64encode(body).decode("ascii")
+    return raw

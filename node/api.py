@@ -62,13 +62,12 @@ def render_messages(request: web.Request, messages: list[dict[str, Any]]) -> lis
     return out
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def serve_request(request: web.Request, handler: Any, route: str) -> web.StreamResponse:
+    """Run `handler` with the API's error mapping and request metrics: every codec's one way
+    in (the HTTP middleware below and the binary port, node/binary_api.py), so both answer
+    the same statuses and error bodies and count in the same metrics."""
     service: QueueService = request.app[SERVICE_KEY]
     started = time.perf_counter()
-    route = (
-        request.match_info.route.resource.canonical if request.match_info.route.resource else "?"
-    )
     status = 500
     try:
         response = await handler(request)
@@ -93,6 +92,14 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         service.metrics.observe_request(
             request.method, route, status, time.perf_counter() - started
         )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    route = (
+        request.match_info.route.resource.canonical if request.match_info.route.resource else "?"
+    )
+    return await serve_request(request, handler, route)
 
 
 @web.middleware
@@ -187,12 +194,15 @@ def cluster_view(service: QueueService, incarnation: str | None = None) -> dict[
                 "applied": st.applied if me else None,
                 "replication": replication,  # probe / replicate / snapshot, on the leader
                 "incarnation": incarnation if pid == cfg.node_id else None,
+                # the binary port: known of this node only (members record HTTP URLs)
+                "binary_url": cfg.binary_url if me else None,
             }
         )
     leader_url = service.member_url(leader_id) if leader_id else None
     return {
         "cluster_id": cfg.cluster_id,
         "node_id": cfg.node_id,
+        "binary_url": cfg.binary_url,
         "incarnation": incarnation,
         "leader": {"id": leader_id, "url": leader_url} if leader_url else None,
         "term": st.term,

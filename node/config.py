@@ -11,6 +11,8 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from common.binwire import DEFAULT_PORT_OFFSET, SCHEME
+
 
 class ConfigError(ValueError):
     """The node configuration is invalid; the message names the offending setting."""
@@ -84,11 +86,27 @@ class NodeConfig:
     # Past this many bytes of live LMDB pages, writes that add data get 507 (node/quota.py).
     # None: 90% of min(max_map_bytes, free disk + the data file), taken at start.
     quota_bytes: int | None = None
+    # The binary client port (node/binary_api.py); None: not served. Default: the HTTP
+    # host and port + 200 (node i: 7200+i).
+    binary_host: str | None = None
+    binary_port: int | None = None
+    # Given explicitly (flag or TOML): failing to listen there stops the node. The default
+    # address only logs `node.binary_unavailable`: the port HTTP + 200 was never asked for
+    # and may be taken, and HTTP serves everything the binary port does.
+    binary_required: bool = False
     limits: Limits = field(default_factory=Limits)
 
     @property
     def http_url(self) -> str:
         return self.peers[self.node_id].http_url
+
+    @property
+    def binary_url(self) -> str | None:
+        """`raftq://host:port` of this node's binary port, None when it serves none."""
+        if self.binary_host is None or self.binary_port is None:
+            return None
+        host = f"[{self.binary_host}]" if ":" in self.binary_host else self.binary_host
+        return f"{SCHEME}://{host}:{self.binary_port}"
 
     def raft_peers(self) -> dict[int, tuple[str, int]]:
         return {p.id: (p.raft_host, p.raft_port) for p in self.peers.values()}
@@ -117,6 +135,22 @@ def parse_peers(text: str) -> dict[int, Peer]:
             raise ConfigError(f"peer id {pid} listed twice")
         peers[pid] = Peer(pid, http_url.rstrip("/"), host, port)
     return peers
+
+
+def parse_binary(value: Any, http_host: str, http_port: int) -> tuple[str | None, int | None]:
+    """The binary listen address: HOST:PORT, "off"/"0"/false (none), or absent (the HTTP
+    host, HTTP port + 200)."""
+    if value is None or value is True:
+        port = http_port + DEFAULT_PORT_OFFSET
+        if port > 65535:
+            raise ConfigError(
+                f"no default binary port for HTTP port {http_port}: give --binary HOST:PORT "
+                "or --binary off"
+            )
+        return http_host, port
+    if value is False or str(value).strip().lower() in ("off", "0", "none", ""):
+        return None, None
+    return parse_hostport(str(value), "--binary")
 
 
 def build_config(values: dict[str, Any]) -> NodeConfig:
@@ -148,10 +182,14 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         raise ConfigError(f"unknown limits: {sorted(unknown)}")
     if values.get("max_entry_bytes") is not None:
         limits_raw = {**limits_raw, "max_entry_bytes": int(values["max_entry_bytes"])}
+    binary_host, binary_port = parse_binary(values.get("binary"), http_host, http_port)
     cfg = NodeConfig(
         node_id=node_id,
         http_host=http_host,
         http_port=http_port,
+        binary_host=binary_host,
+        binary_port=binary_port,
+        binary_required=values.get("binary") not in (None, True),
         raft_host=raft_host,
         raft_port=raft_port,
         peers=peers,
@@ -207,6 +245,11 @@ def argument_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", type=int)
     p.add_argument("--http", help="HOST:PORT for the HTTP API")
     p.add_argument("--raft", help="HOST:PORT for Raft peer traffic")
+    p.add_argument(
+        "--binary",
+        help="HOST:PORT for the binary client protocol (raftq:// URLs); default: the HTTP "
+        "host and HTTP port + 200; 'off' serves none",
+    )
     p.add_argument("--peers", help="ID=HTTP_URL@RAFT_HOST:PORT,... (all members)")
     p.add_argument("--data-dir", dest="data_dir")
     p.add_argument("--cluster-id", dest="cluster_id")

@@ -13,11 +13,13 @@ import asyncio
 import os
 import signal
 import zlib
+from dataclasses import replace
 
 import structlog
 from aiohttp import web
 
 from node.api import build_app
+from node.binary_api import BinaryApi
 from node.config import NodeConfig
 from node.data_dir import DIR_MODE, DataDir, DataDirError
 from node.logging import bind_raft_state
@@ -110,6 +112,11 @@ class NodeServer:
         self.app = build_app(self.service, self)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
+        self.binary: BinaryApi | None = None
+        if config.binary_host is not None and config.binary_port is not None:
+            self.binary = BinaryApi(
+                self.app, config.binary_host, config.binary_port, config.limits.max_body_bytes
+            )
         self._last_leader: int | None = None
 
     def _open_storage(self) -> LmdbStorage:
@@ -187,22 +194,50 @@ class NodeServer:
             self._runner, self.config.http_host, self.config.http_port, reuse_address=True
         )
         await self._site.start()
+        await self._start_binary()
         self.service.start()
         log.info(
             "node.started",
             http=self.config.http_url,
+            binary=self.config.binary_url,
             raft=f"{self.config.raft_host}:{self.config.raft_port}",
             data_dir=self.data_dir.path,
             incarnation=self.incarnation,
         )
+
+    async def _start_binary(self) -> None:
+        """Listen on the binary port; if only the default address was not free, go on
+        without it (HTTP serves every command too) and say so in the log and in
+        `/v1/cluster` (`binary_url` null)."""
+        if self.binary is None:
+            return
+        try:
+            await self.binary.start()
+        except OSError as exc:
+            if self.config.binary_required:
+                raise
+            log.warning(
+                "node.binary_unavailable",
+                addr=f"{self.binary.host}:{self.binary.port}",
+                error=str(exc),
+                detail="default binary port not free; serving HTTP only (--binary to choose)",
+            )
+            self.binary = None
+            self.config = replace(self.config, binary_host=None, binary_port=None)
+            self.service.config = self.config
+            return
 
     async def stop(self) -> None:
         """Graceful stop: no new requests, in-flight ones finish, leadership moves, LMDB closes."""
         log.info("node.stopping")
         self.service.closing = True
         self.service.wake_all()
+        stopping = []
+        if self.binary is not None:  # likewise: no new frames, in-flight ones finish
+            stopping.append(self.binary.close(self.config.shutdown_grace_s))
         if self._runner is not None:
-            await self._runner.cleanup()  # stops listening, waits for in-flight handlers
+            stopping.append(self._runner.cleanup())  # stops listening, waits for in-flight
+        await asyncio.gather(*stopping)
         await self.service.stop()
         await self.raft.stop(transfer=True)
         self.env.close()

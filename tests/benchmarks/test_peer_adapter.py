@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from benchmarks.peer_adapter import ClientAdapter
 from cluster.launcher import LocalCluster
 
 
-def test_the_adapter_sends_and_drains_through_the_client(cluster3: LocalCluster) -> None:
+@pytest.mark.parametrize("protocol", ["binary", "http"])
+def test_the_adapter_sends_and_drains_through_the_client(
+    cluster3: LocalCluster, protocol: str
+) -> None:
+    urls = cluster3.binary_urls if protocol == "binary" else cluster3.urls
+
     async def scenario() -> tuple[list[bytes], int, dict]:
-        adapter = ClientAdapter(servers=",".join(cluster3.urls), queue="pb-adapter")
+        adapter = ClientAdapter(servers=",".join(urls), queue=f"pb-adapter-{protocol}")
         await adapter.connect()
         try:
             await adapter.reset()
@@ -31,4 +38,8 @@ def test_the_adapter_sends_and_drains_through_the_client(cluster3: LocalCluster)
     seen, left, facts = asyncio.run(scenario())
     assert sorted(seen) == sorted([b"\x00first"] + [b"\xffrest"] * 300)
     assert left == 0
-    assert facts["client"].startswith("raftq AsyncClient")
+    assert facts["client"].startswith("raftq AsyncClient") and facts["protocol"] == protocol
+
+
+def test_the_adapter_speaks_binary_by_default() -> None:
+    assert ClientAdapter().describe()["protocol"] == "binary"

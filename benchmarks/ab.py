@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from benchmarks import queue_bench
 from benchmarks.queue_workloads import Result
 from cluster.launcher import LocalCluster
+from common.progress import Bar
 
 
 @dataclass
@@ -123,16 +124,22 @@ def main(argv: list[str] | None = None) -> int:
         try:
             a.cluster = start(a, bench_args.nodes, f"{tmp}/a")
             b.cluster = start(b, bench_args.nodes, f"{tmp}/b")
-            for rnd in range(bench_args.rounds):
-                for name in workloads:
-                    one = argparse.Namespace(**{**vars(bench_args), "workloads": [name]})
-                    one.rounds = 1
-                    got: dict[str, Result] = {}
-                    for side in (a, b) if rnd % 2 == 0 else (b, a):
-                        assert side.cluster is not None
-                        results = asyncio.run(queue_bench.run(one, side.cluster.urls, side.cluster))
-                        got[side.label] = results[0]
-                    rows.append((rnd + 1, name, got[a.label], got[b.label]))
+            rounds = bench_args.rounds
+            with Bar(rounds * len(workloads) * 2, bench_args.progress) as bar:
+                for rnd in range(rounds):
+                    for name in workloads:
+                        one = argparse.Namespace(**{**vars(bench_args), "workloads": [name]})
+                        one.rounds, one.progress = 1, False  # one bar: this one
+                        got: dict[str, Result] = {}
+                        for side in (a, b) if rnd % 2 == 0 else (b, a):
+                            assert side.cluster is not None
+                            bar.step(f"round {rnd + 1}/{rounds} {name} on {side.label}")
+                            results = asyncio.run(
+                                queue_bench.run(one, side.cluster.urls, side.cluster)
+                            )
+                            got[side.label] = results[0]
+                            bar.advance()
+                        rows.append((rnd + 1, name, got[a.label], got[b.label]))
         finally:
             for side in (a, b):
                 if side.cluster is not None:

@@ -5,8 +5,12 @@ loop, a codec, a flag) is judged only against its baseline in the same run. Both
 clusters run at once (the idle one costs little); each round runs every workload on A
 and then on B (B first in odd rounds), and the table gives B/A per round and its median.
 
-    python -m benchmarks.ab --a-label coalesce --b-label no-coalesce --b-arg=--no-coalesce \\
+    python -m benchmarks.ab --a-label fsync --b-label no-fsync --b-arg=--unsafe-no-fsync \\
         send1 send100 --rounds 3 --duration 5
+
+A lever with no node flag can be measured through a temporary environment variable that
+the node reads (`--a-env KEY=VALUE`, `--b-env ...`): that is how the experiment switches
+were settled (docs/DESIGN.md, "Settled switches").
 
 Options other than the ones below are `raftq bench`'s (concurrency, prefill, ...).
 """

@@ -19,10 +19,14 @@ in the driver task, on that Ready:
   5. applies its committed entries in ONE state machine transaction and posts "applied":
      the task resolves proposal futures and reads, calls `on_applied`, and advances the
      core's applied index.
-With `shared_txn` (raftq's nodes: the log and the state live in one LMDB env) 4 and 5 are
-ONE write transaction. Otherwise committed entries are handed out only once durable, so
-4 and 5 may run in either order; a leader applies first (answers leave one fsync sooner),
-a follower persists first (its acks, which the leader's commit waits for, leave sooner).
+With `shared_txn` (raftq's nodes and the demo node: the log and the state live in one LMDB
+env) 4 and 5 are ONE write transaction. Otherwise every node persists, then applies. A
+leader that applied first (committed entries are handed out only once durable, so either
+order is safe) answered one fsync sooner but delayed its own append, which the commit of
+the next entries waits for; measured with raftq's nodes run without `shared_txn`
+(2026-12-05, `benchmarks.ab`, three runs of 6 rounds), persist-first/apply-first came out
+at send1 medians 1.03, 0.80, 1.13 and send100 1.27, 1.03, 0.97 (0.97 and 1.04 over all 18
+rounds, rounds on both sides of 1): noise, so the simpler path stayed, one order for all.
 The completions reach the task through its inbox, first thing in the next turn, so only
 one Ready is ever on its way to the disk and every reply leaves after its own write.
 
@@ -148,7 +152,6 @@ class RaftNode:
         on_role_change: Callable[[Role, int, int], None] | None = None,
         advertise: dict[int, str] | None = None,
         slow_fsync_ms: float = 100.0,
-        leader_applies_first: bool = True,
         max_pending_proposals: int = 100_000,
         snapshot_dir: str | None = None,
         snapshot_entries: int = 0,
@@ -235,7 +238,6 @@ class RaftNode:
         self._core: RaftCore | None = None
         self._transport: PeerTransport | None = None
         self._worker: _StorageWorker | None = None
-        self.leader_applies_first = leader_applies_first
         self.max_pending_proposals = max_pending_proposals
         # Snapshots and compaction (off unless the state machine can snapshot and a
         # directory is given): compact once `snapshot_entries` applied entries sit in the
@@ -1191,7 +1193,6 @@ class _StorageWorker:
             on_applied=lambda jobs, applied, results: self._post(
                 (_APPLIED, jobs, applied, results)
             ),
-            apply_first=lambda: node.leader_applies_first and node._role == Role.LEADER,
         )
 
     def submit(self, job: StorageJob) -> None:

@@ -127,11 +127,9 @@ OnApplied = Callable[[list[StorageJob], list[Entry], list[Any]], None]
 class StorageStep:
     """Persists and applies one job, then reports, in the order the driver needs.
 
-    The Ready's hard state and entries are ONE save; its committed entries are ONE state
-    machine batch. Committed entries are handed out only once durable, so persist and apply
-    may run in either order: a leader applies first (answers leave one fsync sooner), a
-    follower persists first (its append replies, which the leader's commit waits for, leave
-    sooner).
+    The Ready's hard state and entries are ONE save, then its committed entries are ONE
+    state machine batch (the order measured no different from a leader applying first;
+    raft/driver.py has the figures).
 
     With `save_with_apply` (a state machine in the log's own store), it is ONE write that
     persists and applies: one commit instead of two.
@@ -147,7 +145,6 @@ class StorageStep:
         apply: Apply,
         on_persisted: OnPersisted,
         on_applied: OnApplied,
-        apply_first: Callable[[], bool],
         save_with_apply: SaveWithApply | None = None,
         install: Install | None = None,
     ) -> None:
@@ -155,7 +152,6 @@ class StorageStep:
         self._apply = apply
         self._on_persisted = on_persisted
         self._on_applied = on_applied
-        self._apply_first = apply_first
         self._save_with_apply = save_with_apply
         self._install = install
 
@@ -175,12 +171,8 @@ class StorageStep:
             self._on_persisted(jobs)
             self._on_applied(jobs, applying, results)
             return
-        apply_first = self._apply_first()
-        if apply_first:
-            self._on_applied(jobs, applying, self._apply(applying) if applying else [])
         self._install_snapshot(rd.snapshot)
         if hard_state is not None or entries:
             self._save(hard_state, entries)
         self._on_persisted(jobs)
-        if not apply_first:
-            self._on_applied(jobs, applying, self._apply(applying) if applying else [])
+        self._on_applied(jobs, applying, self._apply(applying) if applying else [])

@@ -921,13 +921,12 @@ class Simulation:
         """How the node's driver runs its storage step, as raft.driver does: inline, each
         write blocking the node's loop for `disk_ms` (much longer in a slow_disk fault, until
         the disk is back in a disk_stall), its completions taken right after it.
-        `shared_txn` applies in the log's own write; `apply_first` lets a leader apply first.
+        `shared_txn` applies in the log's own write.
         """
         r = self.rng
         return {
             "disk_ms": r.choice(((0, 2), (1, 5), (2, 20))),
             "shared_txn": r.random() < 0.5,
-            "apply_first": r.random() < 0.7,
             # Compaction: keep the log at most this many applied entries long (0: never),
             # keeping `trailing` of them; followers behind it get snapshots in chunks.
             "compact_every": r.choice((0, 8, 20, 60)),
@@ -1106,7 +1105,6 @@ class Simulation:
             save_with_apply=save_with_apply if d.get("shared_txn") else None,
             on_persisted=lambda segment: post(("persisted", segment)),
             on_applied=lambda jobs, entries, results: post(("applied", jobs, entries)),
-            apply_first=lambda: bool(d.get("apply_first")) and node.soft_state.role == Role.LEADER,
             install=install,
         )
 

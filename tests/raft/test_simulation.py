@@ -743,12 +743,16 @@ def test_the_membership_mix_loses_disks_and_churns_members() -> None:
     assert totals.get("conf_remove", 0) >= 5 and totals.get("conf_add", 0) >= 5
 
 
-def _first_failure(monkeypatch: pytest.MonkeyPatch, seeds: int) -> SimulationFailure | None:
+def _first_failure(
+    monkeypatch: pytest.MonkeyPatch, seeds: int, cause: type[BaseException] = BaseException
+) -> SimulationFailure | None:
+    """The first run of the membership mix that fails with `cause` (any failure by default)."""
     for seed in range(seeds):
         try:
             Simulation(SimParams(seed=seed, nodes=3, fault_mix="membership")).run()
         except SimulationFailure as exc:
-            return exc
+            if isinstance(exc.cause, cause):
+                return exc
     return None
 
 
@@ -756,11 +760,12 @@ def test_a_node_that_lost_its_disk_counted_as_the_old_member_is_caught(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Mutant: no incarnation checks (the wiped node's votes and acks count as the old
-    member's). It elects leaders without committed entries: the checker must say so."""
+    member's). It elects leaders without committed entries: the checker must say so (some
+    runs of it fail the liveness phase instead: seed 12 does, since the RNG draws moved)."""
     import raft.simulation as simulation
 
     monkeypatch.setattr(simulation, "drop_message", lambda *args: None)
-    exc = _first_failure(monkeypatch, 200)
+    exc = _first_failure(monkeypatch, 200, InvariantViolation)
     assert exc is not None, "no seed in 0..199 caught a cluster that trusts wiped nodes"
     assert isinstance(exc.cause, InvariantViolation)
     assert exc.cause.invariant in ("leader-completeness", "election-safety", "read-index")

@@ -1584,7 +1584,7 @@ class Simulation:
                     target.paused_until_ms, self.clock.now_ms + rng.randint(50, 1_500)
                 )
                 detail = f"n{target.id} until {target.paused_until_ms}ms"
-        elif name == "slow_disk":  # fsyncs take hundreds of ms: writes pile up behind
+        elif name == "slow_disk":  # fsyncs take hundreds of ms, and the loop waits on each
             target = rng.choice(up) if up else None
             if target is not None:
                 target.slow_disk_until_ms = self.clock.now_ms + rng.randint(100, 1_000)

@@ -5,8 +5,12 @@ loop, a codec, a flag) is judged only against its baseline in the same run. Both
 clusters run at once (the idle one costs little); each round runs every workload on A
 and then on B (B first in odd rounds), and the table gives B/A per round and its median.
 
-    python -m benchmarks.ab --a-label coalesce --b-label no-coalesce --b-arg=--no-coalesce \\
+    python -m benchmarks.ab --a-label fsync --b-label no-fsync --b-arg=--unsafe-no-fsync \\
         send1 send100 --rounds 3 --duration 5
+
+A lever with no node flag can be measured through a temporary environment variable that
+the node reads (`--a-env KEY=VALUE`, `--b-env ...`): that is how the experiment switches
+were settled (docs/DESIGN.md, "Settled switches").
 
 Options other than the ones below are `raftq bench`'s (concurrency, prefill, ...).
 """
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field
 from benchmarks import queue_bench
 from benchmarks.queue_workloads import Result
 from cluster.launcher import LocalCluster
+from common.progress import Bar
 
 
 @dataclass
@@ -123,16 +128,22 @@ def main(argv: list[str] | None = None) -> int:
         try:
             a.cluster = start(a, bench_args.nodes, f"{tmp}/a")
             b.cluster = start(b, bench_args.nodes, f"{tmp}/b")
-            for rnd in range(bench_args.rounds):
-                for name in workloads:
-                    one = argparse.Namespace(**{**vars(bench_args), "workloads": [name]})
-                    one.rounds = 1
-                    got: dict[str, Result] = {}
-                    for side in (a, b) if rnd % 2 == 0 else (b, a):
-                        assert side.cluster is not None
-                        results = asyncio.run(queue_bench.run(one, side.cluster.urls, side.cluster))
-                        got[side.label] = results[0]
-                    rows.append((rnd + 1, name, got[a.label], got[b.label]))
+            rounds = bench_args.rounds
+            with Bar(rounds * len(workloads) * 2, bench_args.progress) as bar:
+                for rnd in range(rounds):
+                    for name in workloads:
+                        one = argparse.Namespace(**{**vars(bench_args), "workloads": [name]})
+                        one.rounds, one.progress = 1, False  # one bar: this one
+                        got: dict[str, Result] = {}
+                        for side in (a, b) if rnd % 2 == 0 else (b, a):
+                            assert side.cluster is not None
+                            bar.step(f"round {rnd + 1}/{rounds} {name} on {side.label}")
+                            results = asyncio.run(
+                                queue_bench.run(one, side.cluster.urls, side.cluster)
+                            )
+                            got[side.label] = results[0]
+                            bar.advance()
+                        rows.append((rnd + 1, name, got[a.label], got[b.label]))
         finally:
             for side in (a, b):
                 if side.cluster is not None:

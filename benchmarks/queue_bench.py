@@ -60,6 +60,7 @@ from benchmarks.lean_http import LeanHttp
 from benchmarks.process_probe import CpuProbe, has_proc
 from benchmarks.queue_workloads import SNAP_BUSY, SNAP_IDLE, Bench, Result
 from cluster.launcher import LocalCluster
+from common.progress import Bar
 
 WORKLOADS = (
     "send1",
@@ -108,17 +109,20 @@ async def run(
     bench = Bench(leader_url, http, args.duration, probe, servers)
     try:
         results = []
-        for _round in range(args.rounds):
-            for name in args.workloads:
-                if name == "failover":
-                    assert cluster is not None  # main() refuses failover with --servers
-                    results.extend(await failover.measure(cluster, args.trials))
-                elif name == "snapshot":
-                    results.extend(
-                        await bench.snapshot(args.messages, cluster, args.batch_concurrency)
-                    )
-                else:
-                    results.append(await _run_one(bench, args, name, cluster))
+        with Bar(args.rounds * len(args.workloads), args.progress) as bar:
+            for rnd in range(args.rounds):
+                for name in args.workloads:
+                    bar.step(f"round {rnd + 1}/{args.rounds} {name}")
+                    if name == "failover":
+                        assert cluster is not None  # main() refuses failover with --servers
+                        results.extend(await failover.measure(cluster, args.trials))
+                    elif name == "snapshot":
+                        results.extend(
+                            await bench.snapshot(args.messages, cluster, args.batch_concurrency)
+                        )
+                    else:
+                        results.append(await _run_one(bench, args, name, cluster))
+                    bar.advance()
         return results
     finally:
         await http.close()
@@ -234,6 +238,12 @@ def parser() -> argparse.ArgumentParser:
         help="say how to run these workloads beside NATS JetStream and RabbitMQ, and exit",
     )
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar on stderr (default: when stderr is a terminal)",
+    )
     return p
 
 

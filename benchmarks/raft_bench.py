@@ -73,7 +73,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         3,
         fsync=not args.no_fsync,
         log_level="warning",
-        extra_args=("--storage-thread",) if args.storage_thread else (),
     )
     clients: dict[int, ControlClient] = {}
     try:
@@ -89,7 +88,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         status = await lead.request("status")
         return {
             "fsync": not args.no_fsync,
-            "storage": "thread" if args.storage_thread else "inline",
             "proposal_bytes": args.size,
             "proposers": args.proposers,
             "throughput_proposals_per_s": round(n / elapsed, 1),
@@ -124,9 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="throughput phase, s")
     parser.add_argument("--latency-duration", type=float, default=5.0, help="latency phase, s")
     parser.add_argument("--no-fsync", action="store_true", help="comparison only")
-    parser.add_argument(
-        "--storage-thread", action="store_true", help="comparison only: persist on a thread"
-    )
     parser.add_argument("--dir", default=None, help="where the node data dirs go")
     parser.add_argument("--keep", action="store_true", help="keep the data dirs")
     args = parser.parse_args(argv)

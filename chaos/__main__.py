@@ -25,6 +25,7 @@ from chaos.proxy import ProxyError, is_loopback, parse_address
 from chaos.proxy_api import serve
 from chaos.proxy_url import add_toxiproxy_url_argument
 from common.logging_setup import configure_logging
+from common.progress import Bar
 
 log = structlog.get_logger("chaos")
 
@@ -160,8 +161,6 @@ def preflight() -> bool:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from chaos.scenario_run import run_scenario  # imports aiohttp and the cluster launcher
-
     if args.list:
         print(list_text())
         return 0
@@ -176,14 +175,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not preflight():
         return 2
     seed = args.seed if args.seed is not None else random.randrange(1, 1 << 31)
-    rows = []
-    failed = False
     for name in names:
         try:
             scenarios.get(name)
         except KeyError:
             print(f"error: unknown scenario {name!r}; see --list", file=sys.stderr)
             return 2
+    with Bar(len(names), args.progress) as bar:
+        rows, failed = _run_scenarios(args, names, seed, bar)
+    print(render_table(rows))
+    return 1 if failed else 0
+
+
+def _run_scenarios(
+    args: argparse.Namespace, names: list[str], seed: int, bar: Bar
+) -> tuple[list[tuple[str, ...]], bool]:
+    from chaos.scenario_run import run_scenario  # imports aiohttp and the cluster launcher
+
+    rows: list[tuple[str, ...]] = []
+    failed = False
+    for name in names:
+        bar.step(f"{name} (seed {seed}, {args.duration:g} s faulty)")
         try:
             summary = asyncio.run(
                 run_scenario(
@@ -212,12 +224,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
                     "-",
                 )
             )
+            bar.advance()
             continue
         rows.append(table_row(summary))
         failed = failed or not summary["result"]["valid"]
         print(f"results: {summary['results_dir']}", file=sys.stderr)
-    print(render_table(rows))
-    return 1 if failed else 0
+        bar.advance()
+    return rows, failed
 
 
 def _add_run_command(subparsers: argparse._SubParsersAction) -> None:
@@ -230,6 +243,12 @@ def _add_run_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--list", action="store_true", help="list the scenarios")
     parser.add_argument("--out", default="chaos-results", help="results root directory")
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar on stderr (default: when stderr is a terminal)",
+    )
     add_toxiproxy_url_argument(parser)
     parser.set_defaults(handler=_cmd_run)
 

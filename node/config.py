@@ -62,8 +62,6 @@ class NodeConfig:
     log_format: str = "json"  # json | console
     log_level: str = "info"
     fsync: bool = True
-    coalesce_writes: bool = True  # concurrent batchable writes share one Raft entry
-    storage_thread: bool = False  # persist + apply on a thread instead of in the Raft task
     tick_ms: int = 50
     election_ticks: int = 10
     heartbeat_ticks: int = 1
@@ -201,8 +199,6 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         "log_format": str,
         "log_level": str,
         "fsync": bool,
-        "coalesce_writes": bool,
-        "storage_thread": bool,
         "tick_ms": int,
         "election_ticks": int,
         "heartbeat_ticks": int,
@@ -261,20 +257,6 @@ def argument_parser() -> argparse.ArgumentParser:
         action="store_false",
         default=None,
         help="benchmarks only: skip fsync, so an acknowledged write can be lost on power failure",
-    )
-    p.add_argument(
-        "--no-coalesce",
-        dest="coalesce_writes",
-        action="store_false",
-        default=None,
-        help="propose every write as its own Raft entry (for comparison)",
-    )
-    p.add_argument(
-        "--storage-thread",
-        dest="storage_thread",
-        action="store_true",
-        default=None,
-        help="persist and apply on a storage thread, not inline (for comparison)",
     )
     p.add_argument("--tick-ms", dest="tick_ms", type=int)
     p.add_argument("--election-ticks", dest="election_ticks", type=int)

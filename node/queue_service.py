@@ -134,7 +134,6 @@ class QueueService:
         self.quota = quota  # None: no disk quota (tests that build a QueueService by hand)
         self._quota_task: asyncio.Task[None] | None = None
         self.closing = False  # set on graceful shutdown: long-polls answer at once
-        self.coalesce = config.coalesce_writes
         self.max_entry_bytes = config.limits.max_entry_bytes
         # A shared entry stays small (every replica decodes it in one go) and, with the
         # batch envelope, never exceeds max_entry_bytes.
@@ -234,7 +233,7 @@ class QueueService:
         encoded or joins a batch, so nothing is proposed for it.
         """
         self.check_quota(op, fields)
-        batchable = self.coalesce and op in BATCHABLE_OPS and not fields.get("producer")
+        batchable = op in BATCHABLE_OPS and not fields.get("producer")
         encoded = encode_op(op, **fields) if batchable else None
         if encoded is not None and len(encoded) <= self.max_coalesced_bytes:
             self._note_written(len(encoded))

@@ -86,7 +86,6 @@ class NodeServer:
             heartbeat_ticks=config.heartbeat_ticks,
             listen=(config.raft_host, config.raft_port),
             on_role_change=self._on_role_change,
-            storage_thread=config.storage_thread,
             snapshot_dir=os.path.join(config.data_dir, "snapshots"),
             snapshot_entries=config.snapshot_entries,
             snapshot_trailing=config.snapshot_trailing,

@@ -11,32 +11,37 @@ One turn of the driver task:
   2. take one Ready; send `messages` and flush them to the sockets at once (the leader
      replicates while it fsyncs);
   3. hand the Ready to the storage step.
-The storage step (one writer per node; no transaction ever spans an `await`) takes the
-Ready (or, on a storage thread, every Ready queued since its last turn) and
-  4. persists their hard state + entries in ONE transaction (group commit; a Ready that
-     overwrites an earlier queued one's entries starts a new transaction), then posts
-     "persisted": the task sends `messages_after_persist` (votes and append replies assert
-     durable state) and advances the core's stable index;
-  5. applies their committed entries in ONE state machine transaction and posts
-     "applied": the task resolves proposal futures and reads, calls `on_applied`, and
-     advances the core's applied index.
-Committed entries are handed out only once durable, so 4 and 5 may run in either order; a
-leader applies first (answers leave one fsync sooner), a follower persists first (its
-acks, which the leader's commit waits for, leave sooner).
+The storage step (one writer per node; no transaction ever spans an `await`) runs inline,
+in the driver task, on that Ready:
+  4. persists its hard state + entries in ONE transaction, then posts "persisted": the
+     task sends `messages_after_persist` (votes and append replies assert durable state)
+     and advances the core's stable index;
+  5. applies its committed entries in ONE state machine transaction and posts "applied":
+     the task resolves proposal futures and reads, calls `on_applied`, and advances the
+     core's applied index.
+With `shared_txn` (raftq's nodes and the demo node: the log and the state live in one LMDB
+env) 4 and 5 are ONE write transaction. Otherwise every node persists, then applies. A
+leader that applied first (committed entries are handed out only once durable, so either
+order is safe) answered one fsync sooner but delayed its own append, which the commit of
+the next entries waits for; measured with raftq's nodes run without `shared_txn`
+(2026-12-05, `benchmarks.ab`, three runs of 6 rounds), persist-first/apply-first came out
+at send1 medians 1.03, 0.80, 1.13 and send100 1.27, 1.03, 0.97 (0.97 and 1.04 over all 18
+rounds, rounds on both sides of 1): noise, so the simpler path stayed, one order for all.
+The completions reach the task through its inbox, first thing in the next turn, so only
+one Ready is ever on its way to the disk and every reply leaves after its own write.
 
-Where the storage step runs: by default inline, in the driver task itself, which blocks the
-event loop for one LMDB commit. That was measured faster on 2 cores than a storage thread
-(`storage_thread=True`, up to `max_inflight_readies` queued): the apply is Python and
-holds the GIL anyway, so the thread bought little overlap and cost two GIL hand-offs and
-two loop wake-ups per Ready (`python -m benchmarks.raft_bench`, two alternating pairs of runs:
-21.1k/22.4k -> 24.1k/25.0k proposals/s, single proposer p50 2.61/2.74 -> 2.17/2.37 ms).
-While the loop is blocked, peer messages and requests pile up and the next turn batches
-them, as they did behind the thread's fsync.
-
-Pipelining (the task steps new input while earlier Readies are still on their way to the
-disk) is the etcd "async storage writes" shape: a reply leaves only after its own Ready is
-durable, possibly after the node has moved on, and it still speaks for the term it was
-made in (a peer in a newer term ignores it).
+Why inline: it blocks the event loop for one LMDB commit, and while it does, peer messages
+and requests pile up and the next turn batches them into one Ready. A storage thread
+(removed) was measured against it twice: `python -m benchmarks.raft_bench` (two alternating
+pairs of runs: inline 24.1k/25.0k proposals/s against 21.1k/22.4k, single proposer p50
+2.17/2.37 ms against 2.61/2.74), and on 2026-12-05 with `python -m benchmarks.ab` (two
+3-node raftq clusters on 2 shared cores, `--storage-thread` as B, 5 s per workload, 11
+rounds in two runs): send1 (64 in flight) thread/inline 0.58, 0.79, 1.06, 0.88, 1.20 and
+0.68, 1.04, 0.81, 0.69, 1.09, 0.97, median 0.88, the leader's CPU per request higher with
+the thread in 10 of 11 rounds; send100 1.32, 1.08, 1.13, 1.00, 1.04 and 1.05, 0.69, 1.10,
+1.15, 0.80, 1.09, median 1.08, rounds on both sides of 1. The apply is Python and holds
+the GIL, so a thread overlaps little and costs GIL hand-offs and loop wake-ups per Ready:
+one path, inline.
 
 Safety: a proposal future resolves only after its entry was applied here, which the core
 allows only once a majority has it durably and it is durable here too. Futures are keyed by
@@ -54,9 +59,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import queue
 import random
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -149,9 +152,6 @@ class RaftNode:
         on_role_change: Callable[[Role, int, int], None] | None = None,
         advertise: dict[int, str] | None = None,
         slow_fsync_ms: float = 100.0,
-        max_inflight_readies: int = 4,
-        leader_applies_first: bool = True,
-        storage_thread: bool = False,
         max_pending_proposals: int = 100_000,
         snapshot_dir: str | None = None,
         snapshot_entries: int = 0,
@@ -238,9 +238,6 @@ class RaftNode:
         self._core: RaftCore | None = None
         self._transport: PeerTransport | None = None
         self._worker: _StorageWorker | None = None
-        self.max_inflight_readies = max_inflight_readies
-        self.leader_applies_first = leader_applies_first
-        self.storage_thread = storage_thread
         self.max_pending_proposals = max_pending_proposals
         # Snapshots and compaction (off unless the state machine can snapshot and a
         # directory is given): compact once `snapshot_entries` applied entries sit in the
@@ -297,7 +294,7 @@ class RaftNode:
         self._applied = self._sm.applied_index()
         cfg = Config(applied=self._applied, **self._cfg_options)
         self._core = RaftCore(cfg, self._storage, self._rng)
-        self._handler = ReadyHandler(self._core, self._applied, self.max_inflight_readies)
+        self._handler = ReadyHandler(self._core, self._applied)
         st = self._core.status()
         self._term = st.term
         if self._applied:
@@ -335,7 +332,7 @@ class RaftNode:
                 lambda peer, failed: self._push((_SNAP_REPORT, peer, failed)),
                 **self._snapshot_options,
             )
-        self._worker = _StorageWorker(self, loop, inline=not self.storage_thread)
+        self._worker = _StorageWorker(self)
         self._run_task = loop.create_task(self._run(), name=f"raft-driver-{self.node_id}")
         self._tick_task = loop.create_task(self._ticker(), name=f"raft-ticker-{self.node_id}")
 
@@ -366,10 +363,6 @@ class RaftNode:
         self._fail_all(NodeStopped("node stopped before the outcome was known"))
         if self._snapshots is not None:
             self._snapshots.close()
-        if self._worker is not None:
-            # Wait for an in-flight persist/apply: its transaction must finish or abort cleanly.
-            self._worker.close()
-            await asyncio.get_running_loop().run_in_executor(None, self._worker.join, 30.0)
         self._log.info("raft.node_stopped", term=self._term, applied=self._applied)
 
     async def wait_closed(self) -> BaseException | None:
@@ -662,7 +655,7 @@ class RaftNode:
                 except (RaftError, ValueError) as exc:
                     self._log.warning("raft.transfer_refused", to=item[1], error=str(exc))
             elif kind == _STORAGE_FAILED:
-                raise StorageError(f"storage thread failed: {item[1]!r}") from item[1]
+                raise StorageError(f"storage step failed: {item[1]!r}") from item[1]
         if n_props:
             self.stats["proposals"] += n_props
         self._sync_conf(core)
@@ -888,8 +881,7 @@ class RaftNode:
                 self._send(transport, m)
         if rd.read_states:
             self._on_read_states(rd.read_states)
-        if worker.inline:
-            transport.flush()  # replicate while this node persists (the call blocks)
+        transport.flush()  # replicate while this node persists (the call blocks)
         worker.submit(job)
 
     def _request_snapshot(self, m: Message) -> None:
@@ -951,7 +943,7 @@ class RaftNode:
         else:
             transport.send(m)
 
-    # ------------------------------------------------------------ storage thread
+    # ------------------------------------------------------------ storage step
 
     def _persist(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
         started = time.perf_counter()
@@ -1175,21 +1167,16 @@ def _chain(done: asyncio.Future[Any], fut: asyncio.Future[Any], value: Any) -> N
 
 
 class _StorageWorker:
-    """Runs the storage step inline (in the driver task) or on its own thread.
+    """Runs the storage step inline, in the driver task (the module docstring says why).
 
-    The step itself (group commit, persist/apply order, what is reported when) is
+    The step itself (persist/apply order, what is reported when) is
     `raft.ready_handler.StorageStep`, which the simulation runs too; this class owns the
-    thread, the real primitives (LMDB saves, the state machine, failpoints, timing) and
-    the hand-off of completions to the driver task, in order.
+    real primitives (LMDB saves, the state machine, failpoints, timing) and posts the
+    completions to the driver's inbox, in order, for its next turn.
     """
 
-    def __init__(
-        self, node: RaftNode, loop: asyncio.AbstractEventLoop, *, inline: bool = False
-    ) -> None:
+    def __init__(self, node: RaftNode) -> None:
         self._node = node
-        self._loop = loop
-        self._queue: queue.SimpleQueue[StorageJob | None] = queue.SimpleQueue()
-        self.inline = inline
         self._failed = False
         sm = node._sm
         shared_txn = node.shared_txn
@@ -1206,73 +1193,27 @@ class _StorageWorker:
             on_applied=lambda jobs, applied, results: self._post(
                 (_APPLIED, jobs, applied, results)
             ),
-            apply_first=lambda: node.leader_applies_first and node._role == Role.LEADER,
         )
-        self._thread: threading.Thread | None = None
-        if not inline:
-            self._thread = threading.Thread(
-                target=self._main, name=f"raft-storage-{node.node_id}", daemon=True
-            )
-            self._thread.start()
 
     def submit(self, job: StorageJob) -> None:
-        if not self.inline:
-            self._queue.put(job)
-        elif not self._failed:
-            self._process([job])
-
-    def close(self) -> None:
-        self._queue.put(None)
-
-    def join(self, timeout_s: float) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout_s)
+        if not self._failed:
+            self._process(job)
 
     def _post(self, item: tuple[Any, ...]) -> None:
-        if self.inline:  # we are the driver task: its next turn picks this up
-            self._node._push(item)
-            return
-        with contextlib.suppress(RuntimeError):  # the loop is gone: the node is stopping
-            self._loop.call_soon_threadsafe(self._node._push, item)
-
-    def _take_jobs(self) -> tuple[list[StorageJob], bool]:
-        """Block for the first job, then take all queued ones; (jobs, stop requested)."""
-        q = self._queue
-        first = q.get()
-        if first is None:
-            return [], True
-        jobs = [first]
-        while True:
-            try:
-                nxt = q.get_nowait()
-            except queue.Empty:
-                return jobs, False
-            if nxt is None:
-                return jobs, True
-            jobs.append(nxt)
-
-    def _main(self) -> None:
-        while True:
-            jobs, stop = self._take_jobs()
-            if stop:
-                return  # queued Readies are dropped unpersisted: none of them was acked
-            self._process(jobs)
-            if self._failed:
-                return
+        self._node._push(item)  # we are the driver task: its next turn picks this up
 
     def compact_to(self, first_index: int) -> None:
         """Ask for the log to be compacted so that it starts at `first_index` (or later)."""
         self._compact_request = max(self._compact_request, first_index)
 
-    def _process(self, jobs: list[StorageJob]) -> None:
-        """Persist and apply `jobs`; on failure set `_failed` and tell the driver."""
+    def _process(self, job: StorageJob) -> None:
+        """Persist and apply `job`; on failure set `_failed` and tell the driver."""
         try:
-            self.step.run(jobs)
-            for job in jobs:
-                if job.applying:
-                    self._applied_through = max(self._applied_through, job.applying[-1].index)
-                if job.rd.snapshot is not None:
-                    self._applied_through = max(self._applied_through, job.rd.snapshot.index)
+            self.step.run(job)
+            if job.applying:
+                self._applied_through = max(self._applied_through, job.applying[-1].index)
+            if job.rd.snapshot is not None:
+                self._applied_through = max(self._applied_through, job.rd.snapshot.index)
             self._compact_some()
         except BaseException as exc:
             self._failed = True

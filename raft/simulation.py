@@ -30,13 +30,12 @@ Trace lines read `<virtual ms> <who> <what>`; `deliver` lines show each message 
 reaches its destination (`APP 1->2 t3 i5/lt2 +2[6..7] c4` = term 3, prev index 5 with
 term 2, entries 6..7, commit 4).
 
-Each node runs the driver's own Ready policy (`raft.ready_handler`): inline, or with a
-storage thread whose writes take virtual time and whose completions reach the node's loop
-later, interleaved with peer messages (the etcd async-storage-writes shape), under disk
-stalls and slow disks. `--storage thread|inline` forces one mode.
+Each node runs the driver's own Ready policy (`raft.ready_handler`) the way the driver
+runs it: the storage step inline, so a write takes virtual time during which the node's
+loop is blocked (no ticks; messages wait in its socket buffer), and a crash before the
+write's end loses it, under disk stalls and slow disks.
 
-Seed sets: the CI set runs 500 seeds on 3 and on 5 nodes with the mode drawn per seed, and
-500 more on each with the storage thread (tests/raft/test_simulation.py);
+Seed sets: the CI set runs 1,000 seeds on 3 and on 5 nodes (tests/raft/test_simulation.py);
 a deep run is `RAFTQ_SIM_SEEDS=2000 .venv/bin/python -m pytest tests/raft/test_simulation.py
 -k deep` (longer fault phase, `RAFTQ_SIM_SEED_BASE` picks where the seeds start).
 
@@ -58,7 +57,7 @@ import heapq
 import random
 import sys
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -134,8 +133,7 @@ class EventKind(Enum):
     RESTART = "restart"
     HEAL = "heal"  # a scheduled end of a partition
     CRASH = "crash"  # a scheduled crash of one node (incarnation)
-    STORAGE = "storage"  # a node's storage thread finishes the writes queued so far
-    NOTICE = "notice"  # a node's loop picks up the storage thread's completions
+    STORAGE = "storage"  # a node's inline write ends; its loop, blocked meanwhile, goes on
 
 
 class EventQueue:
@@ -665,12 +663,10 @@ class SimNode:
     pending: dict[int, tuple[int, bytes]] = field(default_factory=dict)  # index -> (term, data)
     paused_until_ms: int = 0  # a stopped process (GC pause, SIGSTOP): no ticks, no input
     incarnation: int = 0  # bumped on every restart: events of an older one are void
-    jobs: list[StorageJob] = field(default_factory=list)  # queued for the storage thread
-    writing: Iterator[None] | None = None  # the group the storage thread is writing
-    storage_scheduled: bool = False
+    job: StorageJob | None = None  # the Ready being written (the loop waits for it)
     notices: deque[tuple[Any, ...]] = field(default_factory=deque)  # posted completions
     slow_disk_until_ms: int = 0  # a slow fsync period: writes take much longer
-    disk_stalled_until_ms: int = 0  # the disk hangs: writes wait, the loop goes on
+    disk_stalled_until_ms: int = 0  # the disk hangs: a write, and the loop, wait
     sm: SimStateMachine = field(default_factory=SimStateMachine)  # durable
     receiver: SnapshotReceiver | None = None
     incoming: bytearray = field(default_factory=bytearray)  # a snapshot being received
@@ -713,7 +709,6 @@ class SimParams:
     final_proposals: int = 3
     trace_len: int = 40  # recent events kept for failure messages
     verbose: bool = False  # keep the full trace (replay)
-    storage: str = ""  # "" = drawn per seed; "thread" or "inline" forces the driver's mode
     fault_mix: str = ""  # "" = every fault; "membership" = mostly disks lost and churn
 
     def replay_command(self) -> str:
@@ -723,9 +718,6 @@ class SimParams:
         if self.fault_ms != default.fault_ms:
             extra += f" --fault-ms {self.fault_ms}"
             env_extra += f" RAFTQ_SIM_FAULT_MS={self.fault_ms}"
-        if self.storage:
-            extra += f" --storage {self.storage}"
-            env_extra += f" RAFTQ_SIM_STORAGE={self.storage}"
         if self.fault_mix:
             extra += f" --fault-mix {self.fault_mix}"
             env_extra += f" RAFTQ_SIM_FAULT_MIX={self.fault_mix}"
@@ -926,26 +918,15 @@ class Simulation:
         }
 
     def _draw_driver_options(self) -> dict[str, Any]:
-        """How the node's driver runs its storage step, as raft.driver can:
-
-        - inline: persist and apply in the driver task, before it takes new input;
-        - thread: on a storage thread, up to `max_inflight_readies` Readies queued, each
-          write taking `disk_ms` (much longer in a slow_disk fault); completions reach the
-          loop `notice_ms` later, interleaved with peer messages: where the etcd
-          async-storage races live.
-        `shared_txn` applies in the log's own write; `apply_first` lets a leader apply first.
+        """How the node's driver runs its storage step, as raft.driver does: inline, each
+        write blocking the node's loop for `disk_ms` (much longer in a slow_disk fault, until
+        the disk is back in a disk_stall), its completions taken right after it.
+        `shared_txn` applies in the log's own write.
         """
         r = self.rng
-        thread = r.random() < 0.6
-        if self.params.storage:
-            thread = self.params.storage == "thread"
         return {
-            "storage": "thread" if thread else "inline",
-            "max_inflight_readies": r.choice((2, 4, 8, 32)) if thread else 1,
             "disk_ms": r.choice(((0, 2), (1, 5), (2, 20))),
-            "notice_ms": r.choice(((0, 0), (0, 3), (1, 10), (0, 30), (5, 40))),
             "shared_txn": r.random() < 0.5,
-            "apply_first": r.random() < 0.7,
             # Compaction: keep the log at most this many applied entries long (0: never),
             # keeping `trailing` of them; followers behind it get snapshots in chunks.
             "compact_every": r.choice((0, 8, 20, 60)),
@@ -970,14 +951,11 @@ class Simulation:
         node.crash_point = None
         node.crash_job = None
         node.incarnation += 1
-        node.jobs = []
-        node.writing = None
-        node.storage_scheduled = False
+        node.job = None
         node.notices.clear()
-        d = self.driver_options
         # The state machine's durable applied index, whatever the core was told: the
         # handler skips what is applied already, as the driver does.
-        node.handler = ReadyHandler(node.core, applied, d.get("max_inflight_readies", 1))
+        node.handler = ReadyHandler(node.core, applied)
         node.step = self._storage_step(node)
         node.receiver = self._snapshot_receiver(node)
         node.incoming = bytearray()
@@ -1056,17 +1034,12 @@ class Simulation:
         must_persist = rd.hard_state is not None or bool(rd.entries)
         if node.crash_point is not None and must_persist and self._triggered(node, rd):
             node.crash_job = job
-        if self.driver_options.get("storage", "inline") == "inline":
-            self._run_storage(node, [job])  # blocks the loop: completions come first
-            return
-        node.jobs.append(job)
-        if not node.storage_scheduled:
-            node.storage_scheduled = True
-            self.queue.schedule(
-                self.clock.now_ms + self._disk_ms(node),
-                EventKind.STORAGE,
-                (node.id, node.incarnation),
-            )
+        # 2. the write, inline: the loop is blocked until it ends (a STORAGE event)
+        assert node.job is None, "one Ready at a time"
+        node.job = job
+        done_ms = self.clock.now_ms + self._disk_ms(node)
+        node.paused_until_ms = max(node.paused_until_ms, done_ms)
+        self.queue.schedule(done_ms, EventKind.STORAGE, (node.id, node.incarnation))
 
     def _disk_ms(self, node: SimNode) -> int:
         lo, hi = self.driver_options.get("disk_ms", (0, 0))
@@ -1077,7 +1050,6 @@ class Simulation:
     def _storage_step(self, node: SimNode) -> StorageStep:
         """The driver's storage step over this node's MemoryStorage and the checker."""
         d = self.driver_options
-        thread = d.get("storage", "inline") == "thread"
 
         def save(hard_state: HardState | None, entries: list[Entry]) -> None:
             node.storage.save(hard_state, entries)
@@ -1126,13 +1098,6 @@ class Simulation:
             ):
                 raise _CrashNow
             node.notices.append(item)
-            if thread:
-                lo, hi = d.get("notice_ms", (0, 0))
-                self.queue.schedule(
-                    self.clock.now_ms + self.rng.randint(lo, hi),
-                    EventKind.NOTICE,
-                    (node.id, node.incarnation),
-                )
 
         return StorageStep(
             save=save,
@@ -1140,7 +1105,6 @@ class Simulation:
             save_with_apply=save_with_apply if d.get("shared_txn") else None,
             on_persisted=lambda segment: post(("persisted", segment)),
             on_applied=lambda jobs, entries, results: post(("applied", jobs, entries)),
-            apply_first=lambda: bool(d.get("apply_first")) and node.soft_state.role == Role.LEADER,
             install=install,
         )
 
@@ -1229,50 +1193,20 @@ class Simulation:
         for peer, sender in list(node.senders.items()):
             self._snapshot_sender_event(node, peer, sender.tick(now_s))
 
-    def _run_storage(self, node: SimNode, jobs: list[StorageJob]) -> None:
-        """The inline driver: the whole storage step on `jobs`, before any new input."""
-        if self._start_writes(node, jobs):
-            while self._write_next(node):
-                pass
-
-    def _storage_write(self, node: SimNode) -> None:
-        """The storage thread's next durable write: it takes every queued job as one group
-        (as raft.driver's thread does) and writes the group's segments one at a time."""
-        if node.writing is None:
-            if not node.jobs:
-                return
-            jobs, node.jobs = node.jobs, []
-            if not self._start_writes(node, jobs):
-                return
-        self._write_next(node)
-
-    def _start_writes(self, node: SimNode, jobs: list[StorageJob]) -> bool:
-        """Hand `jobs` to the storage step; False if an armed crash before persist fired."""
-        assert node.step is not None
-        crash_job = node.crash_job
-        if (
-            crash_job is not None
-            and crash_job in jobs
-            and node.crash_point is CrashPoint.BEFORE_PERSIST
-        ):
+    def _write(self, node: SimNode) -> None:
+        """The node's pending write ends: the storage step on its job (persist and apply,
+        completions posted), unless an armed crash fires before or after the persist."""
+        job, node.job = node.job, None
+        assert node.step is not None and job is not None
+        if node.crash_job is job and node.crash_point is CrashPoint.BEFORE_PERSIST:
             self._crash(node, "crash before persist", CrashPoint.BEFORE_PERSIST.value, True)
-            return False
-        node.writing = node.step.writes(jobs)
-        return True
-
-    def _write_next(self, node: SimNode) -> bool:
-        """One durable write of the group in progress; False once the group is done."""
-        assert node.writing is not None
+            return
         try:
-            next(node.writing)
-            return True
-        except StopIteration:
-            node.writing = None
+            node.step.run(job)
         except _CrashNow:
             self._crash(
                 node, "crash after persist, before sending", CrashPoint.AFTER_PERSIST.value, True
             )
-        return False
 
     def _take_notices(self, node: SimNode) -> None:
         """The driver task handles the storage step's completions, in order."""
@@ -1338,8 +1272,7 @@ class Simulation:
         node.step = None
         node.crash_point = None
         node.crash_job = None
-        node.jobs = []  # queued writes never reached the disk
-        node.writing = None
+        node.job = None  # a write in progress never reached the disk
         node.notices.clear()
         node.pending.clear()
         node.senders = {}
@@ -1499,28 +1432,15 @@ class Simulation:
             node = self.nodes[node_id]
             if not node.up or node.incarnation != incarnation:
                 return  # the process that queued these writes is gone
-            # A stopped process stops its storage thread too; a hung disk stops only it.
+            # A hung disk holds the write, and with it the loop; so does a stopped process.
             resume_ms = max(node.paused_until_ms, node.disk_stalled_until_ms)
             if resume_ms > self.clock.now_ms:
+                node.paused_until_ms = resume_ms
                 self.queue.schedule(resume_ms, EventKind.STORAGE, payload)
                 return
-            self._storage_write(node)
+            self._write(node)
             if node.up and node.incarnation == incarnation:
-                if node.writing is not None or node.jobs:
-                    self.queue.schedule(
-                        self.clock.now_ms + self._disk_ms(node), EventKind.STORAGE, payload
-                    )
-                else:
-                    node.storage_scheduled = False
-        elif kind is EventKind.NOTICE:
-            node_id, incarnation = payload
-            node = self.nodes[node_id]
-            if not node.up or node.incarnation != incarnation:
-                return
-            if node.paused_until_ms > self.clock.now_ms:
-                self.queue.schedule(node.paused_until_ms, EventKind.NOTICE, payload)
-                return
-            self._drive(node)
+                self._drive(node)  # the completions, then the next Ready
         elif kind is EventKind.RESTART:
             node = self.nodes[payload]
             if not node.up:
@@ -1660,9 +1580,11 @@ class Simulation:
         elif name == "pause":
             target = leader if (leader and rng.random() < 0.5) else (rng.choice(up) if up else None)
             if target is not None:
-                target.paused_until_ms = self.clock.now_ms + rng.randint(50, 1_500)
+                target.paused_until_ms = max(
+                    target.paused_until_ms, self.clock.now_ms + rng.randint(50, 1_500)
+                )
                 detail = f"n{target.id} until {target.paused_until_ms}ms"
-        elif name == "slow_disk":  # fsyncs take hundreds of ms: writes pile up behind
+        elif name == "slow_disk":  # fsyncs take hundreds of ms, and the loop waits on each
             target = rng.choice(up) if up else None
             if target is not None:
                 target.slow_disk_until_ms = self.clock.now_ms + rng.randint(100, 1_000)
@@ -1675,16 +1597,16 @@ class Simulation:
                 buddy = rng.choice(others)
                 rest = [n for n in others if n != buddy]
                 self.net.partition([[leader.id, buddy], rest])
-                slow = self.nodes[buddy]  # its writes stay in flight across the heal
+                slow = self.nodes[buddy]  # its writes (and its loop) drag across the heal
                 slow.slow_disk_until_ms = self.clock.now_ms + rng.randint(300, 1_500)
                 # healed soon after the majority elects: the new leader's first APP then
-                # overwrites the follower's suffix while its writes are still in flight
+                # overwrites the follower's suffix, arriving while it is still writing it
                 heal_ms = self.clock.now_ms + rng.randint(150, 600)
                 self.queue.schedule(heal_ms, EventKind.HEAL)
                 detail = f"[{leader.id}, {buddy}] | {rest} until {heal_ms}ms"
         elif name == "lonely_append":  # the leader's newest entries reach one follower,
-            # whose disk hangs; then the leader crashes: the next leader's first APP
-            # overwrites that follower's suffix while the writes of it are still queued
+            # whose disk hangs; then the leader crashes: the next leader's first APP,
+            # waiting in that follower's socket buffer, overwrites a suffix it is still writing
             if leader is not None and len(ids) >= 3:
                 others = [n for n in ids if n != leader.id]
                 buddy = rng.choice(others)
@@ -1700,9 +1622,9 @@ class Simulation:
                     (leader.id, leader.incarnation),
                 )
                 detail = f"n{leader.id} -> only n{buddy}, then crash"
-        elif name == "disk_stall":  # the disk hangs while the node keeps taking messages,
-            # so Readies from several leaders queue up, then land in a burst of writes
-            # whose completions reach the loop late: pipelined-write races (etcd's ABA)
+        elif name == "disk_stall":  # the disk hangs, and the node's loop with it: messages
+            # from several leaders pile up in its socket buffer and land in a burst once
+            # the write ends, stepped between Readies
             followers = [n for n in up if not n.is_leader]
             target = rng.choice(followers or up) if up else None
             if target is not None:
@@ -2029,9 +1951,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--fault-ms", type=int, default=SimParams(seed=0).fault_ms)
     parser.add_argument(
-        "--storage", choices=["", "thread", "inline"], default="", help="force the driver mode"
-    )
-    parser.add_argument(
         "--fault-mix", choices=sorted(FAULT_MIXES), default="", help="which faults to draw"
     )
     parser.add_argument("--verbose", action="store_true", help="print the full event trace")
@@ -2048,7 +1967,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         nodes=args.nodes,
         fault_ms=args.fault_ms,
         verbose=args.verbose,
-        storage=args.storage,
         fault_mix=args.fault_mix,
     )
     sim = Simulation(params)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import sys
 
 import structlog
 
@@ -73,8 +72,6 @@ async def run_node(args: argparse.Namespace) -> int:
         tick_ms=args.tick_ms,
         election_ticks=args.election_ticks,
         listen=args.raft,
-        max_inflight_readies=args.max_inflight_readies,
-        storage_thread=args.storage_thread,
     )
     await node.start()
     control = ControlServer(node, sm, storage)
@@ -109,18 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--election-ticks", type=int, default=10)
     parser.add_argument("--no-fsync", action="store_true", help="benchmark comparison only")
     parser.add_argument("--log-level", default="info")
-    parser.add_argument("--max-inflight-readies", type=int, default=4)
-    parser.add_argument(
-        "--storage-thread", action="store_true", help="persist/apply on a thread, not inline"
-    )
-    parser.add_argument("--gil-switch-ms", type=float, default=0.5)
     args = parser.parse_args(argv)
     if args.control[0] not in ("127.0.0.1", "localhost", "::1"):
         parser.error("the control interface binds loopback only")
     configure_logging(args.log_level)
-    # The storage thread does Python work between fsyncs; with the default 5 ms GIL switch
-    # interval every socket call of the event loop could wait that long to get the GIL back.
-    sys.setswitchinterval(args.gil_switch_ms / 1000.0)
     return asyncio.run(run_node(args))
 
 

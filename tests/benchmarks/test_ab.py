@@ -10,11 +10,11 @@ from benchmarks import ab
 def test_two_configurations_take_turns_and_get_a_ratio_per_round(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    argv = ["--a-label", "plain", "--a-env", "RAFTQ_FAILPOINT=", "--b-label", "nocoal"]
-    argv += ["--b-arg=--no-coalesce"]
+    argv = ["--a-label", "plain", "--a-env", "RAFTQ_FAILPOINT=", "--b-label", "nofsync"]
+    argv += ["--b-arg=--unsafe-no-fsync"]
     assert ab.main([*argv, "send1", "--duration", "0.3", "--rounds", "2"]) == 0
     out = capsys.readouterr().out
-    assert "A = plain {'RAFTQ_FAILPOINT': ''}" in out and "B = nocoal  --no-coalesce" in out
+    assert "A = plain {'RAFTQ_FAILPOINT': ''}" in out and "B = nofsync  --unsafe-no-fsync" in out
     rows = [line.split() for line in out.splitlines() if line[:1].isdigit()]
     assert [r[:2] for r in rows] == [["1", "send1"], ["2", "send1"]]
     for row in rows:

@@ -40,6 +40,19 @@ def test_rounds_run_every_workload_in_turn_and_pair_the_dedup_cost(
     assert "best of 2 rounds:" in text and "dedup cost per round" in text
 
 
+def test_progress_bar_is_drawn_on_stderr_when_asked_and_json_stays_clean(
+    cluster3: LocalCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    servers = ",".join(cluster3.urls)
+    argv = ["send1", "--servers", servers, "--duration", "0.3", "--rounds", "2"]
+    assert queue_bench.main([*argv, "--progress", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert [r["workload"] for r in json.loads(out)["results"]] == ["send1"] * 2
+    assert "round 2/2 send1" in err and "2/2" in err
+    assert queue_bench.main([*argv, "--json"]) == 0  # stderr is no terminal here: no bar
+    assert "round 1/2" not in capsys.readouterr().err
+
+
 def test_a_run_that_drains_its_queue_says_so(
     cluster3: LocalCluster, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -506,7 +506,7 @@ def test_disk_full_cause_finds_it_behind_the_driver_failure():
         try:
             raise full
         except DiskFull as exc:
-            raise StorageError("storage thread failed") from exc
+            raise StorageError("storage step failed") from exc
     except StorageError as wrapped:
         assert disk_full_cause(wrapped) is full
     assert disk_full_cause(StorageError("other")) is None

@@ -1,7 +1,7 @@
 """The core's safety checks under the races and lost disks the audit found.
 
 Each test drives `RaftCore` over `MemoryStorage` by hand, with storage writes completed
-when the test says, the way the driver's storage thread completes them.
+when the test says: orders the core must survive whatever its driver does.
 """
 
 from __future__ import annotations

@@ -17,8 +17,7 @@ from raft.driver import NodeStopped, Overloaded, RaftNode
 from raft.errors import LeadershipLost, NotLeader, ProposalDropped, StorageError
 from raft.lmdb_env import LmdbEnv
 from raft.lmdb_storage import LmdbStorage
-from raft.messages import ConfState, Entry, HardState, MessageType, Ready, Role
-from raft.ready_handler import StorageJob, merge_entries, split_at_overwrites
+from raft.messages import ConfState, HardState, MessageType, Role
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,11 +33,8 @@ class Member:
         node_id: int,
         root: Path,
         peers: dict[int, tuple[str, int]],
-        *,
-        storage_thread: bool = False,
     ) -> None:
         self.node_id = node_id
-        self.storage_thread = storage_thread
         self.path = str(root / f"n{node_id}")
         self.peers = peers
         self.node: RaftNode | None = None
@@ -68,7 +64,6 @@ class Member:
             election_ticks=10,
             rng_seed=self.node_id,
             on_applied=on_applied,
-            storage_thread=self.storage_thread,
         )
         await self.node.start()
         return self.node
@@ -84,15 +79,12 @@ class Member:
             self.env = None
 
 
-@pytest.fixture(params=["inline", "thread"])
-async def cluster(
-    tmp_path: Path, request: pytest.FixtureRequest
-) -> AsyncIterator[dict[int, Member]]:
-    """Three members; every test runs with the storage step inline and on a thread."""
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[dict[int, Member]]:
+    """Three members on loopback."""
     ports = free_ports(3)
     peers = {i + 1: ("127.0.0.1", p) for i, p in enumerate(ports)}
-    thread = request.param == "thread"
-    members = {i: Member(i, tmp_path, peers, storage_thread=thread) for i in peers}
+    members = {i: Member(i, tmp_path, peers) for i in peers}
     try:
         for m in members.values():
             await m.start()
@@ -403,18 +395,6 @@ async def test_replies_leave_only_after_their_state_is_durable(
     assert checked["votes"] >= 1 and checked["acks"] >= 10
 
 
-def test_merge_entries_follows_storage_overwrite_rules() -> None:
-    a = [Entry(i, 1) for i in range(5, 9)]
-    assert [e.index for e in merge_entries([], a)] == [5, 6, 7, 8]
-    merged = merge_entries(list(a), [Entry(9, 1), Entry(10, 1)])
-    assert [e.index for e in merged] == [5, 6, 7, 8, 9, 10]
-    merged = merge_entries(list(a), [Entry(7, 2)])
-    assert [(e.index, e.term) for e in merged] == [(5, 1), (6, 1), (7, 2)]
-    assert merge_entries(list(a), [Entry(3, 2)]) == [Entry(3, 2)]
-    with pytest.raises(StorageError):
-        merge_entries(list(a), [Entry(11, 1)])
-
-
 class _FailingSaves:
     """Wraps a storage; every save fails once `broken` is set (a dead disk)."""
 
@@ -513,13 +493,3 @@ async def test_too_many_waiting_proposals_are_refused(cluster: dict[int, Member]
     await asyncio.wait_for(asyncio.gather(*futs), 5)
     assert await leader.propose(b"Safter\x00v", timeout_s=5) > 0
     assert cluster[leader.node_id].sm.get(b"over") is None  # type: ignore[union-attr]
-
-
-def test_group_commit_splits_where_a_ready_overwrites_another() -> None:
-    def job(*indexes_terms: tuple[int, int]) -> StorageJob:
-        return StorageJob(Ready(entries=tuple(Entry(i, t) for i, t in indexes_terms)), [], [])
-
-    a, b, c, d = job((5, 1), (6, 1)), job(), job((7, 1)), job((6, 2))
-    assert split_at_overwrites([a, b, c]) == [[a, b, c]]
-    assert split_at_overwrites([a, b, c, d]) == [[a, b, c], [d]]
-    assert split_at_overwrites([d, a]) == [[d], [a]]

@@ -415,7 +415,7 @@ def scripted_sim(readies: list[Ready]) -> tuple[Simulation, ScriptedCore, list[A
         SimParams(seed=1, nodes=3),
         core_factory=lambda *args: core,
         core_options={},
-        driver_options={"storage": "inline"},
+        driver_options={},
     )
     node = sim.nodes[1]
     sim._start_core(node)
@@ -442,9 +442,22 @@ LEADER_READY = Ready(
 )
 
 
+def drive(sim: Simulation, node: Any) -> None:
+    """A driver turn, then the end of the inline write it blocked on (its STORAGE event)."""
+    sim._drive(node)
+    if node.job is not None:
+        sim._write(node)
+        if node.up:
+            sim._drive(node)
+
+
 def test_driver_follows_the_ready_order() -> None:
     sim, core, calls = scripted_sim([LEADER_READY])
-    sim._drive(sim.nodes[1])
+    node = sim.nodes[1]
+    sim._drive(node)
+    assert calls == [("send", MessageType.APP)] and node.job is not None  # blocked, writing
+    sim._write(node)
+    sim._drive(node)
     assert [c[0] if c[0] == "save" else c[1] for c in calls] == [
         MessageType.APP,
         "save",
@@ -459,7 +472,7 @@ def test_crash_before_persist_loses_the_ready_but_not_what_was_sent() -> None:
     sim, core, calls = scripted_sim([LEADER_READY])
     node = sim.nodes[1]
     node.crash_point = CrashPoint.BEFORE_PERSIST
-    sim._drive(node)
+    drive(sim, node)
     assert calls == [("send", MessageType.APP)]
     assert not node.up and core.advanced == []
     assert node.storage.last_index() == 0 and node.storage.initial_state()[0] == HardState()
@@ -470,7 +483,7 @@ def test_crash_after_persist_keeps_the_write_but_never_sends_responses() -> None
     sim, core, calls = scripted_sim([LEADER_READY])
     node = sim.nodes[1]
     node.crash_point = CrashPoint.AFTER_PERSIST
-    sim._drive(node)
+    drive(sim, node)
     assert [c[0] for c in calls] == ["send", "save"]
     assert not node.up and core.advanced == []
     assert node.storage.last_index() == 1
@@ -480,7 +493,7 @@ def test_crash_after_persist_keeps_the_write_but_never_sends_responses() -> None
 def test_crashed_node_restarts_from_durable_storage_only() -> None:
     sim, _, _ = scripted_sim([LEADER_READY])
     node = sim.nodes[1]
-    sim._drive(node)
+    drive(sim, node)
     sim._crash(node, "test crash")
     assert not node.up
     built: list[tuple[Any, dict[str, Any]]] = []
@@ -516,7 +529,7 @@ def test_the_fault_mix_really_happens() -> None:
     faults: dict[str, int] = {}
     crashes: dict[str, int] = {}
     superseded = dropped = duplicated = reads = multi_term_runs = 0
-    for seed in range(12):
+    for seed in range(16):
         r = Simulation(SimParams(seed=seed, nodes=3 + 2 * (seed % 2))).run()
         for k, v in r.faults.items():
             faults[k] = faults.get(k, 0) + v
@@ -579,8 +592,8 @@ def test_simulation_runs_the_drivers_ready_policy_and_catches_it_broken(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The simulation drives nodes through raft.ready_handler, the driver's own code: a
-    handler that lets votes and append replies leave before their Ready is durable (with
-    pipelined writes on a storage thread) must be caught."""
+    handler that lets votes and append replies leave before their Ready is durable (they
+    leave while the write is still under way, and a crash can lose it) must be caught."""
     from raft import ready_handler
 
     real_issue = ready_handler.ReadyHandler.issue
@@ -594,7 +607,7 @@ def test_simulation_runs_the_drivers_ready_policy_and_catches_it_broken(
     monkeypatch.setattr(ready_handler.ReadyHandler, "issue", early_replies)
     for seed in range(100):
         try:
-            Simulation(SimParams(seed=seed, nodes=3, storage="thread")).run()
+            Simulation(SimParams(seed=seed, nodes=3)).run()
         except SimulationFailure as exc:
             assert isinstance(exc.cause, (InvariantViolation, RaftError)), exc.cause
             return
@@ -646,6 +659,7 @@ def test_liveness_failure_is_reported_with_its_seed() -> None:
     def mute(*args: Any) -> Any:
         core = default_core_factory(*args)
         core.tick = lambda: None
+        core.campaign = lambda: None  # nor does a campaign_storm fault elect anyone
         return core
 
     params = SimParams(seed=3, nodes=3, fault_ms=200, liveness_budget_ms=500)
@@ -694,19 +708,10 @@ def test_cli_exit_code_is_one_on_failure(
 # ====================================================================== the seed sets
 
 
-@pytest.mark.parametrize("seed", range(CI_SEEDS_PER_SIZE))
+@pytest.mark.parametrize("seed", range(2 * CI_SEEDS_PER_SIZE))
 @pytest.mark.parametrize("nodes", [3, 5])
 def test_seed(nodes: int, seed: int) -> None:
     result = Simulation(SimParams(seed=seed, nodes=nodes)).run()
-    assert result.proposals_committed >= result.params.final_proposals
-
-
-@pytest.mark.parametrize("seed", range(CI_SEEDS_PER_SIZE, 2 * CI_SEEDS_PER_SIZE))
-@pytest.mark.parametrize("nodes", [3, 5])
-def test_seed_with_a_storage_thread(nodes: int, seed: int) -> None:
-    """1,000 more runs, every node persisting asynchronously (pipelined Readies)."""
-    result = Simulation(SimParams(seed=seed, nodes=nodes, storage="thread")).run()
-    assert result.driver_options["storage"] == "thread"
     assert result.proposals_committed >= result.params.final_proposals
 
 
@@ -738,12 +743,16 @@ def test_the_membership_mix_loses_disks_and_churns_members() -> None:
     assert totals.get("conf_remove", 0) >= 5 and totals.get("conf_add", 0) >= 5
 
 
-def _first_failure(monkeypatch: pytest.MonkeyPatch, seeds: int) -> SimulationFailure | None:
+def _first_failure(
+    monkeypatch: pytest.MonkeyPatch, seeds: int, cause: type[BaseException] = BaseException
+) -> SimulationFailure | None:
+    """The first run of the membership mix that fails with `cause` (any failure by default)."""
     for seed in range(seeds):
         try:
             Simulation(SimParams(seed=seed, nodes=3, fault_mix="membership")).run()
         except SimulationFailure as exc:
-            return exc
+            if isinstance(exc.cause, cause):
+                return exc
     return None
 
 
@@ -751,11 +760,12 @@ def test_a_node_that_lost_its_disk_counted_as_the_old_member_is_caught(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Mutant: no incarnation checks (the wiped node's votes and acks count as the old
-    member's). It elects leaders without committed entries: the checker must say so."""
+    member's). It elects leaders without committed entries: the checker must say so (some
+    runs of it fail the liveness phase instead: seed 12 does, since the RNG draws moved)."""
     import raft.simulation as simulation
 
     monkeypatch.setattr(simulation, "drop_message", lambda *args: None)
-    exc = _first_failure(monkeypatch, 200)
+    exc = _first_failure(monkeypatch, 200, InvariantViolation)
     assert exc is not None, "no seed in 0..199 caught a cluster that trusts wiped nodes"
     assert isinstance(exc.cause, InvariantViolation)
     assert exc.cause.invariant in ("leader-completeness", "election-safety", "read-index")
@@ -811,7 +821,6 @@ def test_replay() -> None:
         nodes=int(os.environ.get("RAFTQ_SIM_NODES", "3")),
         fault_ms=int(os.environ.get("RAFTQ_SIM_FAULT_MS", str(SimParams(seed=0).fault_ms))),
         verbose=True,
-        storage=os.environ.get("RAFTQ_SIM_STORAGE", ""),
         fault_mix=os.environ.get("RAFTQ_SIM_FAULT_MIX", ""),
     )
     sim = Simulation(params)

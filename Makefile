@@ -41,14 +41,18 @@ bench: $(STAMP)
 	$(BIN)/raftq bench
 
 ## compare: raftq beside NATS JetStream and RabbitMQ, taking turns (../shared/bench/peers);
-## installs the peers once (root), runs raftq over HTTP and through its own client
+## installs the peers once (root), runs raftq over HTTP and through its own client (over
+## its binary protocol, and over HTTP to show what the protocol gains)
 PEERS_DIR ?= ../shared/bench/peers
+# the client's default protocol: the binary ports of `raftq up` (run-with-raftq passes
+# the HTTP ports to every variant; a variant's own --opt servers wins)
+RAFTQ_BINARY := raftq://127.0.0.1:7201,raftq://127.0.0.1:7202,raftq://127.0.0.1:7203
 compare: $(STAMP)
 	$(PEERS_DIR)/setup.sh
 	$(BIN)/python -m pip install -q nats-py==2.16.0 aio-pika==10.2.1 redis==8.1.0
 	PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH="$(CURDIR)" RAFTQ="$(CURDIR)/$(BIN)/raftq" \
 	PEERS="$${PEERS-nats215-always rabbit}" \
-	RAFTQ_VARIANTS=$$'raftq http, 1 msg/request|\nraftq http, batch 32|--opt batch=32\nraftq client|--peer-adapter benchmarks.peer_adapter:ClientAdapter' \
+	RAFTQ_VARIANTS=$$'raftq http, 1 msg/request|\nraftq http, batch 32|--opt batch=32\nraftq client|--peer-adapter benchmarks.peer_adapter:ClientAdapter --opt servers=$(RAFTQ_BINARY)\nraftq client over http|--peer-adapter benchmarks.peer_adapter:ClientAdapter' \
 	$(PEERS_DIR)/compare.sh
 
 clean:

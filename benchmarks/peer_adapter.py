@@ -11,7 +11,8 @@ raftq://127.0.0.1:7201-7203, the binary ports of `raftq up`, which the client sp
 default; http://127.0.0.1:7001-7003 measures the client over HTTP), queue (default pbc),
 vt (visibility timeout, s, default 30), concurrency (the consumer's handlers, default
 256); the producer's batching, for A/B runs only (defaults are the client's): send_batch
-(messages per request), sends_in_flight (requests per queue), linger_ms.
+(messages per request), sends_in_flight (requests per queue), linger_ms; and the
+consumer's receivers (receive requests kept outstanding).
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class ClientAdapter:
         ):
             if opt in opts:
                 self.producer[key] = kind(opts[opt])
+        self.consumer_options: dict[str, Any] = {}
+        if "receivers" in opts:
+            self.consumer_options["receivers"] = int(opts["receivers"])
         self.client: AsyncClient | None = None
         self.queue: AsyncQueue | None = None
 
@@ -110,6 +114,7 @@ class ClientAdapter:
         await queue.consume(
             handler,
             concurrency=min(self.concurrency, max(1, n)),
+            **self.consumer_options,
             visibility_timeout_s=self.vt,
             stop_event=stop,
             handle_signals=False,

@@ -385,7 +385,7 @@ class AsyncQueue:
         `handler(msg)` may be async or sync (sync ones run in worker threads). Success
         acks; an exception nacks with capped exponential delay; the lease is extended
         while the handler runs. Options: `concurrency`, `visibility_timeout_s`,
-        `poll_wait_s`, `retry_base_delay_s`, `retry_max_delay_s`, `stop_event`,
+        `poll_wait_s`, `receivers`, `retry_base_delay_s`, `retry_max_delay_s`, `stop_event`,
         `handle_signals`.
         """
         return await self.consumer(handler, **options).run()

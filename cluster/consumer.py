@@ -86,6 +86,12 @@ class Consumer:
     the finished one's ack (or transaction) is on its way, and at most `concurrency`
     completions wait at once, so up to 2 x `concurrency` messages are leased.
 
+    `receivers` receive requests (default 2, at most `concurrency`) are kept outstanding,
+    each for up to its share of the free slots: while one is on its way back with
+    messages, another waits at the leader, where the next send to the queue carries it in
+    its own Raft entry (a message then reaches the consumer with its sender's commit,
+    instead of after a receive round of its own).
+
     Create with `queue.consumer(handler, ...)` and `await consumer.run()`, or just
     `await queue.consume(handler, ...)`. `stop()` (or SIGINT/SIGTERM when
     `handle_signals` and running in the main thread, or `stop_event`) ends it cleanly; a
@@ -107,14 +113,18 @@ class Consumer:
         handle_signals: bool = True,
         complete: Completion | None = None,
         extend_leases: bool = True,
+        receivers: int = 2,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        if receivers < 1:
+            raise ValueError("receivers must be >= 1")
         if visibility_timeout_s is not None and visibility_timeout_s <= 0:
             raise ValueError("visibility_timeout_s must be > 0")
         self.queue = queue
         self.handler = handler
         self.concurrency = concurrency
+        self.receivers = min(receivers, concurrency)
         self.visibility_timeout_s = visibility_timeout_s
         self.poll_wait_s = poll_wait_s
         self.retry_base_delay_s = retry_base_delay_s
@@ -204,7 +214,7 @@ class Consumer:
         log.info("consumer.started", queue=self.queue.name, concurrency=self.concurrency)
         try:
             with self._signals():
-                await self._receive_loop(slots, vt)
+                await self._receive_loops(slots, vt)
                 if self._tasks:
                     await asyncio.gather(*self._tasks, return_exceptions=True)
         finally:
@@ -245,11 +255,23 @@ class Consumer:
             slots.release()  # it was granted while being cancelled
         return False
 
-    async def _receive_loop(self, slots: asyncio.Semaphore, vt: float) -> None:
+    async def _receive_loops(self, slots: asyncio.Semaphore, vt: float) -> None:
+        """Run `receivers` receive loops; the first one to fail stops the others, and its
+        error is raised as it is (not wrapped in an ExceptionGroup)."""
+        share = -(-self.concurrency // self.receivers)  # ceil: every slot stays usable
+        try:
+            async with asyncio.TaskGroup() as loops:
+                for _ in range(self.receivers):
+                    loops.create_task(self._receive_loop(slots, vt, share))
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None
+
+    async def _receive_loop(self, slots: asyncio.Semaphore, vt: float, share: int) -> None:
+        """Receive for up to `share` free slots at a time, hand each message to a handler."""
         failures = 0
         while await self._acquire(slots):
             free = 1
-            while free < self.concurrency and not slots.locked():
+            while free < share and not slots.locked():
                 await slots.acquire()
                 free += 1
             try:

@@ -263,6 +263,44 @@ async def test_concurrent_sends_share_requests_and_a_bad_one_fails_alone(
         assert seen == ids
 
 
+async def test_an_idle_consumer_gets_each_send_in_the_senders_own_entry(
+    cluster3: LocalCluster,
+) -> None:
+    """An idle consumer keeps its receives waiting at the leader; each send, one at a time,
+    carries one of them in its own Raft entry (the leader counts it), and every message is
+    handled once."""
+    total = 20
+    async with AsyncClient(cluster3.urls, timeout_s=15) as client:
+        q = client.queue("ride-consumer")
+        await q.create(visibility_timeout_s=60)
+        leader = await _leader_after(cluster3, None)
+        url = cluster3.url(leader)
+
+        async def carried() -> float:
+            async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as resp:
+                text = await resp.text()
+            line = next(x for x in text.splitlines() if x.startswith("raftq_receives_with_send"))
+            return float(line.split()[1])
+
+        before = await carried()
+        seen: list[int] = []
+
+        async def handler(msg: Message) -> None:
+            seen.append(msg.data["n"])
+            if len(seen) == total:
+                q.stop()
+
+        consumer = asyncio.ensure_future(
+            q.consume(handler, concurrency=4, poll_wait_s=5, handle_signals=False)
+        )
+        for n in range(total):
+            await asyncio.sleep(0.1)  # the consumer is idle: its receives wait
+            await q.send({"n": n})
+        stats = await asyncio.wait_for(consumer, 30)
+        assert sorted(seen) == list(range(total)) and stats.succeeded == total
+        assert await carried() - before >= total * 3 // 4
+
+
 def test_sync_client_against_real_cluster(cluster3: LocalCluster) -> None:
     with Client(cluster3.urls, timeout_s=15) as client:
         q = client.queue("sync-real")

@@ -463,6 +463,43 @@ async def test_consumer_receives_while_acks_are_on_their_way_but_bounded(
     assert stats.succeeded == 6 and fake.queues["tasks"].messages == {}
 
 
+@pytest.mark.parametrize(("receivers", "expected"), [(1, 1), (2, 2), (8, 4)])
+async def test_an_idle_consumer_keeps_its_receivers_waiting(
+    fake: FakeCluster, monkeypatch: pytest.MonkeyPatch, receivers: int, expected: int
+) -> None:
+    """`receivers` long-polls wait at once (at most `concurrency`), so one is always at the
+    leader for the next send while another is on its way back."""
+    async with AsyncClient(fake.urls, timeout_s=5) as client:
+        q = client.queue("idle")
+        await q.create()
+        waiting, peak = 0, 0
+        real_receive = AsyncQueue.receive
+
+        async def counting_receive(self: AsyncQueue, *args: Any, **kwargs: Any) -> Any:
+            nonlocal waiting, peak
+            waiting += 1
+            peak = max(peak, waiting)
+            try:
+                return await real_receive(self, *args, **kwargs)
+            finally:
+                waiting -= 1
+
+        monkeypatch.setattr(AsyncQueue, "receive", counting_receive)
+        task = asyncio.ensure_future(
+            q.consume(
+                lambda m: None,
+                concurrency=4,
+                receivers=receivers,
+                poll_wait_s=1,
+                handle_signals=False,
+            )
+        )
+        await asyncio.sleep(0.3)
+        assert waiting == peak == expected
+        q.stop()
+        await asyncio.wait_for(task, 5)
+
+
 async def test_consumer_stop_drains_running_handlers(fake: FakeCluster) -> None:
     async with AsyncClient(fake.urls, timeout_s=5) as client:
         q = client.queue("tasks")

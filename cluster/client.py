@@ -472,12 +472,14 @@ class AsyncClient:
     """Client of a raftq cluster: finds the leader, retries inside one deadline per call.
 
     `servers`: list or comma-separated string of node URLs; default `$RAFTQ_SERVERS`, else
-    http://127.0.0.1:7001,7002,7003. `timeout_s` is the total deadline of each call,
-    `request_timeout_s` the limit of a single HTTP attempt. An attempt unanswered after
+    raftq://127.0.0.1:7201,7202,7203. A `raftq://` URL is a node's binary port (pipelined
+    msgpack frames over one connection per node, `cluster.binary_client`), an `http://`
+    one its HTTP API; both carry the same calls. `timeout_s` is the total deadline of each
+    call, `request_timeout_s` the limit of a single attempt. An attempt unanswered after
     `leader_check_s` makes the client ask the cluster who leads (then at doubling
     intervals); if a majority names another node, the attempt moves there instead of
     waiting out `request_timeout_s` on a hung leader (None: never check). Pass `session`
-    to share an aiohttp session (it is not closed by `close()`).
+    to share an aiohttp session for HTTP servers (it is not closed by `close()`).
     """
 
     def __init__(

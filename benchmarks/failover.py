@@ -2,7 +2,7 @@
 
 The issue's measure: from a `kill -9` of the leader (or a SIGSTOP, which a client cannot
 tell from a slow node) to the first send the cluster acknowledges, through the client
-library with its default timeouts, as an application sees it. Four tasks send one message
+library with its default timeouts and protocol (raftq://), as an application sees it. Four tasks send one message
 at a time on one `AsyncClient`, so sends start continuously; the time is that of the
 first send started after the fault that succeeds. Between trials the node is started
 again (or continued) and the cluster settles, so each trial starts from a healthy cluster.
@@ -62,7 +62,7 @@ async def _one_trial(cluster: LocalCluster, client: AsyncClient, hang: bool) -> 
 async def measure(cluster: LocalCluster, trials: int) -> list[Result]:
     """`trials` kills and `trials` hangs of the leader, alternating; one Result for each."""
     times: dict[bool, list[float]] = {False: [], True: []}
-    async with AsyncClient(cluster.urls) as client:
+    async with AsyncClient(cluster.binary_urls) as client:
         await client.queue("bench-failover").create()
         for _ in range(trials):
             for hang in (False, True):

@@ -2,8 +2,9 @@
 
 The issue's measure: from a `kill -9` of the leader (or a SIGSTOP, which a client cannot
 tell from a slow node) to the first send the cluster acknowledges, through the client
-library with its default timeouts and protocol (raftq://), as an application sees it. Four tasks send one message
-at a time on one `AsyncClient`, so sends start continuously; the time is that of the
+library with its default timeouts and protocol (raftq://), as an application sees it.
+Four tasks send one message at a time on one `AsyncClient`, so sends start
+continuously; the time is that of the
 first send started after the fault that succeeds. Between trials the node is started
 again (or continued) and the cluster settles, so each trial starts from a healthy cluster.
 """

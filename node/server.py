@@ -114,7 +114,11 @@ class NodeServer:
         self.binary: BinaryApi | None = None
         if config.binary_host is not None and config.binary_port is not None:
             self.binary = BinaryApi(
-                self.app, config.binary_host, config.binary_port, config.limits.max_body_bytes
+                self.app,
+                config.binary_host,
+                config.binary_port,
+                config.limits.max_body_bytes,
+                leader_wait_s=config.forward_wait_s,
             )
         self._last_leader: int | None = None
 

@@ -23,9 +23,9 @@ from common.binwire import (
 )
 from node.api import ROUTES, health, put_queue, remove_member, send_messages
 from node.app_context import SERVICE_KEY
-from node.binary_api import BinaryApi, FrameRequest, RouteTable, _answer_body
+from node.binary_api import BinaryApi, FrameRequest, RouteTable, _answer_body, _waiting_for_a_leader
 from node.config import ConfigError, load_config
-from node.http import MSGPACK, RAW_BODY_KEY, read_body, wants_msgpack
+from node.http import MSGPACK, RAW_BODY_KEY, ApiError, read_body, wants_msgpack
 
 
 def test_request_round_trip() -> None:
@@ -283,3 +283,40 @@ async def test_unknown_routes_and_handler_errors_count_in_the_metrics() -> None:
     finally:
         writer.close()
         await api.close(grace_s=1)
+
+
+async def test_a_request_waits_out_an_election_instead_of_answering_no_leader() -> None:
+    """During an election the binary port holds a request (as HTTP forwarding does) and
+    runs it again once a leader is known; other errors and a leader that never comes are
+    answered as they are."""
+    tries: list[int] = []
+
+    def no_leader() -> ApiError:
+        return ApiError(503, "no_leader", "no leader is known; election in progress")
+
+    async def elected_on_third_try(_request: object) -> web.Response:
+        tries.append(1)
+        if len(tries) < 3:
+            raise no_leader()
+        return web.Response(status=200)
+
+    response = await _waiting_for_a_leader(elected_on_third_try, 2.0)(None)
+    assert response.status == 200 and len(tries) == 3
+
+    async def never(_request: object) -> web.Response:
+        raise no_leader()
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ApiError) as err:
+        await _waiting_for_a_leader(never, 0.3)(None)
+    assert err.value.code == "no_leader" and 0.25 <= loop.time() - started < 2.0
+
+    async def refused(_request: object) -> web.Response:
+        tries.append(1)
+        raise ApiError(400, "bad_request", "nope")
+
+    tries.clear()
+    with pytest.raises(ApiError) as err:
+        await _waiting_for_a_leader(refused, 5.0)(None)
+    assert err.value.code == "bad_request" and len(tries) == 1

@@ -191,45 +191,6 @@ async def test_client_follows_a_followers_307_over_binary(cluster3: LocalCluster
 
 
 @pytest.mark.integration
-async def test_binary_client_keeps_sending_through_a_leader_crash(
-    make_cluster: Callable[..., LocalCluster],
-) -> None:
-    """SIGKILL the leader while 8 workers send over binary: every send returns, and every
-    message is there once (the router retries with the same dedup ids)."""
-    cluster = make_cluster(3)
-    total = 400
-    sent: dict[int, str] = {}
-    async with AsyncClient(cluster.binary_urls, timeout_s=30) as client:
-        q = client.queue("bin-failover")
-        await q.create(visibility_timeout_s=300)
-        todo = iter(range(total))
-
-        async def producer() -> None:
-            for i in todo:
-                sent[i] = await q.send({"n": i})
-
-        async def nemesis() -> int:
-            while len(sent) < 100:
-                await asyncio.sleep(0.01)
-            leader = await asyncio.to_thread(cluster.leader)
-            assert leader is not None
-            await asyncio.to_thread(cluster.kill, leader.id)
-            return leader.id
-
-        results = await asyncio.gather(nemesis(), *(producer() for _ in range(8)))
-        killed = results[0]
-        assert len(sent) == total and len(set(sent.values())) == total
-        assert client.leader_url != cluster.url(killed)
-        seen: list[int] = []
-        while True:
-            batch = await q.receive(max=100, wait_s=0.5)
-            if not batch:
-                break
-            seen.extend(m.data["n"] for m in batch)
-        assert sorted(seen) == list(range(total))
-
-
-@pytest.mark.integration
 def test_cli_over_raftq_urls(cluster3: LocalCluster) -> None:
     """`raftq --servers raftq://...`: send, then receive as JSON (bodies as JSON text)."""
     args = ["--servers", cluster3.binary_servers, "--timeout", "15"]

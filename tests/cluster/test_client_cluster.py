@@ -29,13 +29,18 @@ async def _leader_after(cluster: LocalCluster, not_id: int | None, timeout_s: fl
     raise TimeoutError("no new leader")
 
 
-async def test_failover_2000_sends_exactly_once(make_cluster: Callable[..., LocalCluster]) -> None:
-    """2,000 sends while the leader is SIGKILLed twice: every message exactly once, no error."""
+@pytest.mark.parametrize("protocol", ["http", "raftq"])
+async def test_failover_2000_sends_exactly_once(
+    make_cluster: Callable[..., LocalCluster], protocol: str
+) -> None:
+    """2,000 sends while the leader is SIGKILLed twice: every message exactly once, no error,
+    over HTTP and over the binary protocol (the router retries with the same dedup ids)."""
     cluster = make_cluster(3)
     total, workers = 2000, 16
     sent_ids: dict[int, str] = {}
     kills: list[int] = []
-    async with AsyncClient(cluster.urls, timeout_s=30) as client:
+    urls = cluster.urls if protocol == "http" else cluster.binary_urls
+    async with AsyncClient(urls, timeout_s=30) as client:
         q = client.queue("failover")
         await q.create(visibility_timeout_s=300)
         todo = iter(range(total))

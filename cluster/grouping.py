@@ -75,7 +75,7 @@ class GroupedCalls(Generic[T, R]):
 
     @property
     def buffered_bytes(self) -> int:
-        """Bytes (by `size_of`) of the calls not answered yet."""
+        """Bytes (by `size_of`) of the calls not answered yet (0 without a buffer limit)."""
         return self._buffered
 
     async def call(self, item: T) -> R:
@@ -90,8 +90,9 @@ class GroupedCalls(Generic[T, R]):
         if not self._waiting:
             self._waiting_since = loop.time()
         self._waiting.append((item, fut, size))
-        self._buffered += size
-        fut.add_done_callback(lambda _f: self._release(size))
+        if limit is not None:  # counted only where a limit reads it (sends, not acks)
+            self._buffered += size
+            fut.add_done_callback(lambda _f: self._release(size))
         if not self._pump_scheduled:
             # Calls made in the same turn of the loop (a gather, a burst of handlers)
             # leave together; a lone call still leaves on the next turn, at once.

@@ -45,6 +45,9 @@ from node.state.tables import (
     META_APPLIED_INDEX,
     META_LAST_TS,
     TABLE_NAMES,
+    TIMER_DELAYED,
+    TIMER_LEASES,
+    TIMER_RETENTION,
     TIMER_TABLES,
     UNKNOWN_FLOOR,
     Ctx,
@@ -242,23 +245,25 @@ class QueueStateMachine:
         retention deadline is due by `now_ms`: a receive applied now would find nothing.
 
         From this node's applied state (on the leader: every acknowledged write), so a
-        long-poll can wait for a send without first committing an empty receive. Any due
-        deadline, in any queue, answers False: applying a command may release messages.
+        long-poll can wait for a send without first committing an empty receive. A deadline
+        that may be due, in any queue, answers False: applying a command may release
+        messages. That is told by the committed timer floors the apply keeps (lower bounds
+        of each index's earliest deadline), without a cursor; an unknown floor (after a
+        restart) answers False too, and the receive's own apply then learns it.
         """
         if not queue_config.valid_queue_name(name):
             return False
+        floors = self._committed.floors
+        if any(floors[i] <= now_ms for i in (TIMER_RETENTION, TIMER_LEASES, TIMER_DELAYED)):
+            return False
 
         def read(txn: lmdb.Transaction) -> bool:
-            ctx = self._ctx(txn, now_ms)
-            queue = queues.get_queue(ctx, name)
+            queue = queues.get_queue(self._ctx(txn, now_ms), name)
             if queue is None:
                 return False
             prefix = keys.u64(queue["id"])
-            cur = txn.cursor(db=ctx.tables.ready)
-            if cur.set_range(prefix) and cur.key()[: len(prefix)] == prefix:
-                return False
-            due = timers.next_deadline_ms(ctx)
-            return due is None or due > now_ms
+            cur = txn.cursor(db=self.tables.ready)
+            return not (cur.set_range(prefix) and cur.key()[: len(prefix)] == prefix)
 
         return self.env.read(read)
 

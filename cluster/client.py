@@ -48,6 +48,11 @@ from cluster.message import AckResult, Message, OutgoingMessage, SendResult
 MAX_POLL_WAIT_S = 20.0
 #: Grouped single acks per request at most (the API's default batch limit is 1,000).
 ACKS_PER_REQUEST = 500
+#: Grouped ack requests on their way at once per queue handle: while one commits, the
+#: next is already in the leader's next Raft entry (one at a time, a drain of 100,000
+#: messages spent most of its time waiting for acks: 8.9-10.3k msgs/s against 12.2-13.3k
+#: with two, alternating runs on one cluster).
+ACKS_IN_FLIGHT = 2
 #: Requests of grouped sends carry at most this many bytes of message bodies and fields
 #: (well under a node's 16 MiB body limit, and its 1 MiB coalescing unit).
 SEND_REQUEST_BYTES = 1 << 20
@@ -72,7 +77,10 @@ class AsyncQueue:
         self._receipts: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._consumers: set[Consumer] = set()
         self._acks: GroupedCalls[tuple[MessageRef, str], bool] = GroupedCalls(
-            self._ack_group, max_per_request=ACKS_PER_REQUEST, split_on=(BadRequest, TooLarge)
+            self._ack_group,
+            max_per_request=ACKS_PER_REQUEST,
+            split_on=(BadRequest, TooLarge),
+            max_in_flight=ACKS_IN_FLIGHT,
         )
         producer = client.producer
         self._sends: GroupedCalls[dict[str, Any], SendResult] = GroupedCalls(
@@ -368,10 +376,20 @@ class AsyncQueue:
 
     async def extend(self, message: MessageRef, visibility_timeout_s: float) -> bool:
         """Push the lease deadline to now + `visibility_timeout_s`. False if already stale."""
-        receipt = self._receipt(message)
-        body = {"receipts": [receipt], "visibility_timeout_s": visibility_timeout_s}
+        return bool(await self.extend_many([message], visibility_timeout_s))
+
+    async def extend_many(
+        self, messages: Iterable[MessageRef], visibility_timeout_s: float
+    ) -> AckResult:
+        """Extend many leases in one request; the result lists stale receipts (their
+        count in `acked` is of those extended)."""
+        receipts = [self._receipt(r) for r in messages]
+        if not receipts:
+            return AckResult(0)
+        body = {"receipts": receipts, "visibility_timeout_s": visibility_timeout_s}
         answer = await self._call("POST", "/extend", body) or {}
-        return receipt not in (answer.get("stale") or ())
+        stale = tuple(str(s) for s in answer.get("stale") or ())
+        return AckResult(int(answer.get("extended", len(receipts) - len(stale))), stale)
 
     # --- consumer loop -------------------------------------------------------------------
 

@@ -138,6 +138,10 @@ class Queue:
         """Nack many messages."""
         return self._run(self._async.retry_many(list(messages), delay_s=delay_s))
 
+    def extend_many(self, messages: Iterable[MessageRef], visibility_timeout_s: float) -> AckResult:
+        """Extend many leases in one request."""
+        return self._run(self._async.extend_many(list(messages), visibility_timeout_s))
+
     def messages(
         self,
         *,

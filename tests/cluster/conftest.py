@@ -102,6 +102,7 @@ class FakeCluster:
         self.cluster_probes: list[int] = []  # node ids asked GET /v1/cluster, in order
         self.nacks: list[tuple[str, float]] = []
         self.extends: list[tuple[str, float]] = []
+        self.extend_requests = 0
         self._seq = itertools.count(1)
         self._closing = False
         self._loop = asyncio.new_event_loop()
@@ -338,6 +339,7 @@ class FakeCluster:
                 self.nacks.append((m.id, delay_s))
             return web.json_response({"nacked": len(live), "stale": stale})
         if action == "extend":
+            self.extend_requests += 1
             vt = float(body["visibility_timeout_s"])
             for m in live:
                 m.lease_until = now + vt

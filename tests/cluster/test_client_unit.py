@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import json
 import os
@@ -392,6 +393,49 @@ async def test_consumer_extends_lease_of_slow_handler_and_acks(fake: FakeCluster
     assert stats.succeeded == 1 and stats.failed == 0
     assert len(fake.extends) >= 2 and stats.extended >= 2
     assert fake.queues["tasks"].messages == {}
+
+
+async def test_consumer_extends_the_leases_of_all_slow_handlers_in_one_request(
+    fake: FakeCluster,
+) -> None:
+    """One keeper for every running handler: each round extends all the due leases in a
+    single request, not one request (and one task) per message."""
+    async with AsyncClient(fake.urls, timeout_s=5) as client:
+        q = client.queue("tasks")
+        await q.create()
+        await q.send_many(["a", "b", "c"])
+        started: list[str] = []
+        stop = asyncio.Event()
+
+        async def handler(msg: Message) -> None:
+            started.append(msg.id)
+            await asyncio.sleep(1.0)  # > visibility timeout: only extensions keep the lease
+            if len(started) == 3:
+                stop.set()
+
+        stats = await q.consume(
+            handler,
+            concurrency=3,
+            visibility_timeout_s=0.45,
+            stop_event=stop,
+            handle_signals=False,
+        )
+    assert stats.succeeded == 3 and stats.stale == 0
+    per_message = collections.Counter(mid for mid, _vt in fake.extends)
+    assert set(per_message) == set(started) and min(per_message.values()) >= 2
+    assert fake.extend_requests < len(fake.extends)  # several receipts per request
+
+
+async def test_extend_many_reports_stale_receipts(fake: FakeCluster) -> None:
+    async with AsyncClient(fake.urls, timeout_s=5) as client:
+        q = client.queue("tasks")
+        await q.create()
+        await q.send_many(["a", "b"])
+        first, second = await q.receive(2, visibility_timeout_s=5)
+        assert await q.acknowledge(first)
+        result = await q.extend_many([first, second], 30)
+        assert result.acked == 1 and result.stale == (first.receipt,) and not result
+        assert await q.extend(second, 30) and not await q.extend(first, 30)
 
 
 async def test_consumer_nacks_failures_with_exponential_delay(fake: FakeCluster) -> None:

@@ -426,6 +426,52 @@ async def test_consumer_extends_the_leases_of_all_slow_handlers_in_one_request(
     assert fake.extend_requests < len(fake.extends)  # several receipts per request
 
 
+async def test_consumer_keeps_a_standby_receive_waiting_only_while_the_queue_is_drained(
+    fake: FakeCluster,
+) -> None:
+    """A backlog is taken by one receive for all the free slots; once a receive comes back
+    short (the queue is drained), a standby receive of one slot waits at the leader too."""
+    async with AsyncClient(fake.urls, timeout_s=5) as client:
+        q = client.queue("tasks")
+        await q.create()
+        await q.send_many([f"m{i}" for i in range(30)])
+        handled = 0
+        stop = asyncio.Event()
+
+        async def handler(msg: Message) -> None:
+            nonlocal handled
+            handled += 1
+
+        def receives() -> list[int]:
+            return [
+                body["max"]
+                for _node, _method, path, body in fake.requests
+                if path.endswith("/receive")
+            ]
+
+        consumer = asyncio.ensure_future(
+            q.consume(
+                handler,
+                concurrency=10,
+                receivers=2,
+                poll_wait_s=1.0,
+                stop_event=stop,
+                handle_signals=False,
+            )
+        )
+        deadline = time.monotonic() + 5
+        while handled < 30 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # drained: the main receive and a standby now wait
+        asked = receives()
+        stop.set()
+        await consumer
+    assert handled == 30
+    assert 9 in asked[:2]  # the main receive: all the slots but the standby's
+    assert asked.count(1) < len(asked) / 2  # the standby rested during the backlog
+    assert 1 in asked[-2:] and max(asked[-2:]) > 1  # both waiting once drained
+
+
 async def test_extend_many_reports_stale_receipts(fake: FakeCluster) -> None:
     async with AsyncClient(fake.urls, timeout_s=5) as client:
         q = client.queue("tasks")

@@ -354,7 +354,11 @@ async def receive_messages(request: web.Request) -> web.Response:
     deadline = loop.time() + wait_s
     while True:
         event = service.queue_event(name)  # taken before looking: no lost wakeup
-        if wait_s > 0 and service.sm.nothing_to_receive(name, service.stamp_ms()):
+        if (
+            wait_s > 0
+            and not service.send_in_flight(name)
+            and service.sm.nothing_to_receive(name, service.stamp_ms())
+        ):
             messages = []  # no Raft round for an empty receive: wait for a send at once
         else:
             result = await service.propose("receive", queue=name, **params)

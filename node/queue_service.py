@@ -145,6 +145,7 @@ class QueueService:
         self.stats_batched_commands = 0
         self.stats_piggybacked_receives = 0  # long-poll receives carried by a send's entry
         self._receivers: dict[str, list[_Receiver]] = {}
+        self._sends_in_flight: dict[str, int] = {}  # proposed here, not yet applied, by queue
 
     def figures(self) -> NodeFigures:
         """This node's Raft, batching, disk and queue figures for /metrics."""
@@ -235,18 +236,29 @@ class QueueService:
         self.check_quota(op, fields)
         batchable = op in BATCHABLE_OPS and not fields.get("producer")
         encoded = encode_op(op, **fields) if batchable else None
-        if encoded is not None and len(encoded) <= self.max_coalesced_bytes:
-            self._note_written(len(encoded))
-            joined = self._join_batch(encoded)
-            if op == "send":
-                self._piggyback_receivers(fields["queue"], len(fields["messages"]))
-            result = await joined
-        else:  # not batchable, or too big to share an entry
-            data = encode_command(op, self.stamp_ms(), **fields)
-            if len(data) > self.max_entry_bytes:
-                raise self.entry_too_large(len(data))
-            self._note_written(len(data))
-            result = await self._propose_data(data)
+        queue = fields.get("queue") if op == "send" else None
+        if queue is not None:
+            self._sends_in_flight[queue] = self._sends_in_flight.get(queue, 0) + 1
+        try:
+            if encoded is not None and len(encoded) <= self.max_coalesced_bytes:
+                self._note_written(len(encoded))
+                joined = self._join_batch(encoded)
+                if queue is not None:
+                    self._piggyback_receivers(queue, len(fields["messages"]))
+                result = await joined
+            else:  # not batchable, or too big to share an entry
+                data = encode_command(op, self.stamp_ms(), **fields)
+                if len(data) > self.max_entry_bytes:
+                    raise self.entry_too_large(len(data))
+                self._note_written(len(data))
+                result = await self._propose_data(data)
+        finally:
+            if queue is not None:
+                left = self._sends_in_flight[queue] - 1
+                if left:
+                    self._sends_in_flight[queue] = left
+                else:
+                    del self._sends_in_flight[queue]
         failpoint("after_apply_before_response")
         _raise_refusal(result)
         self._wake_after(op, fields)
@@ -386,6 +398,17 @@ class QueueService:
         task.add_done_callback(_log_detached_failure)
 
     # ------------------------------------------------------------ long-poll
+
+    def send_in_flight(self, queue: str) -> bool:
+        """A send to `queue` was proposed here and has not applied yet.
+
+        Why a long-poll asks: a receive that finds the queue empty waits for the next send
+        to carry it in its own entry. A send already on its way will not (it left without
+        this receive), and waiting for it to apply before proposing costs a whole Raft
+        round more; proposed now, the receive follows that send in the log, one entry
+        behind it, and leases its message in the same pipeline.
+        """
+        return queue in self._sends_in_flight
 
     async def receive_with_next_send(
         self, queue: str, fields: dict[str, Any], event: asyncio.Event, timeout_s: float

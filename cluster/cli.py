@@ -442,10 +442,12 @@ def cmd_up(args: argparse.Namespace, out: Output) -> int:
                     ],
                     "leader": {"id": leader.id, "url": leader.url, "term": leader.term},
                     "data_dir": str(cluster.data_dir),
+                    "peer_secret_file": str(cluster.secret_path),
                 }
             )
         else:
             out.line(f"raftq: {len(cluster.specs)} nodes running, data in {cluster.data_dir}")
+            out.line(f"peers authenticate with the secret in {cluster.secret_path}")
             for s in cluster.specs.values():
                 out.line(
                     f"  node {s.id}  {s.binary_url}  {s.url}  raft {s.raft_addr}  "

@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -64,6 +65,22 @@ def _stop_leftovers(grace_s: float = 3.0) -> None:
 
 
 atexit.register(_stop_leftovers)
+
+
+PEER_SECRET_FILE = "peer-secret"
+
+
+def ensure_secret_file(path: Path) -> None:
+    """Create `path` with a random peer secret (owner-only), unless it exists."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # made meanwhile by another start
+        return
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_urlsafe(32) + "\n")
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
@@ -183,6 +200,7 @@ class LocalCluster:
         python: str = sys.executable,
         log_dir: str | os.PathLike[str] | None = None,
         stop_grace_s: float = 10.0,
+        peer_secret: bool = True,
     ) -> None:
         if nodes < 1:
             raise ValueError("nodes must be >= 1")
@@ -190,6 +208,9 @@ class LocalCluster:
         self.log_dir = Path(log_dir).resolve() if log_dir is not None else self.data_dir
         self.host = host
         self.extra_args = tuple(extra_args)
+        # One random secret for the cluster's peers, in a 0600 file of its data dir, made
+        # on first start (`peer_secret=False`: an unauthenticated peer port, for tests).
+        self.secret_path: Path | None = self.data_dir / PEER_SECRET_FILE if peer_secret else None
         self.python = python
         self.stop_grace_s = stop_grace_s
         http_ports = _ports(http_port, nodes, "http_port")
@@ -333,6 +354,7 @@ class LocalCluster:
             ),
             "--data-dir",
             str(s.data_dir),
+            *(("--secret-file", str(self.secret_path)) if self.secret_path is not None else ()),
             *self.extra_args,
         ]
 
@@ -359,6 +381,8 @@ class LocalCluster:
         s = self._spec(node_id)
         s.data_dir.mkdir(parents=True, exist_ok=True)
         s.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.secret_path is not None:
+            ensure_secret_file(self.secret_path)
         main_thread = threading.current_thread() is threading.main_thread()
         with open(s.log_path, "ab") as log_file:
             proc = subprocess.Popen(

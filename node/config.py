@@ -70,7 +70,10 @@ class NodeConfig:
     # progress) before answering 503 no_leader.
     forward_wait_s: float = 3.0
     shutdown_grace_s: float = 5.0
-    secret: str | None = None
+    # The cluster's peer secret (read from `secret_file`, never given on the command line):
+    # the peer handshake's challenge-response and the tag on every frame (raft/framing.py).
+    secret: bytes | None = None
+    secret_file: str | None = None
     # A node that joins a running cluster: the URL of any of its nodes. It asks to be added
     # (a learner, promoted once caught up) and learns the members from the answer; its
     # --peers is then only itself.
@@ -151,6 +154,25 @@ def parse_binary(value: Any, http_host: str, http_port: int) -> tuple[str | None
     return parse_hostport(str(value), "--binary")
 
 
+MIN_SECRET_BYTES = 16
+
+
+def read_secret_file(path: str) -> bytes:
+    """The peer secret in `path`, without surrounding whitespace (a trailing newline from
+    an editor or `echo` is not part of it); at least MIN_SECRET_BYTES."""
+    try:
+        with open(path, "rb") as fh:
+            secret = fh.read(1 << 16).strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the secret file {path}: {exc}") from exc
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"the secret in {path} has {len(secret)} bytes; use at least {MIN_SECRET_BYTES} "
+            "(e.g. `head -c 32 /dev/urandom | base64 > FILE`)"
+        )
+    return secret
+
+
 def build_config(values: dict[str, Any]) -> NodeConfig:
     """Validate raw settings (from flags or TOML) into a NodeConfig."""
     try:
@@ -205,15 +227,22 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         "propose_timeout_s": float,
         "forward_wait_s": float,
         "shutdown_grace_s": float,
-        "secret": str,
+        "secret_file": str,
         "join": str,
         "max_map_bytes": int,
         "snapshot_entries": int,
         "snapshot_trailing": int,
         "quota_bytes": int,
     }
+    if values.get("secret") is not None:
+        raise ConfigError(
+            "a peer secret is read from a file (secret_file / --secret-file), never given "
+            "inline: command lines and config files are readable by others"
+        )
     overrides = {k: conv(values[k]) for k, conv in simple.items() if values.get(k) is not None}
     cfg = replace(cfg, **overrides)
+    if cfg.secret_file is not None:
+        cfg = replace(cfg, secret=read_secret_file(cfg.secret_file))
     if cfg.log_format not in ("json", "console"):
         raise ConfigError("log_format must be json or console")
     if cfg.tick_ms <= 0 or cfg.election_ticks <= cfg.heartbeat_ticks:
@@ -236,7 +265,9 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
 
 
 def argument_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="raftq node", description="Run one raftq node.")
+    p = argparse.ArgumentParser(
+        prog="raftq node", description="Run one raftq node.", allow_abbrev=False
+    )
     p.add_argument("--config", help="TOML file; flags override its values")
     p.add_argument("--id", type=int)
     p.add_argument("--http", help="HOST:PORT for the HTTP API")
@@ -278,7 +309,13 @@ def argument_parser() -> argparse.ArgumentParser:
         type=int,
         help="largest Raft entry (one request's command); larger requests get 413",
     )
-    p.add_argument("--secret", help="shared secret for the peer handshake HMAC")
+    p.add_argument(
+        "--secret-file",
+        dest="secret_file",
+        help="file holding the cluster's peer secret (at least 16 bytes; the same on every "
+        "node): peers prove they hold it and every frame between them is authenticated. "
+        "Without it the peer port accepts anyone who can reach it",
+    )
     p.add_argument(
         "--join",
         help="URL of a node of a running cluster: ask it to add this node (a learner, then a "

@@ -98,7 +98,7 @@ class NodeServer:
                 max_inflight_bytes=8 << 20,
                 max_entry_bytes=config.limits.max_entry_bytes,
             ),
-            secret=config.secret.encode() if config.secret else None,
+            secret=config.secret,
             members=[
                 Member(p.id, p.http_url, f"{p.raft_host}:{p.raft_port}")
                 for p in config.peers.values()
@@ -206,7 +206,15 @@ class NodeServer:
             raft=f"{self.config.raft_host}:{self.config.raft_port}",
             data_dir=self.data_dir.path,
             incarnation=self.incarnation,
+            peer_auth=self.config.secret is not None,
         )
+        if self.config.secret is None:
+            log.warning(
+                "node.peer_port_unauthenticated",
+                raft=f"{self.config.raft_host}:{self.config.raft_port}",
+                detail="no --secret-file: anyone who reaches the peer port can speak Raft to "
+                "this node; give every node the same secret file (raftq up does)",
+            )
 
     async def _start_binary(self) -> None:
         """Listen on the binary port; if only the default address was not free, go on

@@ -1,14 +1,33 @@
-"""Sans-I/O codec for the peer wire: 4-byte big-endian length prefix + body, and the handshake.
+"""Sans-I/O codec for the peer wire: 4-byte big-endian length prefix + body, the handshake,
+and, in a cluster with a secret, the challenge before it and the seal on every frame after.
 
 Kept apart from the sockets so the rules that protect a node from a hostile peer (size
-checked before any body is buffered, truncation noticed, handshake fields validated) can be
-unit-tested on bytes alone.
+checked before any body is buffered, truncation noticed, handshake fields validated, every
+frame's tag checked before it is decoded) can be unit-tested on bytes alone.
+
+With a shared secret a connection goes (the dialer only ever sends Raft frames; the
+acceptor only ever sends the challenge):
+
+1. the acceptor sends a challenge: a fresh random nonce;
+2. the dialer answers with its handshake, which carries a fresh nonce of its own and an
+   HMAC-SHA256 under the secret over every field and both nonces: a captured handshake
+   is worth nothing on another connection (another challenge), and nobody without the
+   secret can say who calls;
+3. both sides derive a session key from the secret and the two nonces, and every later
+   write of the dialer is one sealed frame: a 16-byte tag (HMAC-SHA256 under the session
+   key over a sequence number and the inner bytes, which are whole Raft frames). A frame
+   injected, replayed, reordered or altered on the connection fails its tag, and the
+   acceptor closes the connection before decoding it.
+
+Without a secret (a loopback-only test cluster) the dialer sends its handshake at once and
+frames go unsealed; a node logs at start that its peer port is open to anyone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -17,9 +36,11 @@ import msgpack
 
 from raft.errors import RaftError
 
-PROTO_VERSION = 1
+PROTO_VERSION = 2
 FRAME_HEADER_BYTES = 4
 MAX_HANDSHAKE_BYTES = 4096
+NONCE_BYTES = 16
+TAG_BYTES = 16
 
 _HEADER = struct.Struct(">I")
 
@@ -103,6 +124,7 @@ class Handshake:
     frm: int
     to: int
     incarnation: str = ""
+    nonce: bytes = b""  # the dialer's, with a secret: half of the session key
 
 
 _NO_BOOTSTRAP = bytes(16)
@@ -136,10 +158,45 @@ def configs_agree(ours: bytes, theirs: bytes) -> bool:
 
 
 def _mac(
-    secret: bytes, proto: int, cluster: str, frm: int, to: int, config: bytes, incarnation: str
+    secret: bytes,
+    proto: int,
+    cluster: str,
+    frm: int,
+    to: int,
+    config: bytes,
+    incarnation: str,
+    challenge: bytes,
+    nonce: bytes,
 ) -> bytes:
-    signed = msgpack.packb([proto, cluster, frm, to, config, incarnation], use_bin_type=True)
+    signed = msgpack.packb(
+        ["raftq-handshake", proto, cluster, frm, to, config, incarnation, challenge, nonce],
+        use_bin_type=True,
+    )
     return hmac.new(secret, signed, hashlib.sha256).digest()
+
+
+def new_nonce() -> bytes:
+    return os.urandom(NONCE_BYTES)
+
+
+def encode_challenge(challenge: bytes) -> bytes:
+    """The acceptor's first frame body (not framed) on a connection of a cluster with a
+    secret: the nonce the dialer's handshake must sign."""
+    return msgpack.packb({"proto": PROTO_VERSION, "challenge": challenge}, use_bin_type=True)
+
+
+def decode_challenge(body: bytes) -> bytes:
+    """The challenge nonce of an acceptor's first frame; HandshakeRejected if malformed."""
+    try:
+        raw = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise HandshakeRejected("undecodable_challenge", str(exc)[:80]) from exc
+    if type(raw) is not dict or raw.get("proto") != PROTO_VERSION:
+        raise HandshakeRejected("bad_challenge", f"{raw!r:.80}")
+    challenge = raw.get("challenge")
+    if type(challenge) is not bytes or len(challenge) != NONCE_BYTES:
+        raise HandshakeRejected("bad_challenge", f"{challenge!r:.80}")
+    return challenge
 
 
 def encode_handshake(
@@ -149,8 +206,11 @@ def encode_handshake(
     secret: bytes | None,
     config: bytes = b"",
     incarnation: str = "",
+    challenge: bytes = b"",
+    nonce: bytes = b"",
 ) -> bytes:
-    """Encode the handshake body (not framed); adds an HMAC-SHA256 when a secret is set."""
+    """Encode the handshake body (not framed). With a secret: our `nonce` and an
+    HMAC-SHA256 over every field, the acceptor's `challenge` and the nonce."""
     fields: dict[str, Any] = {
         "proto": PROTO_VERSION,
         "cluster": cluster,
@@ -160,7 +220,10 @@ def encode_handshake(
         "incarnation": incarnation,
     }
     if secret is not None:
-        fields["hmac"] = _mac(secret, PROTO_VERSION, cluster, frm, to, config, incarnation)
+        fields["nonce"] = nonce
+        fields["hmac"] = _mac(
+            secret, PROTO_VERSION, cluster, frm, to, config, incarnation, challenge, nonce
+        )
     return msgpack.packb(fields, use_bin_type=True)
 
 
@@ -169,9 +232,16 @@ def _is_int(value: Any) -> bool:
 
 
 def decode_handshake(
-    body: bytes, *, cluster: str, our_id: int, secret: bytes | None, config: bytes = b""
+    body: bytes,
+    *,
+    cluster: str,
+    our_id: int,
+    secret: bytes | None,
+    config: bytes = b"",
+    challenge: bytes = b"",
 ) -> Handshake:
-    """Validate a handshake body; raise HandshakeRejected with a reason tag on any mismatch."""
+    """Validate a handshake body; raise HandshakeRejected with a reason tag on any mismatch.
+    With a secret, the HMAC must cover `challenge`, the nonce this acceptor sent."""
     try:
         raw = msgpack.unpackb(body, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types
@@ -202,12 +272,96 @@ def decode_handshake(
     incarnation = raw.get("incarnation", "")
     if type(incarnation) is not str or len(incarnation) > 64:
         raise HandshakeRejected("bad_incarnation", f"{incarnation!r:.40}")
+    nonce = b""
     if secret is not None:
         mac = raw.get("hmac")
         if mac is None:
             raise HandshakeRejected("hmac_missing")
-        if type(mac) is not bytes or not hmac.compare_digest(
-            mac, _mac(secret, proto, got_cluster, frm, to, got_config, incarnation)
-        ):
+        nonce = raw.get("nonce", b"")
+        if type(nonce) is not bytes or len(nonce) != NONCE_BYTES:
+            raise HandshakeRejected("bad_nonce", f"{nonce!r:.40}")
+        expected = _mac(
+            secret, proto, got_cluster, frm, to, got_config, incarnation, challenge, nonce
+        )
+        if type(mac) is not bytes or not hmac.compare_digest(mac, expected):
             raise HandshakeRejected("hmac_mismatch")
-    return Handshake(proto=proto, cluster=got_cluster, frm=frm, to=to, incarnation=incarnation)
+    return Handshake(
+        proto=proto, cluster=got_cluster, frm=frm, to=to, incarnation=incarnation, nonce=nonce
+    )
+
+
+# ---------------------------------------------------------------- sealed frames
+
+
+def session_key(secret: bytes, challenge: bytes, nonce: bytes) -> bytes:
+    """The key of one connection's frame tags: both nonces, so no two connections share it."""
+    return hmac.digest(secret, b"raftq-peer-frames" + challenge + nonce, "sha256")
+
+
+class FrameSealer:
+    """The dialer's side: seals whole frames into one tagged frame per write.
+
+    `max_inner_bytes` bounds one seal's inner bytes (so the outer frame stays under the
+    acceptor's limit); `seal_all` packs as many frames per seal as fit.
+    """
+
+    __slots__ = ("_key", "_seq", "max_inner_bytes")
+
+    def __init__(self, key: bytes, max_inner_bytes: int) -> None:
+        self._key = key
+        self._seq = 0
+        self.max_inner_bytes = max_inner_bytes
+
+    def seal(self, inner: bytes) -> bytes:
+        """One outer frame (length prefix included) holding `inner`."""
+        tag = hmac.digest(self._key, self._seq.to_bytes(8, "big") + inner, "sha256")
+        self._seq += 1
+        return _HEADER.pack(TAG_BYTES + len(inner)) + tag[:TAG_BYTES] + inner
+
+    def seal_all(self, frames: list[bytes]) -> bytes:
+        """Framed messages, in order, as few sealed frames as the size bound allows."""
+        out: list[bytes] = []
+        group: list[bytes] = []
+        size = 0
+        limit = self.max_inner_bytes
+        for f in frames:
+            if group and size + len(f) > limit:
+                out.append(self.seal(b"".join(group)))
+                group, size = [], 0
+            group.append(f)
+            size += len(f)
+        if group:
+            out.append(self.seal(b"".join(group)))
+        return b"".join(out)
+
+
+class FrameOpener:
+    """The acceptor's side: checks each sealed frame's tag, in sequence, before anything
+    in it is decoded; returns the inner frame bodies."""
+
+    __slots__ = ("_inner", "_key", "_seq")
+
+    def __init__(self, key: bytes, max_frame_bytes: int) -> None:
+        self._key = key
+        self._seq = 0
+        self._inner = FrameDecoder(max_frame_bytes)
+
+    def open(self, sealed: bytes) -> list[bytes]:
+        """The frame bodies inside `sealed` (one outer frame body); FrameError if its tag
+        is wrong (forged, replayed, reordered, altered) or it splits a frame."""
+        if len(sealed) < TAG_BYTES:
+            raise FrameError("bad_seal", f"{len(sealed)} bytes")
+        inner = sealed[TAG_BYTES:]
+        tag = hmac.digest(self._key, self._seq.to_bytes(8, "big") + inner, "sha256")
+        if not hmac.compare_digest(tag[:TAG_BYTES], sealed[:TAG_BYTES]):
+            raise FrameError("bad_seal", f"tag mismatch at seal {self._seq}")
+        self._seq += 1
+        bodies = self._inner.feed(inner)
+        if self._inner.pending_bytes():
+            raise FrameError("bad_seal", "a seal ends inside a frame")
+        return bodies
+
+
+def sealed_frame_limit(max_frame_bytes: int) -> int:
+    """The outer frame limit that fits one largest message frame and a tag."""
+    return max_frame_bytes + FRAME_HEADER_BYTES + TAG_BYTES

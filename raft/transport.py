@@ -1,7 +1,8 @@
 """The Raft peer transport: one-way msgpack frames over asyncio TCP.
 
 Node *i* sends to *j* only on its own outbound connection to *j*; a connection *j* accepted
-is read-only for *j*. So one proxy per directed link can cut exactly one direction, which
+is read-only for *j* (but for the challenge it opens with in a cluster with a secret:
+raft/framing.py has the handshake and the sealed frames). So one proxy per directed link can cut exactly one direction, which
 the chaos suite relies on. Raft tolerates lost messages, so the transport trades delivery
 guarantees for never blocking the driver: `send()` enqueues pre-framed bytes on a bounded
 per-peer queue and returns; one writer task per peer connects, handshakes and drains the
@@ -25,13 +26,21 @@ import structlog
 
 from raft.errors import InvalidMessage, UndeliverableMessage
 from raft.framing import (
+    FRAME_HEADER_BYTES,
     MAX_HANDSHAKE_BYTES,
     FrameDecoder,
     FrameError,
+    FrameOpener,
+    FrameSealer,
     HandshakeRejected,
+    decode_challenge,
     decode_handshake,
+    encode_challenge,
     encode_handshake,
     frame,
+    new_nonce,
+    sealed_frame_limit,
+    session_key,
 )
 from raft.messages import Message, MessageType, decode_message, encode_message
 
@@ -126,6 +135,8 @@ class _Peer:
         # Set while the writer task idles on `wake` with an open, fully flushed stream:
         # only then may `Transport.flush` write for it without reordering frames.
         self.idle_writer: asyncio.StreamWriter | None = None
+        # The current connection's sealer (a cluster with a secret), set after its handshake.
+        self.sealer: FrameSealer | None = None
 
 
 def _write_queued(peer: _Peer, writer: asyncio.StreamWriter) -> None:
@@ -140,7 +151,8 @@ def _write_queued(peer: _Peer, writer: asyncio.StreamWriter) -> None:
         peer.wake.set()  # the writer task sees it and reconnects
         return
     frames = peer.queue.take_all()
-    writer.write(b"".join(frames))
+    sealer = peer.sealer
+    writer.write(b"".join(frames) if sealer is None else sealer.seal_all(frames))
     peer.sent += len(frames)
 
 
@@ -453,6 +465,26 @@ class Transport:
             if peer.addr != addr or peer.removed or self._stopped:
                 writer.close()  # moved or shut down while we were connecting
                 continue
+            challenge = b""
+            if self._secret is not None:
+                try:
+                    challenge = await self._read_challenge(reader)
+                except (
+                    HandshakeRejected,
+                    TimeoutError,
+                    OSError,
+                    asyncio.IncompleteReadError,
+                ) as exc:
+                    writer.close()
+                    attempt += 1
+                    (self._log.warning if attempt == 1 else self._log.debug)(
+                        "raft.transport.challenge_failed",
+                        peer=peer.peer_id,
+                        addr=f"{addr[0]}:{addr[1]}",
+                        error=repr(exc),
+                    )
+                    await self._sleep_backoff(peer, attempt)
+                    continue
             if ever_connected:
                 peer.reconnects += 1
             ever_connected = True
@@ -469,12 +501,13 @@ class Transport:
             )
             watcher = asyncio.get_running_loop().create_task(self._watch_outbound(reader, peer))
             try:
-                await self._pump(peer, writer)
+                await self._pump(peer, writer, challenge)
                 reason = "stopped" if peer.removed or self._stopped else "closed_by_peer"
             except Exception as exc:  # the writer task must outlive any socket error
                 reason = repr(exc)
             finally:
                 peer.connected = False
+                peer.sealer = None
                 watcher.cancel()
                 writer.close()
                 with contextlib.suppress(Exception):
@@ -498,8 +531,18 @@ class Transport:
             async with asyncio.timeout(self._backoff_s(attempt)):
                 await peer.addr_changed.wait()
 
-    async def _pump(self, peer: _Peer, writer: asyncio.StreamWriter) -> None:
+    async def _read_challenge(self, reader: asyncio.StreamReader) -> bytes:
+        """The acceptor's challenge, the first frame on an outbound connection (secret set)."""
+        async with asyncio.timeout(self.handshake_timeout_s):
+            header = await reader.readexactly(FRAME_HEADER_BYTES)
+            length = int.from_bytes(header, "big")
+            if length > MAX_HANDSHAKE_BYTES:
+                raise HandshakeRejected("challenge_too_large", f"length {length}")
+            return decode_challenge(await reader.readexactly(length))
+
+    async def _pump(self, peer: _Peer, writer: asyncio.StreamWriter, challenge: bytes) -> None:
         """Write the handshake, then every queued frame: one write + one drain per wake-up."""
+        nonce = new_nonce() if self._secret is not None else b""
         writer.write(
             frame(
                 encode_handshake(
@@ -509,9 +552,16 @@ class Transport:
                     self._secret,
                     self._config_digest,
                     self.incarnation,
+                    challenge,
+                    nonce,
                 )
             )
         )
+        if self._secret is not None:
+            peer.sealer = FrameSealer(
+                session_key(self._secret, challenge, nonce),
+                self.max_frame_bytes + FRAME_HEADER_BYTES,
+            )
         await writer.drain()
         queue = peer.queue
         while True:
@@ -553,17 +603,17 @@ class Transport:
         remote_s = f"{remote[0]}:{remote[1]}" if remote else "?"
         sender: int | None = None
         try:
-            accepted = await self._read_handshake(reader, remote_s)
+            accepted = await self._read_handshake(reader, writer, remote_s)
             if accepted is None:
                 self.rejected_connections += 1
                 return
-            sender, incarnation = accepted
+            sender, incarnation, opener = accepted
             previous = self._inbound_by_peer.get(sender)
             if previous is not None:
                 previous.close()  # a reconnect supersedes a possibly half-open old link
             self._inbound_by_peer[sender] = writer
             self._log.info("raft.transport.accepted", peer=sender, remote=remote_s)
-            await self._read_frames(reader, sender, remote_s, incarnation)
+            await self._read_frames(reader, sender, remote_s, incarnation, opener)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # nothing a peer sends may escape the transport
@@ -575,11 +625,15 @@ class Transport:
             writer.close()
 
     async def _read_handshake(
-        self, reader: asyncio.StreamReader, remote_s: str
-    ) -> tuple[int, str] | None:
-        """Read and check the handshake frame; (sender id, its incarnation), or None
-        (logged)."""
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, remote_s: str
+    ) -> tuple[int, str, FrameOpener | None] | None:
+        """Send the challenge (secret set), read and check the handshake frame; (sender id,
+        its incarnation, the opener of its sealed frames), or None (logged)."""
+        challenge = b""
         try:
+            if self._secret is not None:
+                challenge = new_nonce()
+                writer.write(frame(encode_challenge(challenge)))
             async with asyncio.timeout(self.handshake_timeout_s):
                 header = await reader.readexactly(4)
                 length = int.from_bytes(header, "big")
@@ -592,6 +646,7 @@ class Transport:
                 our_id=self.node_id,
                 secret=self._secret,
                 config=self._config_digest,
+                challenge=challenge,
             )
         except TimeoutError:
             self._reject("timeout", "", remote_s)
@@ -610,7 +665,12 @@ class Transport:
                 "raft.transport.peer_incarnation", peer=hs.frm, incarnation=hs.incarnation
             )
             self.peer_incarnations[hs.frm] = hs.incarnation
-        return hs.frm, hs.incarnation
+        opener = None
+        if self._secret is not None:
+            opener = FrameOpener(
+                session_key(self._secret, challenge, hs.nonce), self.max_frame_bytes
+            )
+        return hs.frm, hs.incarnation, opener
 
     def _reject(self, reason: str, detail: str, remote_s: str) -> None:
         self._log.warning(
@@ -624,12 +684,21 @@ class Transport:
         )
 
     async def _read_frames(
-        self, reader: asyncio.StreamReader, sender: int, remote_s: str, incarnation: str = ""
+        self,
+        reader: asyncio.StreamReader,
+        sender: int,
+        remote_s: str,
+        incarnation: str = "",
+        opener: FrameOpener | None = None,
     ) -> None:
         """Deliver valid messages in order; the first violation closes the connection, and
         so does a newer incarnation of the sender (what a process that lost its disk said
-        before must not count as said by the one that replaced it)."""
-        decoder = FrameDecoder(self.max_frame_bytes)
+        before must not count as said by the one that replaced it). With an `opener`
+        (secret set) every frame is a seal whose tag is checked before anything in it is
+        decoded."""
+        decoder = FrameDecoder(
+            self.max_frame_bytes if opener is None else sealed_frame_limit(self.max_frame_bytes)
+        )
         node_id = self.node_id
         on_message = self._on_message
         with_incarnation = self._with_incarnation
@@ -653,6 +722,15 @@ class Transport:
             except FrameError as exc:
                 self._bad_frame(exc.reason, exc.detail, sender, remote_s)
                 return
+            bad_seal: FrameError | None = None
+            if opener is not None:
+                sealed, bodies = bodies, []
+                for one in sealed:
+                    try:
+                        bodies.extend(opener.open(one))
+                    except FrameError as exc:
+                        bad_seal = exc  # deliver what came before it, then close
+                        break
             for body in bodies:
                 try:
                     msg = decode_message(body)
@@ -686,3 +764,6 @@ class Transport:
                     self._log.error(
                         "raft.transport.on_message_failed", peer=sender, error=repr(exc)
                     )
+            if bad_seal is not None:
+                self._bad_frame(bad_seal.reason, bad_seal.detail, sender, remote_s)
+                return

@@ -105,3 +105,34 @@ def test_no_deploy_config_turns_fsync_off():
         if path.is_file():
             text = path.read_text(errors="replace")
             assert "no-fsync" not in text and "fsync = false" not in text, path
+
+
+# ---------------------------------------------------------------- the peer secret
+
+BASE = ["--id", "1", "--http", "127.0.0.1:7001", "--raft", "127.0.0.1:7101"]
+
+
+def test_the_peer_secret_comes_from_a_file_without_its_trailing_newline(tmp_path):
+    secret = tmp_path / "peer-secret"
+    secret.write_text("0123456789abcdef-and-more\n")
+    cfg = load_config([*BASE, "--data-dir", str(tmp_path), "--secret-file", str(secret)])
+    assert cfg.secret == b"0123456789abcdef-and-more"
+    assert load_config([*BASE, "--data-dir", str(tmp_path)]).secret is None
+
+
+def test_a_short_or_missing_secret_file_is_refused(tmp_path):
+    short = tmp_path / "short"
+    short.write_text("tooshort\n")
+    with pytest.raises(ConfigError, match="at least 16"):
+        load_config([*BASE, "--data-dir", str(tmp_path), "--secret-file", str(short)])
+    with pytest.raises(ConfigError, match="cannot read the secret file"):
+        load_config([*BASE, "--data-dir", str(tmp_path), "--secret-file", str(tmp_path / "no")])
+
+
+def test_a_secret_is_never_taken_from_the_command_line_or_inline(tmp_path):
+    with pytest.raises(SystemExit):  # argparse: no such option
+        load_config([*BASE, "--data-dir", str(tmp_path), "--secret", "0123456789abcdef"])
+    toml = tmp_path / "node.toml"
+    toml.write_text('secret = "0123456789abcdefghij"\n')
+    with pytest.raises(ConfigError, match="read from a file"):
+        load_config([*BASE, "--data-dir", str(tmp_path), "--config", str(toml)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import struct
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -16,14 +17,20 @@ import structlog
 from cluster.launcher import free_ports
 from raft.errors import UndeliverableMessage
 from raft.framing import (
+    NONCE_BYTES,
     PROTO_VERSION,
     FrameDecoder,
     FrameError,
+    FrameOpener,
+    FrameSealer,
     HandshakeRejected,
     config_digest,
+    decode_challenge,
     decode_handshake,
     encode_handshake,
     frame,
+    new_nonce,
+    session_key,
 )
 from raft.messages import Entry, Message, MessageType, decode_message, encode_message
 from raft.transport import Transport
@@ -181,29 +188,67 @@ def test_frame_decoder_reports_partial_frame_as_pending() -> None:
 
 
 def test_handshake_roundtrip_and_hmac() -> None:
-    body = encode_handshake(CLUSTER, 2, 1, b"s3cret")
-    hs = decode_handshake(body, cluster=CLUSTER, our_id=1, secret=b"s3cret")
-    assert (hs.proto, hs.cluster, hs.frm, hs.to) == (PROTO_VERSION, CLUSTER, 2, 1)
+    challenge, nonce = new_nonce(), new_nonce()
+    body = encode_handshake(CLUSTER, 2, 1, b"s3cret", challenge=challenge, nonce=nonce)
+    hs = decode_handshake(body, cluster=CLUSTER, our_id=1, secret=b"s3cret", challenge=challenge)
+    assert (hs.proto, hs.cluster, hs.frm, hs.to, hs.nonce) == (PROTO_VERSION, CLUSTER, 2, 1, nonce)
     with pytest.raises(HandshakeRejected) as info:
-        decode_handshake(body, cluster=CLUSTER, our_id=1, secret=b"other")
+        decode_handshake(body, cluster=CLUSTER, our_id=1, secret=b"other", challenge=challenge)
     assert info.value.reason == "hmac_mismatch"
     # A MAC is bound to the fields: re-addressing a captured handshake breaks it.
     fields = msgpack.unpackb(body)
     fields["from"] = 3
     with pytest.raises(HandshakeRejected) as info:
-        decode_handshake(pack(fields), cluster=CLUSTER, our_id=1, secret=b"s3cret")
+        decode_handshake(
+            pack(fields), cluster=CLUSTER, our_id=1, secret=b"s3cret", challenge=challenge
+        )
     assert info.value.reason == "hmac_mismatch"
+    # ... and to the challenge: a captured handshake is worth nothing on another connection.
+    with pytest.raises(HandshakeRejected) as info:
+        decode_handshake(body, cluster=CLUSTER, our_id=1, secret=b"s3cret", challenge=new_nonce())
+    assert info.value.reason == "hmac_mismatch"
+
+
+def test_sealed_frames_open_in_order_and_refuse_forged_replayed_or_reordered_ones() -> None:
+    key = session_key(b"s3cret", new_nonce(), new_nonce())
+    frames = [frame(encode_message(app(2, 1, i, payload=b"x" * 50))) for i in range(10)]
+    sealer = FrameSealer(key, max_inner_bytes=200)  # a few frames per seal
+    stream = sealer.seal_all(frames[:5]) + sealer.seal_all(frames[5:])
+    seals = FrameDecoder(1 << 20).feed(stream)
+    assert len(seals) > 2
+    opener = FrameOpener(key, 1 << 20)
+    assert [b for one in seals for b in opener.open(one)] == [f[4:] for f in frames]
+
+    def refused(opener: FrameOpener, sealed: bytes) -> bool:
+        try:
+            opener.open(sealed)
+        except FrameError as exc:
+            return exc.reason == "bad_seal"
+        return False
+
+    assert refused(FrameOpener(key, 1 << 20), seals[1])  # out of order (or replayed later)
+    assert refused(FrameOpener(session_key(b"s3cret", new_nonce(), new_nonce()), 1 << 20), seals[0])
+    forged = bytearray(seals[0])
+    forged[-1] ^= 1
+    assert refused(FrameOpener(key, 1 << 20), bytes(forged))
+    assert refused(FrameOpener(key, 1 << 20), seals[0][:10])
+    first = FrameOpener(key, 1 << 20)
+    first.open(seals[0])
+    assert refused(first, seals[0])  # the same seal again: a replay
 
 
 @pytest.mark.parametrize(
     ("fields", "reason"),
     [
         ({"proto": True, "cluster": CLUSTER, "from": 2, "to": 1}, "bad_proto"),
-        ({"proto": 1, "cluster": CLUSTER, "from": 1, "to": 1}, "bad_from"),
-        ({"proto": 1, "cluster": CLUSTER, "from": 0, "to": 1}, "bad_from"),
-        ({"proto": 1, "cluster": CLUSTER, "from": "2", "to": 1}, "bad_from"),
-        ({"proto": 1, "cluster": b"test-cluster", "from": 2, "to": 1}, "cluster_mismatch"),
-        ({"proto": 1, "cluster": CLUSTER, "from": 2, "to": 1.0}, "wrong_to"),
+        ({"proto": PROTO_VERSION, "cluster": CLUSTER, "from": 1, "to": 1}, "bad_from"),
+        ({"proto": PROTO_VERSION, "cluster": CLUSTER, "from": 0, "to": 1}, "bad_from"),
+        ({"proto": PROTO_VERSION, "cluster": CLUSTER, "from": "2", "to": 1}, "bad_from"),
+        (
+            {"proto": PROTO_VERSION, "cluster": b"test-cluster", "from": 2, "to": 1},
+            "cluster_mismatch",
+        ),
+        ({"proto": PROTO_VERSION, "cluster": CLUSTER, "from": 2, "to": 1.0}, "wrong_to"),
     ],
 )
 def test_handshake_field_checks(fields: dict[str, Any], reason: str) -> None:
@@ -610,14 +655,20 @@ async def _guarded(make_transport: Any, secret: bytes | None) -> Any:
         messages = inbox
 
         async def attack(self, data: bytes, *, eof: bool = False) -> None:
-            """Send raw bytes to node 1's peer port; assert node 1 closes the connection."""
+            """Send raw bytes to node 1's peer port; assert node 1 closes the connection
+            (having sent nothing but its challenge, with a secret)."""
             reader, writer = await asyncio.open_connection(*a.listen_addr)
             try:
                 writer.write(data)
                 await writer.drain()
                 if eof:
                     writer.write_eof()
-                assert await asyncio.wait_for(reader.read(), WAIT_S) == b""
+                said = await asyncio.wait_for(reader.read(), WAIT_S)
+                if secret is not None:
+                    (challenge,) = FrameDecoder(4096).feed(said)
+                    assert len(decode_challenge(challenge)) == NONCE_BYTES
+                else:
+                    assert said == b""
             finally:
                 writer.close()
 
@@ -632,7 +683,9 @@ async def _guarded(make_transport: Any, secret: bytes | None) -> Any:
 def handshake(
     frm: int = 3, to: int = 1, cluster: str = CLUSTER, secret: bytes | None = None
 ) -> bytes:
-    return frame(encode_handshake(cluster, frm, to, secret))
+    # An attacker does not wait for the challenge: with a secret it signs another one.
+    nonce = new_nonce() if secret is not None else b""
+    return frame(encode_handshake(cluster, frm, to, secret, challenge=new_nonce(), nonce=nonce))
 
 
 def reasons(entries: list[dict[str, Any]], name: str) -> list[str]:
@@ -739,7 +792,7 @@ async def test_to_mismatch_is_rejected(guarded: Any, logs: list[dict[str, Any]])
     ("data", "reason"),
     [
         (handshake(cluster="other-cluster"), "cluster_mismatch"),
-        (frame(pack({"proto": 2, "cluster": CLUSTER, "from": 3, "to": 1})), "bad_proto"),
+        (frame(pack({"proto": 1, "cluster": CLUSTER, "from": 3, "to": 1})), "bad_proto"),
         (frame(pack({"cluster": CLUSTER, "from": 3, "to": 1})), "bad_proto"),
         (handshake(to=5), "wrong_to"),
         (frame(b"\xc1"), "undecodable"),
@@ -809,6 +862,93 @@ async def test_transport_with_wrong_secret_never_delivers(make_transport: Any) -
     await asyncio.sleep(0.3)
     assert inbox_a.messages == []
     assert a.rejected_connections >= 1
+
+
+async def _capture_a_genuine_connection(make_transport: Any, secret: bytes) -> bytes:
+    """What node 2 (holding the secret) sends node 1 on one connection: the handshake
+    answering a challenge, then sealed frames. An eavesdropper on the link has these."""
+    captured = bytearray()
+    enough = asyncio.Event()
+
+    async def listener(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(frame(pack({"proto": PROTO_VERSION, "challenge": new_nonce()})))
+        while chunk := await reader.read(65536):
+            captured.extend(chunk)
+            if len(FrameDecoder(1 << 20).feed(bytes(captured))) >= 2:
+                enough.set()
+        writer.close()
+
+    server = await asyncio.start_server(listener, "127.0.0.1", 0)
+    try:
+        b = await make_transport(2, {1: server.sockets[0].getsockname()[:2]}, secret=secret)
+        b.send(app(2, 1, 1, payload=b"genuine"))
+        async with asyncio.timeout(WAIT_S):
+            await enough.wait()
+        await b.stop()
+    finally:
+        server.close()
+    return bytes(captured)
+
+
+async def test_a_replayed_handshake_and_its_frames_are_refused(
+    make_transport: Any, logs: list[dict[str, Any]]
+) -> None:
+    """Node 1 challenges every connection afresh, so a recorded handshake fails its MAC
+    and none of the recorded (sealed) frames after it is delivered."""
+    secret = b"cluster-secret-0123"
+    recorded = await _capture_a_genuine_connection(make_transport, secret)
+    guarded = await _guarded(make_transport, secret=secret)
+    await guarded.attack(recorded)
+    assert reasons(logs, "raft.transport.handshake_rejected") == ["hmac_mismatch"]
+    assert guarded.messages.messages == []
+    await guarded.still_serves_good_peer()
+
+
+async def test_a_frame_injected_into_an_authenticated_connection_is_refused(
+    make_transport: Any, logs: list[dict[str, Any]]
+) -> None:
+    """A man in the middle lets the genuine handshake through and then writes a forged
+    AppendEntries with a higher term: its seal fails, node 1 closes the connection without
+    delivering it, and node 2's next connection carries on."""
+    secret = b"cluster-secret-0123"
+    inbox = Inbox()
+    a = await make_transport(1, inbox=inbox, secret=secret)
+    injected = asyncio.Event()
+
+    async def mitm(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection(*a.listen_addr)
+
+        async def down() -> None:  # node 1's challenge back to node 2
+            while data := await up_r.read(65536):
+                client_w.write(data)
+            client_w.close()
+
+        relay = asyncio.ensure_future(down())
+        seen = bytearray()
+        with contextlib.suppress(Exception):
+            while data := await client_r.read(65536):
+                up_w.write(data)
+                seen.extend(data)
+                if not injected.is_set() and FrameDecoder(1 << 20).feed(bytes(seen)):
+                    forged = app(2, 1, 1, payload=b"forged")
+                    up_w.write(frame(encode_message(dataclasses.replace(forged, term=99))))
+                    injected.set()
+        up_w.close()
+        relay.cancel()
+
+    proxy = await asyncio.start_server(mitm, "127.0.0.1", 0)
+    try:
+        b = await make_transport(2, {1: proxy.sockets[0].getsockname()[:2]}, secret=secret)
+        async with asyncio.timeout(WAIT_S):
+            await injected.wait()
+        await wait_until(lambda: reasons(logs, "raft.transport.bad_frame") == ["bad_seal"])
+    finally:
+        proxy.close()
+    assert all(m.term != 99 for m in inbox.messages)
+    b.update_peer(1, a.listen_addr)  # the direct link: node 2 reconnects and is heard
+    b.send(app(2, 1, 5, payload=b"after"))
+    got = await inbox.wait_for_count(1)
+    assert got[-1] == app(2, 1, 5, payload=b"after")
 
 
 async def test_seeded_bit_flips_never_crash_or_deliver_garbage(

@@ -27,6 +27,7 @@ from node.membership import join_cluster
 from node.metrics import Metrics
 from node.queue_service import QueueService
 from node.quota import DiskGuardedEnv, disk_full_cause, node_quota
+from node.state.messages import receipt_key_from
 from node.state_machine import QueueStateMachine
 from raft.core import SizeLimits
 from raft.driver import RaftNode
@@ -72,7 +73,7 @@ class NodeServer:
             self.data_dir.close()
             raise
         self.incarnation = self.data_dir.identity.incarnation
-        self.sm = QueueStateMachine(self.env)
+        self.sm = QueueStateMachine(self.env, receipt_key=receipt_key_from(config.secret))
         self.metrics = Metrics()
         self.raft = RaftNode(
             config.node_id,

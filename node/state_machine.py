@@ -123,10 +123,15 @@ HANDLERS: dict[str, Handler] = {
 class QueueStateMachine:
     """raft.state_machine.StateMachine for queues, stored in the node.* sub-dbs."""
 
-    def __init__(self, env: LmdbEnv, *, snapshot_in_child: bool = True) -> None:
+    def __init__(
+        self, env: LmdbEnv, *, snapshot_in_child: bool = True, receipt_key: bytes = b""
+    ) -> None:
         """`snapshot_in_child`: write snapshots in a child process (see
-        node/state/snapshot_process.py); False writes them on the calling thread."""
+        node/state/snapshot_process.py); False writes them on the calling thread.
+        `receipt_key`: the cluster's key for receipt tags (the same on every replica:
+        node/state/messages.py receipt_key_from)."""
         self.env = env
+        self.receipt_key = receipt_key
         self.snapshot_in_child = snapshot_in_child
         self.tables = Tables(env)
         # queue_config() runs on every send: answer it from memory. An entry is trusted only
@@ -302,7 +307,7 @@ class QueueStateMachine:
     # ---- internals ----------------------------------------------------------------------
 
     def _ctx(self, txn: lmdb.Transaction, now_ms: int) -> Ctx:
-        return Ctx(txn=txn, tables=self.tables, now_ms=now_ms)
+        return Ctx(txn=txn, tables=self.tables, now_ms=now_ms, receipt_key=self.receipt_key)
 
     def _apply_batch(self, txn: lmdb.Transaction, entries: Sequence[Entry]) -> list[Any]:
         """Apply `entries`: optimistically in one child transaction, and again with one

@@ -1,6 +1,7 @@
 """Receive, ack, nack and extend: leases on messages.
 
-A receipt names one delivery (message id + lease number). It is valid only while that
+A receipt names one delivery (message id + lease number, tagged with an HMAC under the
+cluster's receipt key: messages.receipt_of). It is valid only while that
 delivery's lease is current: the message is in flight, the lease number matches and the
 deadline has not passed. Anything else - expired, re-delivered, already acked, unknown,
 malformed - is reported back as stale and changes nothing.
@@ -60,7 +61,7 @@ def receive(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
                 "id": meta["id"],
                 "body": messages.body(ctx, seq),
                 "attributes": meta["attrs"],
-                "receipt": messages.receipt_of(meta),
+                "receipt": messages.receipt_of(ctx, queue["name"], meta),
                 "receive_count": meta["rc"],
                 "enqueued_at": meta["enq"],
                 "group_id": meta["group"],
@@ -83,7 +84,7 @@ def receive(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
 
 def current_lease(ctx: Ctx, queue: dict[str, Any], receipt: Any) -> dict[str, Any] | None:
     """The in-flight message a receipt names, if its lease is still current."""
-    parsed = messages.parse_receipt(receipt)
+    parsed = messages.parse_receipt(ctx, queue["name"], receipt)
     if parsed is None:
         return None
     seq, lease = parsed

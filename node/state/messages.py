@@ -14,12 +14,17 @@ group while its head is in flight or delayed.
 
 from __future__ import annotations
 
+import base64
+import hmac
 from operator import itemgetter
 from typing import Any
 
 from node.state import counters, keys
 from node.state.tables import TIMER_DELAYED, TIMER_LEASES, TIMER_RETENTION, Ctx, unpack
 from raft.messages import pack
+
+RECEIPT_TAG_BYTES = 12
+MAX_RECEIPT_CHARS = 64
 
 READY = 0
 IN_FLIGHT = 1
@@ -32,23 +37,46 @@ def message_id(seq: int) -> str:
     return format(seq, "016x")
 
 
-def receipt_of(meta: dict[str, Any]) -> str:
-    """Names one delivery: a later delivery of the same message gets a new lease number."""
-    return f"{meta['id']}.{meta['lease']}"
+def receipt_key_from(secret: bytes | None) -> bytes:
+    """The cluster's receipt key, derived from its peer secret (every member holds it);
+    empty without one (receipts are then tagged with a key anyone can compute)."""
+    return hmac.digest(secret, b"raftq-receipts", "sha256") if secret else b""
 
 
-def parse_receipt(receipt: Any) -> tuple[int, int] | None:
-    """(seq, lease number) of a well-formed receipt, else None."""
-    if not isinstance(receipt, str) or len(receipt) > 40:
+def receipt_tag(key: bytes, queue: str, ident: str, lease: int) -> str:
+    """The tag of receipt `{ident}.{lease}` on `queue` (documented for clients' tests)."""
+    mac = hmac.digest(key, f"{queue}\n{ident}\n{lease}".encode(), "sha256")
+    return base64.urlsafe_b64encode(mac[:RECEIPT_TAG_BYTES]).decode()
+
+
+def receipt_of(ctx: Ctx, queue: str, meta: dict[str, Any]) -> str:
+    """Names one delivery: `{id}.{lease}.{tag}`, the tag an HMAC under the cluster's
+    receipt key over the queue, the id and the lease number.
+
+    Why a tag: without one a receipt is guessable from a message id, so anyone could ack,
+    nack or extend another consumer's delivery (and pre-empt its exactly-once txn id,
+    which is made of the receipt). A later delivery gets a new lease number, so a new tag.
+    """
+    ident, lease = meta["id"], meta["lease"]
+    return f"{ident}.{lease}.{receipt_tag(ctx.receipt_key, queue, ident, lease)}"
+
+
+def parse_receipt(ctx: Ctx, queue: str, receipt: Any) -> tuple[int, int] | None:
+    """(seq, lease number) of a receipt this cluster made for `queue`, else None."""
+    if not isinstance(receipt, str) or len(receipt) > MAX_RECEIPT_CHARS:
         return None
-    ident, dot, lease = receipt.partition(".")
-    if not dot or len(ident) != 16 or not lease.isdigit() or not lease.isascii():
+    ident, dot, rest = receipt.partition(".")
+    lease, dot2, tag = rest.partition(".")
+    if not dot or not dot2 or len(ident) != 16 or not lease.isdigit() or not lease.isascii():
         return None
     try:
         seq = int(ident, 16)
     except ValueError:
         return None
-    if ident != format(seq, "016x"):
+    if ident != format(seq, "016x") or len(lease) > 19:
+        return None
+    expected = receipt_tag(ctx.receipt_key, queue, ident, int(lease))
+    if not hmac.compare_digest(tag.encode(), expected.encode()):
         return None
     return seq, int(lease)
 

@@ -99,6 +99,9 @@ class Ctx:
     #: of it is earlier than, so release_due can skip an index with nothing due without
     #: opening a cursor. None (reads, tests) means no bounds: every index is looked at.
     floors: list[int] | None = None
+    #: The cluster's receipt key (node/state/messages.py receipt_of): the same on every
+    #: replica, so a receipt made by one is checked alike by all.
+    receipt_key: bytes = b""
 
     def timer_added(self, index: int, at: int) -> None:
         """An entry due at `at` was put in timer index `index`: lower its floor to match.

@@ -14,6 +14,7 @@ import pytest
 from node.commands import decode_command, encode_command
 from node.errors import BadRequest
 from node.state import keys, messages, timers
+from node.state.messages import receipt_tag
 from node.state_machine import QueueStateMachine
 from raft.lmdb_env import LmdbEnv
 from raft.messages import Entry, EntryKind
@@ -519,6 +520,41 @@ def test_receipt_of_another_queue_is_stale(h: Harness) -> None:
     assert h.ok("ack", queue="b", receipts=[receipt]) == {"acked": 0, "stale": [receipt]}
 
 
+def test_a_receipt_cannot_be_guessed_from_the_message_id(h: Harness) -> None:
+    """A receipt is {id}.{lease}.{tag}; one with the right id and lease but another tag
+    (none, forged, or made with another cluster's key) is stale and changes nothing."""
+    h.create("q")
+    h.send("q", b"x")
+    got = h.receive("q", visibility_timeout_s=60)[0]
+    ident, lease, tag = got["receipt"].split(".")
+    assert (ident, lease) == (got["id"], "1") and len(tag) == 16
+    other_key = receipt_tag(b"another-cluster", "q", ident, 1)
+    guesses = [f"{ident}.{lease}", f"{ident}.{lease}.{'A' * 16}", f"{ident}.{lease}.{other_key}"]
+    for guess in guesses:
+        assert h.ok("ack", queue="q", receipts=[guess]) == {"acked": 0, "stale": [guess]}
+        assert h.ok("extend", queue="q", receipts=[guess], visibility_timeout_s=1)["stale"] == [
+            guess
+        ]
+    assert h.info("q")["in_flight"] == 1
+    assert h.ok("ack", queue="q", receipts=[got["receipt"]]) == {"acked": 1, "stale": []}
+
+
+def test_receipts_are_tagged_with_the_clusters_key(tmp_path) -> None:
+    """Replicas with the same key make and accept the same receipts; another key's
+    receipts are stale."""
+    keyed = [Harness(str(tmp_path / name)) for name in ("a", "b", "c")]
+    for h, key in zip(keyed, (b"k" * 32, b"k" * 32, b"z" * 32), strict=True):
+        h.sm = QueueStateMachine(h.env, receipt_key=key)
+        h.create("q")
+        h.send("q", b"x")
+    a, b, c = (h.receive("q")[0]["receipt"] for h in keyed)
+    assert a == b != c
+    assert keyed[0].ok("ack", queue="q", receipts=[c])["stale"] == [c]
+    assert keyed[1].ok("ack", queue="q", receipts=[a])["acked"] == 1
+    for h in keyed:
+        h.close()
+
+
 def test_counter_records_are_fixed_width_and_older_map_records_still_work(h: Harness) -> None:
     from node.state import counters, keys
 
@@ -836,7 +872,8 @@ def test_a_batch_with_refused_commands_matches_one_entry_at_a_time(tmp_path) -> 
         log += [a.entry("receive", queue="q", max=3)]
         # refused, and stamped after the first lease ends: kept, its clock would expire it
         log += [a.entry("send", ts_ms=a.now_ms + 1000, queue="missing", messages=[{"body": b"x"}])]
-        log += [a.entry("ack", queue="q", receipts=["0000000000000001.1", "bogus"])]
+        first = f"0000000000000001.1.{receipt_tag(b'', 'q', '0000000000000001', 1)}"
+        log += [a.entry("ack", queue="q", receipts=[first, "bogus"])]
         log += [a.entry("receive", ts_ms=a.now_ms + 2000, queue="q", max=10)]
         log += [a.entry("queue_put", name="q", config={"fifo": True})]  # refused last
         results_a = [a.sm.apply([e])[0] for e in log]

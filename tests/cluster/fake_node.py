@@ -26,6 +26,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--raft", required=True)
     p.add_argument("--peers", required=True)
     p.add_argument("--data-dir", required=True)
+    p.add_argument("--secret-file")  # the launcher's peer secret: read, as a node does
     p.add_argument("--ignore-sigterm", action="store_true")
     return p.parse_args(argv)
 

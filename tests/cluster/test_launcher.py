@@ -86,6 +86,8 @@ def test_command_and_peers(tmp_path: Path) -> None:
         peers,
         "--data-dir",
         str(tmp_path.resolve() / "node-2"),
+        "--secret-file",
+        str(tmp_path.resolve() / "peer-secret"),
         "--x",
     ]
     with pytest.raises(ValueError):

@@ -1,9 +1,9 @@
 """A node whose Raft safety check fails stops: a clear log line, exit code 1, and
 `raftq up` says which node stopped and why, while the other two keep serving.
 
-The failed check is provoked the way a broken or hostile peer would: an AppendEntries,
-sent on the follower's Raft port as if from the leader, that disagrees with an entry the
-follower has committed. Before the audit, the follower logged it and went on voting.
+The failed check is provoked the way a broken or hostile member would (one that holds the
+cluster's peer secret, which `raftq up` made): an AppendEntries, sent on the follower's
+Raft port as if from the leader, that disagrees with an entry the follower has committed. Before the audit, the follower logged it and went on voting.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ def _get(url: str) -> dict:
         return json.loads(resp.read())
 
 
-async def _forge_append(frm: int, to: int, raft_addr: str, term: int, entries: list) -> None:
+async def _forge_append(
+    frm: int, to: int, raft_addr: str, term: int, entries: list, secret: bytes
+) -> None:
     """Send one APP on `to`'s Raft port, claiming to be node `frm`."""
     host, port = raft_addr.rsplit(":", 1)
     fake = Transport(
@@ -42,6 +44,7 @@ async def _forge_append(frm: int, to: int, raft_addr: str, term: int, entries: l
         {to: (host, int(port))},
         lambda m: None,
         config_digest=config_digest((1, 2, 3), 8 << 20),  # a peer that agrees on members
+        secret=secret,
     )
     await fake.start()
     try:
@@ -84,7 +87,10 @@ def test_a_forged_conflicting_append_stops_the_follower_and_up_reports_it(tmp_pa
         log = _get(victim["url"] + "/v1/admin/log?from=1")
         entries = [(index, term) for index, term, _crc in log["entries"]]
         assert len(entries) >= 3
-        asyncio.run(_forge_append(leader, victim["id"], victim["raft"], view["term"] + 1, entries))
+        secret = Path(doc["peer_secret_file"]).read_bytes().strip()
+        asyncio.run(
+            _forge_append(leader, victim["id"], victim["raft"], view["term"] + 1, entries, secret)
+        )
 
         deadline = time.monotonic() + 15
         while _pid_alive(victim["pid"]) and time.monotonic() < deadline:

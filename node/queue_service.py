@@ -112,6 +112,8 @@ class QueueStateReader(Protocol):
 
     def state_hash(self) -> str: ...
 
+    def applied_state(self) -> tuple[int, str]: ...
+
 
 class QueueService:
     """Proposes commands for the API and wakes long-polls when applies make work visible."""

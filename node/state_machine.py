@@ -290,19 +290,31 @@ class QueueStateMachine:
         applied_index is left out (callers compare it separately): the hash describes the
         queue state, so a refused command or a NOOP entry leaves it unchanged.
         """
+        return self.env.read(self._hash_in)
 
-        def read(txn: lmdb.Transaction) -> str:
-            digest = hashlib.sha256()
-            for name in TABLE_NAMES:
-                digest.update(b"T" + len(name).to_bytes(2, "big") + name.encode())
-                for key, value in txn.cursor(db=self.tables.handles[name]):
-                    if name == "node.meta" and key == META_APPLIED_INDEX:
-                        continue
-                    digest.update(len(key).to_bytes(4, "big") + key)
-                    digest.update(len(value).to_bytes(4, "big") + value)
-            return digest.hexdigest()
+    def applied_state(self) -> tuple[int, str]:
+        """(applied index, state hash) read in one transaction, so the two always match.
+
+        Why: `GET /v1/admin/state` hashes the whole database off the event loop (it would
+        stall heartbeats on a big state), while entries keep applying; read apart, the
+        index and the hash could describe two different states.
+        """
+
+        def read(txn: lmdb.Transaction) -> tuple[int, str]:
+            return self._ctx(txn, 0).get_int(META_APPLIED_INDEX), self._hash_in(txn)
 
         return self.env.read(read)
+
+    def _hash_in(self, txn: lmdb.Transaction) -> str:
+        digest = hashlib.sha256()
+        for name in TABLE_NAMES:
+            digest.update(b"T" + len(name).to_bytes(2, "big") + name.encode())
+            for key, value in txn.cursor(db=self.tables.handles[name]):
+                if name == "node.meta" and key == META_APPLIED_INDEX:
+                    continue
+                digest.update(len(key).to_bytes(4, "big") + key)
+                digest.update(len(value).to_bytes(4, "big") + value)
+        return digest.hexdigest()
 
     # ---- internals ----------------------------------------------------------------------
 

@@ -1360,3 +1360,13 @@ def test_deleting_a_queue_drops_its_dedup_expiry_records(h: Harness) -> None:
     assert _table_entries(h, "dedup_expiry") == 4  # two sends per queue, one stamp
     h.ok("queue_delete", name="gone")
     assert _table_entries(h, "dedup") == 6 and _table_entries(h, "dedup_expiry") == 2
+
+
+def test_applied_state_reads_the_index_and_the_hash_together(h: Harness) -> None:
+    h.create("q")
+    h.send("q", b"a")
+    assert h.sm.applied_state() == (h.sm.applied_index(), h.sm.state_hash())
+    before = h.sm.applied_state()
+    h.send("q", b"b")
+    after = h.sm.applied_state()
+    assert after[0] == before[0] + 1 and after[1] != before[1]

@@ -58,6 +58,14 @@ log = structlog.get_logger("node.binary")
 MAX_IN_FLIGHT = 1024
 #: A client has this long to send the magic after connecting.
 HANDSHAKE_TIMEOUT_S = 10.0
+#: Connections one client address may hold open at once; the next is closed at once.
+MAX_CONNECTIONS_PER_ADDRESS = 256
+#: A connection with no request on its way and no new frame for this long is closed
+#: (the client reconnects on its next request).
+IDLE_TIMEOUT_S = 300.0
+#: Once a frame's header is in, its payload must follow within this (a slow-loris
+#: client trickling bytes holds a connection for no longer).
+READ_TIMEOUT_S = 30.0
 _MSGPACK_HEADERS = CIMultiDictProxy(CIMultiDict({"Content-Type": MSGPACK, "Accept": MSGPACK}))
 #: Headers of a handler's answer that the frame itself replaces.
 _FRAME_OWN_HEADERS = frozenset({"content-type", "content-length"})
@@ -199,8 +207,16 @@ class BinaryApi:
         max_body_bytes: int,
         max_in_flight: int = MAX_IN_FLIGHT,
         leader_wait_s: float = 0.0,
+        max_connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        read_timeout_s: float = READ_TIMEOUT_S,
     ) -> None:
         self.app = app
+        self.max_connections_per_address = max_connections_per_address
+        self.idle_timeout_s = idle_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.refused_connections = 0
+        self._per_address: dict[str, int] = {}
         self.leader_wait_s = leader_wait_s
         self.host = host
         self.port = port
@@ -238,6 +254,24 @@ class BinaryApi:
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
         log.info("binary.stopped")
 
+    async def _next_header(self, reader: asyncio.StreamReader, in_flight: list[int]) -> bytes:
+        """The next frame header. TimeoutError once the connection sat `idle_timeout_s`
+        with nothing on its way: a client waiting for an answer (a long-poll) is not idle,
+        nor is one whose header is still arriving (then `read_timeout_s` bounds it)."""
+        while True:
+            try:
+                async with asyncio.timeout(self.idle_timeout_s):
+                    first = await reader.readexactly(1)
+                break
+            except TimeoutError:
+                if not in_flight[0]:
+                    raise
+        try:
+            async with asyncio.timeout(self.read_timeout_s):
+                return first + await reader.readexactly(FRAME_HEADER_BYTES - 1)
+        except asyncio.IncompleteReadError as exc:
+            raise asyncio.IncompleteReadError(first + exc.partial, FRAME_HEADER_BYTES) from None
+
     def _bad_frame(self, reason: str, detail: str, remote: str) -> None:
         self.bad_frames += 1
         log.warning("binary.bad_frame", reason=reason, detail=detail, remote=remote)
@@ -245,9 +279,24 @@ class BinaryApi:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections[task] = writer
         peer = writer.get_extra_info("peername")
         remote = f"{peer[0]}:{peer[1]}" if peer else "?"
+        address = peer[0] if peer else "?"
+        held = self._per_address.get(address, 0)
+        if held >= self.max_connections_per_address:
+            self.refused_connections += 1
+            if self.refused_connections & (self.refused_connections - 1) == 0:  # 1, 2, 4, ...
+                log.warning(
+                    "binary.connection_refused",
+                    reason="too_many_connections",
+                    remote=remote,
+                    held=held,
+                    refused_total=self.refused_connections,
+                )
+            writer.close()
+            return
+        self._per_address[address] = held + 1
+        self._connections[task] = writer
         try:
             await self._read_frames(reader, writer, remote)
         except asyncio.CancelledError:
@@ -256,6 +305,11 @@ class BinaryApi:
             log.error("binary.connection_failed", remote=remote, error=repr(exc))
         finally:
             self._connections.pop(task, None)
+            left = self._per_address[address] - 1
+            if left:
+                self._per_address[address] = left
+            else:
+                del self._per_address[address]
             writer.close()
 
     async def _read_frames(
@@ -271,9 +325,13 @@ class BinaryApi:
             self._bad_frame("bad_magic", repr(magic), remote)
             return
         slots = asyncio.Semaphore(self.max_in_flight)
+        in_flight = [0]  # this connection's requests on their way
         while True:
             try:
-                header = await reader.readexactly(FRAME_HEADER_BYTES)
+                header = await self._next_header(reader, in_flight)
+            except TimeoutError:
+                log.info("binary.idle_closed", remote=remote, idle_s=self.idle_timeout_s)
+                return
             except asyncio.IncompleteReadError as exc:
                 if exc.partial:
                     self._bad_frame("truncated_frame", f"{len(exc.partial)} header bytes", remote)
@@ -286,7 +344,13 @@ class BinaryApi:
                 self._bad_frame(exc.reason, exc.detail, remote)
                 return
             try:
-                payload = await reader.readexactly(length)
+                async with asyncio.timeout(self.read_timeout_s):
+                    payload = await reader.readexactly(length)
+            except TimeoutError:
+                self._bad_frame(
+                    "slow_frame", f"{length} bytes not in {self.read_timeout_s}s", remote
+                )
+                return
             except asyncio.IncompleteReadError as exc:
                 self._bad_frame("truncated_frame", f"{len(exc.partial)} of {length} bytes", remote)
                 return
@@ -298,10 +362,11 @@ class BinaryApi:
                 self._bad_frame(exc.reason, exc.detail, remote)
                 return
             await slots.acquire()
+            in_flight[0] += 1
             request = asyncio.ensure_future(self._answer(writer, request_id, method, path_qs, body))
             self._requests.add(request)
             request.add_done_callback(self._requests.discard)
-            request.add_done_callback(lambda _t: slots.release())
+            request.add_done_callback(lambda _t: _done(slots, in_flight))
 
     async def _answer(
         self,
@@ -336,3 +401,8 @@ class BinaryApi:
             await writer.drain()
         except ConnectionError:
             pass
+
+
+def _done(slots: asyncio.Semaphore, in_flight: list[int]) -> None:
+    in_flight[0] -= 1
+    slots.release()

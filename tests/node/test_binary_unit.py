@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from types import SimpleNamespace
 from typing import Any
@@ -320,3 +321,84 @@ async def test_a_request_waits_out_an_election_instead_of_answering_no_leader() 
     with pytest.raises(ApiError) as err:
         await _waiting_for_a_leader(refused, 5.0)(None)
     assert err.value.code == "bad_request" and len(tries) == 1
+
+
+# ---------------------------------------------------------------- resource limits
+
+
+async def _limited(**limits: Any) -> BinaryApi:
+    async def slow(_request: Any) -> web.Response:
+        await asyncio.sleep(0.8)
+        return web.Response(body=msgpack.packb("slow"), content_type=MSGPACK)
+
+    async def quick(_request: Any) -> web.Response:
+        return web.Response(body=msgpack.packb("ok"), content_type=MSGPACK)
+
+    app = web.Application()
+    app[SERVICE_KEY] = SimpleNamespace(metrics=_Metrics())  # type: ignore[assignment]
+    api = BinaryApi(app, "127.0.0.1", 0, max_body_bytes=1 << 20, **limits)
+    api.routes = RouteTable([("GET", "/slow", slow), ("GET", "/quick", quick)])
+    await api.start()
+    return api
+
+
+async def _connect(port: int, source: str = "127.0.0.1") -> tuple[Any, Any]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    writer.write(MAGIC)
+    return reader, writer
+
+
+async def _quick_answer(port: int, source: str = "127.0.0.1") -> Any:
+    reader, writer = await _connect(port, source)
+    try:
+        writer.write(encode_request(1, "GET", "/quick", None))
+        return (await asyncio.wait_for(_read_answer(reader), 5))[3]
+    finally:
+        writer.close()
+
+
+async def test_one_address_holds_at_most_its_share_of_connections() -> None:
+    api = await _limited(max_connections_per_address=3)
+    try:
+        held = [await _connect(api.port, "127.0.0.2") for _ in range(3)]
+        reader, writer = await _connect(api.port, "127.0.0.2")  # the fourth: closed at once
+        with contextlib.suppress(ConnectionResetError):  # closed with our MAGIC unread
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        assert api.refused_connections == 1
+        assert await _quick_answer(api.port) == "ok"  # another address is served
+        held[0][1].close()  # one closes: its address may connect again
+        await asyncio.sleep(0.1)
+        assert await _quick_answer(api.port, "127.0.0.2") == "ok"
+        for _r, w in held[1:]:
+            w.close()
+    finally:
+        await api.close(grace_s=0.1)
+
+
+async def test_an_idle_connection_is_closed_but_one_waiting_for_an_answer_is_not() -> None:
+    api = await _limited(idle_timeout_s=0.3)
+    try:
+        idle_reader, idle_writer = await _connect(api.port)
+        busy_reader, busy_writer = await _connect(api.port)
+        busy_writer.write(encode_request(7, "GET", "/slow", None))  # answered after 0.8 s
+        assert await asyncio.wait_for(idle_reader.read(), 5) == b""  # closed after 0.3 s
+        answer = await asyncio.wait_for(_read_answer(busy_reader), 5)
+        assert answer[0] == 7 and answer[3] == "slow"
+        for w in (idle_writer, busy_writer):
+            w.close()
+    finally:
+        await api.close(grace_s=0.1)
+
+
+async def test_a_frame_trickling_in_is_cut_off_after_the_read_timeout() -> None:
+    api = await _limited(read_timeout_s=0.3)
+    try:
+        reader, writer = await _connect(api.port)
+        writer.write(struct.pack(">I", 100) + b"\x94" * 10)  # 10 of 100 announced bytes
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        assert api.bad_frames == 1
+        assert await _quick_answer(api.port) == "ok"
+    finally:
+        await api.close(grace_s=0.1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -326,7 +327,10 @@ async def test_a_request_waits_out_an_election_instead_of_answering_no_leader() 
 # ---------------------------------------------------------------- resource limits
 
 
-async def _limited(**limits: Any) -> BinaryApi:
+@contextlib.asynccontextmanager
+async def _limited(**limits: Any) -> AsyncIterator[BinaryApi]:
+    """A BinaryApi with `limits`, a slow and a quick route; closed on the way out."""
+
     async def slow(_request: Any) -> web.Response:
         await asyncio.sleep(0.8)
         return web.Response(body=msgpack.packb("slow"), content_type=MSGPACK)
@@ -339,7 +343,10 @@ async def _limited(**limits: Any) -> BinaryApi:
     api = BinaryApi(app, "127.0.0.1", 0, max_body_bytes=1 << 20, **limits)
     api.routes = RouteTable([("GET", "/slow", slow), ("GET", "/quick", quick)])
     await api.start()
-    return api
+    try:
+        yield api
+    finally:
+        await api.close(grace_s=0.1)
 
 
 async def _connect(port: int, source: str = "127.0.0.1") -> tuple[Any, Any]:
@@ -358,8 +365,7 @@ async def _quick_answer(port: int, source: str = "127.0.0.1") -> Any:
 
 
 async def test_one_address_holds_at_most_its_share_of_connections() -> None:
-    api = await _limited(max_connections_per_address=3)
-    try:
+    async with _limited(max_connections_per_address=3) as api:
         held = [await _connect(api.port, "127.0.0.2") for _ in range(3)]
         reader, writer = await _connect(api.port, "127.0.0.2")  # the fourth: closed at once
         with contextlib.suppress(ConnectionResetError):  # closed with our MAGIC unread
@@ -372,13 +378,10 @@ async def test_one_address_holds_at_most_its_share_of_connections() -> None:
         assert await _quick_answer(api.port, "127.0.0.2") == "ok"
         for _r, w in held[1:]:
             w.close()
-    finally:
-        await api.close(grace_s=0.1)
 
 
 async def test_an_idle_connection_is_closed_but_one_waiting_for_an_answer_is_not() -> None:
-    api = await _limited(idle_timeout_s=0.3)
-    try:
+    async with _limited(idle_timeout_s=0.3) as api:
         idle_reader, idle_writer = await _connect(api.port)
         busy_reader, busy_writer = await _connect(api.port)
         busy_writer.write(encode_request(7, "GET", "/slow", None))  # answered after 0.8 s
@@ -387,18 +390,13 @@ async def test_an_idle_connection_is_closed_but_one_waiting_for_an_answer_is_not
         assert answer[0] == 7 and answer[3] == "slow"
         for w in (idle_writer, busy_writer):
             w.close()
-    finally:
-        await api.close(grace_s=0.1)
 
 
 async def test_a_frame_trickling_in_is_cut_off_after_the_read_timeout() -> None:
-    api = await _limited(read_timeout_s=0.3)
-    try:
+    async with _limited(read_timeout_s=0.3) as api:
         reader, writer = await _connect(api.port)
         writer.write(struct.pack(">I", 100) + b"\x94" * 10)  # 10 of 100 announced bytes
         assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
         assert api.bad_frames == 1
         assert await _quick_answer(api.port) == "ok"
-    finally:
-        await api.close(grace_s=0.1)

@@ -7,6 +7,7 @@ and limits; parsing happens once, here, and everything else receives a frozen va
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -157,6 +158,16 @@ def parse_binary(value: Any, http_host: str, http_port: int) -> tuple[str | None
 MIN_SECRET_BYTES = 16
 
 
+def _is_loopback(host: str) -> bool:
+    """Only this machine can reach `host` (a test or `raftq up` cluster)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
 def read_secret_file(path: str) -> bytes:
     """The peer secret in `path`, without surrounding whitespace (a trailing newline from
     an editor or `echo` is not part of it); at least MIN_SECRET_BYTES."""
@@ -243,6 +254,12 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
     cfg = replace(cfg, **overrides)
     if cfg.secret_file is not None:
         cfg = replace(cfg, secret=read_secret_file(cfg.secret_file))
+    elif not _is_loopback(cfg.raft_host):
+        raise ConfigError(
+            f"the peer port listens on {cfg.raft_host}, beyond this machine: give every node "
+            "the same --secret-file (e.g. `head -c 32 /dev/urandom | base64 > FILE`), or "
+            "anyone who reaches that port can speak Raft to this node"
+        )
     if cfg.log_format not in ("json", "console"):
         raise ConfigError("log_format must be json or console")
     if cfg.tick_ms <= 0 or cfg.election_ticks <= cfg.heartbeat_ticks:

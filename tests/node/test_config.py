@@ -136,3 +136,23 @@ def test_a_secret_is_never_taken_from_the_command_line_or_inline(tmp_path):
     toml.write_text('secret = "0123456789abcdefghij"\n')
     with pytest.raises(ConfigError, match="read from a file"):
         load_config([*BASE, "--data-dir", str(tmp_path), "--config", str(toml)])
+
+
+def test_a_peer_port_beyond_loopback_needs_a_secret(tmp_path):
+    """Authenticated peers by default: only a loopback-only cluster may run without."""
+    beyond = ["--id", "1", "--http", "0.0.0.0:7001", "--raft", "10.0.0.1:7101"]
+    with pytest.raises(ConfigError, match="--secret-file"):
+        load_config([*beyond, "--data-dir", str(tmp_path)])
+    named = ["--id", "1", "--http", "0.0.0.0:7001", "--raft", "raftq1:7101"]
+    with pytest.raises(ConfigError, match="--secret-file"):
+        load_config([*named, "--data-dir", str(tmp_path)])
+    secret = tmp_path / "peer-secret"
+    secret.write_text("0123456789abcdef0123\n")
+    cfg = load_config([*beyond, "--data-dir", str(tmp_path), "--secret-file", str(secret)])
+    assert cfg.secret == b"0123456789abcdef0123"
+    for host in ("127.0.0.1", "localhost", "::1"):
+        raft = f"[{host}]:7101" if ":" in host else f"{host}:7101"
+        cfg = load_config(
+            ["--id", "1", "--http", "127.0.0.1:7001", "--raft", raft, "--data-dir", str(tmp_path)]
+        )
+        assert cfg.secret is None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
-import hmac
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -426,8 +425,8 @@ class QueueModel:
 
 
 def _receipt(queue: str, m: dict[str, Any]) -> str:
-    """What the API documents: `{id}.{lease}.{tag}`, the tag the first 12 bytes of
-    HMAC-SHA256(cluster key, "{queue}\\n{id}\\n{lease}") in URL-safe base64 (the model
-    runs with the empty key of a cluster without a secret)."""
-    mac = hmac.digest(b"", f"{queue}\n{m['id']}\n{m['lease']}".encode(), "sha256")
-    return f"{m['id']}.{m['lease']}.{base64.urlsafe_b64encode(mac[:12]).decode()}"
+    """What the API documents: `{id}.{lease}.{tag}`, the tag the 12-byte keyed BLAKE2b of
+    "{queue}\\n{id}\\n{lease}" under the cluster key, in URL-safe base64 (the model runs
+    with the empty key of a cluster without a secret)."""
+    mac = hashlib.blake2b(f"{queue}\n{m['id']}\n{m['lease']}".encode(), digest_size=12)
+    return f"{m['id']}.{m['lease']}.{base64.urlsafe_b64encode(mac.digest()).decode()}"

@@ -399,8 +399,11 @@ def conf_from_fields(raw: Any) -> ConfState:
     learners = _peer_ids(raw[1], "learners")
     if set(voters) & set(learners):
         raise InvalidMessage("a node cannot be both voter and learner")
+    listed = raw[2] if len(raw) == 3 else []
+    if type(listed) is not list or len(listed) > 1024:
+        raise InvalidMessage("members must be an array of at most 1024 members")
     members: list[Member] = []
-    for item in raw[2] if len(raw) == 3 else []:
+    for item in listed:
         if type(item) is not list or len(item) not in (4, 5):
             raise InvalidMessage("a member must be [id, url, raft_addr, incarnation, promote]")
         node_id, url, raft_addr, incarnation = item[:4]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -154,6 +155,14 @@ def test_random_configurations_decode_or_are_refused(value: Any) -> None:
     except InvalidMessage:
         return
     assert decode_conf(encode_conf(conf)) == conf
+
+
+@pytest.mark.parametrize("members", [None, {}, 7, "m", [None], [[1]]])
+def test_a_configuration_whose_members_are_not_members_is_refused(members: Any) -> None:
+    """Found by the fuzzer: members that were not an array raised TypeError out of the
+    decoder (and out of decode_message, for a snapshot's configuration)."""
+    with pytest.raises(InvalidMessage):
+        decode_conf(msgpack.packb([[1], [], members]))
 
 
 def test_a_configuration_with_members_round_trips() -> None:

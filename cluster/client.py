@@ -350,12 +350,28 @@ class AsyncQueue:
         return await self._ack_receipts(refs, [self._receipt(r) for r in refs])
 
     async def _ack_receipts(self, refs: list[MessageRef], receipts: list[str]) -> AckResult:
+        return await self._receipt_call("/ack", refs, receipts, {}, count_key="acked")
+
+    async def _receipt_call(
+        self,
+        path: str,
+        refs: list[MessageRef],
+        receipts: list[str],
+        extra: dict[str, Any],
+        *,
+        count_key: str | None,
+        forget: bool = True,
+    ) -> AckResult:
+        """One ack, nack or extend request for `receipts`: how many took effect (the
+        answer's `count_key`, else those not stale) and which were stale."""
         if not receipts:
             return AckResult(0)
-        answer = await self._call("POST", "/ack", {"receipts": receipts}) or {}
-        self._forget(refs)
+        answer = await self._call("POST", path, {"receipts": receipts, **extra}) or {}
+        if forget:
+            self._forget(refs)
         stale = tuple(str(s) for s in answer.get("stale") or ())
-        return AckResult(int(answer.get("acked", len(receipts) - len(stale))), stale)
+        done = len(receipts) - len(stale)
+        return AckResult(int(answer.get(count_key, done)) if count_key else done, stale)
 
     async def retry(self, message: MessageRef, delay_s: float = 0.0) -> bool:
         """Nack: make the message visible again after `delay_s` (its receive_count is kept).
@@ -366,13 +382,9 @@ class AsyncQueue:
         """Nack many messages in one request."""
         refs = list(messages)
         receipts = [self._receipt(r) for r in refs]
-        if not receipts:
-            return AckResult(0)
-        body = {"receipts": receipts, "delay_s": delay_s}
-        answer = await self._call("POST", "/nack", body) or {}
-        self._forget(refs)
-        stale = tuple(str(s) for s in answer.get("stale") or ())
-        return AckResult(len(receipts) - len(stale), stale)
+        return await self._receipt_call(
+            "/nack", refs, receipts, {"delay_s": delay_s}, count_key=None
+        )
 
     async def extend(self, message: MessageRef, visibility_timeout_s: float) -> bool:
         """Push the lease deadline to now + `visibility_timeout_s`. False if already stale."""
@@ -383,13 +395,16 @@ class AsyncQueue:
     ) -> AckResult:
         """Extend many leases in one request; the result lists stale receipts (their
         count in `acked` is of those extended)."""
-        receipts = [self._receipt(r) for r in messages]
-        if not receipts:
-            return AckResult(0)
-        body = {"receipts": receipts, "visibility_timeout_s": visibility_timeout_s}
-        answer = await self._call("POST", "/extend", body) or {}
-        stale = tuple(str(s) for s in answer.get("stale") or ())
-        return AckResult(int(answer.get("extended", len(receipts) - len(stale))), stale)
+        refs = list(messages)
+        extra = {"visibility_timeout_s": visibility_timeout_s}
+        return await self._receipt_call(
+            "/extend",
+            refs,
+            [self._receipt(r) for r in refs],
+            extra,
+            count_key="extended",
+            forget=False,
+        )
 
     # --- consumer loop -------------------------------------------------------------------
 

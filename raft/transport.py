@@ -533,12 +533,17 @@ class Transport:
 
     async def _read_challenge(self, reader: asyncio.StreamReader) -> bytes:
         """The acceptor's challenge, the first frame on an outbound connection (secret set)."""
+        return decode_challenge(await self._read_opening_frame(reader, "challenge_too_large"))
+
+    async def _read_opening_frame(self, reader: asyncio.StreamReader, too_large: str) -> bytes:
+        """The body of a connection's first frame (a challenge or a handshake), refused
+        (`too_large`) past MAX_HANDSHAKE_BYTES before it is read, within the timeout."""
         async with asyncio.timeout(self.handshake_timeout_s):
             header = await reader.readexactly(FRAME_HEADER_BYTES)
             length = int.from_bytes(header, "big")
             if length > MAX_HANDSHAKE_BYTES:
-                raise HandshakeRejected("challenge_too_large", f"length {length}")
-            return decode_challenge(await reader.readexactly(length))
+                raise HandshakeRejected(too_large, f"length {length}")
+            return await reader.readexactly(length)
 
     async def _pump(self, peer: _Peer, writer: asyncio.StreamWriter, challenge: bytes) -> None:
         """Write the handshake, then every queued frame: one write + one drain per wake-up."""
@@ -634,12 +639,7 @@ class Transport:
             if self._secret is not None:
                 challenge = new_nonce()
                 writer.write(frame(encode_challenge(challenge)))
-            async with asyncio.timeout(self.handshake_timeout_s):
-                header = await reader.readexactly(4)
-                length = int.from_bytes(header, "big")
-                if length > MAX_HANDSHAKE_BYTES:
-                    raise HandshakeRejected("too_large", f"length {length}")
-                body = await reader.readexactly(length)
+            body = await self._read_opening_frame(reader, "too_large")
             hs = decode_handshake(
                 body,
                 cluster=self.cluster_id,

@@ -34,10 +34,12 @@ QUEUE_OPS = frozenset(
     }
 )
 EXACTLY_ONCE_OPS = frozenset({"producer_init", "txn"})
+# Users of the client API (node/state/users.py): a token's hash, never the token.
+USER_OPS = frozenset({"user_add", "user_update", "user_delete"})
 # Ops the leader may coalesce into one `batch` entry: concurrent requests then share one
 # Raft entry, one proposal and one decode on every replica. Each still runs on its own.
 BATCHABLE_OPS = frozenset({"send", "receive", "ack", "nack", "extend", "txn"})
-OPS = QUEUE_OPS | EXACTLY_ONCE_OPS | {"batch"}
+OPS = QUEUE_OPS | EXACTLY_ONCE_OPS | USER_OPS | {"batch"}
 MAX_BATCH_COMMANDS = 1000
 # What `encode_batch` adds around its ops, at most: a map header, "v", "op": "batch",
 # "ts" as a 9-byte int, "cmds" and an array header.

@@ -60,9 +60,21 @@ MIN_MEASURE_EVERY_BYTES = 64 << 10
 #: txn). Every other op drains, frees or only moves data, and must keep working past the
 #: quota: receive, ack, nack, extend, tick, redrive (moves dead letters back, adds
 #: nothing), queue_delete, queue_purge.
-ADDING_OPS = frozenset({"send", "queue_put", "producer_init", "txn"})
+ADDING_OPS = frozenset({"send", "queue_put", "producer_init", "txn", "user_add"})
+# user_update replaces a record in place (a token rotated on a full disk must still work).
 NEVER_REFUSED_OPS = frozenset(
-    {"receive", "ack", "nack", "extend", "tick", "redrive", "queue_delete", "queue_purge"}
+    {
+        "receive",
+        "ack",
+        "nack",
+        "extend",
+        "tick",
+        "redrive",
+        "queue_delete",
+        "queue_purge",
+        "user_update",
+        "user_delete",
+    }
 )
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import lmdb
 import structlog
 
-from node.commands import batch_ops, check_batched_op, decode_command
+from node.commands import USER_OPS, batch_ops, check_batched_op, decode_command
 from node.errors import BadRequest, CommandError
 from node.state import (
     counters,
@@ -38,6 +38,7 @@ from node.state import (
     sending,
     timers,
     transactions,
+    users,
 )
 from node.state.snapshot import restore_snapshot, write_snapshot
 from node.state.snapshot_process import write_in_child
@@ -117,6 +118,9 @@ HANDLERS: dict[str, Handler] = {
     "tick": _tick,
     "producer_init": producers.producer_init,
     "txn": transactions.txn,
+    "user_add": users.user_add,
+    "user_update": users.user_update,
+    "user_delete": users.user_delete,
 }
 
 
@@ -139,6 +143,11 @@ class QueueStateMachine:
         self._config_cache: dict[str, tuple[int, dict[str, Any] | None]] = {}
         self._config_gen = 0
         self._config_dirty = False
+        # The API authenticates every request against node.users: answer user() from
+        # memory, trusted while no user op has committed since (users_gen counts them).
+        self._user_cache: dict[str, dict[str, Any] | None] = {}
+        self.users_gen = 0
+        self._users_dirty = False
         # `_committed` holds for the committed state; `_work` is the running batch's copy and
         # `_pending` the copy of a batch whose transaction is not yet committed. A floor
         # raised (or a clock moved) by writes that were then rolled back would skip a due
@@ -170,6 +179,10 @@ class QueueStateMachine:
             self._config_dirty = False
             self._config_gen += 1
             self._config_cache.clear()
+        if self._users_dirty:
+            self._users_dirty = False
+            self.users_gen += 1
+            self._user_cache.clear()
 
     # ---- snapshots ------------------------------------------------------------------------
 
@@ -203,6 +216,8 @@ class QueueStateMachine:
         self._pending = None
         self._config_gen += 1
         self._config_cache.clear()
+        self.users_gen += 1
+        self._user_cache.clear()
 
     # ---- read-only queries (any thread) ------------------------------------------------
 
@@ -237,6 +252,28 @@ class QueueStateMachine:
                 self._config_cache.clear()
             self._config_cache[name] = (gen, config)
         return config
+
+    def user(self, name: str) -> dict[str, Any] | None:
+        """User `name`'s record (salt, hash, permissions) as applied here, or None."""
+        gen = self.users_gen
+        if name in self._user_cache:
+            return self._user_cache[name]
+        record = self.env.read(lambda txn: users.get_user(self._ctx(txn, 0), name))
+        if self.users_gen == gen:  # no user op committed meanwhile: safe to keep
+            if len(self._user_cache) >= 4096:
+                self._user_cache.clear()
+            self._user_cache[name] = record
+        return record
+
+    def users_bootstrapped(self) -> bool:
+        """Whether the first start's admin was added (or refused) here already."""
+        return self.env.read(lambda txn: users.bootstrapped(self._ctx(txn, 0)))
+
+    def list_users(self) -> list[dict[str, Any]]:
+        def read(txn: lmdb.Transaction) -> list[dict[str, Any]]:
+            return [users.public(n, r) for n, r in users.all_users(self._ctx(txn, 0))]
+
+        return self.env.read(read)
 
     def list_queues(self, now_ms: int) -> list[dict[str, Any]]:
         def read(txn: lmdb.Transaction) -> list[dict[str, Any]]:
@@ -441,6 +478,8 @@ class QueueStateMachine:
         ctx.released = timers.release_due(ctx)
         if cmd["op"] in CONFIG_OPS:
             self._config_dirty = True
+        elif cmd["op"] in USER_OPS:
+            self._users_dirty = True
         handler = HANDLERS.get(cmd["op"])
         if handler is None:  # decode_command already refuses unknown ops
             raise BadRequest(f"unknown command op {cmd['op']!r}", field="op")

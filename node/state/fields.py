@@ -11,6 +11,9 @@ MAX_VISIBILITY_TIMEOUT_S = 43_200
 MAX_DELAY_S = 86_400
 MAX_ID_CHARS = 128
 MAX_ID_BYTES = 400  # ids become parts of LMDB keys, which are limited to 511 bytes
+# With auth on, the API puts "user/" before a client's producer or txn id (node/auth.py
+# Principal.scoped): the stored id may be this much longer than what the client gave.
+MAX_SCOPE_CHARS = 65
 MAX_ATTRIBUTES = 64
 MAX_ATTRIBUTE_BYTES = 4096
 

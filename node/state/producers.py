@@ -21,6 +21,7 @@ from node.state.tables import META_NEXT_PRODUCER, Ctx
 
 MAX_EPOCH = (1 << 31) - 1
 MAX_SEQ = (1 << 63) - 1
+MAX_PRODUCER_ID_CHARS = fields.MAX_ID_CHARS + fields.MAX_SCOPE_CHARS
 
 
 def _producer_key(producer_id: str) -> bytes:
@@ -33,7 +34,7 @@ def _session_key(qid: int, producer_id: str) -> bytes:
 
 def producer_init(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     """A new producer id at epoch 0, or the next epoch of an existing one (fencing the old)."""
-    producer_id = fields.optional_id(cmd.get("producer_id"), "producer_id")
+    producer_id = fields.optional_id(cmd.get("producer_id"), "producer_id", MAX_PRODUCER_ID_CHARS)
     if producer_id is None:
         producer_id = format(ctx.next_counter(META_NEXT_PRODUCER), "016x")
         producer_id = f"p{producer_id}"
@@ -48,7 +49,7 @@ def producer_init(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
 def check_producer(value: Any) -> tuple[str, int, int]:
     if not isinstance(value, dict):
         raise BadRequest("producer must be a map {id, epoch, seq}", field="producer")
-    producer_id = fields.optional_id(value.get("id"), "producer.id")
+    producer_id = fields.optional_id(value.get("id"), "producer.id", MAX_PRODUCER_ID_CHARS)
     if producer_id is None:
         raise BadRequest("producer.id is required", field="producer.id")
     epoch = fields.int_field(value.get("epoch"), "producer.epoch", 0, MAX_EPOCH)

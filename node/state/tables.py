@@ -36,6 +36,7 @@ TABLE_NAMES: tuple[str, ...] = (
     "node.producers",
     "node.txns",
     "node.txn_expiry",
+    "node.users",
 )
 
 # The timer indexes (keys start with a big-endian u64 deadline), by position in Ctx.floors.
@@ -55,6 +56,7 @@ META_LAST_TS = b"last_ts_ms"
 META_NEXT_QUEUE_ID = b"next_queue_id"
 META_NEXT_SEQ = b"next_seq"
 META_NEXT_PRODUCER = b"next_producer_id"
+META_USERS_BOOTSTRAPPED = b"users_bootstrapped"
 
 
 class Tables:
@@ -80,6 +82,7 @@ class Tables:
         self.producers = h["node.producers"]
         self.txns = h["node.txns"]
         self.txn_expiry = h["node.txn_expiry"]
+        self.users = h["node.users"]
 
 
 def unpack(data: bytes) -> Any:

@@ -19,7 +19,7 @@ from node.state.tables import TIMER_TXN_EXPIRY, Ctx
 
 TXN_DEDUP_WINDOW_MS = 300_000
 MAX_TXN_ITEMS = 1000
-MAX_TXN_ID_CHARS = 256
+MAX_TXN_ID_CHARS = 256 + fields.MAX_SCOPE_CHARS
 
 
 def _list_field(cmd: dict[str, Any], name: str) -> list[Any]:

@@ -15,6 +15,7 @@ from node.commands import decode_command, encode_command
 from node.errors import BadRequest
 from node.state import keys, messages, timers
 from node.state.messages import receipt_tag
+from node.state.transactions import MAX_TXN_ID_CHARS
 from node.state_machine import QueueStateMachine
 from raft.lmdb_env import LmdbEnv
 from raft.messages import Entry, EntryKind
@@ -1098,7 +1099,7 @@ def test_txn_from_a_zombie_after_lease_expiry_is_refused(h: Harness) -> None:
     [
         ({"ack": [], "send": []}, "bad_request"),  # no txn_id
         ({"txn_id": "t", "ack": "x"}, "bad_request"),
-        ({"txn_id": "t" * 257}, "bad_request"),
+        ({"txn_id": "t" * (MAX_TXN_ID_CHARS + 1)}, "bad_request"),
         ({"txn_id": "t", "ack": [{"queue": "in"}]}, "bad_request"),
         ({"txn_id": "t", "send": [{"queue": "nope", "messages": [{"body": b"x"}]}]}, "not_found"),
         ({"txn_id": "t", "send": [{"queue": "in", "messages": [{"body": 1}]}]}, "bad_request"),

@@ -10,12 +10,32 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+import uuid
 from typing import Any
 
 import structlog
 from aiohttp import web
 
-from node.app_context import NODE_KEY, SERVICE_KEY, NodeAdmin, request_body
+from node import users_api
+from node.app_context import (
+    AUTH_KEY,
+    NODE_KEY,
+    PRINCIPAL_KEY,
+    SERVICE_KEY,
+    NodeAdmin,
+    principal_of,
+    request_body,
+)
+from node.auth import (
+    ADMIN,
+    CLUSTER,
+    IN_HANDLER,
+    OPEN,
+    READ,
+    USER,
+    WRITE,
+    Authenticator,
+)
 from node.forwarding import LeaderForwarder
 from node.http import (
     ApiError,
@@ -70,6 +90,9 @@ async def serve_request(request: web.Request, handler: Any, route: str) -> web.S
     started = time.perf_counter()
     status = 500
     try:
+        auth = request.app[AUTH_KEY]
+        if auth.enabled:
+            await _authorize(request, auth, ROUTE_ACCESS.get((request.method, route), USER))
         response = await handler(request)
         status = response.status
         return response
@@ -92,6 +115,19 @@ async def serve_request(request: web.Request, handler: Any, route: str) -> web.S
         service.metrics.observe_request(
             request.method, route, status, time.perf_counter() - started
         )
+
+
+async def _authorize(request: web.Request, auth: Authenticator, access: str) -> None:
+    """401 without a valid token, 403 without the route's permission: before the handler
+    reads the body, and so before anything is proposed or forwarded."""
+    if access == OPEN:
+        return
+    principal = request.get(PRINCIPAL_KEY)
+    if principal is None:
+        principal = await auth.principal(request.headers.get("Authorization"))
+        request[PRINCIPAL_KEY] = principal
+    if access in (READ, WRITE, ADMIN):
+        principal.require(access, request.match_info.get("name", CLUSTER))
 
 
 @web.middleware
@@ -267,8 +303,15 @@ async def put_queue(request: web.Request) -> web.Response:
 
 
 async def list_queues(request: web.Request) -> web.Response:
+    """The queues the caller holds any permission on (every queue when auth is off)."""
     service = await _read_consistent(request)
-    return respond(request, {"queues": service.sm.list_queues(service.stamp_ms())})
+    principal = principal_of(request)
+    queues = [
+        q
+        for q in service.sm.list_queues(service.stamp_ms())
+        if any(principal.may(perm, q["name"]) for perm in ("read", "write", "admin"))
+    ]
+    return respond(request, {"queues": queues})
 
 
 async def show_queue(request: web.Request) -> web.Response:
@@ -302,7 +345,8 @@ def _queue_limits(service: QueueService, name: str) -> tuple[int, bool]:
     return max_bytes, bool(info.get("fifo"))
 
 
-def _producer(body: dict[str, Any]) -> dict[str, Any] | None:
+def _producer(request: web.Request, body: dict[str, Any]) -> dict[str, Any] | None:
+    """The body's producer session, its id in the caller's namespace (node/auth.py)."""
     producer = body.get("producer")
     if producer is None:
         return None
@@ -312,7 +356,7 @@ def _producer(body: dict[str, Any]) -> dict[str, Any] | None:
     if not isinstance(producer.get("id"), str) or not producer["id"]:
         raise bad_request("producer.id must be a non-empty string")
     return {
-        "id": producer["id"],
+        "id": principal_of(request).scoped(producer["id"]),
         "epoch": get_int(producer, "epoch", 0, 0, 1 << 62, "producer"),
         "seq": get_int(producer, "seq", None, 0, 1 << 62, "producer"),
     }
@@ -330,7 +374,7 @@ async def send_messages(request: web.Request) -> web.Response:
     max_bytes, fifo = _queue_limits(service, name)
     messages = parse_messages(body, service.config.limits, max_bytes, fifo)
     fields: dict[str, Any] = {"queue": name, "messages": messages}
-    producer = _producer(body)
+    producer = _producer(request, body)
     if producer is not None:
         if producer["seq"] is None:
             raise bad_request("producer.seq is required")
@@ -465,9 +509,18 @@ async def transaction(request: web.Request) -> web.Response:
     acks, sends = _txn_acks(body), _txn_sends(service, body)
     if not acks and not sends:
         raise bad_request("a transaction needs at least one ack or send")
+    principal = principal_of(request)
+    for ack in acks:
+        principal.require("read", ack["queue"])
+    for send in sends:
+        principal.require("write", send["queue"])
     if len(acks) + sum(len(s["messages"]) for s in sends) > service.config.limits.max_batch:
         raise too_large(f"a transaction may hold at most {service.config.limits.max_batch} items")
-    result = await service.propose("txn", txn_id=txn_id, ack=acks, send=sends, commit_offsets=[])
+    result = await service.propose(
+        "txn", txn_id=principal.scoped(txn_id), ack=acks, send=sends, commit_offsets=[]
+    )
+    if isinstance(result.get("txn_id"), str):
+        result = {**result, "txn_id": principal.unscoped(result["txn_id"])}
     return respond(request, result)
 
 
@@ -481,8 +534,15 @@ async def producer_init(request: web.Request) -> web.Response:
         not isinstance(producer_id, str) or not 0 < len(producer_id) <= 128
     ):
         raise bad_request("producer_id must be a string of 1 to 128 characters")
-    fields = {"producer_id": producer_id} if producer_id else {}
-    return respond(request, await service.propose("producer_init", **fields))
+    principal = principal_of(request)
+    if not principal.may_any("write"):
+        principal.require("write", CLUSTER)  # 403: a producer needs somewhere to write
+    fields = {"producer_id": principal.scoped(producer_id)} if producer_id else {}
+    if principal.name is not None and not producer_id:
+        # ids handed out are namespaced too: another user cannot re-init (fence) them
+        fields = {"producer_id": principal.scoped(f"p{uuid.uuid4().hex[:16]}")}
+    result = await service.propose("producer_init", **fields)
+    return respond(request, {**result, "producer_id": principal.unscoped(result["producer_id"])})
 
 
 # ---------------------------------------------------------------- admin (chaos checker)
@@ -520,34 +580,44 @@ async def admin_state(request: web.Request) -> web.Response:
     return respond(request, {"applied_index": applied, "state_hash": digest})
 
 
-# Every route of the API: (method, path, handler). One table, so tests can list them.
-ROUTES: tuple[tuple[str, str, Any], ...] = (
-    ("GET", "/v1/health", health),
-    ("GET", "/v1/ready", ready),
-    ("GET", "/v1/cluster", cluster),
-    ("POST", "/v1/cluster/transfer-leader", transfer_leader),
-    ("GET", "/v1/cluster/members", list_members),
-    ("POST", "/v1/cluster/members", add_member),
-    ("DELETE", "/v1/cluster/members/{id}", remove_member),
-    ("POST", "/v1/cluster/members/{id}/promote", promote_member),
-    ("GET", "/metrics", metrics),
-    ("GET", "/v1/queues", list_queues),
-    ("PUT", "/v1/queues/{name}", put_queue),
-    ("GET", "/v1/queues/{name}", show_queue),
-    ("DELETE", "/v1/queues/{name}", delete_queue),
-    ("POST", "/v1/queues/{name}/purge", purge_queue),
-    ("POST", "/v1/queues/{name}/messages", send_messages),
-    ("POST", "/v1/queues/{name}/receive", receive_messages),
-    ("POST", "/v1/queues/{name}/ack", ack_messages),
-    ("POST", "/v1/queues/{name}/nack", nack_messages),
-    ("POST", "/v1/queues/{name}/extend", extend_messages),
-    ("POST", "/v1/queues/{name}/redrive", redrive),
-    ("POST", "/v1/transactions", transaction),
-    ("POST", "/v1/producers", producer_init),
-    ("GET", "/v1/admin/log", admin_log),
-    ("GET", "/v1/admin/state", admin_state),
-    ("POST", "/v1/admin/snapshot", admin_snapshot),
+# Every route of the API: (method, path, handler, what it needs: node/auth.py). One
+# table, so tests can list them and no route lacks an access rule.
+ROUTES: tuple[tuple[str, str, Any, str], ...] = (
+    ("GET", "/v1/health", health, OPEN),
+    ("GET", "/v1/ready", ready, OPEN),
+    ("POST", "/v1/auth", users_api.open_session, OPEN),
+    ("GET", "/v1/whoami", users_api.whoami, USER),
+    ("GET", "/v1/cluster", cluster, USER),
+    ("POST", "/v1/cluster/transfer-leader", transfer_leader, ADMIN),
+    ("GET", "/v1/cluster/members", list_members, USER),
+    ("POST", "/v1/cluster/members", add_member, ADMIN),
+    ("DELETE", "/v1/cluster/members/{id}", remove_member, ADMIN),
+    ("POST", "/v1/cluster/members/{id}/promote", promote_member, ADMIN),
+    ("GET", "/metrics", metrics, USER),
+    ("GET", "/v1/queues", list_queues, USER),
+    ("PUT", "/v1/queues/{name}", put_queue, ADMIN),
+    ("GET", "/v1/queues/{name}", show_queue, READ),
+    ("DELETE", "/v1/queues/{name}", delete_queue, ADMIN),
+    ("POST", "/v1/queues/{name}/purge", purge_queue, ADMIN),
+    ("POST", "/v1/queues/{name}/messages", send_messages, WRITE),
+    ("POST", "/v1/queues/{name}/receive", receive_messages, READ),
+    ("POST", "/v1/queues/{name}/ack", ack_messages, READ),
+    ("POST", "/v1/queues/{name}/nack", nack_messages, READ),
+    ("POST", "/v1/queues/{name}/extend", extend_messages, READ),
+    ("POST", "/v1/queues/{name}/redrive", redrive, ADMIN),
+    ("POST", "/v1/transactions", transaction, IN_HANDLER),
+    ("POST", "/v1/producers", producer_init, IN_HANDLER),
+    ("GET", "/v1/users", users_api.list_users, ADMIN),
+    ("POST", "/v1/users", users_api.add_user, ADMIN),
+    ("GET", "/v1/users/{user}", users_api.show_user, ADMIN),
+    ("DELETE", "/v1/users/{user}", users_api.delete_user, ADMIN),
+    ("PUT", "/v1/users/{user}/permissions", users_api.set_permissions, ADMIN),
+    ("POST", "/v1/users/{user}/token", users_api.rotate_token, ADMIN),
+    ("GET", "/v1/admin/log", admin_log, ADMIN),
+    ("GET", "/v1/admin/state", admin_state, ADMIN),
+    ("POST", "/v1/admin/snapshot", admin_snapshot, ADMIN),
 )
+ROUTE_ACCESS: dict[tuple[str, str], str] = {(m, p): a for m, p, _h, a in ROUTES}
 
 
 def build_app(service: QueueService, node: NodeAdmin) -> web.Application:
@@ -559,6 +629,7 @@ def build_app(service: QueueService, node: NodeAdmin) -> web.Application:
     )
     app[SERVICE_KEY] = service
     app[NODE_KEY] = node
+    app[AUTH_KEY] = Authenticator(service.sm, enabled=cfg.auth)
     forwarder = LeaderForwarder(
         cfg.node_id,
         service.leader_http_url,
@@ -573,6 +644,6 @@ def build_app(service: QueueService, node: NodeAdmin) -> web.Application:
         await forwarder.close()
 
     app.on_cleanup.append(close_forwarder)
-    for method, path, handler in ROUTES:
+    for method, path, handler, _access in ROUTES:
         app.router.add_route(method, path, handler)
     return app

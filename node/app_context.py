@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from node.auth import ANYONE, Authenticator, Principal, unauthorized
 from node.http import read_body
 from node.queue_service import QueueService
 
@@ -31,6 +32,21 @@ class NodeAdmin(Protocol):
 
 SERVICE_KEY = web.AppKey("queue_service", QueueService)
 NODE_KEY = web.AppKey("node", NodeAdmin)
+AUTH_KEY = web.AppKey("authenticator", Authenticator)
+#: The request's authenticated caller, set before its handler runs (node/api.py
+#: serve_request); a binary connection sets it once per session (node/binary_api.py).
+PRINCIPAL_KEY = "raftq.principal"
+
+
+def principal_of(request: web.Request) -> Principal:
+    """Who made `request` (ANYONE when auth is off). A request with none set while auth
+    is on is refused rather than trusted: no route can slip through unauthenticated."""
+    principal = request.get(PRINCIPAL_KEY)
+    if principal is not None:
+        return principal
+    if request.app[AUTH_KEY].enabled:
+        raise unauthorized("this request was not authenticated")
+    return ANYONE
 
 
 async def request_body(request: web.Request) -> dict[str, Any]:

@@ -47,6 +47,8 @@ from common.binwire import (
     frame_length,
 )
 from node.api import ROUTES, serve_request
+from node.app_context import PRINCIPAL_KEY
+from node.auth import Principal
 from node.forwarding import RETRY_PAUSE_S
 from node.http import MSGPACK, RAW_BODY_KEY, ApiError
 from raft.messages import pack
@@ -66,6 +68,8 @@ IDLE_TIMEOUT_S = 300.0
 #: Once a frame's header is in, its payload must follow within this (a slow-loris
 #: client trickling bytes holds a connection for no longer).
 READ_TIMEOUT_S = 30.0
+#: The route that authenticates a connection (its token in the body).
+SESSION_PATH = "/v1/auth"
 _MSGPACK_HEADERS = CIMultiDictProxy(CIMultiDict({"Content-Type": MSGPACK, "Accept": MSGPACK}))
 #: Headers of a handler's answer that the frame itself replaces.
 _FRAME_OWN_HEADERS = frozenset({"content-type", "content-length"})
@@ -92,8 +96,8 @@ class RouteTable:
     """Matches (method, path) against the API's routes: (handler, canonical, match_info),
     or an `HTTPNotFound`/`HTTPMethodNotAllowed` to raise through `serve_request`."""
 
-    def __init__(self, routes: Sequence[tuple[str, str, Any]] = ROUTES) -> None:
-        self._routes = [_Route(m, p, h) for m, p, h in routes]
+    def __init__(self, routes: Sequence[tuple[str, str, Any, str]] = ROUTES) -> None:
+        self._routes = [_Route(m, p, h) for m, p, h, _access in routes]
 
     def match(self, method: str, path: str) -> tuple[Any, str, dict[str, str]]:
         allowed: list[str] = []
@@ -128,8 +132,11 @@ class FrameRequest(dict):
         path_qs: str,
         match_info: dict[str, str],
         body: bytes | None,
+        principal: Principal | None = None,
     ) -> None:
         super().__init__()
+        if principal is not None:  # the connection's session (POST /v1/auth)
+            self[PRINCIPAL_KEY] = principal
         self.app = app
         self.method = method
         self.path_qs = path_qs
@@ -326,6 +333,7 @@ class BinaryApi:
             return
         slots = asyncio.Semaphore(self.max_in_flight)
         in_flight = [0]  # this connection's requests on their way
+        session = _Session()
         while True:
             try:
                 header = await self._next_header(reader, in_flight)
@@ -361,9 +369,16 @@ class BinaryApi:
             except BadFrame as exc:
                 self._bad_frame(exc.reason, exc.detail, remote)
                 return
+            if path_qs == SESSION_PATH:
+                # Answered before the next frame is read: every later request on this
+                # connection runs as the session's user, whatever order they finish in.
+                await self._answer(writer, request_id, method, path_qs, body, session)
+                continue
             await slots.acquire()
             in_flight[0] += 1
-            request = asyncio.ensure_future(self._answer(writer, request_id, method, path_qs, body))
+            request = asyncio.ensure_future(
+                self._answer(writer, request_id, method, path_qs, body, session)
+            )
             self._requests.add(request)
             request.add_done_callback(self._requests.discard)
             request.add_done_callback(lambda _t: _done(slots, in_flight))
@@ -375,6 +390,7 @@ class BinaryApi:
         method: str,
         path_qs: str,
         body: bytes | None,
+        session: _Session,
     ) -> None:
         path = path_qs.partition("?")[0]
         try:
@@ -384,8 +400,10 @@ class BinaryApi:
         if self.leader_wait_s > 0:
             handler = _waiting_for_a_leader(handler, self.leader_wait_s)
         try:
-            request = FrameRequest(self.app, method, path_qs, match_info, body)
+            request = FrameRequest(self.app, method, path_qs, match_info, body, session.principal)
             response = await serve_request(request, handler, route)  # type: ignore[arg-type]
+            if path_qs == SESSION_PATH:
+                session.principal = request.get(PRINCIPAL_KEY) if response.status == 200 else None
             headers = {
                 k: v for k, v in response.headers.items() if k.lower() not in _FRAME_OWN_HEADERS
             }
@@ -401,6 +419,16 @@ class BinaryApi:
             await writer.drain()
         except ConnectionError:
             pass
+
+
+class _Session:
+    """Who a connection's requests run as: set by `POST /v1/auth` (users_api.open_session),
+    as NATS's CONNECT or AMQP's connection.start-ok, once per connection."""
+
+    __slots__ = ("principal",)
+
+    def __init__(self) -> None:
+        self.principal: Principal | None = None
 
 
 def _done(slots: asyncio.Semaphore, in_flight: list[int]) -> None:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from common.binwire import DEFAULT_PORT_OFFSET, SCHEME
+from common.tokens import parse_token
 
 
 class ConfigError(ValueError):
@@ -96,6 +98,14 @@ class NodeConfig:
     # address only logs `node.binary_unavailable`: the port HTTP + 200 was never asked for
     # and may be taken, and HTTP serves everything the binary port does.
     binary_required: bool = False
+    # Client authentication (node/auth.py): bearer tokens and permissions on every route
+    # but health and ready. Off only where every client port is loopback-only.
+    auth: bool = True
+    # The first start's admin token (rq1.USER.SECRET), read from `admin_token_file` or
+    # the RAFTQ_ADMIN_TOKEN environment variable: the leader adds its user (every
+    # permission on *) once per cluster; also what `--join` authenticates with.
+    admin_token: str | None = None
+    admin_token_file: str | None = None
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -184,6 +194,36 @@ def read_secret_file(path: str) -> bytes:
     return secret
 
 
+def read_admin_token(path: str | None) -> str | None:
+    """The bootstrap admin token from `path`, else from RAFTQ_ADMIN_TOKEN, else None."""
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                token = fh.read(4096).strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the admin token file {path}: {exc}") from exc
+        where = path
+    else:
+        token = os.environ.get("RAFTQ_ADMIN_TOKEN", "").strip()
+        where = "RAFTQ_ADMIN_TOKEN"
+        if not token:
+            return None
+    if parse_token(token) is None:
+        raise ConfigError(
+            f"{where} does not hold a raftq token (rq1.USER.SECRET); make one with "
+            "`raftq token new admin`"
+        )
+    return token
+
+
+def _auth_setting(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value in ("on", "off"):
+        return value == "on"
+    raise ConfigError(f"auth must be on or off, got {value!r}")
+
+
 def build_config(values: dict[str, Any]) -> NodeConfig:
     """Validate raw settings (from flags or TOML) into a NodeConfig."""
     try:
@@ -244,6 +284,8 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         "snapshot_entries": int,
         "snapshot_trailing": int,
         "quota_bytes": int,
+        "admin_token_file": str,
+        "auth": _auth_setting,
     }
     if values.get("secret") is not None:
         raise ConfigError(
@@ -259,6 +301,14 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
             f"the peer port listens on {cfg.raft_host}, beyond this machine: give every node "
             "the same --secret-file (e.g. `head -c 32 /dev/urandom | base64 > FILE`), or "
             "anyone who reaches that port can speak Raft to this node"
+        )
+    cfg = replace(cfg, admin_token=read_admin_token(cfg.admin_token_file))
+    if not cfg.auth and not all(
+        _is_loopback(h) for h in (cfg.http_host, cfg.binary_host) if h is not None
+    ):
+        raise ConfigError(
+            "--auth off is only for a node whose client ports listen on loopback: on "
+            f"{cfg.http_host} anyone who reaches the port could send, receive and delete"
         )
     if cfg.log_format not in ("json", "console"):
         raise ConfigError("log_format must be json or console")
@@ -332,6 +382,18 @@ def argument_parser() -> argparse.ArgumentParser:
         help="file holding the cluster's peer secret (at least 16 bytes; the same on every "
         "node): peers prove they hold it and every frame between them is authenticated. "
         "Without it the peer port accepts anyone who can reach it",
+    )
+    p.add_argument(
+        "--auth",
+        choices=["on", "off"],
+        help="client authentication (default on): bearer tokens and permissions on every "
+        "route but /v1/health and /v1/ready; off only when the client ports are loopback",
+    )
+    p.add_argument(
+        "--admin-token-file",
+        dest="admin_token_file",
+        help="file holding the first start's admin token (rq1.USER.SECRET; make one with "
+        "`raftq token new admin`); default: the RAFTQ_ADMIN_TOKEN environment variable",
     )
     p.add_argument(
         "--join",

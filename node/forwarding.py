@@ -40,8 +40,10 @@ log = structlog.get_logger("node.forwarding")
 REDIRECT_HEADER = "X-Raftq-Redirect"
 FORWARDED_HEADER = "X-Raftq-Forwarded-By"
 LEADER_CODES = frozenset({"not_leader", "no_leader"})
-_REQUEST_HEADERS = ("Content-Type", "Accept")
-_RESPONSE_HEADERS = ("Content-Type", "Retry-After", "Location")
+# The leader authenticates a forwarded request again (it trusts no follower's word), so
+# the caller's token travels with it.
+_REQUEST_HEADERS = ("Content-Type", "Accept", "Authorization")
+_RESPONSE_HEADERS = ("Content-Type", "Retry-After", "Location", "WWW-Authenticate")
 RETRY_PAUSE_S = 0.05  # between tries while an election settles
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

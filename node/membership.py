@@ -194,13 +194,19 @@ async def promote_member(request: web.Request) -> web.Response:
     return await _change_unless_same(request, change)
 
 
-async def join_cluster(url: str, body: dict[str, Any], deadline_s: float) -> dict[str, Any]:
-    """POST the join request until a definite answer: the configuration, or JoinRefused."""
+async def join_cluster(
+    url: str, body: dict[str, Any], deadline_s: float, token: str | None = None
+) -> dict[str, Any]:
+    """POST the join request until a definite answer: the configuration, or JoinRefused.
+    `token`: a cluster admin's (the node's --admin-token-file) where the cluster has auth."""
+    headers = {"Authorization": f"Bearer {token}"} if token else None
     loop = asyncio.get_running_loop()
     deadline = loop.time() + deadline_s
     delay = 0.2
     last = "no answer"
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=15), headers=headers
+    ) as session:
         while loop.time() < deadline:
             try:
                 async with session.post(url.rstrip("/") + "/v1/cluster/members", json=body) as r:

@@ -19,6 +19,7 @@ import structlog
 from aiohttp import web
 
 from node.api import build_app
+from node.auth import ALL_PERMISSIONS, credential_for, parse_token
 from node.binary_api import BinaryApi
 from node.config import NodeConfig
 from node.data_dir import DIR_MODE, DataDir, DataDirError
@@ -111,6 +112,7 @@ class NodeServer:
         self.service = QueueService(config, self.raft, self.sm, self.metrics, self.quota)
         self.app = build_app(self.service, self)
         self._runner: web.AppRunner | None = None
+        self._bootstrap: asyncio.Future[None] | None = None
         self._site: web.TCPSite | None = None
         self.binary: BinaryApi | None = None
         if config.binary_host is not None and config.binary_port is not None:
@@ -154,7 +156,9 @@ class NodeServer:
             "voter": True,
             "incarnation": self.incarnation,
         }
-        answer = await join_cluster(cfg.join or "", body, deadline_s=cfg.propose_timeout_s * 6)
+        answer = await join_cluster(
+            cfg.join or "", body, deadline_s=cfg.propose_timeout_s * 6, token=cfg.admin_token
+        )
         for member in answer.get("members", []):
             mid, raft_addr = member.get("id"), member.get("raft_addr") or ""
             host, _, port = raft_addr.rpartition(":")
@@ -200,6 +204,9 @@ class NodeServer:
         await self._site.start()
         await self._start_binary()
         self.service.start()
+        self._warn_about_auth()
+        if self.config.auth and self.config.admin_token is not None:
+            self._bootstrap = asyncio.ensure_future(self._bootstrap_admin())
         log.info(
             "node.started",
             http=self.config.http_url,
@@ -216,6 +223,54 @@ class NodeServer:
                 detail="no --secret-file: anyone who reaches the peer port can speak Raft to "
                 "this node; give every node the same secret file (raftq up does)",
             )
+
+    def _warn_about_auth(self) -> None:
+        if not self.config.auth:
+            log.warning(
+                "node.client_auth_off",
+                http=self.config.http_url,
+                detail="AUTH IS OFF (--auth off): every client of this node may send, "
+                "receive, delete queues and change the cluster; loopback only",
+            )
+        elif self.config.admin_token is None and not self.service.sm.list_users():
+            log.warning(
+                "node.no_users",
+                detail="auth is on and there are no users yet: give a node "
+                "--admin-token-file (make one with `raftq token new admin`) to add the first",
+            )
+
+    async def _bootstrap_admin(self) -> None:
+        """Add the first start's admin user (the --admin-token-file's) once per cluster.
+
+        Every node given the token runs this; whichever leads proposes, and the state
+        machine adds the user only if no bootstrap was applied before (node/state/users.py),
+        so two nodes racing, or a node restarted later with the same file, change nothing.
+        """
+        token = self.config.admin_token
+        parsed = parse_token(token or "")
+        if parsed is None:
+            return
+        credential: dict[str, object] | None = None
+        while not self.service.closing:
+            if self.service.sm.users_bootstrapped():
+                return
+            if self.service.raft.is_leader:
+                if credential is None:
+                    credential = await asyncio.to_thread(credential_for, token or "")
+                try:
+                    result = await self.service.propose(
+                        "user_add",
+                        name=parsed[0],
+                        bootstrap=True,
+                        permissions=ALL_PERMISSIONS,
+                        **credential,
+                    )
+                except Exception as exc:  # not leader any more, a timeout: try again
+                    log.info("node.admin_bootstrap_retry", error=repr(exc))
+                else:
+                    log.info("node.admin_bootstrap", user=parsed[0], added=result.get("added"))
+                    return
+            await asyncio.sleep(0.5)
 
     async def _start_binary(self) -> None:
         """Listen on the binary port; if only the default address was not free, go on
@@ -242,6 +297,8 @@ class NodeServer:
     async def stop(self) -> None:
         """Graceful stop: no new requests, in-flight ones finish, leadership moves, LMDB closes."""
         log.info("node.stopping")
+        if self._bootstrap is not None:
+            self._bootstrap.cancel()
         self.service.closing = True
         self.service.wake_all()
         stopping = []

@@ -141,7 +141,7 @@ def _route_pattern(template: str) -> re.Pattern[str]:
 def _routes() -> set[tuple[str, str]]:
     from node.api import ROUTES
 
-    return {(method, path) for method, path, _handler in ROUTES}
+    return {(method, path) for method, path, _handler, _access in ROUTES}
 
 
 # ---------------------------------------------------------------- offline checks

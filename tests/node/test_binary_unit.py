@@ -24,7 +24,8 @@ from common.binwire import (
     frame_length,
 )
 from node.api import ROUTES, health, put_queue, remove_member, send_messages
-from node.app_context import SERVICE_KEY
+from node.app_context import AUTH_KEY, SERVICE_KEY
+from node.auth import OPEN, Authenticator
 from node.binary_api import BinaryApi, FrameRequest, RouteTable, _answer_body, _waiting_for_a_leader
 from node.config import ConfigError, load_config
 from node.http import MSGPACK, RAW_BODY_KEY, ApiError, read_body, wants_msgpack
@@ -123,8 +124,8 @@ def test_route_table_matches_like_aiohttp() -> None:
 
 def test_every_route_is_reachable() -> None:
     table = RouteTable()
-    for method, path, handler in ROUTES:
-        concrete = path.replace("{name}", "q").replace("{id}", "2")
+    for method, path, handler, _access in ROUTES:
+        concrete = path.replace("{name}", "q").replace("{id}", "2").replace("{user}", "u")
         assert table.match(method, concrete)[0] is handler
 
 
@@ -194,11 +195,18 @@ class _Metrics:
         self.seen.append((method, route, status))
 
 
-async def _started(routes: list[tuple[str, str, Any]], max_in_flight: int) -> BinaryApi:
+def _app() -> web.Application:
+    """An application with what serve_request reads: metrics, and auth (off)."""
     app = web.Application()
     app[SERVICE_KEY] = SimpleNamespace(metrics=_Metrics())  # type: ignore[assignment]
+    app[AUTH_KEY] = Authenticator(SimpleNamespace(users_gen=0, user=lambda _n: None), False)
+    return app
+
+
+async def _started(routes: list[tuple[str, str, Any]], max_in_flight: int) -> BinaryApi:
+    app = _app()
     api = BinaryApi(app, "127.0.0.1", 0, max_body_bytes=1 << 20, max_in_flight=max_in_flight)
-    api.routes = RouteTable(routes)
+    api.routes = RouteTable([(m, p, h, OPEN) for m, p, h in routes])
     await api.start()
     return api
 
@@ -338,10 +346,8 @@ async def _limited(**limits: Any) -> AsyncIterator[BinaryApi]:
     async def quick(_request: Any) -> web.Response:
         return web.Response(body=msgpack.packb("ok"), content_type=MSGPACK)
 
-    app = web.Application()
-    app[SERVICE_KEY] = SimpleNamespace(metrics=_Metrics())  # type: ignore[assignment]
-    api = BinaryApi(app, "127.0.0.1", 0, max_body_bytes=1 << 20, **limits)
-    api.routes = RouteTable([("GET", "/slow", slow), ("GET", "/quick", quick)])
+    api = BinaryApi(_app(), "127.0.0.1", 0, max_body_bytes=1 << 20, **limits)
+    api.routes = RouteTable([("GET", "/slow", slow, OPEN), ("GET", "/quick", quick, OPEN)])
     await api.start()
     try:
         yield api

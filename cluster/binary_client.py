@@ -19,6 +19,7 @@ import itertools
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgpack
 import structlog
 
 from common.binwire import (
@@ -65,11 +66,29 @@ class _Link:
         self.writer.close()
 
 
-class BinaryConnection:
-    """A lazily (re)connected, pipelined binary-protocol connection to one node."""
+class _SessionRefused(Exception):
+    """The node refused the connection's token: its answer becomes the call's answer."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, answer: tuple[int, dict[str, str], Any]) -> None:
+        super().__init__(answer[0])
+        self.answer = answer
+
+
+#: The route that authenticates a connection (docs/API.md "Binary protocol").
+SESSION_PATH = "/v1/auth"
+
+
+class BinaryConnection:
+    """A lazily (re)connected, pipelined binary-protocol connection to one node.
+
+    With a `token`, each new connection first opens a session (`POST /v1/auth`) and waits
+    for its answer: the node runs every later request on the connection as that user. A
+    refused token fails the call that connected with the node's 401 answer.
+    """
+
+    def __init__(self, url: str, token: str | None = None) -> None:
         self.url = url
+        self.token = token
         self.host, self.port = parse_binary_url(url)
         self._link: _Link | None = None
         self._connecting: asyncio.Lock | None = None
@@ -96,6 +115,13 @@ class BinaryConnection:
             writer.write(MAGIC)
             link = _Link(writer)
             link.reader_task = asyncio.ensure_future(self._read_answers(reader, link))
+            if self.token is not None:
+                answer = await self._call(
+                    link, "POST", SESSION_PATH, msgpack.packb({"token": self.token})
+                )
+                if answer[0] != 200:
+                    link.fail(ConnectionError(f"{self.url}: session refused ({answer[0]})"))
+                    raise _SessionRefused(answer)
             self._link = link
             return link
 
@@ -131,20 +157,28 @@ class BinaryConnection:
         """One call: (status, headers, body). TimeoutError after `timeout_s` (connecting
         included), ConnectionError if the connection is lost first."""
         async with asyncio.timeout(max(0.001, timeout_s)):
-            link = await self._get_link()
-            request_id = next(self._ids)
-            fut: asyncio.Future[tuple[int, dict[str, str], Any]] = (
-                asyncio.get_running_loop().create_future()
-            )
-            link.pending[request_id] = fut
             try:
-                link.writer.write(encode_request(request_id, method, path_qs, body))
-                transport = link.writer.transport
-                if transport.get_write_buffer_size() > WRITE_HIGH_WATER_BYTES:
-                    await link.writer.drain()
-                return await fut
-            finally:
-                link.pending.pop(request_id, None)
+                link = await self._get_link()
+            except _SessionRefused as refused:
+                return refused.answer
+            return await self._call(link, method, path_qs, body)
+
+    async def _call(
+        self, link: _Link, method: str, path_qs: str, body: bytes | None
+    ) -> tuple[int, dict[str, str], Any]:
+        request_id = next(self._ids)
+        fut: asyncio.Future[tuple[int, dict[str, str], Any]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        link.pending[request_id] = fut
+        try:
+            link.writer.write(encode_request(request_id, method, path_qs, body))
+            transport = link.writer.transport
+            if transport.get_write_buffer_size() > WRITE_HIGH_WATER_BYTES:
+                await link.writer.drain()
+            return await fut
+        finally:
+            link.pending.pop(request_id, None)
 
     async def close(self) -> None:
         """Close the connection; calls still waiting fail with ConnectionError."""

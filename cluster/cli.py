@@ -30,6 +30,7 @@ from typing import Any, NoReturn, TextIO
 
 import structlog
 
+from cluster.cli_users import UsageProblem, add_user_parsers, cmd_token, cmd_user
 from cluster.errors import ClusterUnavailable, RaftqError
 from cluster.launcher import ClusterStartError, LocalCluster
 from cluster.message import Message, OutgoingMessage
@@ -407,6 +408,7 @@ def cmd_up(args: argparse.Namespace, out: Output) -> int:
         binary_port=args.binary_port,
         extra_args=tuple(args.node_args or ()),
         python=args.python,
+        auth=args.auth,
     )
 
     def on_term(signum: int, frame: Any) -> NoReturn:
@@ -443,6 +445,9 @@ def cmd_up(args: argparse.Namespace, out: Output) -> int:
                     "leader": {"id": leader.id, "url": leader.url, "term": leader.term},
                     "data_dir": str(cluster.data_dir),
                     "peer_secret_file": str(cluster.secret_path),
+                    "admin_token_file": (
+                        str(cluster.admin_token_path) if cluster.admin_token_path else None
+                    ),
                 }
             )
         else:
@@ -456,6 +461,10 @@ def cmd_up(args: argparse.Namespace, out: Output) -> int:
             out.line(f"leader: node {leader.id} ({leader.url}), term {leader.term}")
             # the binary protocol, what the client speaks by default (HTTP: the urls above)
             out.line(f"export RAFTQ_SERVERS={cluster.binary_servers}")
+            if cluster.admin_token_path is not None:
+                out.line(f"export RAFTQ_TOKEN_FILE={cluster.admin_token_path}  # the admin")
+            else:
+                out.line("client auth is OFF (loopback only); `raftq up --auth` turns it on")
             out.line("Press Ctrl-C to stop.")
         out.out.flush()
         reported: set[int] = set()
@@ -510,6 +519,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout", type=float, default=30.0, help="deadline of each call in seconds (30)"
     )
+    parser.add_argument(
+        "--token-file",
+        default=None,
+        help="file holding this client's token (default $RAFTQ_TOKEN, else the file named "
+        "by $RAFTQ_TOKEN_FILE); needed where the cluster has auth on",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log client events")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -525,6 +540,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="first binary-protocol port (raftq:// URLs); default: each node's HTTP port + 200",
     )
     up.add_argument("--host", default="127.0.0.1")
+    up.add_argument(
+        "--auth",
+        action="store_true",
+        help="client auth on: an admin token is made in DATA_DIR/admin-token (without it, "
+        "auth is off: fine on loopback, logged loudly by every node)",
+    )
     up.add_argument(
         "--leader-timeout", type=float, default=30.0, help="seconds to wait for a leader"
     )
@@ -581,6 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
     lp = sub.add_parser("leader", parents=[common], help="leadership: transfer [--to ID]")
     lp.add_argument("action", choices=["transfer"])
     lp.add_argument("--to", type=int, metavar="ID", help="the voter to hand over to")
+
+    add_user_parsers(sub, common)
 
     ap = sub.add_parser("ack", parents=[common], help="ack receipts printed by recv")
     ap.add_argument("queue")
@@ -659,10 +682,26 @@ def main(
     configure_cli_logging(args.verbose)
     if args.command == "up":
         return cmd_up(args, out)
+    if args.command == "token":
+        try:
+            return cmd_token(args, out)
+        except UsageProblem as exc:
+            err_stream.write(f"raftq token: error: {exc}\n")
+            return EXIT_USAGE
     try:
+        token = None
+        if args.token_file:
+            with open(args.token_file, encoding="utf-8") as fh:
+                token = fh.read(4096).strip()
         client = Client(
-            args.servers, timeout_s=args.timeout, request_timeout_s=min(10.0, args.timeout)
+            args.servers,
+            timeout_s=args.timeout,
+            request_timeout_s=min(10.0, args.timeout),
+            token=token,
         )
+    except OSError as exc:
+        err_stream.write(f"raftq: error: cannot read the token file: {exc}\n")
+        return EXIT_USAGE
     except ValueError as exc:
         err_stream.write(f"raftq: error: {exc}\n")
         return EXIT_USAGE
@@ -674,10 +713,11 @@ def main(
         "ack": lambda: cmd_ack(args, client, out),
         "member": lambda: cmd_member(args, client, out),
         "leader": lambda: cmd_leader(args, client, out),
+        "user": lambda: cmd_user(args, client, out),
     }
     try:
         return handlers[args.command]()
-    except UsageError as exc:
+    except (UsageError, UsageProblem) as exc:
         err_stream.write(f"raftq {args.command}: error: {exc}\n")
         return EXIT_USAGE
     except ClusterUnavailable as exc:

@@ -39,7 +39,7 @@ import aiohttp
 
 from cluster import transactions
 from cluster.consumer import Consumer, ConsumerStats, Handler
-from cluster.discovery import CallOptions, LeaderRouter, resolve_servers
+from cluster.discovery import CallOptions, LeaderRouter, resolve_servers, resolve_token
 from cluster.errors import BadRequest, RaftqError, TooLarge
 from cluster.grouping import GroupedCalls
 from cluster.message import AckResult, Message, OutgoingMessage, SendResult
@@ -513,6 +513,8 @@ class AsyncClient:
     intervals); if a majority names another node, the attempt moves there instead of
     waiting out `request_timeout_s` on a hung leader (None: never check). Pass `session`
     to share an aiohttp session for HTTP servers (it is not closed by `close()`).
+    `token`: a user's token (`rq1.USER.SECRET`) for a cluster with auth; default
+    `$RAFTQ_TOKEN`, else the file named by `$RAFTQ_TOKEN_FILE`.
     """
 
     def __init__(
@@ -527,6 +529,7 @@ class AsyncClient:
         max_sends_in_flight: int = 2,
         linger_ms: float = 0.0,
         max_buffered_send_bytes: int = 32 << 20,
+        token: str | None = None,
     ) -> None:
         self.servers = resolve_servers(servers)
         self.producer = ProducerOptions(
@@ -541,6 +544,7 @@ class AsyncClient:
             probe_timeout_s=min(2.0, request_timeout_s),
             leader_check_s=leader_check_s,
             session=session,
+            token=resolve_token(token),
         )
         self._queues: dict[str, AsyncQueue] = {}
 
@@ -620,6 +624,39 @@ class AsyncClient:
         """Hand leadership to voter `to` (default: the most caught-up other voter)."""
         body = {} if to is None else {"to": int(to)}
         return await self.request("POST", "/v1/cluster/transfer-leader", json_body=body) or {}
+
+    # --- users (a cluster with auth: every call needs `admin` on `*` but whoami) ---------
+
+    async def whoami(self) -> dict[str, Any]:
+        """This client's user and permissions (`user` None when the cluster has auth off)."""
+        return await self.request("GET", "/v1/whoami") or {}
+
+    async def users(self) -> list[dict[str, Any]]:
+        return (await self.request("GET", "/v1/users") or {}).get("users", [])
+
+    async def add_user(
+        self, name: str, permissions: Mapping[str, Sequence[str]]
+    ) -> tuple[dict[str, Any], str]:
+        """Add a user with `permissions` ({read, write, admin}: lists of name patterns);
+        (the user, its token). The token is shown this once: only its hash is kept."""
+        body = {"name": name, "permissions": {k: list(v) for k, v in permissions.items()}}
+        answer = await self.request("POST", "/v1/users", json_body=body) or {}
+        return answer.get("user", {}), answer.get("token", "")
+
+    async def rotate_token(self, name: str) -> str:
+        """A new token for user `name`; the old one stops working."""
+        answer = await self.request("POST", f"/v1/users/{quote(name, safe='')}/token", json_body={})
+        return (answer or {}).get("token", "")
+
+    async def set_permissions(
+        self, name: str, permissions: Mapping[str, Sequence[str]]
+    ) -> dict[str, Any]:
+        body = {k: list(v) for k, v in permissions.items()}
+        path = f"/v1/users/{quote(name, safe='')}/permissions"
+        return await self.request("PUT", path, json_body=body) or {}
+
+    async def remove_user(self, name: str) -> dict[str, Any]:
+        return await self.request("DELETE", f"/v1/users/{quote(name, safe='')}") or {}
 
     async def node_cluster_view(self, url: str, timeout_s: float | None = None) -> dict[str, Any]:
         """`GET /v1/cluster` of one specific node (its own term, indexes and role)."""

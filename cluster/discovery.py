@@ -97,6 +97,24 @@ def normalize_server(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+TOKEN_ENV = "RAFTQ_TOKEN"
+TOKEN_FILE_ENV = "RAFTQ_TOKEN_FILE"
+
+
+def resolve_token(token: str | None = None) -> str | None:
+    """The client's token: the argument, else `$RAFTQ_TOKEN`, else the contents of the
+    file `$RAFTQ_TOKEN_FILE`, else None (a cluster with auth off needs none)."""
+    if token:
+        return token.strip()
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV].strip()
+    path = os.environ.get(TOKEN_FILE_ENV)
+    if path:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read(4096).strip() or None
+    return None
+
+
 def resolve_servers(servers: str | Iterable[str] | None = None) -> tuple[str, ...]:
     """Servers from the argument, else `$RAFTQ_SERVERS` (comma-separated), else the defaults."""
     if servers is None:
@@ -230,12 +248,18 @@ class LeaderRouter:
         backoff_cap_s: float = 2.0,
         leader_check_s: float | None = 1.0,
         rng: random.Random | None = None,
+        token: str | None = None,
     ) -> None:
         if timeout_s <= 0 or request_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
         if leader_check_s is not None and leader_check_s <= 0:
             raise ValueError("leader_check_s must be positive (or None to never check)")
         self.servers: tuple[str, ...] = tuple(servers)
+        # Sent with every HTTP request, and once per binary connection (its session).
+        self.token = token
+        self._headers = (
+            {**REDIRECT_HEADERS, "Authorization": f"Bearer {token}"} if token else REDIRECT_HEADERS
+        )
         self.timeout_s = timeout_s
         self.request_timeout_s = request_timeout_s
         self.probe_timeout_s = probe_timeout_s
@@ -311,7 +335,7 @@ class LeaderRouter:
             base_url + path,
             json=json_body,
             params=params,
-            headers=REDIRECT_HEADERS,
+            headers=self._headers,
             allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=max(0.001, timeout_s)),
         ) as resp:
@@ -337,7 +361,7 @@ class LeaderRouter:
         """`send_once` over the binary protocol: the same call, the same `Response`."""
         conn = self._binary.get(base_url)
         if conn is None:
-            conn = self._binary[base_url] = BinaryConnection(base_url)
+            conn = self._binary[base_url] = BinaryConnection(base_url, token=self.token)
         path_qs = f"{path}?{urlencode(params)}" if params else path
         body = None if json_body is None else msgpack.packb(json_body, use_bin_type=True)
         status, headers, answer = await conn.request(method, path_qs, body, timeout_s)
@@ -382,6 +406,10 @@ class LeaderRouter:
             resp = await self.send_once(url, "GET", "/v1/cluster", timeout_s=timeout_s)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return url, None, -1, describe_exception(exc)
+        if resp.status in (401, 403):
+            # Reachable, but refuses this client: the request itself gets the same answer
+            # and raises it at once (retrying cannot make a wrong token right).
+            return url, None, 0, _error_summary(resp)
         if resp.status != 200 or not isinstance(resp.body, dict):
             return url, None, -1, _error_summary(resp)
         term = resp.body.get("term")

@@ -27,12 +27,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
+
+from common.tokens import new_token
 
 log = structlog.get_logger("raftq.launcher")
 
@@ -68,10 +70,14 @@ atexit.register(_stop_leftovers)
 
 
 PEER_SECRET_FILE = "peer-secret"
+ADMIN_TOKEN_FILE = "admin-token"
 
 
-def ensure_secret_file(path: Path) -> None:
-    """Create `path` with a random peer secret (owner-only), unless it exists."""
+def ensure_secret_file(
+    path: Path, make: Callable[[], str] = lambda: secrets.token_urlsafe(32)
+) -> None:
+    """Create `path` holding `make()` (a random peer secret by default), owner-only,
+    unless it exists."""
     if path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,7 +86,11 @@ def ensure_secret_file(path: Path) -> None:
     except FileExistsError:  # made meanwhile by another start
         return
     with os.fdopen(fd, "w") as fh:
-        fh.write(secrets.token_urlsafe(32) + "\n")
+        fh.write(make() + "\n")
+
+
+def read_token_file(path: Path) -> str:
+    return path.read_text(encoding="utf-8").strip()
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
@@ -201,6 +211,7 @@ class LocalCluster:
         log_dir: str | os.PathLike[str] | None = None,
         stop_grace_s: float = 10.0,
         peer_secret: bool = True,
+        auth: bool = False,
     ) -> None:
         if nodes < 1:
             raise ValueError("nodes must be >= 1")
@@ -211,6 +222,10 @@ class LocalCluster:
         # One random secret for the cluster's peers, in a 0600 file of its data dir, made
         # on first start (`peer_secret=False`: an unauthenticated peer port, for tests).
         self.secret_path: Path | None = self.data_dir / PEER_SECRET_FILE if peer_secret else None
+        # Client auth: off (`--auth off`, loopback only) unless asked for; then a random
+        # admin token in a 0600 file beside the secret, the nodes' bootstrap admin.
+        self.auth = auth
+        self.admin_token_path: Path | None = self.data_dir / ADMIN_TOKEN_FILE if auth else None
         self.python = python
         self.stop_grace_s = stop_grace_s
         http_ports = _ports(http_port, nodes, "http_port")
@@ -242,7 +257,11 @@ class LocalCluster:
 
     @classmethod
     def on_free_ports(
-        cls, nodes: int, data_dir: str | os.PathLike[str], extra_args: Sequence[str] = ()
+        cls,
+        nodes: int,
+        data_dir: str | os.PathLike[str],
+        extra_args: Sequence[str] = (),
+        auth: bool = False,
     ) -> LocalCluster:
         """A cluster of `nodes` on free loopback HTTP, Raft and binary ports (tests,
         benchmarks); the binary ports are chosen too, not HTTP + 200 (which may be taken)."""
@@ -254,6 +273,7 @@ class LocalCluster:
             raft_port=ports[nodes : 2 * nodes],
             binary_port=ports[2 * nodes :],
             extra_args=extra_args,
+            auth=auth,
         )
 
     @property
@@ -355,6 +375,11 @@ class LocalCluster:
             "--data-dir",
             str(s.data_dir),
             *(("--secret-file", str(self.secret_path)) if self.secret_path is not None else ()),
+            *(
+                ("--admin-token-file", str(self.admin_token_path))
+                if self.admin_token_path is not None
+                else ("--auth", "off")
+            ),
             *self.extra_args,
         ]
 
@@ -383,6 +408,7 @@ class LocalCluster:
         s.log_path.parent.mkdir(parents=True, exist_ok=True)
         if self.secret_path is not None:
             ensure_secret_file(self.secret_path)
+        _ = self.admin_token  # made before the first node reads it
         main_thread = threading.current_thread() is threading.main_thread()
         with open(s.log_path, "ab") as log_file:
             proc = subprocess.Popen(
@@ -470,10 +496,22 @@ class LocalCluster:
 
     # --- observation ---------------------------------------------------------------------
 
+    @property
+    def admin_token(self) -> str | None:
+        """The cluster's bootstrap admin token (None without auth)."""
+        if self.admin_token_path is None:
+            return None
+        ensure_secret_file(self.admin_token_path, lambda: new_token("admin"))
+        return read_token_file(self.admin_token_path)
+
     def cluster_view(self, node_id: int, timeout_s: float = 1.0) -> dict[str, Any] | None:
         """Node `node_id`'s `GET /v1/cluster`, or None if it does not answer."""
+        request = urllib.request.Request(self.url(node_id) + "/v1/cluster")
+        token = self.admin_token
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token}")
         try:
-            with _DIRECT.open(self.url(node_id) + "/v1/cluster", timeout=timeout_s) as resp:
+            with _DIRECT.open(request, timeout=timeout_s) as resp:
                 return json.loads(resp.read())
         except (OSError, ValueError, urllib.error.URLError):
             return None

@@ -236,6 +236,7 @@ class Client:
         timeout_s: float = 30.0,
         request_timeout_s: float = 10.0,
         leader_check_s: float | None = 1.0,
+        token: str | None = None,
         **producer: Any,
     ) -> None:
         """`producer`: `AsyncClient`'s send batching options (`send_batch_size`,
@@ -249,6 +250,7 @@ class Client:
                 timeout_s=timeout_s,
                 request_timeout_s=request_timeout_s,
                 leader_check_s=leader_check_s,
+                token=token,
                 **producer,
             )
         except BaseException:
@@ -312,6 +314,12 @@ class Client:
     remove_member = _blocking(AsyncClient.remove_member)
     promote_member = _blocking(AsyncClient.promote_member)
     transfer_leader = _blocking(AsyncClient.transfer_leader)
+    whoami = _blocking(AsyncClient.whoami)
+    users = _blocking(AsyncClient.users)
+    add_user = _blocking(AsyncClient.add_user)
+    rotate_token = _blocking(AsyncClient.rotate_token)
+    set_permissions = _blocking(AsyncClient.set_permissions)
+    remove_user = _blocking(AsyncClient.remove_user)
     cluster_views = _blocking(AsyncClient.cluster_views)
     request = _blocking(AsyncClient.request)
 

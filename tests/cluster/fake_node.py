@@ -27,6 +27,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--peers", required=True)
     p.add_argument("--data-dir", required=True)
     p.add_argument("--secret-file")  # the launcher's peer secret: read, as a node does
+    p.add_argument("--auth", choices=["on", "off"])
+    p.add_argument("--admin-token-file")
     p.add_argument("--ignore-sigterm", action="store_true")
     return p.parse_args(argv)
 

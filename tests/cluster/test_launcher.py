@@ -88,6 +88,8 @@ def test_command_and_peers(tmp_path: Path) -> None:
         str(tmp_path.resolve() / "node-2"),
         "--secret-file",
         str(tmp_path.resolve() / "peer-secret"),
+        "--auth",
+        "off",
         "--x",
     ]
     with pytest.raises(ValueError):

@@ -29,6 +29,7 @@ FIELDS = [
     "max_receives", "dead_letter_queue", "fifo", "content_based_dedup", "retention_s",
     "max_message_bytes", "ops", "txn_id", "op", "queue", "receipt", "producer",
     "producer_id", "epoch", "seq", "id", "url", "raft_addr", "to", "limit", "from",
+    "name", "permissions", "read", "write", "admin", "token",
 ]  # fmt: skip
 
 leaves = (
@@ -61,6 +62,10 @@ ROUTES = [
     ("POST", "/v1/producers"),
     ("POST", "/v1/cluster/transfer-leader"),
     ("POST", "/v1/cluster/members"),
+    ("POST", "/v1/users"),
+    ("PUT", "/v1/users/{name}/permissions"),
+    ("POST", "/v1/users/{name}/token"),
+    ("POST", "/v1/auth"),
 ]
 names = st.sampled_from(["fz", "fz-dlq", "missing"]) | st.text(max_size=12)
 

@@ -9,12 +9,16 @@ import aiohttp
 
 
 class ApiClient:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token: str | None = None) -> None:
         self.url = url.rstrip("/")
+        self.token = token
         self.session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> ApiClient:
-        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        self.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=60), headers=headers
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -21,13 +21,14 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,50 @@ def last_critical_event(log_path: Path, tail_bytes: int = 1 << 16) -> str | None
             detail = record.get("error") or record.get("reason") or ""
             found = f"{record.get('event')}: {detail}" if detail else str(record.get("event"))
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class NodeTls:
+    """One node's certificate files: `cert`/`key` serve its client ports (HTTP, binary),
+    `peer_cert`/`peer_key` its peer port (naming it `raftq-node-<id>`, raft/peer_tls.py)."""
+
+    cert: Path
+    key: Path
+    peer_cert: Path
+    peer_key: Path
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterTls:
+    """A TLS cluster's files: `ca` signs every node's certificates (client ports and
+    peers); with `client_ca` the client ports require a client certificate from it, and
+    `client_cert`/`client_key` are what the launcher itself presents when it polls."""
+
+    ca: Path
+    nodes: Mapping[int, NodeTls]
+    client_ca: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    def node_args(self, node_id: int) -> list[str]:
+        """The TLS flags of `raftq node` for node `node_id`."""
+        files = self.nodes[node_id]
+        args = [
+            *("--tls-cert", str(files.cert), "--tls-key", str(files.key)),
+            *("--tls-ca", str(self.ca)),
+            *("--peer-cert", str(files.peer_cert), "--peer-key", str(files.peer_key)),
+            *("--peer-ca", str(self.ca)),
+        ]
+        if self.client_ca is not None:
+            args += ["--tls-client-ca", str(self.client_ca)]
+        return args
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """How the launcher (and a test) talks to the nodes' client ports."""
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        if self.client_cert is not None and self.client_key is not None:
+            ctx.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return ctx
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,8 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from common.binwire import DEFAULT_PORT_OFFSET, SCHEME
+from common.binwire import DEFAULT_PORT_OFFSET, SCHEME, TLS_SCHEME
+from node.tls import TlsSettingsError, check_settings
 
 
 class ConfigError(ValueError):
@@ -96,7 +97,28 @@ class NodeConfig:
     # address only logs `node.binary_unavailable`: the port HTTP + 200 was never asked for
     # and may be taken, and HTTP serves everything the binary port does.
     binary_required: bool = False
+    # TLS (node/tls.py, docs/API.md "TLS"): paths of PEM files, never their contents.
+    # The client ports (HTTP, binary) serve TLS with tls_cert/tls_key, and with
+    # tls_client_ca require client certificates; tls_ca is what this node trusts when it
+    # calls other nodes' client ports; peer_* is mutual TLS on the peer port.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    tls_ca: str | None = None
+    peer_cert: str | None = None
+    peer_key: str | None = None
+    peer_ca: str | None = None
     limits: Limits = field(default_factory=Limits)
+
+    @property
+    def tls(self) -> bool:
+        """Whether the client ports serve TLS (https://, raftqs://)."""
+        return self.tls_cert is not None
+
+    @property
+    def peer_tls(self) -> bool:
+        """Whether the peer port speaks mutual TLS."""
+        return self.peer_cert is not None
 
     @property
     def http_url(self) -> str:
@@ -104,11 +126,12 @@ class NodeConfig:
 
     @property
     def binary_url(self) -> str | None:
-        """`raftq://host:port` of this node's binary port, None when it serves none."""
+        """`raftq://host:port` of this node's binary port (`raftqs://` over TLS), None when
+        it serves none."""
         if self.binary_host is None or self.binary_port is None:
             return None
         host = f"[{self.binary_host}]" if ":" in self.binary_host else self.binary_host
-        return f"{SCHEME}://{host}:{self.binary_port}"
+        return f"{TLS_SCHEME if self.tls else SCHEME}://{host}:{self.binary_port}"
 
     def raft_peers(self) -> dict[int, tuple[str, int]]:
         return {p.id: (p.raft_host, p.raft_port) for p in self.peers.values()}
@@ -156,6 +179,16 @@ def parse_binary(value: Any, http_host: str, http_port: int) -> tuple[str | None
 
 
 MIN_SECRET_BYTES = 16
+#: The TLS settings (flags --tls-cert ..., TOML keys tls_cert ...): file paths (node/tls.py).
+TLS_SETTINGS = (
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+    "tls_ca",
+    "peer_cert",
+    "peer_key",
+    "peer_ca",
+)
 
 
 def _is_loopback(host: str) -> bool:
@@ -199,7 +232,13 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
     peers = (
         parse_peers(peers_raw) if isinstance(peers_raw, str) else parse_peers(",".join(peers_raw))
     )
-    me = Peer(node_id, f"http://{http_host}:{http_port}", raft_host, raft_port)
+    scheme = "https" if values.get("tls_cert") is not None else "http"
+    me = Peer(node_id, f"{scheme}://{http_host}:{http_port}", raft_host, raft_port)
+    if node_id in peers and not peers[node_id].http_url.startswith(scheme + "://"):
+        raise ConfigError(
+            f"--peers gives node {node_id} the URL {peers[node_id].http_url}, but it serves "
+            f"{scheme}:// ({'with' if scheme == 'https' else 'without'} --tls-cert)"
+        )
     if node_id in peers and (peers[node_id].raft_host, peers[node_id].raft_port) != (
         raft_host,
         raft_port,
@@ -244,6 +283,7 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         "snapshot_entries": int,
         "snapshot_trailing": int,
         "quota_bytes": int,
+        **dict.fromkeys(TLS_SETTINGS, str),
     }
     if values.get("secret") is not None:
         raise ConfigError(
@@ -252,13 +292,18 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         )
     overrides = {k: conv(values[k]) for k, conv in simple.items() if values.get(k) is not None}
     cfg = replace(cfg, **overrides)
+    try:
+        check_settings(**{name: getattr(cfg, name) for name in TLS_SETTINGS})
+    except TlsSettingsError as exc:
+        raise ConfigError(str(exc)) from None
     if cfg.secret_file is not None:
         cfg = replace(cfg, secret=read_secret_file(cfg.secret_file))
-    elif not _is_loopback(cfg.raft_host):
+    elif not _is_loopback(cfg.raft_host) and not cfg.peer_tls:
         raise ConfigError(
             f"the peer port listens on {cfg.raft_host}, beyond this machine: give every node "
             "the same --secret-file (e.g. `head -c 32 /dev/urandom | base64 > FILE`), or "
-            "anyone who reaches that port can speak Raft to this node"
+            "mutual TLS (--peer-cert, --peer-key, --peer-ca), or anyone who reaches that "
+            "port can speak Raft to this node"
         )
     if cfg.log_format not in ("json", "console"):
         raise ConfigError("log_format must be json or console")
@@ -332,6 +377,40 @@ def argument_parser() -> argparse.ArgumentParser:
         help="file holding the cluster's peer secret (at least 16 bytes; the same on every "
         "node): peers prove they hold it and every frame between them is authenticated. "
         "Without it the peer port accepts anyone who can reach it",
+    )
+    tls = p.add_argument_group(
+        "TLS", "PEM file paths (docs/API.md, TLS); the client ports and the peer port apart"
+    )
+    tls.add_argument(
+        "--tls-cert",
+        dest="tls_cert",
+        metavar="FILE",
+        help="certificate (chain) the HTTP and binary client ports serve: https://, raftqs://",
+    )
+    tls.add_argument("--tls-key", dest="tls_key", metavar="FILE", help="its private key")
+    tls.add_argument(
+        "--tls-client-ca",
+        dest="tls_client_ca",
+        metavar="FILE",
+        help="require client certificates signed by this CA bundle on the client ports",
+    )
+    tls.add_argument(
+        "--tls-ca",
+        dest="tls_ca",
+        metavar="FILE",
+        help="CA bundle this node trusts when it calls other nodes' client ports (forwarding "
+        "to the leader, --join); default: the system's",
+    )
+    tls.add_argument(
+        "--peer-cert",
+        dest="peer_cert",
+        metavar="FILE",
+        help="mutual TLS on the peer port: this node's certificate, naming it by the DNS "
+        "SAN raftq-node-<id>; with --peer-key and --peer-ca",
+    )
+    tls.add_argument("--peer-key", dest="peer_key", metavar="FILE", help="its private key")
+    tls.add_argument(
+        "--peer-ca", dest="peer_ca", metavar="FILE", help="the cluster CA of peer certificates"
     )
     p.add_argument(
         "--join",

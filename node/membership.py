@@ -11,6 +11,7 @@ never counts toward a quorum before that) and the leader promotes it once it is 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -194,13 +195,19 @@ async def promote_member(request: web.Request) -> web.Response:
     return await _change_unless_same(request, change)
 
 
-async def join_cluster(url: str, body: dict[str, Any], deadline_s: float) -> dict[str, Any]:
-    """POST the join request until a definite answer: the configuration, or JoinRefused."""
+async def join_cluster(
+    url: str, body: dict[str, Any], deadline_s: float, ssl_context: ssl.SSLContext | None = None
+) -> dict[str, Any]:
+    """POST the join request until a definite answer: the configuration, or JoinRefused.
+    `ssl_context`: how to verify (and present a certificate to) an https cluster."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + deadline_s
     delay = 0.2
     last = "no answer"
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+    connector = aiohttp.TCPConnector(ssl=ssl_context if ssl_context is not None else True)
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=15), connector=connector
+    ) as session:
         while loop.time() < deadline:
             try:
                 async with session.post(url.rstrip("/") + "/v1/cluster/members", json=body) as r:

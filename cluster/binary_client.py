@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,6 +26,7 @@ from common.binwire import (
     FRAME_HEADER_BYTES,
     MAGIC,
     SCHEME,
+    TLS_SCHEME,
     BadFrame,
     decode_answer,
     encode_request,
@@ -40,10 +42,14 @@ WRITE_HIGH_WATER_BYTES = 1 << 20
 
 
 def parse_binary_url(url: str) -> tuple[str, int]:
-    """(host, port) of a `raftq://host:port` URL; ValueError otherwise."""
+    """(host, port) of a `raftq://host:port` or `raftqs://host:port` URL; ValueError
+    otherwise."""
     parts = urlsplit(url)
-    if parts.scheme != SCHEME or not parts.hostname or parts.port is None:
-        raise ValueError(f"invalid binary server URL {url!r}: expected {SCHEME}://host:port")
+    if parts.scheme not in (SCHEME, TLS_SCHEME) or not parts.hostname or parts.port is None:
+        raise ValueError(
+            f"invalid binary server URL {url!r}: expected {SCHEME}://host:port "
+            f"or {TLS_SCHEME}://host:port"
+        )
     return parts.hostname, parts.port
 
 
@@ -66,11 +72,19 @@ class _Link:
 
 
 class BinaryConnection:
-    """A lazily (re)connected, pipelined binary-protocol connection to one node."""
+    """A lazily (re)connected, pipelined binary-protocol connection to one node.
 
-    def __init__(self, url: str) -> None:
+    A `raftqs://` URL connects over TLS: `ssl_context` verifies the node (and presents a
+    client certificate), else the system's trust store verifies it; the node's hostname
+    is checked against its certificate as for https.
+    """
+
+    def __init__(self, url: str, ssl_context: ssl.SSLContext | None = None) -> None:
         self.url = url
         self.host, self.port = parse_binary_url(url)
+        self.ssl_context: ssl.SSLContext | None = None
+        if url.startswith(TLS_SCHEME + "://"):
+            self.ssl_context = ssl_context or ssl.create_default_context()
         self._link: _Link | None = None
         self._connecting: asyncio.Lock | None = None
         self._ids = itertools.count(1)
@@ -92,7 +106,9 @@ class BinaryConnection:
             link = self._link
             if link is not None and not link.writer.is_closing():
                 return link
-            reader, writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
+            reader, writer = await asyncio.open_connection(
+                self.host, self.port, limit=1 << 20, ssl=self.ssl_context
+            )
             writer.write(MAGIC)
             link = _Link(writer)
             link.reader_task = asyncio.ensure_future(self._read_answers(reader, link))

@@ -12,6 +12,9 @@
 Human tables by default, `--json` for scripts. Exit codes: 0 ok, 1 error (the cluster
 said no), 2 usage, 3 cluster unavailable (no leader reachable within `--timeout`).
 Servers come from `--servers URL,URL`, else `$RAFTQ_SERVERS`, else 127.0.0.1:7001-7003.
+A TLS cluster (https://, raftqs:// servers): `--ca FILE` (else `$RAFTQ_CA_FILE`) verifies
+it; `--cert FILE --key FILE` (else `$RAFTQ_CERT_FILE`, `$RAFTQ_KEY_FILE`) is the client
+certificate for nodes that require one.
 """
 
 from __future__ import annotations
@@ -43,7 +46,10 @@ EXIT_UNAVAILABLE = 3
 
 #: Commands handed whole to another program (`python -m <module> args...`).
 PASSTHROUGH = {"node": "node", "chaos": "chaos", "bench": "benchmarks.queue_bench"}
-_GLOBAL_OPTIONS_WITH_VALUE = {"--servers", "--timeout"}
+_GLOBAL_OPTIONS_WITH_VALUE = {"--servers", "--timeout", "--ca", "--cert", "--key"}
+#: The TLS options of client commands, and the variables that carry them into pass-through
+#: commands (cluster/tls.py reads the same ones).
+TLS_OPTIONS = {"--ca": "RAFTQ_CA_FILE", "--cert": "RAFTQ_CERT_FILE", "--key": "RAFTQ_KEY_FILE"}
 SEND_BATCH = 256
 
 
@@ -496,6 +502,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of every command except the pass-through ones (node, chaos, bench)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    # The TLS options, also after the command (`raftq status --ca ca.pem`); SUPPRESS keeps
+    # a value given before the command.
+    for flag in TLS_OPTIONS:
+        common.add_argument(flag, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     parser = argparse.ArgumentParser(
         prog="raftq",
@@ -509,6 +519,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout", type=float, default=30.0, help="deadline of each call in seconds (30)"
+    )
+    parser.add_argument(
+        "--ca",
+        metavar="FILE",
+        default=None,
+        help="CA bundle that verifies https:// and raftqs:// servers (default $RAFTQ_CA_FILE, "
+        "else the system's)",
+    )
+    parser.add_argument(
+        "--cert",
+        metavar="FILE",
+        default=None,
+        help="client certificate for nodes that require one (default $RAFTQ_CERT_FILE)",
+    )
+    parser.add_argument(
+        "--key", metavar="FILE", default=None, help="its private key (default $RAFTQ_KEY_FILE)"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log client events")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -622,6 +648,9 @@ def _passthrough(module: str, args: list[str], global_args: list[str], err: Text
     env = dict(os.environ)
     if "--servers" in global_args:
         env["RAFTQ_SERVERS"] = global_args[global_args.index("--servers") + 1]
+    for flag, variable in TLS_OPTIONS.items():
+        if flag in global_args:
+            env[variable] = global_args[global_args.index(flag) + 1]
     exec_module(module, args, env)
 
 
@@ -661,7 +690,12 @@ def main(
         return cmd_up(args, out)
     try:
         client = Client(
-            args.servers, timeout_s=args.timeout, request_timeout_s=min(10.0, args.timeout)
+            args.servers,
+            timeout_s=args.timeout,
+            request_timeout_s=min(10.0, args.timeout),
+            ca_file=args.ca,
+            cert_file=args.cert,
+            key_file=args.key,
         )
     except ValueError as exc:
         err_stream.write(f"raftq: error: {exc}\n")

@@ -5,6 +5,8 @@ Node *i* (1-based id) gets HTTP port `http_port + i - 1` and Raft port `raft_por
 client port (`raftq://`, docs/API.md "Binary protocol") from `binary_port` likewise, or
 by default the node's own default, its HTTP port + 200, its data in
 `data_dir/node-i` and its stdout/stderr in `log_dir/node-i.log` (appended across restarts).
+Given `tls=ClusterTls(...)` (certificate files; tests make them with trustme), every node
+serves https:// and raftqs:// and speaks mutual TLS to its peers.
 
 It never leaves processes behind: `stop_all()` runs on `__exit__`, at interpreter exit, and
 (Linux, when started from the main thread) the kernel SIGTERMs the nodes if this process
@@ -205,16 +207,19 @@ class NodeSpec:
     log_path: Path
     #: The binary client port; None: the node's default (HTTP port + 200), no flag passed.
     binary_port: int | None = None
+    #: The client ports serve TLS (https://, raftqs://).
+    tls: bool = False
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.http_port}"
 
     @property
     def binary_url(self) -> str:
-        """`raftq://host:port`: where the client reaches this node over the binary protocol."""
+        """`raftq://host:port` (`raftqs://` over TLS): where the client reaches this node
+        over the binary protocol."""
         port = self.binary_port if self.binary_port is not None else self.http_port + 200
-        return f"raftq://{self.host}:{port}"
+        return f"{'raftqs' if self.tls else 'raftq'}://{self.host}:{port}"
 
     @property
     def raft_addr(self) -> str:
@@ -246,9 +251,21 @@ class LocalCluster:
         log_dir: str | os.PathLike[str] | None = None,
         stop_grace_s: float = 10.0,
         peer_secret: bool = True,
+        tls: ClusterTls | None = None,
     ) -> None:
         if nodes < 1:
             raise ValueError("nodes must be >= 1")
+        # A TLS cluster: every node's client ports and peer port (ClusterTls); the launcher
+        # polls the nodes over https with the cluster's CA (and client certificate).
+        self.tls = tls
+        self._opener = (
+            _DIRECT
+            if tls is None
+            else urllib.request.build_opener(
+                urllib.request.ProxyHandler({}),
+                urllib.request.HTTPSHandler(context=tls.ssl_context()),
+            )
+        )
         self.data_dir = Path(data_dir).resolve()
         self.log_dir = Path(log_dir).resolve() if log_dir is not None else self.data_dir
         self.host = host
@@ -272,6 +289,7 @@ class LocalCluster:
                 data_dir=self.data_dir / f"node-{i + 1}",
                 log_path=self.log_dir / f"node-{i + 1}.log",
                 binary_port=binary_ports[i] if binary_ports is not None else None,
+                tls=tls is not None,
             )
             for i in range(nodes)
         }
@@ -287,10 +305,15 @@ class LocalCluster:
 
     @classmethod
     def on_free_ports(
-        cls, nodes: int, data_dir: str | os.PathLike[str], extra_args: Sequence[str] = ()
+        cls,
+        nodes: int,
+        data_dir: str | os.PathLike[str],
+        extra_args: Sequence[str] = (),
+        **options: Any,
     ) -> LocalCluster:
         """A cluster of `nodes` on free loopback HTTP, Raft and binary ports (tests,
-        benchmarks); the binary ports are chosen too, not HTTP + 200 (which may be taken)."""
+        benchmarks); the binary ports are chosen too, not HTTP + 200 (which may be taken).
+        `options`: the other constructor arguments (e.g. `tls`, `peer_secret`)."""
         ports = free_ports(3 * nodes)
         return cls(
             nodes=nodes,
@@ -299,6 +322,7 @@ class LocalCluster:
             raft_port=ports[nodes : 2 * nodes],
             binary_port=ports[2 * nodes :],
             extra_args=extra_args,
+            **options,
         )
 
     @property
@@ -366,6 +390,7 @@ class LocalCluster:
             data_dir=self.data_dir / f"node-{node_id}",
             log_path=self.log_dir / f"node-{node_id}.log",
             binary_port=binary_port,
+            tls=self.tls is not None,
         )
         self._joins[node_id] = self.url(via)
         return node_id
@@ -400,6 +425,7 @@ class LocalCluster:
             "--data-dir",
             str(s.data_dir),
             *(("--secret-file", str(self.secret_path)) if self.secret_path is not None else ()),
+            *(self.tls.node_args(node_id) if self.tls is not None else ()),
             *self.extra_args,
         ]
 
@@ -518,7 +544,7 @@ class LocalCluster:
     def cluster_view(self, node_id: int, timeout_s: float = 1.0) -> dict[str, Any] | None:
         """Node `node_id`'s `GET /v1/cluster`, or None if it does not answer."""
         try:
-            with _DIRECT.open(self.url(node_id) + "/v1/cluster", timeout=timeout_s) as resp:
+            with self._opener.open(self.url(node_id) + "/v1/cluster", timeout=timeout_s) as resp:
                 return json.loads(resp.read())
         except (OSError, ValueError, urllib.error.URLError):
             return None
@@ -569,7 +595,7 @@ class LocalCluster:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                with _DIRECT.open(self.url(node_id) + "/v1/ready", timeout=1.0) as r:
+                with self._opener.open(self.url(node_id) + "/v1/ready", timeout=1.0) as r:
                     if r.status == 200:
                         return
             except (OSError, urllib.error.URLError):
@@ -579,4 +605,12 @@ class LocalCluster:
             time.sleep(0.1)
 
 
-__all__ = ["ClusterStartError", "LeaderInfo", "LocalCluster", "NodeSpec", "free_ports"]
+__all__ = [
+    "ClusterStartError",
+    "ClusterTls",
+    "LeaderInfo",
+    "LocalCluster",
+    "NodeSpec",
+    "NodeTls",
+    "free_ports",
+]

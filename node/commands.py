@@ -37,7 +37,9 @@ EXACTLY_ONCE_OPS = frozenset({"producer_init", "txn"})
 # Ops the leader may coalesce into one `batch` entry: concurrent requests then share one
 # Raft entry, one proposal and one decode on every replica. Each still runs on its own.
 BATCHABLE_OPS = frozenset({"send", "receive", "ack", "nack", "extend", "txn"})
-OPS = QUEUE_OPS | EXACTLY_ONCE_OPS | {"batch"}
+# Ops of the cluster itself, proposed by the leader (not by a client request).
+CLUSTER_OPS = frozenset({"receipt_key"})
+OPS = QUEUE_OPS | EXACTLY_ONCE_OPS | CLUSTER_OPS | {"batch"}
 MAX_BATCH_COMMANDS = 1000
 # What `encode_batch` adds around its ops, at most: a map header, "v", "op": "batch",
 # "ts" as a 9-byte int, "cmds" and an array header.

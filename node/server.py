@@ -27,6 +27,7 @@ from node.membership import join_cluster
 from node.metrics import Metrics
 from node.queue_service import QueueService
 from node.quota import DiskGuardedEnv, disk_full_cause, node_quota
+from node.receipt_key import propose_receipt_key
 from node.state.messages import receipt_key_from
 from node.state_machine import QueueStateMachine
 from node.tls import client_port_context, outgoing_context, peer_tls
@@ -174,6 +175,8 @@ class NodeServer:
 
     def _on_role_change(self, role: Role, term: int, leader_id: int) -> None:
         bind_raft_state(term, role.label)
+        if role == Role.LEADER:  # first, before the requests waiting for a leader wake
+            propose_receipt_key(self.raft, self.sm, self.service.stamp_ms)
         if leader_id != self._last_leader:
             self._last_leader = leader_id
             self.metrics.leader_changes += 1

@@ -55,6 +55,8 @@ META_LAST_TS = b"last_ts_ms"
 META_NEXT_QUEUE_ID = b"next_queue_id"
 META_NEXT_SEQ = b"next_seq"
 META_NEXT_PRODUCER = b"next_producer_id"
+#: The cluster's receipt key, once its first leader proposed one (messages.set_receipt_key).
+META_RECEIPT_KEY = b"receipt_key"
 
 
 class Tables:

@@ -76,6 +76,10 @@ class NodeConfig:
     # the peer handshake's challenge-response and the tag on every frame (raft/framing.py).
     secret: bytes | None = None
     secret_file: str | None = None
+    # While the cluster's secret is rotated (docs/API.md): the previous secret, accepted
+    # besides `secret` (and dialed with to peers that do not hold `secret` yet).
+    previous_secret: bytes | None = None
+    previous_secret_file: str | None = None
     # A node that joins a running cluster: the URL of any of its nodes. It asks to be added
     # (a learner, promoted once caught up) and learns the members from the answer; its
     # --peers is then only itself.
@@ -278,6 +282,7 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         "forward_wait_s": float,
         "shutdown_grace_s": float,
         "secret_file": str,
+        "previous_secret_file": str,
         "join": str,
         "max_map_bytes": int,
         "snapshot_entries": int,
@@ -285,7 +290,7 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         "quota_bytes": int,
         **dict.fromkeys(TLS_SETTINGS, str),
     }
-    if values.get("secret") is not None:
+    if values.get("secret") is not None or values.get("previous_secret") is not None:
         raise ConfigError(
             "a peer secret is read from a file (secret_file / --secret-file), never given "
             "inline: command lines and config files are readable by others"
@@ -296,6 +301,13 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         check_settings(**{name: getattr(cfg, name) for name in TLS_SETTINGS})
     except TlsSettingsError as exc:
         raise ConfigError(str(exc)) from None
+    if cfg.previous_secret_file is not None:
+        if cfg.secret_file is None:
+            raise ConfigError(
+                "--previous-secret-file is for rotating a secret: give the new one with "
+                "--secret-file"
+            )
+        cfg = replace(cfg, previous_secret=read_secret_file(cfg.previous_secret_file))
     if cfg.secret_file is not None:
         cfg = replace(cfg, secret=read_secret_file(cfg.secret_file))
     elif not _is_loopback(cfg.raft_host) and not cfg.peer_tls:
@@ -377,6 +389,13 @@ def argument_parser() -> argparse.ArgumentParser:
         help="file holding the cluster's peer secret (at least 16 bytes; the same on every "
         "node): peers prove they hold it and every frame between them is authenticated. "
         "Without it the peer port accepts anyone who can reach it",
+    )
+    p.add_argument(
+        "--previous-secret-file",
+        dest="previous_secret_file",
+        help="while rotating the peer secret: the file of the secret being replaced, "
+        "accepted besides --secret-file's (restart every node with both, then every node "
+        "with only the new --secret-file)",
     )
     tls = p.add_argument_group(
         "TLS", "PEM file paths (docs/API.md, TLS); the client ports and the peer port apart"

@@ -102,6 +102,7 @@ class NodeServer:
                 max_entry_bytes=config.limits.max_entry_bytes,
             ),
             secret=config.secret,
+            previous_secret=config.previous_secret,
             peer_tls=peer_tls(config.peer_cert, config.peer_key, config.peer_ca),
             members=[
                 Member(p.id, p.http_url, f"{p.raft_host}:{p.raft_port}")
@@ -225,6 +226,7 @@ class NodeServer:
             data_dir=self.data_dir.path,
             incarnation=self.incarnation,
             peer_auth=self.config.secret is not None,
+            peer_secret_rotating=self.config.previous_secret is not None,
             peer_tls=self.config.peer_tls,
             client_tls=self.config.tls,
             client_certs_required=self.config.tls_client_ca is not None,

@@ -168,6 +168,7 @@ class RaftNode:
         check_quorum: bool = True,
         size_limits: SizeLimits | None = None,
         secret: bytes | None = None,
+        previous_secret: bytes | None = None,
         peer_tls: PeerTls | None = None,
         transport_factory: Callable[..., PeerTransport] = Transport,
     ) -> None:
@@ -237,6 +238,8 @@ class RaftNode:
         }
         if secret is not None:
             self._transport_options["secret"] = secret
+            if previous_secret is not None:  # a rotation under way (raft/framing.py)
+                self._transport_options["previous_secret"] = previous_secret
         if peer_tls is not None:  # mutual TLS, the node id from the certificate (peer_tls.py)
             self._transport_options["tls"] = peer_tls
         self._core: RaftCore | None = None

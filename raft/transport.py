@@ -43,12 +43,14 @@ from raft.framing import (
     FrameOpener,
     FrameSealer,
     HandshakeRejected,
-    decode_challenge,
+    decode_challenge_keys,
     decode_handshake,
     encode_challenge,
     encode_handshake,
     frame,
+    key_id,
     new_nonce,
+    pick_secret,
     sealed_frame_limit,
     session_key,
 )
@@ -214,6 +216,7 @@ class Transport:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         max_queue_msgs: int = 4096,
         secret: bytes | None = None,
+        previous_secret: bytes | None = None,
         config_digest: bytes = b"",
         incarnation: str = "",
         connect_timeout_s: float = 1.0,
@@ -237,6 +240,12 @@ class Transport:
         self.max_frame_bytes = max_frame_bytes
         self.max_queue_msgs = max_queue_msgs
         self._secret = secret
+        # A rotation under way (framing.py): the previous secret is accepted too, and
+        # dialed with when a peer does not hold ours yet.
+        self._secrets: tuple[bytes, ...] = tuple(
+            s for s in (secret, previous_secret if secret is not None else None) if s is not None
+        )
+        self._key_ids = tuple(key_id(s) for s in self._secrets)
         self._tls = tls  # mutual TLS on every peer connection (module docstring)
         self._config_digest = config_digest  # see framing.config_digest
         self.incarnation = incarnation  # ours, sent in every handshake
@@ -483,10 +492,10 @@ class Transport:
                 attempt += 1
                 await self._sleep_backoff(peer, attempt)
                 continue
-            challenge = b""
+            challenge, dial_secret = b"", self._secret
             if self._secret is not None:
                 try:
-                    challenge = await self._read_challenge(reader)
+                    challenge, dial_secret = await self._read_challenge(reader)
                 except (
                     HandshakeRejected,
                     TimeoutError,
@@ -519,7 +528,7 @@ class Transport:
             )
             watcher = asyncio.get_running_loop().create_task(self._watch_outbound(reader, peer))
             try:
-                await self._pump(peer, writer, challenge)
+                await self._pump(peer, writer, challenge, dial_secret)
                 reason = "stopped" if peer.removed or self._stopped else "closed_by_peer"
             except Exception as exc:  # the writer task must outlive any socket error
                 reason = repr(exc)
@@ -583,9 +592,12 @@ class Transport:
             async with asyncio.timeout(self._backoff_s(attempt)):
                 await peer.addr_changed.wait()
 
-    async def _read_challenge(self, reader: asyncio.StreamReader) -> bytes:
-        """The acceptor's challenge, the first frame on an outbound connection (secret set)."""
-        return decode_challenge(await self._read_opening_frame(reader, "challenge_too_large"))
+    async def _read_challenge(self, reader: asyncio.StreamReader) -> tuple[bytes, bytes | None]:
+        """The acceptor's challenge, the first frame on an outbound connection (secret set),
+        and which of our secrets to sign with: the first one the acceptor holds."""
+        body = await self._read_opening_frame(reader, "challenge_too_large")
+        challenge, theirs = decode_challenge_keys(body)
+        return challenge, pick_secret(self._secrets, theirs)
 
     async def _read_opening_frame(self, reader: asyncio.StreamReader, too_large: str) -> bytes:
         """The body of a connection's first frame (a challenge or a handshake), refused
@@ -597,16 +609,23 @@ class Transport:
                 raise HandshakeRejected(too_large, f"length {length}")
             return await reader.readexactly(length)
 
-    async def _pump(self, peer: _Peer, writer: asyncio.StreamWriter, challenge: bytes) -> None:
-        """Write the handshake, then every queued frame: one write + one drain per wake-up."""
-        nonce = new_nonce() if self._secret is not None else b""
+    async def _pump(
+        self,
+        peer: _Peer,
+        writer: asyncio.StreamWriter,
+        challenge: bytes,
+        secret: bytes | None = None,
+    ) -> None:
+        """Write the handshake (signed with `secret`, one of ours the acceptor holds), then
+        every queued frame: one write + one drain per wake-up."""
+        nonce = new_nonce() if secret is not None else b""
         writer.write(
             frame(
                 encode_handshake(
                     self.cluster_id,
                     self.node_id,
                     peer.peer_id,
-                    self._secret,
+                    secret,
                     self._config_digest,
                     self.incarnation,
                     challenge,
@@ -614,9 +633,9 @@ class Transport:
                 )
             )
         )
-        if self._secret is not None:
+        if secret is not None:
             peer.sealer = FrameSealer(
-                session_key(self._secret, challenge, nonce),
+                session_key(secret, challenge, nonce),
                 self.max_frame_bytes + FRAME_HEADER_BYTES,
             )
         await writer.drain()
@@ -704,7 +723,7 @@ class Transport:
         try:
             if self._secret is not None:
                 challenge = new_nonce()
-                writer.write(frame(encode_challenge(challenge)))
+                writer.write(frame(encode_challenge(challenge, self._key_ids)))
             body = await self._read_opening_frame(reader, "too_large")
             hs = decode_handshake(
                 body,
@@ -713,6 +732,7 @@ class Transport:
                 secret=self._secret,
                 config=self._config_digest,
                 challenge=challenge,
+                also_accepted=self._secrets[1:],
             )
         except TimeoutError:
             self._reject("timeout", "", remote_s)
@@ -743,10 +763,8 @@ class Transport:
             )
             self.peer_incarnations[hs.frm] = hs.incarnation
         opener = None
-        if self._secret is not None:
-            opener = FrameOpener(
-                session_key(self._secret, challenge, hs.nonce), self.max_frame_bytes
-            )
+        if hs.secret is not None:
+            opener = FrameOpener(session_key(hs.secret, challenge, hs.nonce), self.max_frame_bytes)
         return hs.frm, hs.incarnation, opener
 
     def _reject(self, reason: str, detail: str, remote_s: str) -> None:

@@ -20,7 +20,7 @@ import pytest
 from cluster import AsyncClient, Client
 from cluster.cli import EXIT_OK, EXIT_UNAVAILABLE, main
 from cluster.errors import ClusterUnavailable
-from cluster.launcher import ClusterTls, LocalCluster
+from cluster.launcher import ClusterTls, LocalCluster, free_ports
 from node.config import Limits
 from raft.framing import FrameDecoder, config_digest, encode_handshake, frame
 from raft.messages import Message, MessageType, encode_message
@@ -266,3 +266,42 @@ def test_a_bad_peer_is_refused_and_cannot_move_the_term(
     _wait_for_log(spec.log_path, needle, since)
     time.sleep(1.0)  # a vote at that term would have started an election by now
     assert _term(cluster, tls, leader.id) == before == _term(cluster, tls, follower)
+
+
+# ---------------------------------------------------------------- joining
+
+
+def test_a_node_joins_a_tls_cluster_over_https(tmp_path: Path, ca: TestCA) -> None:
+    """`--join https://...`: the new node verifies the cluster with --tls-ca and presents
+    its certificate (client certificates required), then replicates over mutual TLS."""
+    tls = ca.cluster_tls([1, 2], client_certs=True)
+    ports = free_ports(6)
+    c = LocalCluster(
+        nodes=1,
+        data_dir=tmp_path / "join",
+        http_port=ports[:1],
+        raft_port=ports[1:2],
+        binary_port=ports[2:3],
+        tls=tls,
+        peer_secret=False,
+    )
+    try:
+        c.start()
+        c.wait_for_leader(timeout_s=60)
+        new = c.add_node(ports[3], ports[4], binary_port=ports[5])
+        assert c.command(new)[c.command(new).index("--join") + 1].startswith("https://")
+        c.start_node(new)
+        deadline = time.monotonic() + 60
+        while True:
+            view = c.cluster_view(1) or {}
+            voters = [n["id"] for n in view.get("nodes", []) if n.get("voter")]
+            if sorted(voters) == [1, new]:
+                break
+            assert time.monotonic() < deadline, f"node {new} never became a voter: {view}"
+            time.sleep(0.2)
+        c.wait_ready(new, timeout_s=60)
+        with Client(c.servers, **client_options(tls)) as client:
+            client.queue("after-join").create()
+            assert "after-join" in [q["name"] for q in client.queues()]
+    finally:
+        c.stop_all()

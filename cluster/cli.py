@@ -29,6 +29,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 import structlog
@@ -404,6 +405,17 @@ def cmd_leader(args: argparse.Namespace, client: Client, out: Output) -> int:
 
 def cmd_up(args: argparse.Namespace, out: Output) -> int:
     """Run a local cluster in the foreground until Ctrl-C / SIGTERM, then stop every node."""
+    tls = None
+    if args.tls:
+        from cluster.certs import CertificatesUnavailable, make_cluster_tls
+
+        try:
+            tls = make_cluster_tls(
+                Path(args.data_dir) / "tls", range(1, args.nodes + 1), host=args.host
+            )
+        except CertificatesUnavailable as exc:
+            out.note(f"raftq: error: {exc}")
+            return EXIT_ERROR
     cluster = LocalCluster(
         nodes=args.nodes,
         data_dir=args.data_dir,
@@ -413,6 +425,7 @@ def cmd_up(args: argparse.Namespace, out: Output) -> int:
         binary_port=args.binary_port,
         extra_args=tuple(args.node_args or ()),
         python=args.python,
+        tls=tls,
     )
 
     def on_term(signum: int, frame: Any) -> NoReturn:
@@ -449,6 +462,7 @@ def cmd_up(args: argparse.Namespace, out: Output) -> int:
                     "leader": {"id": leader.id, "url": leader.url, "term": leader.term},
                     "data_dir": str(cluster.data_dir),
                     "peer_secret_file": str(cluster.secret_path),
+                    "ca_file": str(tls.ca) if tls is not None else None,
                 }
             )
         else:
@@ -462,6 +476,8 @@ def cmd_up(args: argparse.Namespace, out: Output) -> int:
             out.line(f"leader: node {leader.id} ({leader.url}), term {leader.term}")
             # the binary protocol, what the client speaks by default (HTTP: the urls above)
             out.line(f"export RAFTQ_SERVERS={cluster.binary_servers}")
+            if tls is not None:  # clients verify the nodes with the CA raftq up made
+                out.line(f"export RAFTQ_CA_FILE={tls.ca}")
             out.line("Press Ctrl-C to stop.")
         out.out.flush()
         reported: set[int] = set()
@@ -551,6 +567,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="first binary-protocol port (raftq:// URLs); default: each node's HTTP port + 200",
     )
     up.add_argument("--host", default="127.0.0.1")
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve https:// and raftqs:// and run peers over mutual TLS, with a CA and "
+        "certificates made in DATA_DIR/tls on first use (needs the cryptography package)",
+    )
     up.add_argument(
         "--leader-timeout", type=float, default=30.0, help="seconds to wait for a leader"
     )

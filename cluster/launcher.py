@@ -176,7 +176,9 @@ class ClusterTls:
 
     def node_args(self, node_id: int) -> list[str]:
         """The TLS flags of `raftq node` for node `node_id`."""
-        files = self.nodes[node_id]
+        files = self.nodes.get(node_id)
+        if files is None:
+            raise ValueError(f"no certificates for node {node_id} in this ClusterTls")
         args = [
             *("--tls-cert", str(files.cert), "--tls-key", str(files.key)),
             *("--tls-ca", str(self.ca)),

@@ -88,7 +88,8 @@ def check_settings(
     except (OSError, ssl.SSLError) as exc:
         raise TlsSettingsError(f"--tls-cert/--tls-key/--tls-client-ca: {exc}") from exc
     try:
-        client_context(tls_ca)
+        if tls_ca is not None:
+            client_context(tls_ca)
     except (OSError, ssl.SSLError) as exc:
         raise TlsSettingsError(f"--tls-ca {tls_ca}: {exc}") from exc
     try:

@@ -487,7 +487,9 @@ class Transport:
             if peer.addr != addr or peer.removed or self._stopped:
                 writer.close()  # moved or shut down while we were connecting
                 continue
-            if self._tls is not None and not self._dialed_right_peer(peer, writer, addr):
+            if self._tls is not None and not self._dialed_right_peer(
+                peer, writer, addr, quiet=attempt > 0
+            ):
                 writer.close()
                 attempt += 1
                 await self._sleep_backoff(peer, attempt)
@@ -567,8 +569,11 @@ class Transport:
             ssl_handshake_timeout=self.handshake_timeout_s,
         )
 
-    def _dialed_right_peer(self, peer: _Peer, writer: asyncio.StreamWriter, addr: Address) -> bool:
-        """Whether the node that answered at `addr` is, by its certificate, `peer`.
+    def _dialed_right_peer(
+        self, peer: _Peer, writer: asyncio.StreamWriter, addr: Address, quiet: bool = False
+    ) -> bool:
+        """Whether the node that answered at `addr` is, by its certificate, `peer`
+        (logged when not: a warning, then quietly while the retries keep failing).
 
         Why: our frames go to whoever holds the address; a valid certificate of another
         node (a stale address after a move, a misrouted proxy) must not receive them.
@@ -576,7 +581,7 @@ class Transport:
         named = cert_node_id(writer.get_extra_info("peercert"))
         if named == peer.peer_id:
             return True
-        self._log.warning(
+        (self._log.debug if quiet else self._log.warning)(
             "raft.transport.peer_identity_mismatch",
             side="dial",
             peer=peer.peer_id,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,6 +27,7 @@ from common.binwire import (
     FRAME_HEADER_BYTES,
     MAGIC,
     SCHEME,
+    TLS_SCHEME,
     BadFrame,
     decode_answer,
     encode_request,
@@ -41,10 +43,14 @@ WRITE_HIGH_WATER_BYTES = 1 << 20
 
 
 def parse_binary_url(url: str) -> tuple[str, int]:
-    """(host, port) of a `raftq://host:port` URL; ValueError otherwise."""
+    """(host, port) of a `raftq://host:port` or `raftqs://host:port` URL; ValueError
+    otherwise."""
     parts = urlsplit(url)
-    if parts.scheme != SCHEME or not parts.hostname or parts.port is None:
-        raise ValueError(f"invalid binary server URL {url!r}: expected {SCHEME}://host:port")
+    if parts.scheme not in (SCHEME, TLS_SCHEME) or not parts.hostname or parts.port is None:
+        raise ValueError(
+            f"invalid binary server URL {url!r}: expected {SCHEME}://host:port "
+            f"or {TLS_SCHEME}://host:port"
+        )
     return parts.hostname, parts.port
 
 
@@ -81,15 +87,24 @@ SESSION_PATH = "/v1/auth"
 class BinaryConnection:
     """A lazily (re)connected, pipelined binary-protocol connection to one node.
 
+    A `raftqs://` URL connects over TLS: `ssl_context` verifies the node (and presents a
+    client certificate), else the system's trust store verifies it; the node's hostname
+    is checked against its certificate as for https.
+
     With a `token`, each new connection first opens a session (`POST /v1/auth`) and waits
     for its answer: the node runs every later request on the connection as that user. A
     refused token fails the call that connected with the node's 401 answer.
     """
 
-    def __init__(self, url: str, token: str | None = None) -> None:
+    def __init__(
+        self, url: str, ssl_context: ssl.SSLContext | None = None, token: str | None = None
+    ) -> None:
         self.url = url
         self.token = token
         self.host, self.port = parse_binary_url(url)
+        self.ssl_context: ssl.SSLContext | None = None
+        if url.startswith(TLS_SCHEME + "://"):
+            self.ssl_context = ssl_context or ssl.create_default_context()
         self._link: _Link | None = None
         self._connecting: asyncio.Lock | None = None
         self._ids = itertools.count(1)
@@ -111,7 +126,9 @@ class BinaryConnection:
             link = self._link
             if link is not None and not link.writer.is_closing():
                 return link
-            reader, writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
+            reader, writer = await asyncio.open_connection(
+                self.host, self.port, limit=1 << 20, ssl=self.ssl_context
+            )
             writer.write(MAGIC)
             link = _Link(writer)
             link.reader_task = asyncio.ensure_future(self._read_answers(reader, link))

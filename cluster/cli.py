@@ -12,6 +12,9 @@
 Human tables by default, `--json` for scripts. Exit codes: 0 ok, 1 error (the cluster
 said no), 2 usage, 3 cluster unavailable (no leader reachable within `--timeout`).
 Servers come from `--servers URL,URL`, else `$RAFTQ_SERVERS`, else 127.0.0.1:7001-7003.
+A TLS cluster (https://, raftqs:// servers): `--ca FILE` (else `$RAFTQ_CA_FILE`) verifies
+it; `--cert FILE --key FILE` (else `$RAFTQ_CERT_FILE`, `$RAFTQ_KEY_FILE`) is the client
+certificate for nodes that require one.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 import structlog
@@ -44,7 +48,17 @@ EXIT_UNAVAILABLE = 3
 
 #: Commands handed whole to another program (`python -m <module> args...`).
 PASSTHROUGH = {"node": "node", "chaos": "chaos", "bench": "benchmarks.queue_bench"}
-_GLOBAL_OPTIONS_WITH_VALUE = {"--servers", "--timeout"}
+_GLOBAL_OPTIONS_WITH_VALUE = {
+    "--servers",
+    "--timeout",
+    "--token-file",
+    "--ca",
+    "--cert",
+    "--key",
+}
+#: The TLS options of client commands, and the variables that carry them into pass-through
+#: commands (cluster/tls.py reads the same ones).
+TLS_OPTIONS = {"--ca": "RAFTQ_CA_FILE", "--cert": "RAFTQ_CERT_FILE", "--key": "RAFTQ_KEY_FILE"}
 SEND_BATCH = 256
 
 
@@ -399,6 +413,17 @@ def cmd_leader(args: argparse.Namespace, client: Client, out: Output) -> int:
 
 def cmd_up(args: argparse.Namespace, out: Output) -> int:
     """Run a local cluster in the foreground until Ctrl-C / SIGTERM, then stop every node."""
+    tls = None
+    if args.tls:
+        from cluster.certs import CertificatesUnavailable, make_cluster_tls
+
+        try:
+            tls = make_cluster_tls(
+                Path(args.data_dir) / "tls", range(1, args.nodes + 1), host=args.host
+            )
+        except CertificatesUnavailable as exc:
+            out.note(f"raftq: error: {exc}")
+            return EXIT_ERROR
     cluster = LocalCluster(
         nodes=args.nodes,
         data_dir=args.data_dir,
@@ -409,6 +434,7 @@ def cmd_up(args: argparse.Namespace, out: Output) -> int:
         extra_args=tuple(args.node_args or ()),
         python=args.python,
         auth=args.auth,
+        tls=tls,
     )
 
     def on_term(signum: int, frame: Any) -> NoReturn:
@@ -448,6 +474,7 @@ def cmd_up(args: argparse.Namespace, out: Output) -> int:
                     "admin_token_file": (
                         str(cluster.admin_token_path) if cluster.admin_token_path else None
                     ),
+                    "ca_file": str(tls.ca) if tls is not None else None,
                 }
             )
         else:
@@ -465,6 +492,8 @@ def cmd_up(args: argparse.Namespace, out: Output) -> int:
                 out.line(f"export RAFTQ_TOKEN_FILE={cluster.admin_token_path}  # the admin")
             else:
                 out.line("client auth is OFF (loopback only); `raftq up --auth` turns it on")
+            if tls is not None:  # clients verify the nodes with the CA raftq up made
+                out.line(f"export RAFTQ_CA_FILE={tls.ca}")
             out.line("Press Ctrl-C to stop.")
         out.out.flush()
         reported: set[int] = set()
@@ -505,6 +534,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of every command except the pass-through ones (node, chaos, bench)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    # The TLS options, also after the command (`raftq status --ca ca.pem`); SUPPRESS keeps
+    # a value given before the command.
+    for flag in TLS_OPTIONS:
+        common.add_argument(flag, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     parser = argparse.ArgumentParser(
         prog="raftq",
@@ -524,6 +557,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="file holding this client's token (default $RAFTQ_TOKEN, else the file named "
         "by $RAFTQ_TOKEN_FILE); needed where the cluster has auth on",
+    )
+    parser.add_argument(
+        "--ca",
+        metavar="FILE",
+        default=None,
+        help="CA bundle that verifies https:// and raftqs:// servers (default $RAFTQ_CA_FILE, "
+        "else the system's)",
+    )
+    parser.add_argument(
+        "--cert",
+        metavar="FILE",
+        default=None,
+        help="client certificate for nodes that require one (default $RAFTQ_CERT_FILE)",
+    )
+    parser.add_argument(
+        "--key", metavar="FILE", default=None, help="its private key (default $RAFTQ_KEY_FILE)"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log client events")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -545,6 +594,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="client auth on: an admin token is made in DATA_DIR/admin-token (without it, "
         "auth is off: fine on loopback, logged loudly by every node)",
+    )
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve https:// and raftqs:// and run peers over mutual TLS, with a CA and "
+        "certificates made in DATA_DIR/tls on first use (needs the cryptography package)",
     )
     up.add_argument(
         "--leader-timeout", type=float, default=30.0, help="seconds to wait for a leader"
@@ -645,6 +700,11 @@ def _passthrough(module: str, args: list[str], global_args: list[str], err: Text
     env = dict(os.environ)
     if "--servers" in global_args:
         env["RAFTQ_SERVERS"] = global_args[global_args.index("--servers") + 1]
+    if "--token-file" in global_args:
+        env["RAFTQ_TOKEN_FILE"] = global_args[global_args.index("--token-file") + 1]
+    for flag, variable in TLS_OPTIONS.items():
+        if flag in global_args:
+            env[variable] = global_args[global_args.index(flag) + 1]
     exec_module(module, args, env)
 
 
@@ -698,6 +758,9 @@ def main(
             timeout_s=args.timeout,
             request_timeout_s=min(10.0, args.timeout),
             token=token,
+            ca_file=args.ca,
+            cert_file=args.cert,
+            key_file=args.key,
         )
     except OSError as exc:
         err_stream.write(f"raftq: error: cannot read the token file: {exc}\n")

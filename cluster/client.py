@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ssl
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Unpack, overload
@@ -43,6 +44,7 @@ from cluster.discovery import CallOptions, LeaderRouter, resolve_servers, resolv
 from cluster.errors import BadRequest, RaftqError, TooLarge
 from cluster.grouping import GroupedCalls
 from cluster.message import AckResult, Message, OutgoingMessage, SendResult
+from cluster.tls import client_ssl_context
 
 #: The API's long-poll limit: a longer `wait_s` is served as several polls.
 MAX_POLL_WAIT_S = 20.0
@@ -513,6 +515,12 @@ class AsyncClient:
     intervals); if a majority names another node, the attempt moves there instead of
     waiting out `request_timeout_s` on a hung leader (None: never check). Pass `session`
     to share an aiohttp session for HTTP servers (it is not closed by `close()`).
+
+    TLS: `https://` and `raftqs://` servers are verified against `ca_file` (a PEM CA
+    bundle; default `$RAFTQ_CA_FILE`, else the system's trust store), with their hostname
+    checked; `cert_file`/`key_file` (default `$RAFTQ_CERT_FILE`/`$RAFTQ_KEY_FILE`) are the
+    client certificate for nodes that require one; or pass a ready `ssl_context`
+    (cluster/tls.py). A borrowed `session` brings its own TLS settings for HTTP.
     `token`: a user's token (`rq1.USER.SECRET`) for a cluster with auth; default
     `$RAFTQ_TOKEN`, else the file named by `$RAFTQ_TOKEN_FILE`.
     """
@@ -530,8 +538,13 @@ class AsyncClient:
         linger_ms: float = 0.0,
         max_buffered_send_bytes: int = 32 << 20,
         token: str | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.servers = resolve_servers(servers)
+        tls = client_ssl_context(ca_file, cert_file, key_file, ssl_context)
         self.producer = ProducerOptions(
             send_batch_size, max_sends_in_flight, linger_ms, max_buffered_send_bytes
         )
@@ -545,6 +558,7 @@ class AsyncClient:
             leader_check_s=leader_check_s,
             session=session,
             token=resolve_token(token),
+            ssl_context=tls,
         )
         self._queues: dict[str, AsyncQueue] = {}
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import ssl
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -52,6 +53,9 @@ DEFAULT_SERVERS: tuple[str, ...] = (
     "raftq://127.0.0.1:7203",
 )
 BINARY_SCHEME = "raftq"
+#: The binary protocol over TLS (a node with --tls-cert).
+BINARY_TLS_SCHEME = "raftqs"
+BINARY_SCHEMES = (BINARY_SCHEME, BINARY_TLS_SCHEME)
 #: How long discovery waits past a majority for the leader's own answer, which tells a
 #: router given raftq URLs which of them is the leader's (see `_learn_leader_binary`).
 LEARN_GRACE_S = 0.25
@@ -80,7 +84,8 @@ class CallOptions(TypedDict, total=False):
 def normalize_server(url: str) -> str:
     """Return `url` as `scheme://host:port` without a trailing slash (`http://` if omitted).
 
-    `raftq://host:port` names a node's binary port, `http(s)://` its HTTP API.
+    `raftq://host:port` names a node's binary port (`raftqs://` over TLS), `http(s)://`
+    its HTTP API.
     """
     url = url.strip()
     if not url:
@@ -88,12 +93,12 @@ def normalize_server(url: str) -> str:
     if "://" not in url:
         url = "http://" + url
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https", BINARY_SCHEME) or not parts.netloc:
+    if parts.scheme not in ("http", "https", *BINARY_SCHEMES) or not parts.netloc:
         raise ValueError(
-            f"invalid server URL {url!r}: expected raftq://host:port or http://host:port"
+            f"invalid server URL {url!r}: expected raftq(s)://host:port or http(s)://host:port"
         )
-    if parts.scheme == BINARY_SCHEME and parts.port is None:
-        raise ValueError(f"invalid server URL {url!r}: a raftq:// URL needs a port")
+    if parts.scheme in BINARY_SCHEMES and parts.port is None:
+        raise ValueError(f"invalid server URL {url!r}: a {parts.scheme}:// URL needs a port")
     return f"{parts.scheme}://{parts.netloc}"
 
 
@@ -113,6 +118,11 @@ def resolve_token(token: str | None = None) -> str | None:
         with open(path, encoding="utf-8") as fh:
             return fh.read(4096).strip() or None
     return None
+
+
+def is_binary_url(url: str) -> bool:
+    """Whether `url` names a node's binary port (raftq:// or raftqs://)."""
+    return url.startswith(("raftq://", "raftqs://"))
 
 
 def resolve_servers(servers: str | Iterable[str] | None = None) -> tuple[str, ...]:
@@ -166,6 +176,12 @@ def describe_exception(exc: BaseException) -> str:
     """Short human description of a transport failure, for ClusterUnavailable reports."""
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         return "timed out"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"TLS: the node's certificate was refused: {exc.certificate_error}"[:200]
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return f"TLS: {exc.os_error}"[:200]
+    if isinstance(exc, ssl.SSLError):  # the binary protocol's raftqs:// connections
+        return f"TLS: {exc}"[:200]
     if isinstance(exc, aiohttp.ClientConnectorError):
         errno = exc.os_error.errno
         reason = os.strerror(errno) if errno else str(exc.os_error) or "refused"
@@ -249,6 +265,7 @@ class LeaderRouter:
         leader_check_s: float | None = 1.0,
         rng: random.Random | None = None,
         token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if timeout_s <= 0 or request_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
@@ -271,11 +288,13 @@ class LeaderRouter:
         self._rng = rng or random.Random()
         self._session = session
         self._owns_session = session is None
+        # TLS for https:// and raftqs:// servers (cluster/tls.py); None: the system's CAs
+        self.ssl_context = ssl_context
         self.leader_url: str | None = None
         self._last_leader_url: str | None = None  # only for the leader_changed log event
         # The binary protocol: one connection per raftq URL, and what the router learned
         # of which raftq URL is which node's (nodes name each other by HTTP URL).
-        self.binary = any(s.startswith(BINARY_SCHEME + "://") for s in self.servers)
+        self.binary = any(is_binary_url(s) for s in self.servers)
         self._binary: dict[str, BinaryConnection] = {}
         self._binary_for_http: dict[str, str] = {}
         self._http_for_binary: dict[str, str] = {}
@@ -291,7 +310,11 @@ class LeaderRouter:
             if not self._owns_session:
                 raise RuntimeError("the session passed to the client is closed")
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=256, force_close=False),
+                connector=aiohttp.TCPConnector(
+                    limit=256,
+                    force_close=False,
+                    ssl=self.ssl_context if self.ssl_context is not None else True,
+                ),
                 headers={"Accept": "application/json"},
             )
         return self._session
@@ -325,7 +348,7 @@ class LeaderRouter:
         timeout_s: float,
     ) -> Response:
         """One request to one node, no retry; transport errors propagate."""
-        if base_url.startswith(BINARY_SCHEME + "://"):
+        if is_binary_url(base_url):
             return await self._send_binary(
                 base_url, method, path, json_body=json_body, params=params, timeout_s=timeout_s
             )
@@ -361,7 +384,9 @@ class LeaderRouter:
         """`send_once` over the binary protocol: the same call, the same `Response`."""
         conn = self._binary.get(base_url)
         if conn is None:
-            conn = self._binary[base_url] = BinaryConnection(base_url, token=self.token)
+            conn = self._binary[base_url] = BinaryConnection(
+                base_url, self.ssl_context, token=self.token
+            )
         path_qs = f"{path}?{urlencode(params)}" if params else path
         body = None if json_body is None else msgpack.packb(json_body, use_bin_type=True)
         status, headers, answer = await conn.request(method, path_qs, body, timeout_s)
@@ -388,7 +413,7 @@ class LeaderRouter:
     def route_url(self, url: str) -> str:
         """Where to send a request meant for node `url`: its raftq URL when this router
         speaks binary and knows it, else `url` itself."""
-        if self.binary and not url.startswith(BINARY_SCHEME + "://"):
+        if self.binary and not is_binary_url(url):
             return self._binary_for_http.get(url, url)
         return url
 

@@ -5,6 +5,8 @@ Node *i* (1-based id) gets HTTP port `http_port + i - 1` and Raft port `raft_por
 client port (`raftq://`, docs/API.md "Binary protocol") from `binary_port` likewise, or
 by default the node's own default, its HTTP port + 200, its data in
 `data_dir/node-i` and its stdout/stderr in `log_dir/node-i.log` (appended across restarts).
+Given `tls=ClusterTls(...)` (certificate files; tests make them with trustme), every node
+serves https:// and raftqs:// and speaks mutual TLS to its peers.
 
 It never leaves processes behind: `stop_all()` runs on `__exit__`, at interpreter exit, and
 (Linux, when started from the main thread) the kernel SIGTERMs the nodes if this process
@@ -21,13 +23,14 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,6 +162,52 @@ def last_critical_event(log_path: Path, tail_bytes: int = 1 << 16) -> str | None
 
 
 @dataclass(frozen=True, slots=True)
+class NodeTls:
+    """One node's certificate files: `cert`/`key` serve its client ports (HTTP, binary),
+    `peer_cert`/`peer_key` its peer port (naming it `raftq-node-<id>`, raft/peer_tls.py)."""
+
+    cert: Path
+    key: Path
+    peer_cert: Path
+    peer_key: Path
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterTls:
+    """A TLS cluster's files: `ca` signs every node's certificates (client ports and
+    peers); with `client_ca` the client ports require a client certificate from it, and
+    `client_cert`/`client_key` are what the launcher itself presents when it polls."""
+
+    ca: Path
+    nodes: Mapping[int, NodeTls]
+    client_ca: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    def node_args(self, node_id: int) -> list[str]:
+        """The TLS flags of `raftq node` for node `node_id`."""
+        files = self.nodes.get(node_id)
+        if files is None:
+            raise ValueError(f"no certificates for node {node_id} in this ClusterTls")
+        args = [
+            *("--tls-cert", str(files.cert), "--tls-key", str(files.key)),
+            *("--tls-ca", str(self.ca)),
+            *("--peer-cert", str(files.peer_cert), "--peer-key", str(files.peer_key)),
+            *("--peer-ca", str(self.ca)),
+        ]
+        if self.client_ca is not None:
+            args += ["--tls-client-ca", str(self.client_ca)]
+        return args
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """How the launcher (and a test) talks to the nodes' client ports."""
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        if self.client_cert is not None and self.client_key is not None:
+            ctx.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return ctx
+
+
+@dataclass(frozen=True, slots=True)
 class NodeSpec:
     """Where one node listens and keeps its files."""
 
@@ -170,16 +219,19 @@ class NodeSpec:
     log_path: Path
     #: The binary client port; None: the node's default (HTTP port + 200), no flag passed.
     binary_port: int | None = None
+    #: The client ports serve TLS (https://, raftqs://).
+    tls: bool = False
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.http_port}"
 
     @property
     def binary_url(self) -> str:
-        """`raftq://host:port`: where the client reaches this node over the binary protocol."""
+        """`raftq://host:port` (`raftqs://` over TLS): where the client reaches this node
+        over the binary protocol."""
         port = self.binary_port if self.binary_port is not None else self.http_port + 200
-        return f"raftq://{self.host}:{port}"
+        return f"{'raftqs' if self.tls else 'raftq'}://{self.host}:{port}"
 
     @property
     def raft_addr(self) -> str:
@@ -212,9 +264,21 @@ class LocalCluster:
         stop_grace_s: float = 10.0,
         peer_secret: bool = True,
         auth: bool = False,
+        tls: ClusterTls | None = None,
     ) -> None:
         if nodes < 1:
             raise ValueError("nodes must be >= 1")
+        # A TLS cluster: every node's client ports and peer port (ClusterTls); the launcher
+        # polls the nodes over https with the cluster's CA (and client certificate).
+        self.tls = tls
+        self._opener = (
+            _DIRECT
+            if tls is None
+            else urllib.request.build_opener(
+                urllib.request.ProxyHandler({}),
+                urllib.request.HTTPSHandler(context=tls.ssl_context()),
+            )
+        )
         self.data_dir = Path(data_dir).resolve()
         self.log_dir = Path(log_dir).resolve() if log_dir is not None else self.data_dir
         self.host = host
@@ -242,6 +306,7 @@ class LocalCluster:
                 data_dir=self.data_dir / f"node-{i + 1}",
                 log_path=self.log_dir / f"node-{i + 1}.log",
                 binary_port=binary_ports[i] if binary_ports is not None else None,
+                tls=tls is not None,
             )
             for i in range(nodes)
         }
@@ -261,10 +326,11 @@ class LocalCluster:
         nodes: int,
         data_dir: str | os.PathLike[str],
         extra_args: Sequence[str] = (),
-        auth: bool = False,
+        **options: Any,
     ) -> LocalCluster:
         """A cluster of `nodes` on free loopback HTTP, Raft and binary ports (tests,
-        benchmarks); the binary ports are chosen too, not HTTP + 200 (which may be taken)."""
+        benchmarks); the binary ports are chosen too, not HTTP + 200 (which may be taken).
+        `options`: the other constructor arguments (e.g. `tls`, `peer_secret`)."""
         ports = free_ports(3 * nodes)
         return cls(
             nodes=nodes,
@@ -273,7 +339,7 @@ class LocalCluster:
             raft_port=ports[nodes : 2 * nodes],
             binary_port=ports[2 * nodes :],
             extra_args=extra_args,
-            auth=auth,
+            **options,
         )
 
     @property
@@ -341,6 +407,7 @@ class LocalCluster:
             data_dir=self.data_dir / f"node-{node_id}",
             log_path=self.log_dir / f"node-{node_id}.log",
             binary_port=binary_port,
+            tls=self.tls is not None,
         )
         self._joins[node_id] = self.url(via)
         return node_id
@@ -380,6 +447,7 @@ class LocalCluster:
                 if self.admin_token_path is not None
                 else ("--auth", "off")
             ),
+            *(self.tls.node_args(node_id) if self.tls is not None else ()),
             *self.extra_args,
         ]
 
@@ -511,7 +579,7 @@ class LocalCluster:
         if token is not None:
             request.add_header("Authorization", f"Bearer {token}")
         try:
-            with _DIRECT.open(request, timeout=timeout_s) as resp:
+            with self._opener.open(request, timeout=timeout_s) as resp:
                 return json.loads(resp.read())
         except (OSError, ValueError, urllib.error.URLError):
             return None
@@ -562,7 +630,7 @@ class LocalCluster:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                with _DIRECT.open(self.url(node_id) + "/v1/ready", timeout=1.0) as r:
+                with self._opener.open(self.url(node_id) + "/v1/ready", timeout=1.0) as r:
                     if r.status == 200:
                         return
             except (OSError, urllib.error.URLError):
@@ -572,4 +640,12 @@ class LocalCluster:
             time.sleep(0.1)
 
 
-__all__ = ["ClusterStartError", "LeaderInfo", "LocalCluster", "NodeSpec", "free_ports"]
+__all__ = [
+    "ClusterStartError",
+    "ClusterTls",
+    "LeaderInfo",
+    "LocalCluster",
+    "NodeSpec",
+    "NodeTls",
+    "free_ports",
+]

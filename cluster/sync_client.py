@@ -241,7 +241,8 @@ class Client:
     ) -> None:
         """`producer`: `AsyncClient`'s send batching options (`send_batch_size`,
         `max_sends_in_flight`, `linger_ms`, `max_buffered_send_bytes`): sends made from
-        many threads at once share requests."""
+        many threads at once share requests; and its TLS options (`ca_file`, `cert_file`,
+        `key_file`, `ssl_context`)."""
         self._loop = _LoopThread()
         servers = servers if servers is None or isinstance(servers, str) else list(servers)
         try:

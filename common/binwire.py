@@ -33,6 +33,8 @@ MAGIC = b"RQB1"
 FRAME_HEADER_BYTES = 4
 #: URL scheme of a node's binary port (`raftq://host:port`).
 SCHEME = "raftq"
+#: The same port over TLS (a node started with --tls-cert): `raftqs://host:port`.
+TLS_SCHEME = "raftqs"
 #: A node listens for binary clients on its HTTP port plus this, unless told otherwise
 #: (node i: HTTP 7000+i, Raft 7100+i, binary 7200+i).
 DEFAULT_PORT_OFFSET = 200

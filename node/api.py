@@ -52,6 +52,7 @@ from node.http import (
 )
 from node.membership import add_member, conf_view, promote_member, remove_member
 from node.queue_service import QueueService
+from node.tls import outgoing_context
 from node.validation import (
     check_queue_name,
     parse_messages,
@@ -637,6 +638,7 @@ def build_app(service: QueueService, node: NodeAdmin) -> web.Application:
         # a forwarded long-poll may take its whole wait_s before the write's own timeout
         timeout_s=cfg.limits.max_wait_s + cfg.propose_timeout_s + 5.0,
         max_body_bytes=cfg.limits.max_body_bytes,
+        ssl_context=outgoing_context(cfg.tls_ca, cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca),
     )
     app[FORWARDER_KEY] = forwarder
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import ssl
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -217,8 +218,11 @@ class BinaryApi:
         max_connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         read_timeout_s: float = READ_TIMEOUT_S,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.app = app
+        # TLS (raftqs://): the node's client-port context (node/tls.py), None for plain TCP
+        self.ssl_context = ssl_context
         self.max_connections_per_address = max_connections_per_address
         self.idle_timeout_s = idle_timeout_s
         self.read_timeout_s = read_timeout_s
@@ -237,7 +241,13 @@ class BinaryApi:
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
-            self._serve, self.host, self.port, reuse_address=True, limit=1 << 20
+            self._serve,
+            self.host,
+            self.port,
+            reuse_address=True,
+            limit=1 << 20,
+            ssl=self.ssl_context,
+            ssl_handshake_timeout=self.read_timeout_s if self.ssl_context else None,
         )
         self.port = self._server.sockets[0].getsockname()[1]  # the real one if 0 was asked
         log.info("binary.listening", addr=f"{self.host}:{self.port}")

@@ -39,7 +39,9 @@ USER_OPS = frozenset({"user_add", "user_update", "user_delete"})
 # Ops the leader may coalesce into one `batch` entry: concurrent requests then share one
 # Raft entry, one proposal and one decode on every replica. Each still runs on its own.
 BATCHABLE_OPS = frozenset({"send", "receive", "ack", "nack", "extend", "txn"})
-OPS = QUEUE_OPS | EXACTLY_ONCE_OPS | USER_OPS | {"batch"}
+# Ops of the cluster itself, proposed by the leader (not by a client request).
+CLUSTER_OPS = frozenset({"receipt_key"})
+OPS = QUEUE_OPS | EXACTLY_ONCE_OPS | USER_OPS | CLUSTER_OPS | {"batch"}
 MAX_BATCH_COMMANDS = 1000
 # What `encode_batch` adds around its ops, at most: a map header, "v", "op": "batch",
 # "ts" as a 9-byte int, "cmds" and an array header.

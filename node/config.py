@@ -13,8 +13,9 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from common.binwire import DEFAULT_PORT_OFFSET, SCHEME
+from common.binwire import DEFAULT_PORT_OFFSET, SCHEME, TLS_SCHEME
 from common.tokens import parse_token
+from node.tls import TlsSettingsError, check_settings
 
 
 class ConfigError(ValueError):
@@ -77,6 +78,10 @@ class NodeConfig:
     # the peer handshake's challenge-response and the tag on every frame (raft/framing.py).
     secret: bytes | None = None
     secret_file: str | None = None
+    # While the cluster's secret is rotated (docs/API.md): the previous secret, accepted
+    # besides `secret` (and dialed with to peers that do not hold `secret` yet).
+    previous_secret: bytes | None = None
+    previous_secret_file: str | None = None
     # A node that joins a running cluster: the URL of any of its nodes. It asks to be added
     # (a learner, promoted once caught up) and learns the members from the answer; its
     # --peers is then only itself.
@@ -106,7 +111,28 @@ class NodeConfig:
     # permission on *) once per cluster; also what `--join` authenticates with.
     admin_token: str | None = None
     admin_token_file: str | None = None
+    # TLS (node/tls.py, docs/API.md "TLS"): paths of PEM files, never their contents.
+    # The client ports (HTTP, binary) serve TLS with tls_cert/tls_key, and with
+    # tls_client_ca require client certificates; tls_ca is what this node trusts when it
+    # calls other nodes' client ports; peer_* is mutual TLS on the peer port.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    tls_ca: str | None = None
+    peer_cert: str | None = None
+    peer_key: str | None = None
+    peer_ca: str | None = None
     limits: Limits = field(default_factory=Limits)
+
+    @property
+    def tls(self) -> bool:
+        """Whether the client ports serve TLS (https://, raftqs://)."""
+        return self.tls_cert is not None
+
+    @property
+    def peer_tls(self) -> bool:
+        """Whether the peer port speaks mutual TLS."""
+        return self.peer_cert is not None
 
     @property
     def http_url(self) -> str:
@@ -114,11 +140,12 @@ class NodeConfig:
 
     @property
     def binary_url(self) -> str | None:
-        """`raftq://host:port` of this node's binary port, None when it serves none."""
+        """`raftq://host:port` of this node's binary port (`raftqs://` over TLS), None when
+        it serves none."""
         if self.binary_host is None or self.binary_port is None:
             return None
         host = f"[{self.binary_host}]" if ":" in self.binary_host else self.binary_host
-        return f"{SCHEME}://{host}:{self.binary_port}"
+        return f"{TLS_SCHEME if self.tls else SCHEME}://{host}:{self.binary_port}"
 
     def raft_peers(self) -> dict[int, tuple[str, int]]:
         return {p.id: (p.raft_host, p.raft_port) for p in self.peers.values()}
@@ -166,6 +193,16 @@ def parse_binary(value: Any, http_host: str, http_port: int) -> tuple[str | None
 
 
 MIN_SECRET_BYTES = 16
+#: The TLS settings (flags --tls-cert ..., TOML keys tls_cert ...): file paths (node/tls.py).
+TLS_SETTINGS = (
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+    "tls_ca",
+    "peer_cert",
+    "peer_key",
+    "peer_ca",
+)
 
 
 def _is_loopback(host: str) -> bool:
@@ -239,7 +276,13 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
     peers = (
         parse_peers(peers_raw) if isinstance(peers_raw, str) else parse_peers(",".join(peers_raw))
     )
-    me = Peer(node_id, f"http://{http_host}:{http_port}", raft_host, raft_port)
+    scheme = "https" if values.get("tls_cert") is not None else "http"
+    me = Peer(node_id, f"{scheme}://{http_host}:{http_port}", raft_host, raft_port)
+    if node_id in peers and not peers[node_id].http_url.startswith(scheme + "://"):
+        raise ConfigError(
+            f"--peers gives node {node_id} the URL {peers[node_id].http_url}, but it serves "
+            f"{scheme}:// ({'with' if scheme == 'https' else 'without'} --tls-cert)"
+        )
     if node_id in peers and (peers[node_id].raft_host, peers[node_id].raft_port) != (
         raft_host,
         raft_port,
@@ -279,6 +322,7 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         "forward_wait_s": float,
         "shutdown_grace_s": float,
         "secret_file": str,
+        "previous_secret_file": str,
         "join": str,
         "max_map_bytes": int,
         "snapshot_entries": int,
@@ -286,21 +330,34 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         "quota_bytes": int,
         "admin_token_file": str,
         "auth": _auth_setting,
+        **dict.fromkeys(TLS_SETTINGS, str),
     }
-    if values.get("secret") is not None:
+    if values.get("secret") is not None or values.get("previous_secret") is not None:
         raise ConfigError(
             "a peer secret is read from a file (secret_file / --secret-file), never given "
             "inline: command lines and config files are readable by others"
         )
     overrides = {k: conv(values[k]) for k, conv in simple.items() if values.get(k) is not None}
     cfg = replace(cfg, **overrides)
+    try:
+        check_settings(**{name: getattr(cfg, name) for name in TLS_SETTINGS})
+    except TlsSettingsError as exc:
+        raise ConfigError(str(exc)) from None
+    if cfg.previous_secret_file is not None:
+        if cfg.secret_file is None:
+            raise ConfigError(
+                "--previous-secret-file is for rotating a secret: give the new one with "
+                "--secret-file"
+            )
+        cfg = replace(cfg, previous_secret=read_secret_file(cfg.previous_secret_file))
     if cfg.secret_file is not None:
         cfg = replace(cfg, secret=read_secret_file(cfg.secret_file))
-    elif not _is_loopback(cfg.raft_host):
+    elif not _is_loopback(cfg.raft_host) and not cfg.peer_tls:
         raise ConfigError(
             f"the peer port listens on {cfg.raft_host}, beyond this machine: give every node "
             "the same --secret-file (e.g. `head -c 32 /dev/urandom | base64 > FILE`), or "
-            "anyone who reaches that port can speak Raft to this node"
+            "mutual TLS (--peer-cert, --peer-key, --peer-ca), or anyone who reaches that "
+            "port can speak Raft to this node"
         )
     cfg = replace(cfg, admin_token=read_admin_token(cfg.admin_token_file))
     if not cfg.auth and not all(
@@ -394,6 +451,47 @@ def argument_parser() -> argparse.ArgumentParser:
         dest="admin_token_file",
         help="file holding the first start's admin token (rq1.USER.SECRET; make one with "
         "`raftq token new admin`); default: the RAFTQ_ADMIN_TOKEN environment variable",
+    )
+    p.add_argument(
+        "--previous-secret-file",
+        dest="previous_secret_file",
+        help="while rotating the peer secret: the file of the secret being replaced, "
+        "accepted besides --secret-file's (restart every node with both, then every node "
+        "with only the new --secret-file)",
+    )
+    tls = p.add_argument_group(
+        "TLS", "PEM file paths (docs/API.md, TLS); the client ports and the peer port apart"
+    )
+    tls.add_argument(
+        "--tls-cert",
+        dest="tls_cert",
+        metavar="FILE",
+        help="certificate (chain) the HTTP and binary client ports serve: https://, raftqs://",
+    )
+    tls.add_argument("--tls-key", dest="tls_key", metavar="FILE", help="its private key")
+    tls.add_argument(
+        "--tls-client-ca",
+        dest="tls_client_ca",
+        metavar="FILE",
+        help="require client certificates signed by this CA bundle on the client ports",
+    )
+    tls.add_argument(
+        "--tls-ca",
+        dest="tls_ca",
+        metavar="FILE",
+        help="CA bundle this node trusts when it calls other nodes' client ports (forwarding "
+        "to the leader, --join); default: the system's",
+    )
+    tls.add_argument(
+        "--peer-cert",
+        dest="peer_cert",
+        metavar="FILE",
+        help="mutual TLS on the peer port: this node's certificate, naming it by the DNS "
+        "SAN raftq-node-<id>; with --peer-key and --peer-ca",
+    )
+    tls.add_argument("--peer-key", dest="peer_key", metavar="FILE", help="its private key")
+    tls.add_argument(
+        "--peer-ca", dest="peer_ca", metavar="FILE", help="the cluster CA of peer certificates"
     )
     p.add_argument(
         "--join",

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -82,8 +83,11 @@ class LeaderForwarder:
         wait_s: float,
         timeout_s: float,
         max_body_bytes: int,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.node_id = node_id
+        # How to reach an https leader (node/tls.py outgoing_context); None: the defaults
+        self.ssl_context = ssl_context
         self._leader_url = leader_url
         self.wait_s = wait_s
         self.timeout_s = timeout_s
@@ -105,7 +109,11 @@ class LeaderForwarder:
         if self._session is None or self._session.closed:
             # Kept-alive connections to whichever node leads; idle ones close before the
             # server's own keep-alive timeout, so a reused one is rarely stale.
-            connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=15.0)
+            connector = aiohttp.TCPConnector(
+                limit=256,
+                keepalive_timeout=15.0,
+                ssl=self.ssl_context if self.ssl_context is not None else True,
+            )
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         return self._session
 

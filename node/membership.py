@@ -11,6 +11,7 @@ never counts toward a quorum before that) and the leader promotes it once it is 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -195,17 +196,23 @@ async def promote_member(request: web.Request) -> web.Response:
 
 
 async def join_cluster(
-    url: str, body: dict[str, Any], deadline_s: float, token: str | None = None
+    url: str,
+    body: dict[str, Any],
+    deadline_s: float,
+    ssl_context: ssl.SSLContext | None = None,
+    token: str | None = None,
 ) -> dict[str, Any]:
     """POST the join request until a definite answer: the configuration, or JoinRefused.
+    `ssl_context`: how to verify (and present a certificate to) an https cluster.
     `token`: a cluster admin's (the node's --admin-token-file) where the cluster has auth."""
     headers = {"Authorization": f"Bearer {token}"} if token else None
     loop = asyncio.get_running_loop()
     deadline = loop.time() + deadline_s
     delay = 0.2
     last = "no answer"
+    connector = aiohttp.TCPConnector(ssl=ssl_context if ssl_context is not None else True)
     async with aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=15), headers=headers
+        timeout=aiohttp.ClientTimeout(total=15), connector=connector, headers=headers
     ) as session:
         while loop.time() < deadline:
             try:

@@ -28,8 +28,10 @@ from node.membership import join_cluster
 from node.metrics import Metrics
 from node.queue_service import QueueService
 from node.quota import DiskGuardedEnv, disk_full_cause, node_quota
+from node.receipt_key import propose_receipt_key
 from node.state.messages import receipt_key_from
 from node.state_machine import QueueStateMachine
+from node.tls import client_port_context, outgoing_context, peer_tls
 from raft.core import SizeLimits
 from raft.driver import RaftNode
 from raft.errors import StorageCorruption, StorageError
@@ -101,6 +103,8 @@ class NodeServer:
                 max_entry_bytes=config.limits.max_entry_bytes,
             ),
             secret=config.secret,
+            previous_secret=config.previous_secret,
+            peer_tls=peer_tls(config.peer_cert, config.peer_key, config.peer_ca),
             members=[
                 Member(p.id, p.http_url, f"{p.raft_host}:{p.raft_port}")
                 for p in config.peers.values()
@@ -111,6 +115,8 @@ class NodeServer:
         self.quota = node_quota(self.env, config.quota_bytes, config.max_map_bytes)
         self.service = QueueService(config, self.raft, self.sm, self.metrics, self.quota)
         self.app = build_app(self.service, self)
+        # TLS on the client ports (None: plain TCP); node/tls.py
+        self.client_ssl = client_port_context(config.tls_cert, config.tls_key, config.tls_client_ca)
         self._runner: web.AppRunner | None = None
         self._bootstrap: asyncio.Future[None] | None = None
         self._site: web.TCPSite | None = None
@@ -122,6 +128,7 @@ class NodeServer:
                 config.binary_port,
                 config.limits.max_body_bytes,
                 leader_wait_s=config.forward_wait_s,
+                ssl_context=self.client_ssl,
             )
         self._last_leader: int | None = None
 
@@ -157,7 +164,11 @@ class NodeServer:
             "incarnation": self.incarnation,
         }
         answer = await join_cluster(
-            cfg.join or "", body, deadline_s=cfg.propose_timeout_s * 6, token=cfg.admin_token
+            cfg.join or "",
+            body,
+            deadline_s=cfg.propose_timeout_s * 6,
+            ssl_context=outgoing_context(cfg.tls_ca, cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca),
+            token=cfg.admin_token,
         )
         for member in answer.get("members", []):
             mid, raft_addr = member.get("id"), member.get("raft_addr") or ""
@@ -168,6 +179,8 @@ class NodeServer:
 
     def _on_role_change(self, role: Role, term: int, leader_id: int) -> None:
         bind_raft_state(term, role.label)
+        if role == Role.LEADER:  # first, before the requests waiting for a leader wake
+            propose_receipt_key(self.raft, self.sm, self.service.stamp_ms)
         if leader_id != self._last_leader:
             self._last_leader = leader_id
             self.metrics.leader_changes += 1
@@ -199,7 +212,11 @@ class NodeServer:
         )
         await self._runner.setup()
         self._site = web.TCPSite(
-            self._runner, self.config.http_host, self.config.http_port, reuse_address=True
+            self._runner,
+            self.config.http_host,
+            self.config.http_port,
+            reuse_address=True,
+            ssl_context=self.client_ssl,
         )
         await self._site.start()
         await self._start_binary()
@@ -215,13 +232,18 @@ class NodeServer:
             data_dir=self.data_dir.path,
             incarnation=self.incarnation,
             peer_auth=self.config.secret is not None,
+            peer_secret_rotating=self.config.previous_secret is not None,
+            peer_tls=self.config.peer_tls,
+            client_tls=self.config.tls,
+            client_certs_required=self.config.tls_client_ca is not None,
         )
-        if self.config.secret is None:
+        if self.config.secret is None and not self.config.peer_tls:
             log.warning(
                 "node.peer_port_unauthenticated",
                 raft=f"{self.config.raft_host}:{self.config.raft_port}",
-                detail="no --secret-file: anyone who reaches the peer port can speak Raft to "
-                "this node; give every node the same secret file (raftq up does)",
+                detail="no --secret-file and no peer TLS: anyone who reaches the peer port "
+                "can speak Raft to this node; give every node the same secret file (raftq up "
+                "does), or --peer-cert/--peer-key/--peer-ca",
             )
 
     def _warn_about_auth(self) -> None:

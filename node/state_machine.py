@@ -32,6 +32,7 @@ from node.state import (
     dead_letters,
     delivery,
     keys,
+    messages,
     producers,
     queue_config,
     queues,
@@ -45,6 +46,7 @@ from node.state.snapshot_process import write_in_child
 from node.state.tables import (
     META_APPLIED_INDEX,
     META_LAST_TS,
+    META_RECEIPT_KEY,
     TABLE_NAMES,
     TIMER_DELAYED,
     TIMER_LEASES,
@@ -121,6 +123,7 @@ HANDLERS: dict[str, Handler] = {
     "user_add": users.user_add,
     "user_update": users.user_update,
     "user_delete": users.user_delete,
+    "receipt_key": messages.set_receipt_key,
 }
 
 
@@ -356,7 +359,14 @@ class QueueStateMachine:
     # ---- internals ----------------------------------------------------------------------
 
     def _ctx(self, txn: lmdb.Transaction, now_ms: int) -> Ctx:
-        return Ctx(txn=txn, tables=self.tables, now_ms=now_ms, receipt_key=self.receipt_key)
+        # the cluster's key once applied (messages.set_receipt_key), else the fallback
+        stored = txn.get(META_RECEIPT_KEY, db=self.tables.meta)
+        key = self.receipt_key if stored is None else stored
+        return Ctx(txn=txn, tables=self.tables, now_ms=now_ms, receipt_key=key)
+
+    def has_receipt_key(self) -> bool:
+        """Whether the cluster's receipt key is applied here (node/receipt_key.py)."""
+        return self.env.read(lambda txn: txn.get(META_RECEIPT_KEY, db=self.tables.meta)) is not None
 
     def _apply_batch(self, txn: lmdb.Transaction, entries: Sequence[Entry]) -> list[Any]:
         """Apply `entries`: optimistically in one child transaction, and again with one

@@ -95,6 +95,7 @@ from raft.messages import (
     SoftState,
     max_append_frame_bytes,
 )
+from raft.peer_tls import PeerTls
 from raft.ready_handler import ReadyHandler, StorageJob, StorageStep
 from raft.snapshot_service import SnapshotService, message_is_chunk
 from raft.state_machine import SharedTxnStateMachine, SnapshotStateMachine, StateMachine
@@ -167,6 +168,8 @@ class RaftNode:
         check_quorum: bool = True,
         size_limits: SizeLimits | None = None,
         secret: bytes | None = None,
+        previous_secret: bytes | None = None,
+        peer_tls: PeerTls | None = None,
         transport_factory: Callable[..., PeerTransport] = Transport,
     ) -> None:
         if node_id not in peers:
@@ -235,6 +238,10 @@ class RaftNode:
         }
         if secret is not None:
             self._transport_options["secret"] = secret
+            if previous_secret is not None:  # a rotation under way (raft/framing.py)
+                self._transport_options["previous_secret"] = previous_secret
+        if peer_tls is not None:  # mutual TLS, the node id from the certificate (peer_tls.py)
+            self._transport_options["tls"] = peer_tls
         self._core: RaftCore | None = None
         self._transport: PeerTransport | None = None
         self._worker: _StorageWorker | None = None

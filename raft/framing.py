@@ -21,6 +21,14 @@ acceptor only ever sends the challenge):
 
 Without a secret (a loopback-only test cluster) the dialer sends its handshake at once and
 frames go unsealed; a node logs at start that its peer port is open to anyone.
+
+Rotating the secret without downtime: a node may hold two secrets, its current one and the
+previous one (`--previous-secret-file`), and accepts a handshake signed with either. The
+challenge names the secrets the acceptor holds by their key ids (a PRF of each secret:
+says nothing about it), and the dialer signs with the first of its own secrets the
+acceptor holds, so a node that already dials with the new secret and one that holds only
+the old one still talk as long as one of them holds both. Rolling the cluster through
+"new and previous", then through "new only", changes the secret one node at a time.
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ import hashlib
 import hmac
 import os
 import struct
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -41,6 +50,8 @@ FRAME_HEADER_BYTES = 4
 MAX_HANDSHAKE_BYTES = 4096
 NONCE_BYTES = 16
 TAG_BYTES = 16
+KEY_ID_BYTES = 8
+MAX_ACCEPTED_SECRETS = 2  # the current one and the previous one, during a rotation
 
 _HEADER = struct.Struct(">I")
 
@@ -125,6 +136,8 @@ class Handshake:
     to: int
     incarnation: str = ""
     nonce: bytes = b""  # the dialer's, with a secret: half of the session key
+    #: The secret the handshake's HMAC verified under (one of the acceptor's).
+    secret: bytes | None = field(default=None, repr=False)
 
 
 _NO_BOOTSTRAP = bytes(16)
@@ -179,10 +192,42 @@ def new_nonce() -> bytes:
     return os.urandom(NONCE_BYTES)
 
 
-def encode_challenge(challenge: bytes) -> bytes:
+def key_id(secret: bytes) -> bytes:
+    """Names a secret in a challenge without revealing anything about it."""
+    return hmac.digest(secret, b"raftq-key-id", "sha256")[:KEY_ID_BYTES]
+
+
+def encode_challenge(challenge: bytes, key_ids: Sequence[bytes] = ()) -> bytes:
     """The acceptor's first frame body (not framed) on a connection of a cluster with a
-    secret: the nonce the dialer's handshake must sign."""
-    return msgpack.packb({"proto": PROTO_VERSION, "challenge": challenge}, use_bin_type=True)
+    secret: the nonce the dialer's handshake must sign, and the key ids of the secrets the
+    acceptor accepts (so the dialer can pick one it shares, during a rotation)."""
+    fields: dict[str, Any] = {"proto": PROTO_VERSION, "challenge": challenge}
+    if key_ids:
+        fields["keys"] = list(key_ids)
+    return msgpack.packb(fields, use_bin_type=True)
+
+
+def decode_challenge_keys(body: bytes) -> tuple[bytes, tuple[bytes, ...]]:
+    """(challenge nonce, key ids the acceptor accepts) of an acceptor's first frame; no
+    key ids from an acceptor that names none. HandshakeRejected if malformed."""
+    challenge = decode_challenge(body)
+    keys = msgpack.unpackb(body, raw=False).get("keys", [])
+    if (
+        type(keys) is not list
+        or len(keys) > MAX_ACCEPTED_SECRETS
+        or any(type(k) is not bytes or len(k) != KEY_ID_BYTES for k in keys)
+    ):
+        raise HandshakeRejected("bad_challenge", f"keys {keys!r:.80}")
+    return challenge, tuple(keys)
+
+
+def pick_secret(ours: Sequence[bytes], theirs: Sequence[bytes]) -> bytes | None:
+    """The secret to sign a handshake with: the first of `ours` the acceptor holds (by key
+    id), else our first (the acceptor will refuse it, and say so in its log)."""
+    for secret in ours:
+        if key_id(secret) in theirs:
+            return secret
+    return ours[0] if ours else None
 
 
 def decode_challenge(body: bytes) -> bytes:
@@ -239,9 +284,11 @@ def decode_handshake(
     secret: bytes | None,
     config: bytes = b"",
     challenge: bytes = b"",
+    also_accepted: Sequence[bytes] = (),
 ) -> Handshake:
     """Validate a handshake body; raise HandshakeRejected with a reason tag on any mismatch.
-    With a secret, the HMAC must cover `challenge`, the nonce this acceptor sent."""
+    With a secret, the HMAC must cover `challenge`, the nonce this acceptor sent, under
+    `secret` or one of `also_accepted` (a previous secret, during a rotation)."""
     try:
         raw = msgpack.unpackb(body, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types
@@ -280,13 +327,27 @@ def decode_handshake(
         nonce = raw.get("nonce", b"")
         if type(nonce) is not bytes or len(nonce) != NONCE_BYTES:
             raise HandshakeRejected("bad_nonce", f"{nonce!r:.40}")
-        expected = _mac(
-            secret, proto, got_cluster, frm, to, got_config, incarnation, challenge, nonce
-        )
-        if type(mac) is not bytes or not hmac.compare_digest(mac, expected):
+        if type(mac) is not bytes:
             raise HandshakeRejected("hmac_mismatch")
+        verified = None
+        for candidate in (secret, *also_accepted):
+            expected = _mac(
+                candidate, proto, got_cluster, frm, to, got_config, incarnation, challenge, nonce
+            )
+            if hmac.compare_digest(mac, expected):
+                verified = candidate
+                break
+        if verified is None:
+            raise HandshakeRejected("hmac_mismatch")
+        secret = verified
     return Handshake(
-        proto=proto, cluster=got_cluster, frm=frm, to=to, incarnation=incarnation, nonce=nonce
+        proto=proto,
+        cluster=got_cluster,
+        frm=frm,
+        to=to,
+        incarnation=incarnation,
+        nonce=nonce,
+        secret=secret,
     )
 
 

@@ -9,6 +9,16 @@ per-peer queue and returns; one writer task per peer connects, handshakes and dr
 queue in batches, reconnecting with capped jittered backoff. Whatever a peer sends us is
 validated (handshake, frame size, message shape) and a violation closes that connection
 with a logged reason; it never raises out of the transport.
+
+With peer TLS (`tls=PeerTls`, raft/peer_tls.py) every connection is mutual TLS under the
+cluster CA before its first frame, and the node id a certificate names must be the id the
+connection claims: the acceptor refuses a handshake whose `from` differs from the dialer's
+certificate (`raft.transport.peer_identity_mismatch`), and the dialer drops a connection
+whose acceptor's certificate is not the peer it dialed. Both happen before a single Raft
+message is delivered, so a mismatched peer cannot move the term. The acceptor upgrades
+the accepted socket itself (`StreamWriter.start_tls`) rather than listening with `ssl=`,
+so that a refused TLS handshake (a plain-TCP peer, another CA, no certificate) is logged
+(`raft.transport.tls_refused`) instead of vanishing inside asyncio.
 """
 
 from __future__ import annotations
@@ -33,16 +43,19 @@ from raft.framing import (
     FrameOpener,
     FrameSealer,
     HandshakeRejected,
-    decode_challenge,
+    decode_challenge_keys,
     decode_handshake,
     encode_challenge,
     encode_handshake,
     frame,
+    key_id,
     new_nonce,
+    pick_secret,
     sealed_frame_limit,
     session_key,
 )
 from raft.messages import Message, MessageType, decode_message, encode_message
+from raft.peer_tls import PeerTls, cert_node_id, cert_node_ids
 
 log = structlog.get_logger("raft.transport")
 
@@ -203,6 +216,7 @@ class Transport:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         max_queue_msgs: int = 4096,
         secret: bytes | None = None,
+        previous_secret: bytes | None = None,
         config_digest: bytes = b"",
         incarnation: str = "",
         connect_timeout_s: float = 1.0,
@@ -210,6 +224,7 @@ class Transport:
         backoff_max_s: float = 2.0,
         handshake_timeout_s: float = 5.0,
         rng: random.Random | None = None,
+        tls: PeerTls | None = None,
     ) -> None:
         if node_id <= 0:
             raise ValueError(f"node_id must be positive, got {node_id}")
@@ -225,6 +240,13 @@ class Transport:
         self.max_frame_bytes = max_frame_bytes
         self.max_queue_msgs = max_queue_msgs
         self._secret = secret
+        # A rotation under way (framing.py): the previous secret is accepted too, and
+        # dialed with when a peer does not hold ours yet.
+        self._secrets: tuple[bytes, ...] = tuple(
+            s for s in (secret, previous_secret if secret is not None else None) if s is not None
+        )
+        self._key_ids = tuple(key_id(s) for s in self._secrets)
+        self._tls = tls  # mutual TLS on every peer connection (module docstring)
         self._config_digest = config_digest  # see framing.config_digest
         self.incarnation = incarnation  # ours, sent in every handshake
         # Each peer's incarnation as its latest accepted connection announced it.
@@ -448,8 +470,8 @@ class Transport:
             addr = peer.addr
             peer.addr_changed.clear()
             try:
-                async with asyncio.timeout(self.connect_timeout_s):
-                    reader, writer = await asyncio.open_connection(addr[0], addr[1])
+                async with asyncio.timeout(self._connect_budget_s()):
+                    reader, writer = await self._open(addr)
             except Exception as exc:  # refused, timed out, unresolvable: all mean "retry later"
                 attempt += 1
                 level = self._log.info if attempt == 1 else self._log.debug
@@ -465,10 +487,17 @@ class Transport:
             if peer.addr != addr or peer.removed or self._stopped:
                 writer.close()  # moved or shut down while we were connecting
                 continue
-            challenge = b""
+            if self._tls is not None and not self._dialed_right_peer(
+                peer, writer, addr, quiet=attempt > 0
+            ):
+                writer.close()
+                attempt += 1
+                await self._sleep_backoff(peer, attempt)
+                continue
+            challenge, dial_secret = b"", self._secret
             if self._secret is not None:
                 try:
-                    challenge = await self._read_challenge(reader)
+                    challenge, dial_secret = await self._read_challenge(reader)
                 except (
                     HandshakeRejected,
                     TimeoutError,
@@ -501,7 +530,7 @@ class Transport:
             )
             watcher = asyncio.get_running_loop().create_task(self._watch_outbound(reader, peer))
             try:
-                await self._pump(peer, writer, challenge)
+                await self._pump(peer, writer, challenge, dial_secret)
                 reason = "stopped" if peer.removed or self._stopped else "closed_by_peer"
             except Exception as exc:  # the writer task must outlive any socket error
                 reason = repr(exc)
@@ -524,6 +553,43 @@ class Transport:
                 short_lived_streak += 1
             await self._sleep_backoff(peer, attempt)
 
+    def _connect_budget_s(self) -> float:
+        """TCP connect, plus the TLS handshake when the peer port speaks TLS."""
+        return self.connect_timeout_s + (self.handshake_timeout_s if self._tls else 0.0)
+
+    async def _open(self, addr: Address) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """One outbound connection: TCP, or mutual TLS under the cluster CA."""
+        if self._tls is None:
+            return await asyncio.open_connection(addr[0], addr[1])
+        return await asyncio.open_connection(
+            addr[0],
+            addr[1],
+            ssl=self._tls.client,
+            server_hostname="",  # no SNI and no hostname check: the node id is (peer_tls)
+            ssl_handshake_timeout=self.handshake_timeout_s,
+        )
+
+    def _dialed_right_peer(
+        self, peer: _Peer, writer: asyncio.StreamWriter, addr: Address, quiet: bool = False
+    ) -> bool:
+        """Whether the node that answered at `addr` is, by its certificate, `peer`
+        (logged when not: a warning, then quietly while the retries keep failing).
+
+        Why: our frames go to whoever holds the address; a valid certificate of another
+        node (a stale address after a move, a misrouted proxy) must not receive them.
+        """
+        named = cert_node_id(writer.get_extra_info("peercert"))
+        if named == peer.peer_id:
+            return True
+        (self._log.debug if quiet else self._log.warning)(
+            "raft.transport.peer_identity_mismatch",
+            side="dial",
+            peer=peer.peer_id,
+            cert_ids=sorted(cert_node_ids(writer.get_extra_info("peercert"))),
+            addr=f"{addr[0]}:{addr[1]}",
+        )
+        return False
+
     async def _sleep_backoff(self, peer: _Peer, attempt: int) -> None:
         if attempt == 0 or peer.addr_changed.is_set():
             return
@@ -531,9 +597,12 @@ class Transport:
             async with asyncio.timeout(self._backoff_s(attempt)):
                 await peer.addr_changed.wait()
 
-    async def _read_challenge(self, reader: asyncio.StreamReader) -> bytes:
-        """The acceptor's challenge, the first frame on an outbound connection (secret set)."""
-        return decode_challenge(await self._read_opening_frame(reader, "challenge_too_large"))
+    async def _read_challenge(self, reader: asyncio.StreamReader) -> tuple[bytes, bytes | None]:
+        """The acceptor's challenge, the first frame on an outbound connection (secret set),
+        and which of our secrets to sign with: the first one the acceptor holds."""
+        body = await self._read_opening_frame(reader, "challenge_too_large")
+        challenge, theirs = decode_challenge_keys(body)
+        return challenge, pick_secret(self._secrets, theirs)
 
     async def _read_opening_frame(self, reader: asyncio.StreamReader, too_large: str) -> bytes:
         """The body of a connection's first frame (a challenge or a handshake), refused
@@ -545,16 +614,23 @@ class Transport:
                 raise HandshakeRejected(too_large, f"length {length}")
             return await reader.readexactly(length)
 
-    async def _pump(self, peer: _Peer, writer: asyncio.StreamWriter, challenge: bytes) -> None:
-        """Write the handshake, then every queued frame: one write + one drain per wake-up."""
-        nonce = new_nonce() if self._secret is not None else b""
+    async def _pump(
+        self,
+        peer: _Peer,
+        writer: asyncio.StreamWriter,
+        challenge: bytes,
+        secret: bytes | None = None,
+    ) -> None:
+        """Write the handshake (signed with `secret`, one of ours the acceptor holds), then
+        every queued frame: one write + one drain per wake-up."""
+        nonce = new_nonce() if secret is not None else b""
         writer.write(
             frame(
                 encode_handshake(
                     self.cluster_id,
                     self.node_id,
                     peer.peer_id,
-                    self._secret,
+                    secret,
                     self._config_digest,
                     self.incarnation,
                     challenge,
@@ -562,9 +638,9 @@ class Transport:
                 )
             )
         )
-        if self._secret is not None:
+        if secret is not None:
             peer.sealer = FrameSealer(
-                session_key(self._secret, challenge, nonce),
+                session_key(secret, challenge, nonce),
                 self.max_frame_bytes + FRAME_HEADER_BYTES,
             )
         await writer.drain()
@@ -608,6 +684,9 @@ class Transport:
         remote_s = f"{remote[0]}:{remote[1]}" if remote else "?"
         sender: int | None = None
         try:
+            if self._tls is not None and not await self._accept_tls(writer, remote_s):
+                self.rejected_connections += 1
+                return
             accepted = await self._read_handshake(reader, writer, remote_s)
             if accepted is None:
                 self.rejected_connections += 1
@@ -629,6 +708,17 @@ class Transport:
             self._inbound.pop(task, None)
             writer.close()
 
+    async def _accept_tls(self, writer: asyncio.StreamWriter, remote_s: str) -> bool:
+        """Upgrade an accepted connection to mutual TLS; False (logged) if the peer fails
+        the handshake: plain TCP, no certificate, one from another CA, too slow."""
+        assert self._tls is not None
+        try:
+            await writer.start_tls(self._tls.server, ssl_handshake_timeout=self.handshake_timeout_s)
+        except (OSError, ConnectionError, TimeoutError, EOFError) as exc:  # ssl.SSLError too
+            self._log.warning("raft.transport.tls_refused", remote=remote_s, error=repr(exc)[:200])
+            return False
+        return True
+
     async def _read_handshake(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, remote_s: str
     ) -> tuple[int, str, FrameOpener | None] | None:
@@ -638,7 +728,7 @@ class Transport:
         try:
             if self._secret is not None:
                 challenge = new_nonce()
-                writer.write(frame(encode_challenge(challenge)))
+                writer.write(frame(encode_challenge(challenge, self._key_ids)))
             body = await self._read_opening_frame(reader, "too_large")
             hs = decode_handshake(
                 body,
@@ -647,6 +737,7 @@ class Transport:
                 secret=self._secret,
                 config=self._config_digest,
                 challenge=challenge,
+                also_accepted=self._secrets[1:],
             )
         except TimeoutError:
             self._reject("timeout", "", remote_s)
@@ -660,16 +751,25 @@ class Transport:
         except (OSError, ConnectionError) as exc:
             self._reject("connection_error", repr(exc), remote_s)
             return None
+        if self._tls is not None:
+            peercert = writer.get_extra_info("peercert")
+            if cert_node_id(peercert) != hs.frm:
+                self._log.warning(
+                    "raft.transport.peer_identity_mismatch",
+                    side="accept",
+                    claimed=hs.frm,
+                    cert_ids=sorted(cert_node_ids(peercert)),
+                    remote=remote_s,
+                )
+                return None
         if hs.incarnation and self.peer_incarnations.get(hs.frm) != hs.incarnation:
             self._log.info(
                 "raft.transport.peer_incarnation", peer=hs.frm, incarnation=hs.incarnation
             )
             self.peer_incarnations[hs.frm] = hs.incarnation
         opener = None
-        if self._secret is not None:
-            opener = FrameOpener(
-                session_key(self._secret, challenge, hs.nonce), self.max_frame_bytes
-            )
+        if hs.secret is not None:
+            opener = FrameOpener(session_key(hs.secret, challenge, hs.nonce), self.max_frame_bytes)
         return hs.frm, hs.incarnation, opener
 
     def _reject(self, reason: str, detail: str, remote_s: str) -> None:

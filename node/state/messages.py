@@ -20,8 +20,16 @@ import hmac
 from operator import itemgetter
 from typing import Any
 
+from node.errors import BadRequest
 from node.state import counters, keys
-from node.state.tables import TIMER_DELAYED, TIMER_LEASES, TIMER_RETENTION, Ctx, unpack
+from node.state.tables import (
+    META_RECEIPT_KEY,
+    TIMER_DELAYED,
+    TIMER_LEASES,
+    TIMER_RETENTION,
+    Ctx,
+    unpack,
+)
 from raft.messages import pack
 
 RECEIPT_TAG_BYTES = 12
@@ -38,10 +46,42 @@ def message_id(seq: int) -> str:
     return format(seq, "016x")
 
 
+RECEIPT_KEY_BYTES = 32
+
+
 def receipt_key_from(secret: bytes | None) -> bytes:
-    """The cluster's receipt key, derived from its peer secret (every member holds it);
-    empty without one (receipts are then tagged with a key anyone can compute)."""
+    """The fallback receipt key, derived from the peer secret; empty without one.
+
+    Only for receipts made before the cluster's own key was applied (a cluster older than
+    `set_receipt_key`): the key that counts lives in the replicated state (below).
+    """
     return hmac.digest(secret, b"raftq-receipts", "sha256") if secret else b""
+
+
+def stored_receipt_key(ctx: Ctx) -> bytes | None:
+    """The cluster's receipt key as the replicated state holds it (None before any)."""
+    return ctx.txn.get(META_RECEIPT_KEY, db=ctx.tables.meta)
+
+
+def set_receipt_key(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
+    """Apply `receipt_key`: the first key proposed becomes the cluster's, for good.
+
+    Why in the replicated state and not derived from the peer secret: every replica must
+    check a receipt with the same key, or an ack would delete a message on some replicas
+    and not on others. A key derived from the secret changes when the secret is rotated
+    (one node at a time: for a while the nodes hold different ones), and a cluster whose
+    peers authenticate by TLS alone has no secret at all. A random key that travels
+    through the log (and snapshots) is the same on every replica, survives rotation, and
+    reaches every node that joins later. The leader proposes it (node/receipt_key.py).
+    """
+    key = cmd.get("key")
+    if type(key) is not bytes or len(key) != RECEIPT_KEY_BYTES:
+        raise BadRequest(f"key must be {RECEIPT_KEY_BYTES} bytes", field="key")
+    if stored_receipt_key(ctx) is not None:
+        return {"set": False}
+    ctx.txn.put(META_RECEIPT_KEY, key, db=ctx.tables.meta)
+    ctx.receipt_key = key
+    return {"set": True}
 
 
 def receipt_tag(key: bytes, queue: str, ident: str, lease: int) -> str:

@@ -57,6 +57,8 @@ META_NEXT_QUEUE_ID = b"next_queue_id"
 META_NEXT_SEQ = b"next_seq"
 META_NEXT_PRODUCER = b"next_producer_id"
 META_USERS_BOOTSTRAPPED = b"users_bootstrapped"
+#: The cluster's receipt key, once its first leader proposed one (messages.set_receipt_key).
+META_RECEIPT_KEY = b"receipt_key"
 
 
 class Tables:

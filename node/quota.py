@@ -61,7 +61,8 @@ MIN_MEASURE_EVERY_BYTES = 64 << 10
 #: quota: receive, ack, nack, extend, tick, redrive (moves dead letters back, adds
 #: nothing), queue_delete, queue_purge.
 ADDING_OPS = frozenset({"send", "queue_put", "producer_init", "txn", "user_add"})
-# user_update replaces a record in place (a token rotated on a full disk must still work).
+# user_update replaces a record in place (a token rotated on a full disk must still work);
+# receipt_key is the leader's once-per-cluster 32 bytes that receipts cannot do without.
 NEVER_REFUSED_OPS = frozenset(
     {
         "receive",
@@ -74,6 +75,7 @@ NEVER_REFUSED_OPS = frozenset(
         "queue_purge",
         "user_update",
         "user_delete",
+        "receipt_key",
     }
 )
 

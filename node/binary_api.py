@@ -46,6 +46,7 @@ from common.binwire import (
     encode_answer,
     frame_length,
 )
+from common.connection_cap import ConnectionCap, peer_address
 from node.api import ROUTES, serve_request
 from node.forwarding import RETRY_PAUSE_S
 from node.http import MSGPACK, RAW_BODY_KEY, ApiError
@@ -212,11 +213,11 @@ class BinaryApi:
         read_timeout_s: float = READ_TIMEOUT_S,
     ) -> None:
         self.app = app
-        self.max_connections_per_address = max_connections_per_address
+        self.connection_cap = ConnectionCap(
+            max_connections_per_address, "binary.connection_refused", "node.binary"
+        )
         self.idle_timeout_s = idle_timeout_s
         self.read_timeout_s = read_timeout_s
-        self.refused_connections = 0
-        self._per_address: dict[str, int] = {}
         self.leader_wait_s = leader_wait_s
         self.host = host
         self.port = port
@@ -272,6 +273,11 @@ class BinaryApi:
         except asyncio.IncompleteReadError as exc:
             raise asyncio.IncompleteReadError(first + exc.partial, FRAME_HEADER_BYTES) from None
 
+    @property
+    def refused_connections(self) -> int:
+        """Connections closed at once because their address held its share."""
+        return self.connection_cap.refused
+
     def _bad_frame(self, reason: str, detail: str, remote: str) -> None:
         self.bad_frames += 1
         log.warning("binary.bad_frame", reason=reason, detail=detail, remote=remote)
@@ -279,23 +285,10 @@ class BinaryApi:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        peer = writer.get_extra_info("peername")
-        remote = f"{peer[0]}:{peer[1]}" if peer else "?"
-        address = peer[0] if peer else "?"
-        held = self._per_address.get(address, 0)
-        if held >= self.max_connections_per_address:
-            self.refused_connections += 1
-            if self.refused_connections & (self.refused_connections - 1) == 0:  # 1, 2, 4, ...
-                log.warning(
-                    "binary.connection_refused",
-                    reason="too_many_connections",
-                    remote=remote,
-                    held=held,
-                    refused_total=self.refused_connections,
-                )
+        address, remote = peer_address(writer.get_extra_info("peername"))
+        if not self.connection_cap.admit(address, remote):
             writer.close()
             return
-        self._per_address[address] = held + 1
         self._connections[task] = writer
         try:
             await self._read_frames(reader, writer, remote)
@@ -305,11 +298,7 @@ class BinaryApi:
             log.error("binary.connection_failed", remote=remote, error=repr(exc))
         finally:
             self._connections.pop(task, None)
-            left = self._per_address[address] - 1
-            if left:
-                self._per_address[address] = left
-            else:
-                del self._per_address[address]
+            self.connection_cap.release(address)
             writer.close()
 
     async def _read_frames(

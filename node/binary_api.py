@@ -50,6 +50,7 @@ from common.connection_cap import ConnectionCap, peer_address
 from node.api import ROUTES, serve_request
 from node.forwarding import RETRY_PAUSE_S
 from node.http import MSGPACK, RAW_BODY_KEY, ApiError
+from node.request_budget import ByteBudget
 from raft.messages import pack
 
 log = structlog.get_logger("node.binary")
@@ -211,8 +212,13 @@ class BinaryApi:
         max_connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         read_timeout_s: float = READ_TIMEOUT_S,
+        budget: ByteBudget | None = None,
     ) -> None:
         self.app = app
+        # Request bytes in flight across the node's ports (node/request_budget.py): a
+        # frame's payload is read only once it fits, so a full budget stops this
+        # connection's reads and TCP pushes back on its client.
+        self.budget = budget
         self.connection_cap = ConnectionCap(
             max_connections_per_address, "binary.connection_refused", "node.binary"
         )
@@ -332,30 +338,48 @@ class BinaryApi:
             except BadFrame as exc:  # refused before a byte of the payload is read
                 self._bad_frame(exc.reason, exc.detail, remote)
                 return
+            budget = self.budget
+            if budget is not None:
+                await budget.take(length)  # not under the read timeout: the node is busy
+            decoded = None
             try:
-                async with asyncio.timeout(self.read_timeout_s):
-                    payload = await reader.readexactly(length)
-            except TimeoutError:
-                self._bad_frame(
-                    "slow_frame", f"{length} bytes not in {self.read_timeout_s}s", remote
-                )
-                return
-            except asyncio.IncompleteReadError as exc:
-                self._bad_frame("truncated_frame", f"{len(exc.partial)} of {length} bytes", remote)
-                return
-            except ConnectionError:
-                return
-            try:
-                request_id, method, path_qs, body = decode_request(payload)
-            except BadFrame as exc:
-                self._bad_frame(exc.reason, exc.detail, remote)
+                payload = await self._read_payload(reader, length, remote)
+                decoded = None if payload is None else self._decode(payload, remote)
+            finally:
+                if budget is not None and decoded is None:
+                    budget.give_back(length)
+            if decoded is None:
                 return
             await slots.acquire()
             in_flight[0] += 1
-            request = asyncio.ensure_future(self._answer(writer, request_id, method, path_qs, body))
+            request = asyncio.ensure_future(self._answer(writer, *decoded))
             self._requests.add(request)
             request.add_done_callback(self._requests.discard)
             request.add_done_callback(lambda _t: _done(slots, in_flight))
+            if budget is not None:
+                request.add_done_callback(lambda _t, b=budget, n=length: b.give_back(n))
+
+    async def _read_payload(
+        self, reader: asyncio.StreamReader, length: int, remote: str
+    ) -> bytes | None:
+        """A frame's payload, or None (logged) if it does not arrive whole in time."""
+        try:
+            async with asyncio.timeout(self.read_timeout_s):
+                return await reader.readexactly(length)
+        except TimeoutError:
+            self._bad_frame("slow_frame", f"{length} bytes not in {self.read_timeout_s}s", remote)
+        except asyncio.IncompleteReadError as exc:
+            self._bad_frame("truncated_frame", f"{len(exc.partial)} of {length} bytes", remote)
+        except ConnectionError:
+            pass
+        return None
+
+    def _decode(self, payload: bytes, remote: str) -> tuple[int, str, str, bytes | None] | None:
+        try:
+            return decode_request(payload)
+        except BadFrame as exc:
+            self._bad_frame(exc.reason, exc.detail, remote)
+            return None
 
     async def _answer(
         self,

@@ -22,11 +22,13 @@ from node.api import build_app
 from node.binary_api import BinaryApi
 from node.config import NodeConfig
 from node.data_dir import DIR_MODE, DataDir, DataDirError
+from node.http_limits import HttpLimits, LimitedSite
 from node.logging import bind_raft_state
 from node.membership import join_cluster
 from node.metrics import Metrics
 from node.queue_service import QueueService
 from node.quota import DiskGuardedEnv, disk_full_cause, node_quota
+from node.request_budget import ByteBudget
 from node.state.messages import receipt_key_from
 from node.state_machine import QueueStateMachine
 from raft.core import SizeLimits
@@ -110,16 +112,30 @@ class NodeServer:
         self.quota = node_quota(self.env, config.quota_bytes, config.max_map_bytes)
         self.service = QueueService(config, self.raft, self.sm, self.metrics, self.quota)
         self.app = build_app(self.service, self)
+        limits = config.limits
+        # One budget of request bytes in flight for both client ports (node/request_budget.py).
+        self.request_budget = ByteBudget(limits.max_inflight_request_bytes)
+        self.http_limits = HttpLimits(
+            self.request_budget,
+            max_connections_per_address=limits.max_http_connections_per_address,
+            read_timeout_s=limits.read_timeout_s,
+            max_body_bytes=limits.max_body_bytes,
+        )
+        self.app.middlewares.insert(0, self.http_limits.middleware)  # outermost
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._site: LimitedSite | None = None
         self.binary: BinaryApi | None = None
         if config.binary_host is not None and config.binary_port is not None:
             self.binary = BinaryApi(
                 self.app,
                 config.binary_host,
                 config.binary_port,
-                config.limits.max_body_bytes,
+                limits.max_body_bytes,
                 leader_wait_s=config.forward_wait_s,
+                max_connections_per_address=limits.max_connections_per_address,
+                idle_timeout_s=limits.idle_timeout_s,
+                read_timeout_s=limits.read_timeout_s,
+                budget=self.request_budget,
             )
         self._last_leader: int | None = None
 
@@ -192,10 +208,16 @@ class NodeServer:
             handle_signals=False,
             access_log=None,
             shutdown_timeout=self.config.shutdown_grace_s,
+            # aiohttp closes a connection idle this long; never one whose answer is on its way
+            keepalive_timeout=self.config.limits.idle_timeout_s,
         )
         await self._runner.setup()
-        self._site = web.TCPSite(
-            self._runner, self.config.http_host, self.config.http_port, reuse_address=True
+        self._site = LimitedSite(
+            self._runner,
+            self.config.http_host,
+            self.config.http_port,
+            self.http_limits,
+            reuse_address=True,
         )
         await self._site.start()
         await self._start_binary()

@@ -28,6 +28,7 @@ from node.app_context import SERVICE_KEY
 from node.binary_api import BinaryApi, FrameRequest, RouteTable, _answer_body, _waiting_for_a_leader
 from node.config import ConfigError, load_config
 from node.http import MSGPACK, RAW_BODY_KEY, ApiError, read_body, wants_msgpack
+from node.request_budget import ByteBudget
 
 
 def test_request_round_trip() -> None:
@@ -400,3 +401,21 @@ async def test_a_frame_trickling_in_is_cut_off_after_the_read_timeout() -> None:
         writer.close()
         assert api.bad_frames == 1
         assert await _quick_answer(api.port) == "ok"
+
+
+async def test_a_full_request_budget_stops_reading_until_bytes_come_back() -> None:
+    """The node's budget of request bytes is full: the frame's payload is not read (TCP
+    pushes back) until a request elsewhere gives its bytes back; then it is served."""
+    budget = ByteBudget(1000)
+    assert budget.try_take(1000)  # another port's requests hold all of it
+    async with _limited(budget=budget) as api:
+        reader, writer = await _connect(api.port)
+        writer.write(encode_request(3, "GET", "/quick", None))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(_read_answer(reader), 0.3)
+        assert budget.waiting == 1
+        budget.give_back(1000)
+        assert (await asyncio.wait_for(_read_answer(reader), 5))[3] == "ok"
+        await asyncio.sleep(0.05)
+        assert budget.used_bytes == 0
+        writer.close()

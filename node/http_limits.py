@@ -72,7 +72,7 @@ class HttpLimits:
             log.warning(
                 "http.slow_request",
                 remote=remote,
-                detail=f"request line and headers not in within {self.read_timeout_s}s",
+                detail=f"a request not in whole within {self.read_timeout_s}s of its first byte",
                 closed_total=self.slow_requests,
             )
 

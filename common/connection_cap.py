@@ -43,7 +43,7 @@ class ConnectionCap:
             self._held[address] = held + 1
             return True
         self.refused += 1
-        if self.refused & (self.refused - 1) == 0:  # 1, 2, 4, 8, ...
+        if sampled(self.refused):
             self._log.warning(
                 self.event,
                 reason="too_many_connections",
@@ -61,6 +61,11 @@ class ConnectionCap:
             self._held[address] = left
         else:
             self._held.pop(address, None)
+
+
+def sampled(count: int) -> bool:
+    """Whether the `count`-th event of a kind is logged: the 1st, 2nd, 4th, 8th ..."""
+    return count & (count - 1) == 0
 
 
 def peer_address(peername: object) -> tuple[str, str]:

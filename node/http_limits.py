@@ -32,7 +32,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from common.connection_cap import ConnectionCap, peer_address
+from common.connection_cap import ConnectionCap, peer_address, sampled
 from node.api import error_middleware
 from node.http import BODY_DEADLINE_KEY, ApiError
 from node.request_budget import ByteBudget
@@ -68,7 +68,7 @@ class HttpLimits:
 
     def _slow_request(self, remote: str) -> None:
         self.slow_requests += 1
-        if self.slow_requests & (self.slow_requests - 1) == 0:  # 1, 2, 4, ...: a flood logs little
+        if sampled(self.slow_requests):  # a flood logs a few lines
             log.warning(
                 "http.slow_request",
                 remote=remote,

@@ -29,6 +29,7 @@ from node.binary_api import BinaryApi, FrameRequest, RouteTable, _answer_body, _
 from node.config import ConfigError, load_config
 from node.http import MSGPACK, RAW_BODY_KEY, ApiError, read_body, wants_msgpack
 from node.request_budget import ByteBudget
+from tests.support.metrics import RecordingMetrics
 
 
 def test_request_round_trip() -> None:
@@ -187,17 +188,9 @@ def test_binary_port_from_toml(tmp_path) -> None:  # type: ignore[no-untyped-def
 # ---------------------------------------------------------------- BinaryApi in-process
 
 
-class _Metrics:
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, str, int]] = []
-
-    def observe_request(self, method: str, route: str, status: int, _s: float) -> None:
-        self.seen.append((method, route, status))
-
-
 async def _started(routes: list[tuple[str, str, Any]], max_in_flight: int) -> BinaryApi:
     app = web.Application()
-    app[SERVICE_KEY] = SimpleNamespace(metrics=_Metrics())  # type: ignore[assignment]
+    app[SERVICE_KEY] = SimpleNamespace(metrics=RecordingMetrics())  # type: ignore[assignment]
     api = BinaryApi(app, "127.0.0.1", 0, max_body_bytes=1 << 20, max_in_flight=max_in_flight)
     api.routes = RouteTable(routes)
     await api.start()
@@ -340,7 +333,7 @@ async def _limited(**limits: Any) -> AsyncIterator[BinaryApi]:
         return web.Response(body=msgpack.packb("ok"), content_type=MSGPACK)
 
     app = web.Application()
-    app[SERVICE_KEY] = SimpleNamespace(metrics=_Metrics())  # type: ignore[assignment]
+    app[SERVICE_KEY] = SimpleNamespace(metrics=RecordingMetrics())  # type: ignore[assignment]
     api = BinaryApi(app, "127.0.0.1", 0, max_body_bytes=1 << 20, **limits)
     api.routes = RouteTable([("GET", "/slow", slow), ("GET", "/quick", quick)])
     await api.start()

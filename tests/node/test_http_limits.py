@@ -18,14 +18,8 @@ from node.app_context import SERVICE_KEY
 from node.http import read_raw
 from node.http_limits import HttpLimits, LimitedSite
 from node.request_budget import ByteBudget
-
-
-class _Metrics:
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, str, int]] = []
-
-    def observe_request(self, method: str, route: str, status: int, _s: float) -> None:
-        self.seen.append((method, route, status))
+from tests.support.metrics import RecordingMetrics
+from tests.support.sockets import closed_by_peer
 
 
 @contextlib.asynccontextmanager
@@ -56,7 +50,7 @@ async def _port(
         return web.Response(text="held")
 
     app = web.Application(middlewares=[error_middleware])
-    app[SERVICE_KEY] = SimpleNamespace(metrics=_Metrics())  # type: ignore[assignment]
+    app[SERVICE_KEY] = SimpleNamespace(metrics=RecordingMetrics())  # type: ignore[assignment]
     for path, handler in (("/quick", quick), ("/slow", slow), ("/echo", echo), ("/hold", hold)):
         app.router.add_route("*", path, handler)
     limits = HttpLimits(
@@ -95,12 +89,6 @@ async def _answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], by
     return int(lines[0].split()[1]), headers, body
 
 
-async def _closed(reader: asyncio.StreamReader) -> bool:
-    with contextlib.suppress(ConnectionError):
-        return await asyncio.wait_for(reader.read(), 5) == b""
-    return True
-
-
 async def _quick(port: int, source: str = "127.0.0.1") -> int:
     reader, writer = await _open(port, source)
     try:
@@ -114,7 +102,7 @@ async def test_one_address_holds_at_most_its_share_of_connections() -> None:
     async with _port(per_address=3) as (port, limits, _):
         held = [await _open(port, "127.0.0.2") for _ in range(3)]
         reader, writer = await _open(port, "127.0.0.2")  # the fourth: closed unread
-        assert await _closed(reader)
+        assert await closed_by_peer(reader)
         writer.close()
         assert limits.cap.refused == 1
         assert await _quick(port) == 200  # another address is served
@@ -137,7 +125,7 @@ async def test_headers_trickling_in_are_cut_off_after_the_read_timeout() -> None
                 break
             with contextlib.suppress(ConnectionError):
                 writer.write(b"s")
-        assert await _closed(reader)
+        assert await closed_by_peer(reader)
         assert loop.time() - started < 2.0
         assert limits.slow_requests == 1
         writer.close()
@@ -151,7 +139,7 @@ async def test_a_long_poll_outlasts_the_read_and_idle_timeouts_on_its_connection
         writer.write(_request("/slow", method="GET"))  # answered after 0.8 s
         status, _headers, body = await _answer(reader)
         assert (status, body) == (200, b"slow")
-        assert await _closed(reader)  # then idle: closed by the keep-alive timeout
+        assert await closed_by_peer(reader)  # then idle: closed by the keep-alive timeout
         writer.close()
         assert limits.slow_requests == 0
 
@@ -163,7 +151,7 @@ async def test_the_next_pipelined_request_is_clocked_once_the_answer_left() -> N
         await asyncio.sleep(0.1)
         writer.write(b"GET /quick HTTP/1.1\r\nHo")  # arrives while /slow is answered
         assert (await _answer(reader))[2] == b"slow"  # not cut while answering (0.8 s)
-        assert await _closed(reader)  # the half request behind it: cut 0.3 s later
+        assert await closed_by_peer(reader)  # the half request behind it: cut 0.3 s later
         writer.close()
         assert limits.slow_requests == 1
 

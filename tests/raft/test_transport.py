@@ -34,6 +34,7 @@ from raft.framing import (
 )
 from raft.messages import Entry, Message, MessageType, decode_message, encode_message
 from raft.transport import Transport
+from tests.support.sockets import closed_by_peer
 
 CLUSTER = "test-cluster"
 FAST = {"backoff_base_s": 0.02, "backoff_max_s": 0.2, "connect_timeout_s": 1.0}
@@ -1143,12 +1144,6 @@ async def _handshaken(addr: tuple[str, int], source: str = "127.0.0.2") -> Any:
     return reader, writer
 
 
-async def _closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
-    with contextlib.suppress(ConnectionError):
-        return await asyncio.wait_for(reader.read(), seconds) == b""
-    return True
-
-
 async def test_one_address_holds_at_most_its_share_of_peer_connections(
     make_transport: Any, logs: list[dict[str, Any]]
 ) -> None:
@@ -1158,7 +1153,7 @@ async def test_one_address_holds_at_most_its_share_of_peer_connections(
         await asyncio.open_connection(*a.listen_addr, local_addr=("127.0.0.2", 0)) for _ in range(2)
     ]
     reader, writer = await asyncio.open_connection(*a.listen_addr, local_addr=("127.0.0.2", 0))
-    assert await _closed_within(reader, 2.0)  # closed at once, not after the 5 s handshake
+    assert await closed_by_peer(reader, 2.0)  # closed at once, not after the 5 s handshake
     writer.close()
     refused = events(logs, "raft.transport.connection_refused")
     assert [(e["refused_total"], e["limit"]) for e in refused] == [(1, 2)]
@@ -1179,7 +1174,7 @@ async def test_a_silent_peer_connection_is_closed_but_a_quiet_peer_keeps_its_lin
     reader, writer = await _handshaken(a.listen_addr)
     quiet = await make_transport(2, {1: a.listen_addr}, idle_timeout_s=0.4)
     await wait_until(lambda: quiet.connected(1))
-    assert await _closed_within(reader, 3.0)  # the silent one
+    assert await closed_by_peer(reader, 3.0)  # the silent one
     writer.close()
     await asyncio.sleep(1.2)  # three idle timeouts with nothing to send
     assert quiet.connected(1) and quiet.stats()[1].reconnects == 0
@@ -1214,7 +1209,7 @@ async def test_a_frame_trickling_in_is_cut_off_after_the_read_timeout(
             break
         with contextlib.suppress(ConnectionError):
             writer.write(b"\x00")
-    assert await _closed_within(reader, 3.0)
+    assert await closed_by_peer(reader, 3.0)
     assert loop.time() - started < 2.0
     writer.close()
     assert reasons(logs, "raft.transport.bad_frame") == ["slow_frame"]

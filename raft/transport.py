@@ -761,9 +761,9 @@ class Transport:
                     chunk = await reader.read(READ_CHUNK_BYTES)
             except TimeoutError:
                 if pending:
-                    self._bad_frame(
-                        "slow_frame", f"{pending} bytes in, then none", sender, remote_s
-                    )
+                    took_s = loop.time() - frame_started
+                    detail = f"{pending} bytes of a frame in {took_s:.1f}s, then no more in time"
+                    self._bad_frame("slow_frame", detail, sender, remote_s)
                 else:
                     self._log.info(
                         "raft.transport.idle_closed", peer=sender, idle_s=self.idle_timeout_s

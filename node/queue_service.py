@@ -26,7 +26,7 @@ from node.commands import (
 )
 from node.config import NodeConfig
 from node.http import STATUS_BY_CODE, ApiError
-from node.metrics import Metrics, NodeFigures
+from node.metrics import Metrics, NodeFigures, PortFigures
 from node.quota import DiskQuota
 from raft.core import Status
 from raft.driver import NodeStopped, Overloaded
@@ -150,6 +150,8 @@ class QueueService:
         self._sends_in_flight: dict[str, int] = {}  # proposed here, not yet applied, by queue
         self.long_polls = 0  # receives waiting now (receive_with_next_send)
         self.long_polls_refused = 0
+        # The client ports' limit figures for /metrics; the node sets it (node/server.py).
+        self.port_figures: Callable[[], PortFigures] | None = None
 
     def figures(self) -> NodeFigures:
         """This node's Raft, batching, disk and queue figures for /metrics."""
@@ -161,6 +163,9 @@ class QueueService:
             piggybacked_receives=self.stats_piggybacked_receives,
             queues=self.sm.list_queues(self.stamp_ms()),
             disk=self.quota.view() if self.quota is not None else None,
+            long_polls=self.long_polls,
+            long_polls_refused=self.long_polls_refused,
+            ports=self.port_figures() if self.port_figures is not None else None,
         )
 
     # ------------------------------------------------------------ clock

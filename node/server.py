@@ -25,7 +25,7 @@ from node.data_dir import DIR_MODE, DataDir, DataDirError
 from node.http_limits import HttpLimits, LimitedSite
 from node.logging import bind_raft_state
 from node.membership import join_cluster
-from node.metrics import Metrics
+from node.metrics import Metrics, PortFigures
 from node.queue_service import QueueService
 from node.quota import DiskGuardedEnv, disk_full_cause, node_quota
 from node.request_budget import ByteBudget
@@ -122,6 +122,7 @@ class NodeServer:
             max_body_bytes=limits.max_body_bytes,
         )
         self.app.middlewares.insert(0, self.http_limits.middleware)  # outermost
+        self.service.port_figures = self._port_figures
         self._runner: web.AppRunner | None = None
         self._site: LimitedSite | None = None
         self.binary: BinaryApi | None = None
@@ -138,6 +139,16 @@ class NodeServer:
                 budget=self.request_budget,
             )
         self._last_leader: int | None = None
+
+    def _port_figures(self) -> PortFigures:
+        """What the client ports' limits refused and hold now, for /metrics."""
+        return PortFigures(
+            http_connections_refused=self.http_limits.cap.refused,
+            binary_connections_refused=self.binary.refused_connections if self.binary else 0,
+            http_slow_requests=self.http_limits.slow_requests,
+            request_bytes_in_flight=self.request_budget.used_bytes,
+            request_bytes_refused=self.request_budget.refused,
+        )
 
     def _open_storage(self) -> LmdbStorage:
         """The Raft log, which also records (and checks) the cluster and node id in LMDB.

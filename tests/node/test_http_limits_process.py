@@ -28,6 +28,15 @@ def _cluster_view(url: str) -> dict:
         return json.load(answer)
 
 
+def _metrics(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as answer:
+        lines = answer.read().decode().splitlines()
+    return {
+        name: float(value)
+        for name, _, value in (ln.rpartition(" ") for ln in lines if not ln.startswith("#"))
+    }
+
+
 def _events(log_path: Path, name: str) -> list[dict]:
     return [
         json.loads(line)
@@ -101,6 +110,10 @@ async def test_a_flood_of_idle_and_slow_http_connections_leaves_the_cluster_serv
         # (the 408's connection too: the rest of its body kept trickling in)
         slow = {e["remote"].split(":")[0] for e in _events(log_path, "http.slow_request")}
         assert slow == {"127.0.0.3"}
+        figures = _metrics(leader.url)  # and /metrics counts them
+        assert figures['raftq_connections_refused_total{port="http"}'] >= 1000 - 256
+        assert figures["raftq_slow_requests_total"] >= 1
+        assert figures["raftq_long_polls"] == 0 and figures["raftq_request_bytes_in_flight"] == 0
     finally:
         for task in trickles:
             task.cancel()

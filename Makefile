@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test run lint lint-imports format bench compare clean
+.PHONY: install test run lint lint-imports format bench compare clean fuzz
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,13 @@ lint: lint-imports
 ## lint-imports: the package layers of docs/DESIGN.md, no import cycles ([tool.importlinter])
 lint-imports: $(STAMP)
 	$(BIN)/lint-imports
+
+## fuzz: the coverage-guided fuzzer of the peer and binary frame decoders (atheris) for
+## FUZZ_SECONDS (60); a crashing input is saved and named in the output
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[fuzz]'
+	$(BIN)/python -m tests.fuzz.atheris_frames -max_total_time=$(FUZZ_SECONDS) $(FUZZ_ARGS)
 
 format: $(STAMP)
 	$(BIN)/ruff format .

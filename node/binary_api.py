@@ -47,11 +47,13 @@ from common.binwire import (
     encode_answer,
     frame_length,
 )
+from common.connection_cap import ConnectionCap, peer_address
 from node.api import ROUTES, serve_request
 from node.app_context import PRINCIPAL_KEY
 from node.auth import Principal
 from node.forwarding import RETRY_PAUSE_S
 from node.http import MSGPACK, RAW_BODY_KEY, ApiError
+from node.request_budget import ByteBudget
 from raft.messages import pack
 
 log = structlog.get_logger("node.binary")
@@ -219,15 +221,20 @@ class BinaryApi:
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         read_timeout_s: float = READ_TIMEOUT_S,
         ssl_context: ssl.SSLContext | None = None,
+        budget: ByteBudget | None = None,
     ) -> None:
         self.app = app
         # TLS (raftqs://): the node's client-port context (node/tls.py), None for plain TCP
         self.ssl_context = ssl_context
-        self.max_connections_per_address = max_connections_per_address
+        # Request bytes in flight across the node's ports (node/request_budget.py): a
+        # frame's payload is read only once it fits, so a full budget stops this
+        # connection's reads and TCP pushes back on its client.
+        self.budget = budget
+        self.connection_cap = ConnectionCap(
+            max_connections_per_address, "binary.connection_refused", "node.binary"
+        )
         self.idle_timeout_s = idle_timeout_s
         self.read_timeout_s = read_timeout_s
-        self.refused_connections = 0
-        self._per_address: dict[str, int] = {}
         self.leader_wait_s = leader_wait_s
         self.host = host
         self.port = port
@@ -289,6 +296,11 @@ class BinaryApi:
         except asyncio.IncompleteReadError as exc:
             raise asyncio.IncompleteReadError(first + exc.partial, FRAME_HEADER_BYTES) from None
 
+    @property
+    def refused_connections(self) -> int:
+        """Connections closed at once because their address held its share."""
+        return self.connection_cap.refused
+
     def _bad_frame(self, reason: str, detail: str, remote: str) -> None:
         self.bad_frames += 1
         log.warning("binary.bad_frame", reason=reason, detail=detail, remote=remote)
@@ -296,23 +308,10 @@ class BinaryApi:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        peer = writer.get_extra_info("peername")
-        remote = f"{peer[0]}:{peer[1]}" if peer else "?"
-        address = peer[0] if peer else "?"
-        held = self._per_address.get(address, 0)
-        if held >= self.max_connections_per_address:
-            self.refused_connections += 1
-            if self.refused_connections & (self.refused_connections - 1) == 0:  # 1, 2, 4, ...
-                log.warning(
-                    "binary.connection_refused",
-                    reason="too_many_connections",
-                    remote=remote,
-                    held=held,
-                    refused_total=self.refused_connections,
-                )
+        address, remote = peer_address(writer.get_extra_info("peername"))
+        if not self.connection_cap.admit(address, remote):
             writer.close()
             return
-        self._per_address[address] = held + 1
         self._connections[task] = writer
         try:
             await self._read_frames(reader, writer, remote)
@@ -322,11 +321,7 @@ class BinaryApi:
             log.error("binary.connection_failed", remote=remote, error=repr(exc))
         finally:
             self._connections.pop(task, None)
-            left = self._per_address[address] - 1
-            if left:
-                self._per_address[address] = left
-            else:
-                del self._per_address[address]
+            self.connection_cap.release(address)
             writer.close()
 
     async def _read_frames(
@@ -361,37 +356,57 @@ class BinaryApi:
             except BadFrame as exc:  # refused before a byte of the payload is read
                 self._bad_frame(exc.reason, exc.detail, remote)
                 return
+            budget = self.budget
+            if budget is not None:
+                await budget.take(length)  # not under the read timeout: the node is busy
+            decoded = None
             try:
-                async with asyncio.timeout(self.read_timeout_s):
-                    payload = await reader.readexactly(length)
-            except TimeoutError:
-                self._bad_frame(
-                    "slow_frame", f"{length} bytes not in {self.read_timeout_s}s", remote
-                )
+                payload = await self._read_payload(reader, length, remote)
+                decoded = None if payload is None else self._decode(payload, remote)
+            finally:
+                if budget is not None and decoded is None:
+                    budget.give_back(length)
+            if decoded is None:
                 return
-            except asyncio.IncompleteReadError as exc:
-                self._bad_frame("truncated_frame", f"{len(exc.partial)} of {length} bytes", remote)
-                return
-            except ConnectionError:
-                return
-            try:
-                request_id, method, path_qs, body = decode_request(payload)
-            except BadFrame as exc:
-                self._bad_frame(exc.reason, exc.detail, remote)
-                return
-            if path_qs == SESSION_PATH:
+            if decoded[2] == SESSION_PATH:
                 # Answered before the next frame is read: every later request on this
                 # connection runs as the session's user, whatever order they finish in.
-                await self._answer(writer, request_id, method, path_qs, body, session)
+                try:
+                    await self._answer(writer, *decoded, session)
+                finally:
+                    if budget is not None:
+                        budget.give_back(length)
                 continue
             await slots.acquire()
             in_flight[0] += 1
-            request = asyncio.ensure_future(
-                self._answer(writer, request_id, method, path_qs, body, session)
-            )
+            request = asyncio.ensure_future(self._answer(writer, *decoded, session))
             self._requests.add(request)
             request.add_done_callback(self._requests.discard)
             request.add_done_callback(lambda _t: _done(slots, in_flight))
+            if budget is not None:
+                request.add_done_callback(lambda _t, b=budget, n=length: b.give_back(n))
+
+    async def _read_payload(
+        self, reader: asyncio.StreamReader, length: int, remote: str
+    ) -> bytes | None:
+        """A frame's payload, or None (logged) if it does not arrive whole in time."""
+        try:
+            async with asyncio.timeout(self.read_timeout_s):
+                return await reader.readexactly(length)
+        except TimeoutError:
+            self._bad_frame("slow_frame", f"{length} bytes not in {self.read_timeout_s}s", remote)
+        except asyncio.IncompleteReadError as exc:
+            self._bad_frame("truncated_frame", f"{len(exc.partial)} of {length} bytes", remote)
+        except ConnectionError:
+            pass
+        return None
+
+    def _decode(self, payload: bytes, remote: str) -> tuple[int, str, str, bytes | None] | None:
+        try:
+            return decode_request(payload)
+        except BadFrame as exc:
+            self._bad_frame(exc.reason, exc.detail, remote)
+            return None
 
     async def _answer(
         self,

@@ -51,6 +51,23 @@ class Limits:
     max_attribute_bytes: int = 1024
     max_json_depth: int = 32
     max_dedup_id_chars: int = 128
+    # Connections one client address may hold open (the next is closed at once): on the
+    # binary port, and on the HTTP port, where a connection carries one request at a time
+    # (a client with 300 requests in flight holds 300) and a follower forwards over up to
+    # 256 kept-alive connections; behind a proxy every client shares its address.
+    max_connections_per_address: int = 256
+    max_http_connections_per_address: int = 1024
+    # A client port's connection with nothing on its way (no request being answered) for
+    # this long is closed; the clients reconnect on their next request.
+    idle_timeout_s: float = 300.0
+    # Once a request has begun, its HTTP request line and headers, its body, or a binary
+    # frame's payload must be in within this (a slow-loris client holds nothing longer).
+    read_timeout_s: float = 30.0
+    # Receives waiting (wait_s > 0) at once on this node; past it: 503 too_many_long_polls.
+    max_long_polls: int = 1024
+    # Request bodies read or being served at once over HTTP and the binary port; past it
+    # HTTP answers 503 overloaded and the binary port stops reading (TCP pushes back).
+    max_inflight_request_bytes: int = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,12 +397,37 @@ def build_config(values: dict[str, Any]) -> NodeConfig:
         raise ConfigError("snapshot_entries and snapshot_trailing must be >= 0")
     if cfg.quota_bytes is not None and cfg.quota_bytes <= 0:
         raise ConfigError(f"quota_bytes must be positive, got {cfg.quota_bytes}")
+    _check_connection_limits(cfg.limits)
     if not MIN_ENTRY_BYTES <= cfg.limits.max_entry_bytes <= MAX_ENTRY_BYTES:
         raise ConfigError(
             f"max_entry_bytes must be between {MIN_ENTRY_BYTES} and {MAX_ENTRY_BYTES}, "
             f"got {cfg.limits.max_entry_bytes}"
         )
     return cfg
+
+
+_POSITIVE_LIMITS = (
+    "max_connections_per_address",
+    "max_http_connections_per_address",
+    "idle_timeout_s",
+    "read_timeout_s",
+    "max_long_polls",
+    "max_inflight_request_bytes",
+)
+
+
+def _check_connection_limits(limits: Limits) -> None:
+    """The client ports' limits are positive numbers, and one largest body fits the
+    in-flight budget (else such a request could never be served)."""
+    for name in _POSITIVE_LIMITS:
+        value = getattr(limits, name)
+        if type(value) not in (int, float) or value <= 0:
+            raise ConfigError(f"limits.{name} must be a positive number, got {value!r}")
+    if limits.max_inflight_request_bytes < limits.max_body_bytes:
+        raise ConfigError(
+            f"limits.max_inflight_request_bytes ({limits.max_inflight_request_bytes}) must be "
+            f"at least max_body_bytes ({limits.max_body_bytes})"
+        )
 
 
 def argument_parser() -> argparse.ArgumentParser:

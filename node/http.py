@@ -9,6 +9,7 @@ encoded surrogates, which the decoder lets through so that the refusal can name 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from typing import Any
@@ -234,30 +235,44 @@ def _check_depth_and_ints(value: Any, max_depth: int, check_unicode: bool = True
 
 
 RAW_BODY_KEY = "raftq.raw_body"
+#: (loop time, seconds): when the HTTP port (node/http_limits.py) wants the body in by.
+BODY_DEADLINE_KEY = "raftq.body_deadline"
 
 
 async def read_raw(request: web.Request, max_bytes: int) -> bytes:
     """The request's body bytes, read once and kept on the request, refused over `max_bytes`.
 
     Kept because a follower that cannot serve a request forwards the same bytes to the
-    leader after its handler has read them (a chunked body cannot be read twice).
+    leader after its handler has read them (a chunked body cannot be read twice). A body
+    still arriving at the request's BODY_DEADLINE_KEY (a client trickling it) is refused
+    with 408, so it holds the connection and its bytes no longer.
     """
     cached = request.get(RAW_BODY_KEY)
     if cached is not None:
         return cached
     if request.content_length is not None and request.content_length > max_bytes:
         raise too_large(f"body of {request.content_length} bytes exceeds {max_bytes}")
-    if request.content_length is not None:
-        raw = await request.read()  # one read; the size was checked above
-    else:  # chunked: count as it arrives so an endless body is cut off at the limit
-        buf = bytearray()
-        async for chunk in request.content.iter_chunked(1 << 16):
-            buf += chunk
-            if len(buf) > max_bytes:
-                raise too_large(f"body exceeds {max_bytes} bytes")
-        raw = bytes(buf)
+    deadline, timeout_s = request.get(BODY_DEADLINE_KEY) or (None, None)
+    try:
+        async with asyncio.timeout_at(deadline):
+            raw = await _read_whole(request, max_bytes)
+    except TimeoutError:
+        raise ApiError(
+            408, "request_timeout", f"the body did not arrive within {timeout_s} s"
+        ) from None
     request[RAW_BODY_KEY] = raw
     return raw
+
+
+async def _read_whole(request: web.Request, max_bytes: int) -> bytes:
+    if request.content_length is not None:
+        return await request.read()  # one read; the size was checked by the caller
+    buf = bytearray()  # chunked: count as it arrives so an endless body is cut off at the limit
+    async for chunk in request.content.iter_chunked(1 << 16):
+        buf += chunk
+        if len(buf) > max_bytes:
+            raise too_large(f"body exceeds {max_bytes} bytes")
+    return bytes(buf)
 
 
 async def read_body(request: web.Request, max_bytes: int, max_depth: int) -> dict[str, Any]:

@@ -44,6 +44,20 @@ class NodeFigures:
     queues: list[dict[str, Any]]  # the state machine's queue views (list_queues)
     disk: dict[str, Any] | None = None  # DiskQuota.view(), when the node has a quota
     piggybacked_receives: int = 0  # long-poll receives carried by a send's entry
+    long_polls: int = 0  # receives waiting now
+    long_polls_refused: int = 0  # receives refused with 503 too_many_long_polls
+    ports: PortFigures | None = None  # the client ports' limits at work (node/server.py)
+
+
+@dataclass(frozen=True, slots=True)
+class PortFigures:
+    """What the client ports' limits refused, and what they hold now."""
+
+    http_connections_refused: int
+    binary_connections_refused: int
+    http_slow_requests: int  # connections closed: a request not in whole in time
+    request_bytes_in_flight: int
+    request_bytes_refused: int  # HTTP requests answered 503 overloaded
 
 
 def _escape(value: str) -> str:
@@ -154,6 +168,17 @@ class Metrics:
         )
         out.append(f"raftq_receives_with_send_total {figures.piggybacked_receives}")
 
+        family("raftq_long_polls", "gauge", "Receives waiting (wait_s) on this node now.")
+        out.append(f"raftq_long_polls {figures.long_polls}")
+        family(
+            "raftq_long_polls_refused_total",
+            "counter",
+            "Receives refused with 503 too_many_long_polls (max_long_polls).",
+        )
+        out.append(f"raftq_long_polls_refused_total {figures.long_polls_refused}")
+        if figures.ports is not None:
+            _render_ports(figures.ports, family, out)
+
         disk = figures.disk
         if disk is not None:
             family("raftq_disk_used_bytes", "gauge", "Bytes in this node's live LMDB pages.")
@@ -196,3 +221,34 @@ class Metrics:
             if q["name"] in dead_letter_targets:
                 out.append(f"raftq_dlq_depth{_labels(queue=q['name'])} {q.get('depth', 0)}")
         return "\n".join(out) + "\n"
+
+
+def _render_ports(ports: PortFigures, family: Any, out: list[str]) -> None:
+    family(
+        "raftq_connections_refused_total",
+        "counter",
+        "Connections closed at accept: their address held its share.",
+    )
+    for port, n in (
+        ("http", ports.http_connections_refused),
+        ("binary", ports.binary_connections_refused),
+    ):
+        out.append(f"raftq_connections_refused_total{_labels(port=port)} {n}")
+    family(
+        "raftq_slow_requests_total",
+        "counter",
+        "HTTP connections closed: a request not in whole within read_timeout_s.",
+    )
+    out.append(f"raftq_slow_requests_total {ports.http_slow_requests}")
+    family(
+        "raftq_request_bytes_in_flight",
+        "gauge",
+        "Request body bytes being read or served (max_inflight_request_bytes).",
+    )
+    out.append(f"raftq_request_bytes_in_flight {ports.request_bytes_in_flight}")
+    family(
+        "raftq_request_bytes_refused_total",
+        "counter",
+        "HTTP requests answered 503 overloaded: their body did not fit the budget.",
+    )
+    out.append(f"raftq_request_bytes_refused_total {ports.request_bytes_refused}")

@@ -26,7 +26,7 @@ from node.commands import (
 )
 from node.config import NodeConfig
 from node.http import STATUS_BY_CODE, ApiError
-from node.metrics import Metrics, NodeFigures
+from node.metrics import Metrics, NodeFigures, PortFigures
 from node.quota import DiskQuota
 from raft.core import Status
 from raft.driver import NodeStopped, Overloaded
@@ -148,6 +148,10 @@ class QueueService:
         self.stats_piggybacked_receives = 0  # long-poll receives carried by a send's entry
         self._receivers: dict[str, list[_Receiver]] = {}
         self._sends_in_flight: dict[str, int] = {}  # proposed here, not yet applied, by queue
+        self.long_polls = 0  # receives waiting now (receive_with_next_send)
+        self.long_polls_refused = 0
+        # The client ports' limit figures for /metrics; the node sets it (node/server.py).
+        self.port_figures: Callable[[], PortFigures] | None = None
 
     def figures(self) -> NodeFigures:
         """This node's Raft, batching, disk and queue figures for /metrics."""
@@ -159,6 +163,9 @@ class QueueService:
             piggybacked_receives=self.stats_piggybacked_receives,
             queues=self.sm.list_queues(self.stamp_ms()),
             disk=self.quota.view() if self.quota is not None else None,
+            long_polls=self.long_polls,
+            long_polls_refused=self.long_polls_refused,
+            ports=self.port_figures() if self.port_figures is not None else None,
         )
 
     # ------------------------------------------------------------ clock
@@ -431,6 +438,36 @@ class QueueService:
         event fires meanwhile: the receive leases messages and only this caller can hand
         them out.
         """
+        self._take_long_poll()
+        try:
+            return await self._wait_with_next_send(queue, fields, event, timeout_s)
+        finally:
+            self.long_polls -= 1
+
+    def _take_long_poll(self) -> None:
+        """Count one more waiting receive, or refuse it (503, Retry-After) past the cap.
+
+        Why a cap: every waiting receive holds a connection, a task and a place in the
+        wake-ups of its queue, and a leader change wakes them all at once; a client that
+        opens receives without end must not make that unbounded. The refusal comes before
+        this receive waits, after a receive that found nothing: nothing was leased.
+        """
+        limit = self.config.limits.max_long_polls
+        if self.long_polls >= limit:
+            self.long_polls_refused += 1
+            raise ApiError(
+                503,
+                "too_many_long_polls",
+                f"{limit} receives are already waiting on this node; nothing was received: "
+                "retry later, or receive without wait_s",
+                {"Retry-After": "1"},
+                limit=limit,
+            )
+        self.long_polls += 1
+
+    async def _wait_with_next_send(
+        self, queue: str, fields: dict[str, Any], event: asyncio.Event, timeout_s: float
+    ) -> dict[str, Any] | None:
         loop = asyncio.get_running_loop()
         receiver = _Receiver(
             encode_op("receive", queue=queue, **fields),

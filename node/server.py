@@ -23,12 +23,14 @@ from node.auth import ALL_PERMISSIONS, credential_for, parse_token
 from node.binary_api import BinaryApi
 from node.config import NodeConfig
 from node.data_dir import DIR_MODE, DataDir, DataDirError
+from node.http_limits import HttpLimits, LimitedSite
 from node.logging import bind_raft_state
 from node.membership import join_cluster
-from node.metrics import Metrics
+from node.metrics import Metrics, PortFigures
 from node.queue_service import QueueService
 from node.quota import DiskGuardedEnv, disk_full_cause, node_quota
 from node.receipt_key import propose_receipt_key
+from node.request_budget import ByteBudget
 from node.state.messages import receipt_key_from
 from node.state_machine import QueueStateMachine
 from node.tls import client_port_context, outgoing_context, peer_tls
@@ -117,20 +119,45 @@ class NodeServer:
         self.app = build_app(self.service, self)
         # TLS on the client ports (None: plain TCP); node/tls.py
         self.client_ssl = client_port_context(config.tls_cert, config.tls_key, config.tls_client_ca)
+        limits = config.limits
+        # One budget of request bytes in flight for both client ports (node/request_budget.py).
+        self.request_budget = ByteBudget(limits.max_inflight_request_bytes)
+        self.http_limits = HttpLimits(
+            self.request_budget,
+            max_connections_per_address=limits.max_http_connections_per_address,
+            read_timeout_s=limits.read_timeout_s,
+            max_body_bytes=limits.max_body_bytes,
+        )
+        self.app.middlewares.insert(0, self.http_limits.middleware)  # outermost
+        self.service.port_figures = self._port_figures
         self._runner: web.AppRunner | None = None
         self._bootstrap: asyncio.Future[None] | None = None
-        self._site: web.TCPSite | None = None
+        self._site: LimitedSite | None = None
         self.binary: BinaryApi | None = None
         if config.binary_host is not None and config.binary_port is not None:
             self.binary = BinaryApi(
                 self.app,
                 config.binary_host,
                 config.binary_port,
-                config.limits.max_body_bytes,
+                limits.max_body_bytes,
                 leader_wait_s=config.forward_wait_s,
                 ssl_context=self.client_ssl,
+                max_connections_per_address=limits.max_connections_per_address,
+                idle_timeout_s=limits.idle_timeout_s,
+                read_timeout_s=limits.read_timeout_s,
+                budget=self.request_budget,
             )
         self._last_leader: int | None = None
+
+    def _port_figures(self) -> PortFigures:
+        """What the client ports' limits refused and hold now, for /metrics."""
+        return PortFigures(
+            http_connections_refused=self.http_limits.cap.refused,
+            binary_connections_refused=self.binary.refused_connections if self.binary else 0,
+            http_slow_requests=self.http_limits.slow_requests,
+            request_bytes_in_flight=self.request_budget.used_bytes,
+            request_bytes_refused=self.request_budget.refused,
+        )
 
     def _open_storage(self) -> LmdbStorage:
         """The Raft log, which also records (and checks) the cluster and node id in LMDB.
@@ -209,12 +236,15 @@ class NodeServer:
             handle_signals=False,
             access_log=None,
             shutdown_timeout=self.config.shutdown_grace_s,
+            # aiohttp closes a connection idle this long; never one whose answer is on its way
+            keepalive_timeout=self.config.limits.idle_timeout_s,
         )
         await self._runner.setup()
-        self._site = web.TCPSite(
+        self._site = LimitedSite(
             self._runner,
             self.config.http_host,
             self.config.http_port,
+            self.http_limits,
             reuse_address=True,
             ssl_context=self.client_ssl,
         )

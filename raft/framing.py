@@ -121,6 +121,13 @@ class FrameDecoder:
         """Bytes of an incomplete frame still buffered (non-zero at EOF = truncated frame)."""
         return len(self._buf)
 
+    def pending_frame_bytes(self) -> int:
+        """The length the incomplete frame's header announced (0 before its 4 bytes are in):
+        what a reader waits for, to give a large frame on a slow link its time."""
+        if len(self._buf) < FRAME_HEADER_BYTES:
+            return 0
+        return int(_HEADER.unpack_from(self._buf, 0)[0])
+
 
 # ---------------------------------------------------------------- handshake
 

@@ -34,6 +34,7 @@ from typing import Protocol, runtime_checkable
 
 import structlog
 
+from common.connection_cap import ConnectionCap, peer_address
 from raft.errors import InvalidMessage, UndeliverableMessage
 from raft.framing import (
     FRAME_HEADER_BYTES,
@@ -61,6 +62,19 @@ log = structlog.get_logger("raft.transport")
 
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
 READ_CHUNK_BYTES = 256 * 1024
+#: Connections one address may hold open on the peer port (a peer holds one, two while it
+#: reconnects; on one host, behind the chaos proxy or a NAT, every peer shares one address).
+MAX_CONNECTIONS_PER_ADDRESS = 16
+#: An accepted connection that delivers no byte for this long is closed. A dialer with
+#: nothing to send writes a keep-alive after a third of it, so only a dead or stalled
+#: peer (or a stranger holding the port) stays silent that long; 30 s is far above any
+#: election timeout, so Raft has long moved on by then.
+IDLE_TIMEOUT_S = 30.0
+#: A frame must be in within READ_TIMEOUT_S of its first byte, plus its length at
+#: MIN_FRAME_BYTES_PER_S (so a multi-megabyte append on a slow link keeps its time while a
+#: client trickling a frame holds the connection no longer).
+READ_TIMEOUT_S = 30.0
+MIN_FRAME_BYTES_PER_S = 16 << 10
 _DROPPABLE_FIRST = frozenset({MessageType.HEARTBEAT, MessageType.HEARTBEAT_RESP})
 
 Address = tuple[str, int]
@@ -150,6 +164,7 @@ class _Peer:
         self.idle_writer: asyncio.StreamWriter | None = None
         # The current connection's sealer (a cluster with a secret), set after its handshake.
         self.sealer: FrameSealer | None = None
+        self.last_write_s = 0.0  # time.monotonic() of the last write on the connection
 
 
 def _write_queued(peer: _Peer, writer: asyncio.StreamWriter) -> None:
@@ -167,6 +182,13 @@ def _write_queued(peer: _Peer, writer: asyncio.StreamWriter) -> None:
     sealer = peer.sealer
     writer.write(b"".join(frames) if sealer is None else sealer.seal_all(frames))
     peer.sent += len(frames)
+    peer.last_write_s = time.monotonic()
+
+
+def _keepalive(peer: _Peer) -> bytes:
+    """What a dialer writes on a link silent for a while: an empty frame (an empty seal
+    with a secret), which the acceptor reads as a sign of life and nothing else."""
+    return frame(b"") if peer.sealer is None else peer.sealer.seal(b"")
 
 
 @runtime_checkable
@@ -223,6 +245,9 @@ class Transport:
         backoff_base_s: float = 0.05,
         backoff_max_s: float = 2.0,
         handshake_timeout_s: float = 5.0,
+        max_connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        read_timeout_s: float = READ_TIMEOUT_S,
         rng: random.Random | None = None,
         tls: PeerTls | None = None,
     ) -> None:
@@ -255,6 +280,12 @@ class Transport:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.handshake_timeout_s = handshake_timeout_s
+        self.connection_cap = ConnectionCap(
+            max_connections_per_address, "raft.transport.connection_refused", "raft.transport"
+        )
+        self.idle_timeout_s = idle_timeout_s
+        self.keepalive_s = idle_timeout_s / 3
+        self.read_timeout_s = read_timeout_s
         self._rng = rng or random.Random()
         # Peers exist before start() so messages sent early are queued, not refused.
         self._peers: dict[int, _Peer] = {
@@ -643,6 +674,7 @@ class Transport:
                 session_key(secret, challenge, nonce),
                 self.max_frame_bytes + FRAME_HEADER_BYTES,
             )
+        peer.last_write_s = time.monotonic()
         await writer.drain()
         queue = peer.queue
         while True:
@@ -655,9 +687,17 @@ class Transport:
             peer.wake.clear()
             peer.idle_writer = writer
             try:
-                await peer.wake.wait()
+                async with asyncio.timeout(self.keepalive_s):
+                    await peer.wake.wait()
+            except TimeoutError:
+                pass
             finally:
                 peer.idle_writer = None
+            # `flush` may have written meanwhile (a leader's heartbeats go that way)
+            if not peer.wake.is_set() and time.monotonic() - peer.last_write_s >= self.keepalive_s:
+                writer.write(_keepalive(peer))
+                peer.last_write_s = time.monotonic()
+                await writer.drain()
 
     async def _watch_outbound(self, reader: asyncio.StreamReader, peer: _Peer) -> None:
         """Notice the peer closing our outbound connection (it never sends us frames on it)."""
@@ -679,9 +719,11 @@ class Transport:
         if self._stopped:
             writer.close()
             return
+        address, remote_s = peer_address(writer.get_extra_info("peername"))
+        if not self.connection_cap.admit(address, remote_s):
+            writer.close()  # before a byte is read, and before a challenge is made
+            return
         self._inbound[task] = writer
-        remote = writer.get_extra_info("peername")
-        remote_s = f"{remote[0]}:{remote[1]}" if remote else "?"
         sender: int | None = None
         try:
             if self._tls is not None and not await self._accept_tls(writer, remote_s):
@@ -706,6 +748,7 @@ class Transport:
             if sender is not None and self._inbound_by_peer.get(sender) is writer:
                 del self._inbound_by_peer[sender]
             self._inbound.pop(task, None)
+            self.connection_cap.release(address)
             writer.close()
 
     async def _accept_tls(self, writer: asyncio.StreamWriter, remote_s: str) -> bool:
@@ -803,9 +846,29 @@ class Transport:
         on_message = self._on_message
         with_incarnation = self._with_incarnation
         incarnations = self.peer_incarnations
+        loop = asyncio.get_running_loop()
+        frame_started = 0.0  # when the first byte of the frame now arriving came
         while True:
+            pending = decoder.pending_bytes()
+            deadline = loop.time() + self.idle_timeout_s
+            if pending:
+                due = frame_started + self.read_timeout_s
+                deadline = min(
+                    deadline, due + decoder.pending_frame_bytes() / MIN_FRAME_BYTES_PER_S
+                )
             try:
-                chunk = await reader.read(READ_CHUNK_BYTES)
+                async with asyncio.timeout_at(deadline):
+                    chunk = await reader.read(READ_CHUNK_BYTES)
+            except TimeoutError:
+                if pending:
+                    took_s = loop.time() - frame_started
+                    detail = f"{pending} bytes of a frame in {took_s:.1f}s, then no more in time"
+                    self._bad_frame("slow_frame", detail, sender, remote_s)
+                else:
+                    self._log.info(
+                        "raft.transport.idle_closed", peer=sender, idle_s=self.idle_timeout_s
+                    )
+                return
             except (OSError, ConnectionError) as exc:
                 self._log.info("raft.transport.inbound_closed", peer=sender, reason=repr(exc))
                 return
@@ -822,6 +885,8 @@ class Transport:
             except FrameError as exc:
                 self._bad_frame(exc.reason, exc.detail, sender, remote_s)
                 return
+            if decoder.pending_bytes() and (bodies or not pending):
+                frame_started = loop.time()  # a new frame began in this chunk
             bad_seal: FrameError | None = None
             if opener is not None:
                 sealed, bodies = bodies, []
@@ -832,6 +897,8 @@ class Transport:
                         bad_seal = exc  # deliver what came before it, then close
                         break
             for body in bodies:
+                if not body:
+                    continue  # a keep-alive (see _keepalive)
                 try:
                     msg = decode_message(body)
                 except InvalidMessage as exc:

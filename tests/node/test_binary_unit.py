@@ -29,6 +29,8 @@ from node.auth import OPEN, Authenticator
 from node.binary_api import BinaryApi, FrameRequest, RouteTable, _answer_body, _waiting_for_a_leader
 from node.config import ConfigError, load_config
 from node.http import MSGPACK, RAW_BODY_KEY, ApiError, read_body, wants_msgpack
+from node.request_budget import ByteBudget
+from tests.support.metrics import RecordingMetrics
 
 
 def test_request_round_trip() -> None:
@@ -187,18 +189,10 @@ def test_binary_port_from_toml(tmp_path) -> None:  # type: ignore[no-untyped-def
 # ---------------------------------------------------------------- BinaryApi in-process
 
 
-class _Metrics:
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, str, int]] = []
-
-    def observe_request(self, method: str, route: str, status: int, _s: float) -> None:
-        self.seen.append((method, route, status))
-
-
 def _app() -> web.Application:
     """An application with what serve_request reads: metrics, and auth (off)."""
     app = web.Application()
-    app[SERVICE_KEY] = SimpleNamespace(metrics=_Metrics())  # type: ignore[assignment]
+    app[SERVICE_KEY] = SimpleNamespace(metrics=RecordingMetrics())  # type: ignore[assignment]
     app[AUTH_KEY] = Authenticator(SimpleNamespace(users_gen=0, user=lambda _n: None), False)
     return app
 
@@ -406,3 +400,21 @@ async def test_a_frame_trickling_in_is_cut_off_after_the_read_timeout() -> None:
         writer.close()
         assert api.bad_frames == 1
         assert await _quick_answer(api.port) == "ok"
+
+
+async def test_a_full_request_budget_stops_reading_until_bytes_come_back() -> None:
+    """The node's budget of request bytes is full: the frame's payload is not read (TCP
+    pushes back) until a request elsewhere gives its bytes back; then it is served."""
+    budget = ByteBudget(1000)
+    assert budget.try_take(1000)  # another port's requests hold all of it
+    async with _limited(budget=budget) as api:
+        reader, writer = await _connect(api.port)
+        writer.write(encode_request(3, "GET", "/quick", None))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(_read_answer(reader), 0.3)
+        assert budget.waiting == 1
+        budget.give_back(1000)
+        assert (await asyncio.wait_for(_read_answer(reader), 5))[3] == "ok"
+        await asyncio.sleep(0.05)
+        assert budget.used_bytes == 0
+        writer.close()

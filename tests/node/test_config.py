@@ -156,3 +156,35 @@ def test_a_peer_port_beyond_loopback_needs_a_secret(tmp_path):
             ["--id", "1", "--http", "127.0.0.1:7001", "--raft", raft, "--data-dir", str(tmp_path)]
         )
         assert cfg.secret is None
+
+
+def _with_limits(tmp_path, limits: str):  # type: ignore[no-untyped-def]
+    path = tmp_path / "node.toml"
+    path.write_text(
+        'id = 1\nhttp = "127.0.0.1:7001"\nraft = "127.0.0.1:7101"\ndata-dir = "/tmp/n1"\n'
+        f"[limits]\n{limits}\n"
+    )
+    return load_config(["--config", str(path)])
+
+
+def test_connection_limits_have_defaults_and_come_from_the_limits_table(tmp_path):
+    cfg = _with_limits(tmp_path, "max_long_polls = 10\nread_timeout_s = 5\nidle_timeout_s = 60.5")
+    limits = cfg.limits
+    assert (limits.max_long_polls, limits.read_timeout_s, limits.idle_timeout_s) == (10, 5, 60.5)
+    assert limits.max_connections_per_address == 256
+    assert limits.max_http_connections_per_address == 1024
+    assert limits.max_inflight_request_bytes == 64 << 20
+
+
+@pytest.mark.parametrize(
+    ("limits", "needle"),
+    [
+        ("max_long_polls = 0", "max_long_polls must be a positive number"),
+        ("read_timeout_s = -1", "read_timeout_s must be a positive number"),
+        ('max_http_connections_per_address = "many"', "must be a positive number"),
+        ("max_inflight_request_bytes = 1024", "at least max_body_bytes"),
+    ],
+)
+def test_bad_connection_limits_are_refused_by_name(tmp_path, limits, needle):
+    with pytest.raises(ConfigError, match=needle):
+        _with_limits(tmp_path, limits)

@@ -4,9 +4,13 @@ says so: which sends are still on their way, and what a waiting receive does abo
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from node.config import load_config
+from node.http import ApiError
 from node.metrics import Metrics
 from node.queue_service import QueueService
 
@@ -68,3 +72,31 @@ async def test_a_send_that_fails_is_no_longer_in_flight():
     raft.held.pop().set_exception(RuntimeError("lost"))
     await asyncio.gather(send, return_exceptions=True)
     assert not service.send_in_flight("q")
+
+
+async def test_receives_waiting_past_max_long_polls_get_503_with_retry_after():
+    service, _raft = _service()
+    service.config = replace(
+        service.config, limits=replace(service.config.limits, max_long_polls=2)
+    )
+    events = [asyncio.Event() for _ in range(2)]
+    waiting = [
+        asyncio.ensure_future(service.receive_with_next_send("q", {"max": 1}, ev, 5.0))
+        for ev in events
+    ]
+    await _settle()
+    assert service.long_polls == 2
+    with pytest.raises(ApiError) as refused:
+        await service.receive_with_next_send("q", {"max": 1}, asyncio.Event(), 5.0)
+    err = refused.value
+    assert (err.status, err.code, err.headers) == (503, "too_many_long_polls", {"Retry-After": "1"})
+    assert service.long_polls == 2 and service.long_polls_refused == 1
+    events[0].set()  # one wakes (answered None: the caller proposes its own receive)
+    assert await asyncio.wait_for(waiting[0], 1) is None
+    assert service.long_polls == 1
+    again = asyncio.ensure_future(service.receive_with_next_send("q", {"max": 1}, events[1], 5.0))
+    await _settle()
+    assert service.long_polls == 2
+    events[1].set()
+    assert await asyncio.wait_for(asyncio.gather(waiting[1], again), 1) == [None, None]
+    assert service.long_polls == 0

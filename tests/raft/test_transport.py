@@ -34,6 +34,7 @@ from raft.framing import (
 )
 from raft.messages import Entry, Message, MessageType, decode_message, encode_message
 from raft.transport import Transport
+from tests.support.sockets import closed_by_peer
 
 CLUSTER = "test-cluster"
 FAST = {"backoff_base_s": 0.02, "backoff_max_s": 0.2, "connect_timeout_s": 1.0}
@@ -1130,3 +1131,85 @@ async def test_flush_on_a_connection_closed_under_it_keeps_the_frames_for_the_ne
             await b.stop()
 
     assert await scenario() == [app(1, 2, i) for i in range(4)]
+
+
+# ---------------------------------------------------------------- resource limits
+
+
+async def _handshaken(addr: tuple[str, int], source: str = "127.0.0.2") -> Any:
+    """A raw connection from `source` that introduced itself as node 3 (no secret)."""
+    reader, writer = await asyncio.open_connection(*addr, local_addr=(source, 0))
+    writer.write(handshake())
+    await writer.drain()
+    return reader, writer
+
+
+async def test_one_address_holds_at_most_its_share_of_peer_connections(
+    make_transport: Any, logs: list[dict[str, Any]]
+) -> None:
+    inbox = Inbox()
+    a = await make_transport(1, inbox=inbox, max_connections_per_address=2)
+    held = [
+        await asyncio.open_connection(*a.listen_addr, local_addr=("127.0.0.2", 0)) for _ in range(2)
+    ]
+    reader, writer = await asyncio.open_connection(*a.listen_addr, local_addr=("127.0.0.2", 0))
+    assert await closed_by_peer(reader, 2.0)  # closed at once, not after the 5 s handshake
+    writer.close()
+    refused = events(logs, "raft.transport.connection_refused")
+    assert [(e["refused_total"], e["limit"]) for e in refused] == [(1, 2)]
+    good = await make_transport(2, {1: a.listen_addr})  # another address still gets in
+    good.send(app(2, 1, 7))
+    assert await inbox.wait_for_count(1) == [app(2, 1, 7)]
+    for _r, w in held:
+        w.close()
+
+
+async def test_a_silent_peer_connection_is_closed_but_a_quiet_peer_keeps_its_link(
+    make_transport: Any, logs: list[dict[str, Any]]
+) -> None:
+    """A connection that says nothing for idle_timeout_s is closed; a real dialer with
+    nothing to send writes keep-alives, so its link stays up and carries on."""
+    inbox = Inbox()
+    a = await make_transport(1, inbox=inbox, idle_timeout_s=0.4)
+    reader, writer = await _handshaken(a.listen_addr)
+    quiet = await make_transport(2, {1: a.listen_addr}, idle_timeout_s=0.4)
+    await wait_until(lambda: quiet.connected(1))
+    assert await closed_by_peer(reader, 3.0)  # the silent one
+    writer.close()
+    await asyncio.sleep(1.2)  # three idle timeouts with nothing to send
+    assert quiet.connected(1) and quiet.stats()[1].reconnects == 0
+    assert [e["peer"] for e in events(logs, "raft.transport.idle_closed")] == [3]
+    quiet.send(app(2, 1, 9))
+    assert await inbox.wait_for_count(1) == [app(2, 1, 9)]
+
+
+async def test_keepalives_are_sealed_with_a_secret(make_transport: Any) -> None:
+    secret = b"cluster-secret-0123"
+    inbox = Inbox()
+    a = await make_transport(1, inbox=inbox, secret=secret, idle_timeout_s=0.3)
+    b = await make_transport(2, {1: a.listen_addr}, secret=secret, idle_timeout_s=0.3)
+    await wait_until(lambda: b.connected(1))
+    await asyncio.sleep(1.0)  # keep-alive seals in sequence between the frames
+    b.send(app(2, 1, 4))
+    assert await inbox.wait_for_count(1) == [app(2, 1, 4)]
+    assert b.stats()[1].reconnects == 0 and a.bad_frames == 0
+
+
+async def test_a_frame_trickling_in_is_cut_off_after_the_read_timeout(
+    make_transport: Any, logs: list[dict[str, Any]]
+) -> None:
+    a = await make_transport(1, read_timeout_s=0.3)
+    reader, writer = await _handshaken(a.listen_addr)
+    writer.write(struct.pack(">I", 100) + b"\x9d" * 10)  # 10 of 100 announced bytes
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for _ in range(20):  # a byte now and then keeps it from being idle, not from the cut
+        await asyncio.sleep(0.1)
+        if reader.at_eof() or writer.is_closing():
+            break
+        with contextlib.suppress(ConnectionError):
+            writer.write(b"\x00")
+    assert await closed_by_peer(reader, 3.0)
+    assert loop.time() - started < 2.0
+    writer.close()
+    assert reasons(logs, "raft.transport.bad_frame") == ["slow_frame"]

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import struct
 from collections.abc import AsyncIterator
-from types import SimpleNamespace
 from typing import Any
 
 import msgpack
@@ -24,13 +23,13 @@ from common.binwire import (
     frame_length,
 )
 from node.api import ROUTES, health, put_queue, remove_member, send_messages
-from node.app_context import AUTH_KEY, SERVICE_KEY
-from node.auth import OPEN, Authenticator
+from node.app_context import SERVICE_KEY
+from node.auth import OPEN
 from node.binary_api import BinaryApi, FrameRequest, RouteTable, _answer_body, _waiting_for_a_leader
 from node.config import ConfigError, load_config
 from node.http import MSGPACK, RAW_BODY_KEY, ApiError, read_body, wants_msgpack
 from node.request_budget import ByteBudget
-from tests.support.metrics import RecordingMetrics
+from tests.support.apps import serving_app
 
 
 def test_request_round_trip() -> None:
@@ -189,16 +188,8 @@ def test_binary_port_from_toml(tmp_path) -> None:  # type: ignore[no-untyped-def
 # ---------------------------------------------------------------- BinaryApi in-process
 
 
-def _app() -> web.Application:
-    """An application with what serve_request reads: metrics, and auth (off)."""
-    app = web.Application()
-    app[SERVICE_KEY] = SimpleNamespace(metrics=RecordingMetrics())  # type: ignore[assignment]
-    app[AUTH_KEY] = Authenticator(SimpleNamespace(users_gen=0, user=lambda _n: None), False)
-    return app
-
-
 async def _started(routes: list[tuple[str, str, Any]], max_in_flight: int) -> BinaryApi:
-    app = _app()
+    app = serving_app()
     api = BinaryApi(app, "127.0.0.1", 0, max_body_bytes=1 << 20, max_in_flight=max_in_flight)
     api.routes = RouteTable([(m, p, h, OPEN) for m, p, h in routes])
     await api.start()
@@ -340,7 +331,7 @@ async def _limited(**limits: Any) -> AsyncIterator[BinaryApi]:
     async def quick(_request: Any) -> web.Response:
         return web.Response(body=msgpack.packb("ok"), content_type=MSGPACK)
 
-    api = BinaryApi(_app(), "127.0.0.1", 0, max_body_bytes=1 << 20, **limits)
+    api = BinaryApi(serving_app(), "127.0.0.1", 0, max_body_bytes=1 << 20, **limits)
     api.routes = RouteTable([("GET", "/slow", slow, OPEN), ("GET", "/quick", quick, OPEN)])
     await api.start()
     try:

@@ -7,18 +7,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiohttp import web
 
 from node.api import error_middleware
-from node.app_context import SERVICE_KEY
 from node.http import read_raw
 from node.http_limits import HttpLimits, LimitedSite
 from node.request_budget import ByteBudget
-from tests.support.metrics import RecordingMetrics
+from tests.support.apps import serving_app
 from tests.support.sockets import closed_by_peer
 
 
@@ -49,8 +47,7 @@ async def _port(
         await release.wait()
         return web.Response(text="held")
 
-    app = web.Application(middlewares=[error_middleware])
-    app[SERVICE_KEY] = SimpleNamespace(metrics=RecordingMetrics())  # type: ignore[assignment]
+    app = serving_app([error_middleware])
     for path, handler in (("/quick", quick), ("/slow", slow), ("/echo", echo), ("/hold", hold)):
         app.router.add_route("*", path, handler)
     limits = HttpLimits(

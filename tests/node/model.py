@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "dedup_window_s": 300,
     "max_message_bytes": 262_144,
     "content_based_dedup": False,
+    "expires_s": None,
 }
 TOTALS = ("sent_total", "acked_total", "dead_lettered_total", "expired_total")
 READY, IN_FLIGHT, DELAYED = "ready", "in_flight", "delayed"

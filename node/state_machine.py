@@ -340,6 +340,17 @@ class QueueStateMachine:
 
         return self.env.read(read)
 
+    def exchange(self, name: str) -> dict[str, Any] | None:
+        """An exchange's record and counters (no bindings), or None."""
+        if not queue_config.valid_queue_name(name):
+            return None
+
+        def read(txn: lmdb.Transaction) -> dict[str, Any] | None:
+            record = exchanges.get_exchange(self._ctx(txn, 0), name)
+            return None if record is None else exchanges.public(record)
+
+        return self.env.read(read)
+
     def list_exchanges(self) -> list[dict[str, Any]]:
         def read(txn: lmdb.Transaction) -> list[dict[str, Any]]:
             return [exchanges.public(r) for r in exchanges.all_exchanges(self._ctx(txn, 0))]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from node.state.topic_match import TopicTrie, topic_matches, words
 
@@ -76,3 +78,34 @@ def test_many_hashes_stay_fast() -> None:
     trie = TopicTrie([(".".join(["#"] * 30) + ".z", "q")])
     assert trie.match(".".join(["a"] * 200)) == set()
     assert trie.match(".".join(["a"] * 200) + ".z") == {"q"}
+
+
+def _naive(pattern: list[str], key: list[str]) -> bool:
+    """The AMQP rule read literally, by recursion (exponential, fine for short inputs)."""
+    if not pattern:
+        return not key
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(_naive(rest, key[i:]) for i in range(len(key) + 1))
+    if not key:
+        return False
+    return (head == "*" or head == key[0]) and _naive(rest, key[1:])
+
+
+pattern_words = st.lists(st.sampled_from(["a", "b", "", "*", "#"]), max_size=6)
+key_words = st.lists(st.sampled_from(["a", "b", ""]), max_size=7)
+
+
+def _join(parts: list[str]) -> str:
+    """Words back to a key; [""] would read back as no words, so it is left out."""
+    return ".".join(parts)
+
+
+@settings(max_examples=500, deadline=None)
+@given(patterns=st.lists(pattern_words, min_size=1, max_size=6), key=key_words)
+def test_the_trie_agrees_with_the_literal_rule(patterns: list[list[str]], key: list[str]) -> None:
+    texts = [_join(p) for p in patterns]
+    key_text = _join(key)
+    trie = TopicTrie((t, t) for t in texts)
+    expected = {t for t in texts if _naive(words(t), words(key_text))}
+    assert trie.match(key_text) == expected

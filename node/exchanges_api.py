@@ -181,6 +181,12 @@ async def publish(request: web.Request) -> web.Response:
     if service.sm.exchange(name) is None:
         raise not_found(f"exchange {name!r} does not exist")
     result = await service.propose("exchange_publish", exchange=name, messages=messages)
-    routed = {q for m in result.get("messages", ()) for q in m["routed_to"]}
-    service.wake_queues(sorted(routed))
+    copies: dict[str, int] = {}
+    for m in result.get("messages", ()):
+        for q in m["routed_to"]:
+            if q not in m["duplicates"]:
+                copies[q] = copies.get(q, 0) + 1
+    service.wake_queues(sorted(copies))
+    for q, n in sorted(copies.items()):
+        service.metrics.count_sent(q, n)
     return respond(request, result)

@@ -144,6 +144,14 @@ async def test_a_follower_forwards_exchange_requests(cluster3_api) -> None:
     assert status == 200 and body["messages"][0]["routed_to"] == ["xf-q"]
     status, got = await cluster3_api.leader.post("/v1/queues/xf-q/receive", {})
     assert got["messages"][0]["attributes"] == {"b": "2"}
+    status, body = await follower.call(
+        "DELETE",
+        "/v1/exchanges/xf-ex/bindings",
+        {"queue": "xf-q", "headers": {"b": "2", "a": "1"}, "match": "any"},
+    )
+    assert status == 200 and body["deleted"] is True, body
+    status, info = await follower.get("/v1/exchanges/xf-ex")
+    assert status == 200 and info["bindings"] == []
 
 
 async def test_an_unused_queue_expires_on_a_real_node(api) -> None:

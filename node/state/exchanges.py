@@ -37,6 +37,9 @@ TYPES = ("direct", "fanout", "topic", "headers")
 MATCH_MODES = ("all", "any")
 MAX_ROUTING_KEY_BYTES = 255  # AMQP's short string
 MAX_BINDINGS = 1000  # per exchange: a publish reads them all
+#: Copies one publish may enqueue (messages x matching queues): one entry stays bounded
+#: work on every replica, whatever the batch and the bindings multiply to.
+MAX_COPIES = 10_000
 PUBLISH_FIELDS = sending.MESSAGE_FIELDS | {"routing_key", "headers"}
 COUNTERS = ("published_total", "routed_total", "unroutable_total")
 
@@ -274,6 +277,12 @@ def exchange_publish(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
         routes.append(targets)
         for name in targets:
             per_queue.setdefault(name, []).append((i, queue_msg))
+    n_copies = sum(len(targets) for targets in routes)
+    if n_copies > MAX_COPIES:
+        raise TooLarge(
+            f"this publish would enqueue {n_copies} copies; one publish may enqueue at most "
+            f"{MAX_COPIES}: publish fewer messages per request"
+        )
     ids: list[dict[str, str]] = [{} for _ in batch]
     duplicates: list[list[str]] = [[] for _ in batch]
     copies = 0

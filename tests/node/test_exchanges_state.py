@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from node.state import exchanges
 from tests.node.harness import Harness
 from tests.node.test_state_machine import assert_refused
 
@@ -303,3 +304,16 @@ def test_expiry_can_be_turned_off_and_a_used_dlq_waits(h: Harness) -> None:
     assert h.sm.exchange_info("f")["bindings"] == []
     assert_refused(h, "bad_request", "queue_put", name="x", config={"expires_s": 0})
     assert_refused(h, "bad_request", "queue_put", name="x", config={"expires_s": "5"})
+
+
+def test_a_publish_of_too_many_copies_is_refused(h: Harness, monkeypatch) -> None:
+    monkeypatch.setattr(exchanges, "MAX_COPIES", 5)
+    for q in ("a", "b", "c"):
+        h.create(q)
+    exchange(h, "f", "fanout")
+    for q in ("a", "b", "c"):
+        bind(h, "f", q)
+    publish(h, "f", {"body": b"1"})
+    assert_refused(
+        h, "too_large", "exchange_publish", exchange="f", messages=[{"body": b"1"}, {"body": b"2"}]
+    )

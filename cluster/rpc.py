@@ -100,17 +100,31 @@ async def request(
 def responder(
     queue: ExactlyOnceQueue,
     handler: Callable[[Message], Awaitable[Any] | Any],
+    *,
+    reply_to_prefix: str | None = REPLY_QUEUE_PREFIX,
     **options: Any,
 ) -> Consumer:
     """A consumer of `queue` that answers each request with `handler(msg)`'s return value
     (any body `send` takes), sent to its `reply_to` with its `correlation_id` in one
     transaction with the request's ack. A message without `reply_to` is only acked; a
-    handler that raises leaves the request to be retried (the consumer's backoff)."""
+    handler that raises leaves the request to be retried (the consumer's backoff).
+
+    `reply_to` comes from whoever sent the request, and the reply is written with the
+    responder's permissions: so by default only queues named `rpc.reply.*` (what
+    `request()` makes) get replies, and a request naming another queue is acked without
+    one (logged). `reply_to_prefix=None` replies to any queue."""
     client = queue.client
 
     async def complete(msg: Message, result: Any) -> bool:
         reply_to = msg.attributes.get(REPLY_TO)
         try:
+            if (
+                reply_to
+                and reply_to_prefix is not None
+                and not reply_to.startswith(reply_to_prefix)
+            ):
+                log.warning("rpc.reply_to_refused", queue=queue.name, reply_to=reply_to)
+                reply_to = None
             if not reply_to:
                 return await queue.acknowledge(msg)
             txn = AsyncTransaction(client, txn_id=delivery_txn_id(queue.name, msg))

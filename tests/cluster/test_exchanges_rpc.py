@@ -5,6 +5,7 @@ outlive their request."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 
@@ -151,3 +152,32 @@ async def test_a_publish_across_a_leader_kill_lands_once(
             while batch := await client.queue(name).receive(max=100, wait_s=0.5):
                 seen += [m.data["n"] for m in batch]
             assert sorted(seen) == list(range(300)), name
+
+
+def test_a_responder_replies_only_to_reply_queues(cluster3: LocalCluster) -> None:
+    """A request naming another queue as reply_to is acked without a reply: the responder
+    does not write where a caller points it."""
+    with Client(cluster3.urls) as client:
+        service, victim = client.queue("hx-svc"), client.queue("hx-victim")
+        service.create()
+        victim.create()
+        service.send("x", attributes={"reply_to": "hx-victim", "correlation_id": "c"})
+        service.send("y", attributes={"reply_to": "rpc.reply.mine", "correlation_id": "d"})
+        client.queue("rpc.reply.mine").create(expires_s=60)
+        stop = threading.Event()
+        server = threading.Thread(
+            target=service.serve,
+            args=(lambda msg: f"re:{msg.body}",),
+            kwargs={"stop_event": stop, "handle_signals": False, "poll_wait_s": 0.5},
+        )
+        server.start()
+        try:
+            reply = client.queue("rpc.reply.mine").receive(wait_s=10)
+            assert reply is not None and reply.body == "re:y"
+            assert reply.attributes["correlation_id"] == "d"
+        finally:
+            stop.set()
+            server.join()
+        assert victim.info()["sent_total"] == 0
+        assert service.info()["acked_total"] == 2
+        client.queue("rpc.reply.mine").delete()

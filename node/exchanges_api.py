@@ -20,7 +20,7 @@ from node.app_context import SERVICE_KEY, principal_of, request_body
 from node.http import bad_request, not_found, reject_unknown, respond, too_large
 from node.queue_service import QueueService
 from node.state.exchanges import MATCH_MODES, MAX_ROUTING_KEY_BYTES, TYPES
-from node.validation import MESSAGE_FIELDS, check_attributes, check_queue_name, parse_message
+from node.validation import MESSAGE_FIELDS, check_queue_name, parse_message
 
 PUBLISH_MESSAGE_FIELDS = MESSAGE_FIELDS | {"routing_key", "headers"}
 BINDING_FIELDS = frozenset({"queue", "routing_key", "pattern", "headers", "match"})
@@ -48,6 +48,23 @@ def _routing_key(body: dict[str, Any], key: str, where: str) -> str | None:
             f"{where}.{key} must be a string of at most {MAX_ROUTING_KEY_BYTES} bytes", field=key
         )
     return value
+
+
+def _headers(value: Any, limits: Any, where: str) -> dict[str, str]:
+    """`headers`: an object of strings, within the attribute limits (a copy carries them
+    as attributes)."""
+    if not isinstance(value, dict):
+        raise bad_request(f"{where}.headers must be an object of strings", field="headers")
+    if len(value) > limits.max_attributes:
+        raise bad_request(f"{where}.headers has more than {limits.max_attributes} entries")
+    for k, v in value.items():
+        if not isinstance(v, str) or not k or len(k) > 256:
+            raise bad_request(f"{where}.headers[{k[:40]!r}] must be a string value")
+        if len(k.encode()) + len(v.encode()) > limits.max_attribute_bytes:
+            raise too_large(
+                f"{where}.headers[{k[:40]!r}] exceeds {limits.max_attribute_bytes} bytes"
+            )
+    return dict(value)
 
 
 async def put_exchange(request: web.Request) -> web.Response:
@@ -115,7 +132,7 @@ def _binding(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
             out[key] = value
     if body.get("headers") is not None:
         limits = request.app[SERVICE_KEY].config.limits
-        out["headers"] = check_attributes(body["headers"], limits, "body")
+        out["headers"] = _headers(body["headers"], limits, "body")
     match = body.get("match")
     if match is not None:
         if match not in MATCH_MODES:
@@ -163,7 +180,7 @@ def parse_publish(body: dict[str, Any], service: QueueService) -> list[dict[str,
         if routing_key:
             parsed["routing_key"] = routing_key
         if msg.get("headers") is not None:
-            headers = check_attributes(msg["headers"], limits, where)
+            headers = _headers(msg["headers"], limits, where)
             if headers:
                 parsed["headers"] = headers
         out.append(parsed)

@@ -626,6 +626,18 @@ class AsyncClient:
             q = self._queues[name] = AsyncQueue(self, name)
         return q
 
+    async def request_reply(
+        self,
+        queue: str,
+        body: Any,
+        *,
+        timeout_s: float = 30.0,
+        attributes: Mapping[str, str] | None = None,
+    ) -> Message:
+        """Send `body` to `queue` as a request and return its reply (`queue(name).request`;
+        `request()` itself is the low-level API call, hence the name)."""
+        return await self.queue(queue).request(body, timeout_s=timeout_s, attributes=attributes)
+
     def exchange(self, name: str) -> AsyncExchange:
         """The handle of exchange `name` (call `declare()` to create it on the server)."""
         return AsyncExchange(self, name)

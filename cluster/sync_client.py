@@ -329,6 +329,7 @@ class Client:
         return Exchange(self._async.exchange(name), self._run)
 
     exchanges = _blocking(AsyncClient.exchanges)
+    request_reply = _blocking(AsyncClient.request_reply)
     queues = _blocking(AsyncClient.queues)
     cluster = _blocking(AsyncClient.cluster)
     members = _blocking(AsyncClient.members)

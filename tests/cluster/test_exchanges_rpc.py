@@ -108,7 +108,7 @@ async def test_request_reply_across_a_leader_kill_is_answered_once(
         try:
             reply = await caller.queue("hx-double").request({"n": 21}, timeout_s=45)
             assert reply.data == {"answer": 42}
-            second = await caller.queue("hx-double").request({"n": 5}, timeout_s=30)
+            second = await caller.request_reply("hx-double", {"n": 5}, timeout_s=30)
             assert second.data == {"answer": 10}
         finally:
             stop.set()

@@ -25,8 +25,10 @@ from cluster.errors import (
     TooLarge,
     Unauthorized,
 )
+from cluster.exchanges import AsyncExchange, Exchange, PublishMessage, PublishResult
 from cluster.launcher import ClusterStartError, LeaderInfo, LocalCluster, free_ports
 from cluster.message import AckResult, Message, OutgoingMessage, SendResult
+from cluster.rpc import RequestTimeout
 from cluster.sync_client import Client, Queue
 from cluster.transactions import (
     AsyncTransaction,
@@ -39,6 +41,7 @@ from cluster.transactions import (
 __all__ = [
     "AckResult",
     "AsyncClient",
+    "AsyncExchange",
     "AsyncQueue",
     "AsyncTransaction",
     "BadRequest",
@@ -48,6 +51,7 @@ __all__ = [
     "Conflict",
     "Consumer",
     "ConsumerStats",
+    "Exchange",
     "Forbidden",
     "InsufficientStorage",
     "LeaderInfo",
@@ -55,8 +59,11 @@ __all__ = [
     "Message",
     "NotFound",
     "OutgoingMessage",
+    "PublishMessage",
+    "PublishResult",
     "Queue",
     "RaftqError",
+    "RequestTimeout",
     "SendResult",
     "ServerError",
     "TooLarge",

@@ -34,6 +34,7 @@ from typing import Any, NoReturn, TextIO
 
 import structlog
 
+from cluster.cli_exchanges import ExchangeUsage, add_exchange_parsers, cmd_exchange
 from cluster.cli_users import UsageProblem, add_user_parsers, cmd_token, cmd_user
 from cluster.errors import ClusterUnavailable, RaftqError
 from cluster.launcher import ClusterStartError, LocalCluster
@@ -182,6 +183,7 @@ def _queue_config(args: argparse.Namespace) -> dict[str, Any]:
         ("retention", "retention_s"),
         ("dedup_window", "dedup_window_s"),
         ("max_message_bytes", "max_message_bytes"),
+        ("expires", "expires_s"),
     ):
         value = getattr(args, attr)
         if value is not None:
@@ -628,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     qp.add_argument("--retention", type=seconds, metavar="S")
     qp.add_argument("--dedup-window", type=seconds, metavar="S")
     qp.add_argument("--max-message-bytes", type=int, metavar="N")
+    qp.add_argument("--expires", type=int, metavar="S", help="delete the queue once unused S s")
 
     sp = sub.add_parser("send", parents=[common], help="send messages (BODY args or stdin lines)")
     sp.add_argument("queue")
@@ -659,6 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--to", type=int, metavar="ID", help="the voter to hand over to")
 
     add_user_parsers(sub, common)
+    add_exchange_parsers(sub, common)
 
     ap = sub.add_parser("ack", parents=[common], help="ack receipts printed by recv")
     ap.add_argument("queue")
@@ -777,10 +781,11 @@ def main(
         "member": lambda: cmd_member(args, client, out),
         "leader": lambda: cmd_leader(args, client, out),
         "user": lambda: cmd_user(args, client, out),
+        "exchange": lambda: cmd_exchange(args, client, out),
     }
     try:
         return handlers[args.command]()
-    except (UsageError, UsageProblem) as exc:
+    except (UsageError, UsageProblem, ExchangeUsage) as exc:
         err_stream.write(f"raftq {args.command}: error: {exc}\n")
         return EXIT_USAGE
     except ClusterUnavailable as exc:

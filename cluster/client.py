@@ -38,10 +38,11 @@ from urllib.parse import quote
 
 import aiohttp
 
-from cluster import transactions
+from cluster import rpc, transactions
 from cluster.consumer import Consumer, ConsumerStats, Handler
 from cluster.discovery import CallOptions, LeaderRouter, resolve_servers, resolve_token
 from cluster.errors import BadRequest, RaftqError, TooLarge
+from cluster.exchanges import AsyncExchange
 from cluster.grouping import GroupedCalls
 from cluster.message import AckResult, Message, OutgoingMessage, SendResult
 from cluster.tls import client_ssl_context
@@ -433,6 +434,26 @@ class AsyncQueue:
         delivery. See `cluster.transactions.exactly_once_consumer`."""
         return await transactions.consume_exactly_once(self, handler, output=output, **options)
 
+    # --- request-reply (cluster/rpc.py) -------------------------------------------------
+
+    async def request(
+        self, body: Any, *, timeout_s: float = 30.0, attributes: Mapping[str, str] | None = None
+    ) -> Message:
+        """Send `body` as a request (`reply_to`, `correlation_id`) and wait for its reply
+        in a private reply queue; the reply `Message`. `rpc.RequestTimeout` after
+        `timeout_s`."""
+        return await rpc.request(self, body, timeout_s=timeout_s, attributes=attributes)
+
+    def responder(self, handler: Handler, **options: Any) -> Consumer:
+        """A consumer answering requests with `handler(msg)` (see `cluster.rpc.responder`)."""
+        return rpc.responder(self, handler, **options)
+
+    async def serve(self, handler: Handler, **options: Any) -> ConsumerStats:
+        """Answer requests on this queue until stopped: `handler(msg)`'s return value goes
+        to the request's `reply_to`, committed with the request's ack in one transaction.
+        Options as in `consume`."""
+        return await rpc.serve(self, handler, **options)
+
     def stop(self) -> None:
         """Ask every consumer loop running on this handle to stop (drains, then returns)."""
         for consumer in list(self._consumers):
@@ -604,6 +625,27 @@ class AsyncClient:
         if q is None:
             q = self._queues[name] = AsyncQueue(self, name)
         return q
+
+    async def request_reply(
+        self,
+        queue: str,
+        body: Any,
+        *,
+        timeout_s: float = 30.0,
+        attributes: Mapping[str, str] | None = None,
+    ) -> Message:
+        """Send `body` to `queue` as a request and return its reply (`queue(name).request`;
+        `request()` itself is the low-level API call, hence the name)."""
+        return await self.queue(queue).request(body, timeout_s=timeout_s, attributes=attributes)
+
+    def exchange(self, name: str) -> AsyncExchange:
+        """The handle of exchange `name` (call `declare()` to create it on the server)."""
+        return AsyncExchange(self, name)
+
+    async def exchanges(self) -> list[dict[str, Any]]:
+        """Every exchange with its type, binding count and totals."""
+        answer = await self.request("GET", "/v1/exchanges") or {}
+        return list(answer.get("exchanges") or [])
 
     async def queues(self) -> list[dict[str, Any]]:
         """Every queue with its depth, in_flight and delayed counts."""

@@ -32,6 +32,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from cluster.client import MAX_POLL_WAIT_S, AsyncClient, AsyncQueue, MessageRef
 from cluster.consumer import Consumer, ConsumerStats, Handler
+from cluster.exchanges import Exchange
 from cluster.message import AckResult, Message, SendResult
 from cluster.transactions import Transaction, exactly_once_consumer
 
@@ -192,6 +193,21 @@ class Queue:
         )
         return self._run_consumer(consumer, stop_event, handle_signals)
 
+    request = _blocking(AsyncQueue.request)
+
+    def serve(
+        self,
+        handler: Handler,
+        *,
+        stop_event: threading.Event | None = None,
+        handle_signals: bool = True,
+        **options: Any,
+    ) -> ConsumerStats:
+        """Answer requests on this queue (see `AsyncQueue.serve`) until `stop()`,
+        `stop_event.set()` or SIGINT/SIGTERM; returns the consumer's stats."""
+        consumer = self._async.responder(handler, handle_signals=False, **options)
+        return self._run_consumer(consumer, stop_event, handle_signals)
+
     def _run_consumer(
         self, consumer: Consumer, stop_event: threading.Event | None, handle_signals: bool
     ) -> ConsumerStats:
@@ -308,6 +324,12 @@ class Client:
             q = self._queues[name] = Queue(self, self._async.queue(name))
         return q
 
+    def exchange(self, name: str) -> Exchange:
+        """The handle of exchange `name` (call `declare()` to create it on the server)."""
+        return Exchange(self._async.exchange(name), self._run)
+
+    exchanges = _blocking(AsyncClient.exchanges)
+    request_reply = _blocking(AsyncClient.request_reply)
     queues = _blocking(AsyncClient.queues)
     cluster = _blocking(AsyncClient.cluster)
     members = _blocking(AsyncClient.members)

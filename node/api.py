@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from node import users_api
+from node import exchanges_api, users_api
 from node.app_context import (
     AUTH_KEY,
     NODE_KEY,
@@ -617,6 +617,15 @@ ROUTES: tuple[tuple[str, str, Any, str], ...] = (
     ("GET", "/v1/admin/log", admin_log, ADMIN),
     ("GET", "/v1/admin/state", admin_state, ADMIN),
     ("POST", "/v1/admin/snapshot", admin_snapshot, ADMIN),
+    # exchanges (node/exchanges_api.py): access on the exchange's name
+    ("GET", "/v1/exchanges", exchanges_api.list_exchanges, USER),
+    ("PUT", "/v1/exchanges/{name}", exchanges_api.put_exchange, ADMIN),
+    ("GET", "/v1/exchanges/{name}", exchanges_api.show_exchange, READ),
+    ("DELETE", "/v1/exchanges/{name}", exchanges_api.delete_exchange, ADMIN),
+    ("POST", "/v1/exchanges/{name}/bindings", exchanges_api.bind, ADMIN),
+    ("DELETE", "/v1/exchanges/{name}/bindings", exchanges_api.unbind, ADMIN),
+    ("POST", "/v1/exchanges/{name}/bindings/delete", exchanges_api.unbind, ADMIN),
+    ("POST", "/v1/exchanges/{name}/publish", exchanges_api.publish, WRITE),
 )
 ROUTE_ACCESS: dict[tuple[str, str], str] = {(m, p): a for m, p, _h, a in ROUTES}
 

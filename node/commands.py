@@ -42,6 +42,11 @@ BATCHABLE_OPS = frozenset({"send", "receive", "ack", "nack", "extend", "txn"})
 # Ops of the cluster itself, proposed by the leader (not by a client request).
 CLUSTER_OPS = frozenset({"receipt_key"})
 OPS = QUEUE_OPS | EXACTLY_ONCE_OPS | USER_OPS | CLUSTER_OPS | {"batch"}
+# Exchanges (node/state/exchanges.py): routing into queues.
+EXCHANGE_OPS = frozenset(
+    {"exchange_put", "exchange_delete", "exchange_bind", "exchange_unbind", "exchange_publish"}
+)
+OPS = OPS | EXCHANGE_OPS
 MAX_BATCH_COMMANDS = 1000
 # What `encode_batch` adds around its ops, at most: a map header, "v", "op": "batch",
 # "ts" as a 9-byte int, "cmds" and an array header.

@@ -530,6 +530,12 @@ class QueueService:
         elif op in ("send", "nack") and "queue" in fields:
             self._wake(fields["queue"])
 
+    def wake_queues(self, names: list[str]) -> None:
+        """Messages reached these queues other than by a send to one (an exchange's
+        publish): let their long-polls look again."""
+        for name in names:
+            self._wake(name)
+
     def wake_all(self) -> None:
         """Leadership changed: let every long-poll retry (and find out it must redirect)."""
         for q in list(self._queue_events):

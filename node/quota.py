@@ -61,6 +61,8 @@ MIN_MEASURE_EVERY_BYTES = 64 << 10
 #: quota: receive, ack, nack, extend, tick, redrive (moves dead letters back, adds
 #: nothing), queue_delete, queue_purge.
 ADDING_OPS = frozenset({"send", "queue_put", "producer_init", "txn", "user_add"})
+# An exchange, a binding and a publish's copies add data; deleting and unbinding free it.
+ADDING_OPS = ADDING_OPS | {"exchange_put", "exchange_bind", "exchange_publish"}
 # user_update replaces a record in place (a token rotated on a full disk must still work);
 # receipt_key is the leader's once-per-cluster 32 bytes that receipts cannot do without.
 NEVER_REFUSED_OPS = frozenset(
@@ -77,7 +79,7 @@ NEVER_REFUSED_OPS = frozenset(
         "user_delete",
         "receipt_key",
     }
-)
+) | {"exchange_delete", "exchange_unbind"}
 
 
 def adds_data(op: str, fields: dict[str, Any], queue_exists: Callable[[str], bool]) -> bool:

@@ -31,10 +31,12 @@ from node.state import (
     counters,
     dead_letters,
     delivery,
+    exchanges,
     keys,
     messages,
     producers,
     queue_config,
+    queue_expiry,
     queues,
     sending,
     timers,
@@ -102,7 +104,11 @@ def _redrive(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tick(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
-    return dict(ctx.released)
+    result: dict[str, Any] = dict(ctx.released)
+    expired = queue_expiry.expire_due(ctx, queues.queue_delete)
+    if expired:
+        result["queues_expired"] = expired
+    return result
 
 
 CONFIG_OPS = frozenset({"queue_put", "queue_delete"})  # ops that change queue_config()
@@ -124,6 +130,11 @@ HANDLERS: dict[str, Handler] = {
     "user_update": users.user_update,
     "user_delete": users.user_delete,
     "receipt_key": messages.set_receipt_key,
+    "exchange_put": exchanges.exchange_put,
+    "exchange_delete": exchanges.exchange_delete,
+    "exchange_bind": exchanges.exchange_bind,
+    "exchange_unbind": exchanges.exchange_unbind,
+    "exchange_publish": exchanges.exchange_publish,
 }
 
 
@@ -312,6 +323,40 @@ class QueueStateMachine:
 
         return self.env.read(read)
 
+    def exchange_info(self, name: str) -> dict[str, Any] | None:
+        """An exchange's record and counters with its bindings, or None."""
+        if not queue_config.valid_queue_name(name):
+            return None
+
+        def read(txn: lmdb.Transaction) -> dict[str, Any] | None:
+            ctx = self._ctx(txn, 0)
+            record = exchanges.get_exchange(ctx, name)
+            if record is None:
+                return None
+            return {
+                **exchanges.public(record),
+                "bindings": exchanges.all_bindings(ctx, name),
+            }
+
+        return self.env.read(read)
+
+    def exchange(self, name: str) -> dict[str, Any] | None:
+        """An exchange's record and counters (no bindings), or None."""
+        if not queue_config.valid_queue_name(name):
+            return None
+
+        def read(txn: lmdb.Transaction) -> dict[str, Any] | None:
+            record = exchanges.get_exchange(self._ctx(txn, 0), name)
+            return None if record is None else exchanges.public(record)
+
+        return self.env.read(read)
+
+    def list_exchanges(self) -> list[dict[str, Any]]:
+        def read(txn: lmdb.Transaction) -> list[dict[str, Any]]:
+            return [exchanges.public(r) for r in exchanges.all_exchanges(self._ctx(txn, 0))]
+
+        return self.env.read(read)
+
     def next_deadline_ms(self) -> int | None:
         return self.env.read(lambda txn: timers.next_deadline_ms(self._ctx(txn, 0)))
 
@@ -494,5 +539,7 @@ class QueueStateMachine:
         if handler is None:  # decode_command already refuses unknown ops
             raise BadRequest(f"unknown command op {cmd['op']!r}", field="op")
         result = handler(ctx, cmd)
+        if "queues_expired" in result:  # a tick deleted queues: cached configs are stale
+            self._config_dirty = True
         counters.flush(ctx)
         return result

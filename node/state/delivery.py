@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from node.state import counters, dead_letters, fields, keys, messages
+from node.state import counters, dead_letters, fields, keys, messages, queue_expiry
 from node.state.queues import require_queue
 from node.state.tables import Ctx
 
 
 def receive(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     queue = require_queue(ctx, cmd.get("queue"))
+    if queue.get("expires_s"):
+        queue_expiry.touch(ctx, queue)
     max_n = fields.int_field(cmd.get("max", 1), "max", 1, fields.MAX_BATCH)
     vt = cmd.get("visibility_timeout_s")
     vt_ms = (

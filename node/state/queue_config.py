@@ -29,7 +29,10 @@ DEFAULTS: dict[str, Any] = {
     "dedup_window_s": 300,
     "max_message_bytes": 262_144,
     "content_based_dedup": False,
+    # seconds unused before the queue deletes itself (node/state/queue_expiry.py); None: never
+    "expires_s": None,
 }
+EXPIRES_S_RANGE = (1, 2_592_000)
 
 INT_RANGES: dict[str, tuple[int, int]] = {
     "visibility_timeout_s": (0, 43_200),
@@ -75,7 +78,10 @@ def merge_config(name: str, existing: dict[str, Any] | None, update: Any) -> dic
             continue
         if key not in DEFAULTS:
             raise BadRequest(f"unknown queue config field {str(key)[:60]!r}", field=str(key))
-    base = dict(DEFAULTS) if existing is None else {k: existing[k] for k in DEFAULTS}
+    # .get: a queue stored before a config field existed has that field's default
+    base = (
+        dict(DEFAULTS) if existing is None else {k: existing.get(k, v) for k, v in DEFAULTS.items()}
+    )
     if existing is None and name.endswith(FIFO_SUFFIX) and "fifo" not in update:
         base["fifo"] = True
     for key in BOOL_KEYS:
@@ -89,6 +95,14 @@ def merge_config(name: str, existing: dict[str, Any] | None, update: Any) -> dic
             if type(value) is not int or not lo <= value <= hi:
                 raise BadRequest(f"{key} must be an integer in {lo}..{hi}", field=key)
             base[key] = value
+    if "expires_s" in update:
+        value = update["expires_s"]
+        lo, hi = EXPIRES_S_RANGE
+        if value is not None and (type(value) is not int or not lo <= value <= hi):
+            raise BadRequest(
+                f"expires_s must be null or an integer in {lo}..{hi}", field="expires_s"
+            )
+        base["expires_s"] = value
     if "dead_letter_queue" in update:
         dlq = update["dead_letter_queue"]
         if dlq is not None:

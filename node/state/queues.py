@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from node.errors import BadRequest, Conflict, NotFound
-from node.state import counters, dedup, keys, messages, producers
+from node.state import bindings, counters, dedup, keys, messages, producers, queue_expiry
 from node.state.queue_config import DEFAULTS, check_queue_name, merge_config
 from node.state.tables import META_NEXT_QUEUE_ID, Ctx
 
@@ -28,7 +28,7 @@ def require_queue(ctx: Ctx, name: Any, field: str = "queue") -> dict[str, Any]:
 
 
 def public_config(queue: dict[str, Any]) -> dict[str, Any]:
-    return {"name": queue["name"], **{k: queue[k] for k in DEFAULTS}}
+    return {"name": queue["name"], **{k: queue.get(k, v) for k, v in DEFAULTS.items()}}
 
 
 def queue_put(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -55,6 +55,8 @@ def queue_put(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
         qid = existing["id"]
     record = {"id": qid, "name": name, **config}
     ctx.put(ctx.tables.queues, name.encode(), record)
+    if record["expires_s"] is not None:
+        queue_expiry.declared(ctx, record)
     return {"created": existing is None, "queue": public_config(record)}
 
 
@@ -75,11 +77,16 @@ def queue_delete(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     dropped = messages.drop_all(ctx, queue)
     _drop_dedup(ctx, qid)
     producers.drop_sessions(ctx, qid)
+    queue_expiry.forget(ctx, qid)
+    unbound = bindings.drop_queue(ctx, queue["name"])
     ctx.pending_counters.pop(qid, None)
     ctx.txn.delete(keys.u64(qid), db=ctx.tables.counters)
     ctx.txn.delete(keys.u64(qid), db=ctx.tables.queue_ids)
     ctx.txn.delete(queue["name"].encode(), db=ctx.tables.queues)
-    return {"deleted": True, "messages": dropped}
+    result: dict[str, Any] = {"deleted": True, "messages": dropped}
+    if unbound:
+        result["unbound"] = unbound  # bindings removed, per exchange
+    return result
 
 
 def _drop_dedup(ctx: Ctx, qid: int) -> None:

@@ -6,7 +6,7 @@ import hashlib
 from typing import Any
 
 from node.errors import BadRequest, TooLarge
-from node.state import counters, dedup, fields, keys, messages
+from node.state import counters, dedup, fields, keys, messages, queue_expiry
 from node.state.tables import META_NEXT_SEQ, Ctx
 
 MESSAGE_FIELDS = frozenset({"body", "attributes", "delay_s", "dedup_id", "group_id", "priority"})
@@ -100,6 +100,8 @@ def enqueue(ctx: Ctx, queue: dict[str, Any], batch: list[dict[str, Any]]) -> lis
     i then gets seq last + 1 + i); only if one is known are they claimed one by one.
     """
     qid = queue["id"]
+    if queue.get("expires_s"):
+        queue_expiry.touch(ctx, queue)
     window_ms = queue["dedup_window_s"] * 1000
     expire_ms = ctx.now_ms + queue["retention_s"] * 1000
     dedup_expire = ctx.now_ms + window_ms

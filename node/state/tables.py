@@ -37,6 +37,12 @@ TABLE_NAMES: tuple[str, ...] = (
     "node.txns",
     "node.txn_expiry",
     "node.users",
+    # exchanges (node/state/exchanges.py) and queue expiry (node/state/queue_expiry.py)
+    "node.exchanges",
+    "node.bindings",
+    "node.queue_bindings",
+    "node.queue_expiry",
+    "node.queue_used",
 )
 
 # The timer indexes (keys start with a big-endian u64 deadline), by position in Ctx.floors.
@@ -85,6 +91,11 @@ class Tables:
         self.txns = h["node.txns"]
         self.txn_expiry = h["node.txn_expiry"]
         self.users = h["node.users"]
+        self.exchanges = h["node.exchanges"]
+        self.bindings = h["node.bindings"]
+        self.queue_bindings = h["node.queue_bindings"]
+        self.queue_expiry = h["node.queue_expiry"]
+        self.queue_used = h["node.queue_used"]
 
 
 def unpack(data: bytes) -> Any:

@@ -77,9 +77,15 @@ def release_due(ctx: Ctx, limit: int | None = None) -> dict[str, int]:
 
 
 def next_deadline_ms(ctx: Ctx) -> int | None:
-    """The earliest lease / delay / retention deadline (dedup expiry is not urgent)."""
+    """The earliest lease / delay / retention / queue-expiry deadline (dedup expiry is not
+    urgent). Queue expiry (node/state/queue_expiry.py) happens in ticks only."""
     earliest = None
-    for db in (ctx.tables.retention, ctx.tables.leases, ctx.tables.delayed):
+    for db in (
+        ctx.tables.retention,
+        ctx.tables.leases,
+        ctx.tables.delayed,
+        ctx.tables.queue_expiry,
+    ):
         cur = ctx.txn.cursor(db=db)
         if cur.first():
             at = keys.read_u64(cur.key())

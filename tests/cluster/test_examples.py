@@ -130,3 +130,48 @@ def test_video_pipeline_one_completion_per_resolution_despite_a_stalled_worker(
     for name in ("transcode", "transcode-done"):
         info = queue_info(cluster, name)
         assert info["depth"] == info["in_flight"] == 0, info
+
+
+def test_signup_fanout_gives_every_service_its_own_copy(cluster3: LocalCluster) -> None:
+    example = load_example("signup_fanout")
+    result = example.main(cluster3.servers, exchange_name="ex-signups", prefix="ex-signup-")
+    assert result.routed_to == [["ex-signup-analytics", "ex-signup-crm", "ex-signup-email"]] * 3
+    assert result.seen == {s: ["alice", "bob", "carol"] for s in example.SERVICES}
+    for service in example.SERVICES:
+        info = queue_info(cluster3, f"ex-signup-{service}")
+        assert info["acked_total"] == 3 and info["depth"] == info["in_flight"] == 0
+
+
+def test_order_topic_routes_each_event_by_pattern(cluster3: LocalCluster) -> None:
+    example = load_example("order_topic")
+    got = example.main(cluster3.servers, exchange_name="ex-orders", prefix="ex-orders-")
+    assert got == {
+        "payment": [("order.created.eu", 1), ("order.created.us", 2)],
+        "inventory": [("order.created.eu", 1), ("order.created.us", 2), ("order.cancelled.us", 2)],
+        "shipping": [("order.paid.eu", 1)],
+        "email": [
+            ("order.created.eu", 1),
+            ("order.created.us", 2),
+            ("order.paid.eu", 1),
+            ("order.cancelled.us", 2),
+        ],
+        "unrouted": [("refund.requested", 1)],
+    }
+    with Client(cluster3.urls) as client:
+        info = client.exchange("ex-orders").info()
+    assert info["published_total"] == 5 and info["unroutable_total"] == 1
+    assert info["routed_total"] == 11  # 2 + 3 + 1 + 4 copies, and 1 to the alternate
+
+
+def test_rpc_answers_each_request_once_and_leaves_no_reply_queue(cluster3: LocalCluster) -> None:
+    example = load_example("rpc")
+    answers = example.main(cluster3.servers, queue_name="ex-prices")
+    assert answers == [
+        {"item": "apple", "total": 2.0},
+        {"item": "melon", "total": 6.0},
+        {"item": "kiwi", "error": "unknown item"},
+    ]
+    info = queue_info(cluster3, "ex-prices")
+    assert info["acked_total"] == 3 and info["depth"] == info["in_flight"] == 0
+    with Client(cluster3.urls) as client:
+        assert not [q for q in client.queues() if q["name"].startswith("rpc.reply.")]

@@ -30,6 +30,7 @@ FIELDS = [
     "max_message_bytes", "ops", "txn_id", "op", "queue", "receipt", "producer",
     "producer_id", "epoch", "seq", "id", "url", "raft_addr", "to", "limit", "from",
     "name", "permissions", "read", "write", "admin", "token",
+    "type", "alternate_queue", "routing_key", "pattern", "headers", "match", "expires_s",
 ]  # fmt: skip
 
 leaves = (
@@ -66,6 +67,11 @@ ROUTES = [
     ("PUT", "/v1/users/{name}/permissions"),
     ("POST", "/v1/users/{name}/token"),
     ("POST", "/v1/auth"),
+    ("PUT", "/v1/exchanges/{name}"),
+    ("POST", "/v1/exchanges/{name}/bindings"),
+    ("DELETE", "/v1/exchanges/{name}/bindings"),
+    ("POST", "/v1/exchanges/{name}/bindings/delete"),
+    ("POST", "/v1/exchanges/{name}/publish"),
 ]
 names = st.sampled_from(["fz", "fz-dlq", "missing"]) | st.text(max_size=12)
 
@@ -108,6 +114,14 @@ def node(single_node: LocalCluster) -> Node:
         assert n.call("PUT", f"/v1/queues/{name}", json.dumps(config).encode(), "application/json")[
             0
         ] in (200, 201)
+    for method, path, config in (
+        ("PUT", "/v1/exchanges/fz", {"type": "topic", "alternate_queue": "fz-dlq"}),
+        ("POST", "/v1/exchanges/fz/bindings", {"queue": "fz", "pattern": "#"}),
+    ):
+        assert n.call(method, path, json.dumps(config).encode(), "application/json")[0] in (
+            200,
+            201,
+        )
     return n
 
 

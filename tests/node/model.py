@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "dedup_window_s": 300,
     "max_message_bytes": 262_144,
     "content_based_dedup": False,
+    "expires_s": None,
 }
 TOTALS = ("sent_total", "acked_total", "dead_lettered_total", "expired_total")
 READY, IN_FLIGHT, DELAYED = "ready", "in_flight", "delayed"
@@ -54,6 +55,8 @@ class ModelState:
     next_producer: int = 1
     producer_epochs: dict[str, int] = field(default_factory=dict)
     txns: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # name -> {"type", "alternate_queue", "bindings": [binding, ...], counters...}
+    exchanges: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def ms(seconds: float | None, default_s: float) -> int:
@@ -166,7 +169,16 @@ class QueueModel:
         if any(o.config["dead_letter_queue"] == name for o in s.queues.values()):
             raise ModelError("conflict")
         del s.queues[name]  # its producer sessions go with it
-        return {"deleted": True, "messages": len(q.messages)}
+        result: dict[str, Any] = {"deleted": True, "messages": len(q.messages)}
+        unbound = {}
+        for ex_name, ex in sorted(s.exchanges.items()):
+            kept = [b for b in ex["bindings"] if b["queue"] != name]
+            if len(kept) != len(ex["bindings"]):
+                unbound[ex_name] = len(ex["bindings"]) - len(kept)
+                ex["bindings"] = kept
+        if unbound:
+            result["unbound"] = unbound
+        return result
 
     def _op_queue_purge(self, s: ModelState, released, name: str) -> dict[str, Any]:
         q = self._queue(s, name)
@@ -231,6 +243,166 @@ class QueueModel:
         result = {"committed": True, "txn_id": txn_id, "results": {"send": sent, "ack": acked}}
         s.txns[txn_id] = {"result": result, "expire": s.now_ms + 300_000}
         return {**result, "duplicate": False}
+
+    # ---- exchanges ----------------------------------------------------------------------
+
+    def exchanges(self) -> list[dict[str, Any]]:
+        return [self._public_exchange(n, e) for n, e in sorted(self.state.exchanges.items())]
+
+    @staticmethod
+    def _public_exchange(name: str, ex: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "name": name,
+            "type": ex["type"],
+            "alternate_queue": ex["alternate_queue"],
+            "binding_count": len(ex["bindings"]),
+            "published_total": ex["published_total"],
+            "routed_total": ex["routed_total"],
+            "unroutable_total": ex["unroutable_total"],
+        }
+
+    def _exchange(self, s: ModelState, name: str) -> dict[str, Any]:
+        if name not in s.exchanges:
+            raise ModelError("not_found")
+        return s.exchanges[name]
+
+    def _op_exchange_put(
+        self, s: ModelState, released, name: str, type: str, alternate_queue=None
+    ) -> dict[str, Any]:
+        existing = s.exchanges.get(name)
+        if existing is not None and existing["type"] != type:
+            raise ModelError("conflict")
+        if alternate_queue is not None and alternate_queue not in s.queues:
+            raise ModelError("bad_request")
+        if existing is None:
+            existing = s.exchanges[name] = {
+                "type": type,
+                "bindings": [],
+                "published_total": 0,
+                "routed_total": 0,
+                "unroutable_total": 0,
+            }
+            created = True
+        else:
+            created = False
+        existing["alternate_queue"] = alternate_queue
+        return {"created": created, "exchange": self._public_exchange(name, existing)}
+
+    def _op_exchange_delete(self, s: ModelState, released, name: str) -> dict[str, Any]:
+        ex = self._exchange(s, name)
+        del s.exchanges[name]
+        return {"deleted": name, "bindings": len(ex["bindings"])}
+
+    @staticmethod
+    def _binding(kind: str, queue: str, spec: dict[str, Any]) -> dict[str, Any]:
+        given = {k for k, v in spec.items() if v is not None}
+        allowed = {
+            "direct": {"routing_key"},
+            "fanout": set(),
+            "topic": {"pattern", "routing_key"},
+            "headers": {"headers", "match"},
+        }[kind]
+        if given - allowed:
+            raise ModelError("bad_request")
+        binding: dict[str, Any] = {"queue": queue}
+        if kind == "direct":
+            binding["routing_key"] = spec.get("routing_key") or ""
+        elif kind == "topic":
+            if given == {"pattern", "routing_key"}:
+                raise ModelError("bad_request")
+            binding["pattern"] = spec.get("pattern", spec.get("routing_key")) or ""
+        elif kind == "headers":
+            if spec.get("headers") is None:
+                raise ModelError("bad_request")
+            binding["headers"] = dict(sorted(spec["headers"].items()))
+            binding["match"] = spec.get("match") or "all"
+        return binding
+
+    def _op_exchange_bind(
+        self, s: ModelState, released, exchange: str, queue: str, **spec: Any
+    ) -> dict[str, Any]:
+        ex = self._exchange(s, exchange)
+        binding = self._binding(ex["type"], queue, spec)
+        self._queue(s, queue)
+        if binding in ex["bindings"]:
+            return {"created": False, "binding": binding}
+        ex["bindings"].append(binding)
+        return {"created": True, "binding": binding}
+
+    def _op_exchange_unbind(
+        self, s: ModelState, released, exchange: str, queue: str, **spec: Any
+    ) -> dict[str, Any]:
+        ex = self._exchange(s, exchange)
+        binding = self._binding(ex["type"], queue, spec)
+        if binding not in ex["bindings"]:
+            raise ModelError("not_found")
+        ex["bindings"].remove(binding)
+        return {"deleted": True, "binding": binding}
+
+    @staticmethod
+    def _matches(kind: str, b: dict[str, Any], key: str, headers: dict[str, str]) -> bool:
+        if kind == "fanout":
+            return True
+        if kind == "direct":
+            return b["routing_key"] == key
+        if kind == "topic":
+            return topic_literal(b["pattern"].split(".") if b["pattern"] else [],
+                                 key.split(".") if key else [])  # fmt: skip
+        hits = [headers.get(k) == v for k, v in b["headers"].items()]
+        return any(hits) if b["match"] == "any" else all(hits)
+
+    def _op_exchange_publish(
+        self, s: ModelState, released, exchange: str, messages: list
+    ) -> dict[str, Any]:
+        ex = self._exchange(s, exchange)
+        if not messages:
+            raise ModelError("bad_request")
+        routes, matched, copies_of = [], [], {}
+        for i, msg in enumerate(messages):
+            key, headers = msg.get("routing_key") or "", msg.get("headers") or {}
+            targets = sorted(
+                {b["queue"] for b in ex["bindings"] if self._matches(ex["type"], b, key, headers)}
+            )
+            matched.append(bool(targets))
+            if not targets and ex["alternate_queue"] is not None:
+                targets = [ex["alternate_queue"]]
+            routes.append(targets)
+            copy_msg = {k: v for k, v in msg.items() if k not in ("routing_key", "headers")}
+            if headers:
+                copy_msg["attributes"] = {**headers, **(msg.get("attributes") or {})}
+            for name in targets:
+                copies_of.setdefault(name, []).append((i, copy_msg))
+        ids: list[dict[str, str]] = [{} for _ in messages]
+        dups: list[list[str]] = [[] for _ in messages]
+        copies = 0
+        for name in sorted(copies_of):
+            if name not in s.queues:
+                for i, _m in copies_of[name]:
+                    routes[i] = [q for q in routes[i] if q != name]
+                continue
+            q = s.queues[name]
+            batch = [m for _i, m in copies_of[name]]
+            self._check_batch(q, batch)
+            for (i, _m), result in zip(copies_of[name], self._enqueue(s, q, batch), strict=True):
+                ids[i][name] = result["id"]
+                if result["duplicate"]:
+                    dups[i].append(name)
+                else:
+                    copies += 1
+        ex["published_total"] += len(messages)
+        ex["routed_total"] += copies
+        ex["unroutable_total"] += matched.count(False)
+        return {
+            "messages": [
+                {
+                    "routed_to": routes[i],
+                    "ids": ids[i],
+                    "duplicates": dups[i],
+                    "unroutable": not matched[i],
+                }
+                for i in range(len(messages))
+            ]
+        }
 
     def _check_batch(self, q: ModelQueue, messages: list) -> None:
         cfg = q.config
@@ -422,6 +594,16 @@ class QueueModel:
             self._move(s, dlq, source, m, origin=None, rc=0)
             moved += 1
         return {"redriven": moved}
+
+
+def topic_literal(pattern: list[str], key: list[str]) -> bool:
+    """AMQP topic matching read literally: `*` one word, `#` zero or more."""
+    if not pattern:
+        return not key
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(topic_literal(rest, key[i:]) for i in range(len(key) + 1))
+    return bool(key) and head in ("*", key[0]) and topic_literal(rest, key[1:])
 
 
 def _receipt(queue: str, m: dict[str, Any]) -> str:

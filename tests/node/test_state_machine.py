@@ -106,6 +106,7 @@ def test_queue_put_creates_with_defaults_then_updates(h: Harness) -> None:
         "dedup_window_s": 300,
         "max_message_bytes": 262144,
         "content_based_dedup": False,
+        "expires_s": None,
     }
     updated = h.ok("queue_put", name="orders", config={"visibility_timeout_s": 5})
     assert updated["created"] is False

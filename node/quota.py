@@ -60,7 +60,7 @@ MIN_MEASURE_EVERY_BYTES = 64 << 10
 #: txn). Every other op drains, frees or only moves data, and must keep working past the
 #: quota: receive, ack, nack, extend, tick, redrive (moves dead letters back, adds
 #: nothing), queue_delete, queue_purge.
-ADDING_OPS = frozenset({"send", "queue_put", "producer_init", "txn", "user_add"})
+ADDING_OPS = frozenset({"send", "queue_put", "producer_init", "txn", "user_add", "topic_append"})
 # user_update replaces a record in place (a token rotated on a full disk must still work);
 # receipt_key is the leader's once-per-cluster 32 bytes that receipts cannot do without.
 NEVER_REFUSED_OPS = frozenset(
@@ -76,6 +76,16 @@ NEVER_REFUSED_OPS = frozenset(
         "user_update",
         "user_delete",
         "receipt_key",
+        # topics: appends add data; a topic's record (and its partitions' small records) is
+        # tens of bytes, and lowering its retention is how a full disk frees topic data;
+        # group ops keep consumers joining, rebalancing and committing past the quota (a
+        # group is one bounded record; fetches are reads, not ops)
+        "topic_put",
+        "topic_delete",
+        "group_join",
+        "group_heartbeat",
+        "group_leave",
+        "group_commit",
     }
 )
 

@@ -31,13 +31,16 @@ from node.state import (
     counters,
     dead_letters,
     delivery,
+    groups,
     keys,
     messages,
     producers,
     queue_config,
     queues,
     sending,
+    streams,
     timers,
+    topics,
     transactions,
     users,
 )
@@ -124,6 +127,13 @@ HANDLERS: dict[str, Handler] = {
     "user_update": users.user_update,
     "user_delete": users.user_delete,
     "receipt_key": messages.set_receipt_key,
+    "topic_put": streams.topic_put,
+    "topic_delete": streams.topic_delete,
+    "topic_append": topics.append,
+    "group_join": groups.group_join,
+    "group_heartbeat": groups.group_heartbeat,
+    "group_leave": groups.group_leave,
+    "group_commit": groups.group_commit,
 }
 
 
@@ -309,6 +319,41 @@ class QueueStateMachine:
             prefix = keys.u64(queue["id"])
             cur = txn.cursor(db=self.tables.ready)
             return not (cur.set_range(prefix) and cur.key()[: len(prefix)] == prefix)
+
+        return self.env.read(read)
+
+    # ---- topics and groups (read-only; the API maps a CommandError to its status) ---------
+
+    def list_topics(self) -> list[dict[str, Any]]:
+        def read(txn: lmdb.Transaction) -> list[dict[str, Any]]:
+            ctx = self._ctx(txn, 0)
+            return [topics.info(ctx, t) for t in topics.all_topics(ctx)]
+
+        return self.env.read(read)
+
+    def topic_info(self, name: str) -> dict[str, Any] | None:
+        def read(txn: lmdb.Transaction) -> dict[str, Any] | None:
+            ctx = self._ctx(txn, 0)
+            topic = topics.get_topic(ctx, name)
+            return None if topic is None else topics.info(ctx, topic)
+
+        return self.env.read(read)
+
+    def topic_fetch(
+        self, name: str, partition: int, offset: int, max_records: int, max_bytes: int
+    ) -> dict[str, Any]:
+        """Records of one partition from `offset` (raises NotFound / OffsetOutOfRange)."""
+        return self.env.read(
+            lambda txn: topics.fetch(
+                self._ctx(txn, 0), name, partition, offset, max_records, max_bytes
+            )
+        )
+
+    def group_info(self, name: str) -> dict[str, Any] | None:
+        def read(txn: lmdb.Transaction) -> dict[str, Any] | None:
+            ctx = self._ctx(txn, 0)
+            group = groups.get_group(ctx, name)
+            return None if group is None else groups.info(ctx, name, group)
 
         return self.env.read(read)
 

@@ -37,6 +37,13 @@ TABLE_NAMES: tuple[str, ...] = (
     "node.txns",
     "node.txn_expiry",
     "node.users",
+    # topics and consumer groups (node/state/topics.py, groups.py)
+    "node.topics",
+    "node.topic_ids",
+    "node.topic_parts",
+    "node.records",
+    "node.topic_timers",
+    "node.groups",
 )
 
 # The timer indexes (keys start with a big-endian u64 deadline), by position in Ctx.floors.
@@ -47,7 +54,10 @@ TIMER_TABLES: tuple[str, ...] = (
     "node.delayed",
     "node.dedup_expiry",
     "node.txn_expiry",
+    "node.topic_timers",
 )
+# Topic retention and group member sessions share one index (node/state/streams.py).
+TIMER_TOPICS = 5
 UNKNOWN_FLOOR = 0  # no bound known: look at the index
 EMPTY_FLOOR = 1 << 64  # the index is empty: nothing is due until something is added
 
@@ -59,6 +69,8 @@ META_NEXT_PRODUCER = b"next_producer_id"
 META_USERS_BOOTSTRAPPED = b"users_bootstrapped"
 #: The cluster's receipt key, once its first leader proposed one (messages.set_receipt_key).
 META_RECEIPT_KEY = b"receipt_key"
+META_NEXT_TOPIC_ID = b"next_topic_id"
+META_NEXT_MEMBER = b"next_member_id"
 
 
 class Tables:
@@ -85,6 +97,12 @@ class Tables:
         self.txns = h["node.txns"]
         self.txn_expiry = h["node.txn_expiry"]
         self.users = h["node.users"]
+        self.topics = h["node.topics"]
+        self.topic_ids = h["node.topic_ids"]
+        self.topic_parts = h["node.topic_parts"]
+        self.records = h["node.records"]
+        self.topic_timers = h["node.topic_timers"]
+        self.groups = h["node.groups"]
 
 
 def unpack(data: bytes) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from node import users_api
+from node import groups_api, topics_api, users_api
 from node.app_context import (
     AUTH_KEY,
     NODE_KEY,
@@ -617,6 +617,18 @@ ROUTES: tuple[tuple[str, str, Any, str], ...] = (
     ("GET", "/v1/admin/log", admin_log, ADMIN),
     ("GET", "/v1/admin/state", admin_state, ADMIN),
     ("POST", "/v1/admin/snapshot", admin_snapshot, ADMIN),
+    # topics (node/topics_api.py) and consumer groups (node/groups_api.py)
+    ("GET", "/v1/topics", topics_api.list_topics, USER),
+    ("PUT", "/v1/topics/{name}", topics_api.put_topic, ADMIN),
+    ("GET", "/v1/topics/{name}", topics_api.show_topic, READ),
+    ("DELETE", "/v1/topics/{name}", topics_api.delete_topic, ADMIN),
+    ("POST", "/v1/topics/{name}/records", topics_api.append_records, WRITE),
+    ("GET", "/v1/topics/{name}/partitions/{p}/records", topics_api.fetch_records, READ),
+    ("POST", "/v1/groups/{group}/join", groups_api.join, IN_HANDLER),
+    ("POST", "/v1/groups/{group}/heartbeat", groups_api.heartbeat, IN_HANDLER),
+    ("POST", "/v1/groups/{group}/leave", groups_api.leave, IN_HANDLER),
+    ("POST", "/v1/groups/{group}/commit", groups_api.commit, IN_HANDLER),
+    ("GET", "/v1/groups/{group}", groups_api.show_group, IN_HANDLER),
 )
 ROUTE_ACCESS: dict[tuple[str, str], str] = {(m, p): a for m, p, _h, a in ROUTES}
 

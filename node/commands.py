@@ -38,7 +38,7 @@ EXACTLY_ONCE_OPS = frozenset({"producer_init", "txn"})
 USER_OPS = frozenset({"user_add", "user_update", "user_delete"})
 # Ops the leader may coalesce into one `batch` entry: concurrent requests then share one
 # Raft entry, one proposal and one decode on every replica. Each still runs on its own.
-BATCHABLE_OPS = frozenset({"send", "receive", "ack", "nack", "extend", "txn"})
+BATCHABLE_OPS = frozenset({"send", "receive", "ack", "nack", "extend", "txn", "topic_append"})
 # Topics (partitioned logs) and their consumer groups (node/state/topics.py, groups.py).
 TOPIC_OPS = frozenset(
     {

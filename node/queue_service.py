@@ -530,6 +530,19 @@ class QueueService:
         elif op in ("send", "nack") and "queue" in fields:
             self._wake(fields["queue"])
 
+    def wake(self, key: str) -> None:
+        """Wake the long-polls waiting on `key`: a queue name, or another route's own key
+        (topic fetches wait on keys no queue name can have: node/topics_api.py)."""
+        self._wake(key)
+
+    def take_long_poll(self) -> None:
+        """Count a long-poll of another route (a topic fetch) against the node's cap
+        (503 too_many_long_polls past it); give it back with release_long_poll."""
+        self._take_long_poll()
+
+    def release_long_poll(self) -> None:
+        self.long_polls -= 1
+
     def wake_all(self) -> None:
         """Leadership changed: let every long-poll retry (and find out it must redirect)."""
         for q in list(self._queue_events):

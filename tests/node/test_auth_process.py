@@ -32,7 +32,15 @@ ACCESS_BY_ROUTE = {(m, p): a for m, p, _h, a in ROUTES}
 
 def _concrete(path: str) -> str:
     """A route's path on a scratch queue (the admin's pass deletes and purges it)."""
-    return path.replace("{name}", "scratch").replace("{id}", "9").replace("{user}", "ghost")
+    for param, value in (
+        ("{name}", "scratch"),
+        ("{id}", "9"),
+        ("{user}", "ghost"),
+        ("{group}", "scratch"),
+        ("{p}", "0"),
+    ):
+        path = path.replace(param, value)
+    return path
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,8 @@ from cluster.errors import (
 )
 from cluster.launcher import ClusterStartError, LeaderInfo, LocalCluster, free_ports
 from cluster.message import AckResult, Message, OutgoingMessage, SendResult
-from cluster.sync_client import Client, Queue
+from cluster.sync_client import Client, Queue, Topic
+from cluster.topics import AsyncTopic, FetchResult, GroupSubscriber, TopicRecord
 from cluster.transactions import (
     AsyncTransaction,
     Transaction,
@@ -40,6 +41,7 @@ __all__ = [
     "AckResult",
     "AsyncClient",
     "AsyncQueue",
+    "AsyncTopic",
     "AsyncTransaction",
     "BadRequest",
     "Client",
@@ -48,7 +50,9 @@ __all__ = [
     "Conflict",
     "Consumer",
     "ConsumerStats",
+    "FetchResult",
     "Forbidden",
+    "GroupSubscriber",
     "InsufficientStorage",
     "LeaderInfo",
     "LocalCluster",
@@ -60,6 +64,8 @@ __all__ = [
     "SendResult",
     "ServerError",
     "TooLarge",
+    "Topic",
+    "TopicRecord",
     "Transaction",
     "TransactionAborted",
     "TxnResult",

@@ -34,6 +34,14 @@ from typing import Any, NoReturn, TextIO
 
 import structlog
 
+from cluster.cli_topics import (
+    TopicUsageProblem,
+    add_topic_parsers,
+    cmd_group,
+    cmd_publish,
+    cmd_subscribe,
+    cmd_topic,
+)
 from cluster.cli_users import UsageProblem, add_user_parsers, cmd_token, cmd_user
 from cluster.errors import ClusterUnavailable, RaftqError
 from cluster.launcher import ClusterStartError, LocalCluster
@@ -659,6 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--to", type=int, metavar="ID", help="the voter to hand over to")
 
     add_user_parsers(sub, common)
+    add_topic_parsers(sub, common)
 
     ap = sub.add_parser("ack", parents=[common], help="ack receipts printed by recv")
     ap.add_argument("queue")
@@ -777,10 +786,14 @@ def main(
         "member": lambda: cmd_member(args, client, out),
         "leader": lambda: cmd_leader(args, client, out),
         "user": lambda: cmd_user(args, client, out),
+        "topic": lambda: cmd_topic(args, client, out),
+        "publish": lambda: cmd_publish(args, client, out, stdin or sys.stdin),
+        "subscribe": lambda: cmd_subscribe(args, client, out),
+        "group": lambda: cmd_group(args, client, out),
     }
     try:
         return handlers[args.command]()
-    except (UsageError, UsageProblem) as exc:
+    except (UsageError, UsageProblem, TopicUsageProblem) as exc:
         err_stream.write(f"raftq {args.command}: error: {exc}\n")
         return EXIT_USAGE
     except ClusterUnavailable as exc:

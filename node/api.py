@@ -505,21 +505,29 @@ async def transaction(request: web.Request) -> web.Response:
     txn_id = body.get("txn_id")
     if not isinstance(txn_id, str) or not 0 < len(txn_id) <= 256:
         raise bad_request("txn_id must be a string of 1 to 256 characters", field="txn_id")
-    if body.get("publish") or body.get("commit_offsets"):
-        raise bad_request("publish and commit_offsets need topics, which this version lacks")
     acks, sends = _txn_acks(body), _txn_sends(service, body)
-    if not acks and not sends:
-        raise bad_request("a transaction needs at least one ack or send")
+    publishes = topics_api.txn_publishes(service, body)
+    offsets = topics_api.txn_offsets(body)
+    if not acks and not sends and not publishes and not offsets:
+        raise bad_request("a transaction needs at least one ack, send, publish or commit_offsets")
     principal = principal_of(request)
     for ack in acks:
         principal.require("read", ack["queue"])
     for send in sends:
         principal.require("write", send["queue"])
-    if len(acks) + sum(len(s["messages"]) for s in sends) > service.config.limits.max_batch:
+    for publish in publishes:
+        principal.require("write", publish["topic"])
+    for offset in offsets:
+        principal.require("read", offset["topic"])
+    items = len(acks) + len(offsets) + sum(len(s["messages"]) for s in sends)
+    items += sum(len(p["records"]) for p in publishes)
+    if items > service.config.limits.max_batch:
         raise too_large(f"a transaction may hold at most {service.config.limits.max_batch} items")
-    result = await service.propose(
-        "txn", txn_id=principal.scoped(txn_id), ack=acks, send=sends, commit_offsets=[]
-    )
+    fields: dict[str, Any] = {"ack": acks, "send": sends, "commit_offsets": offsets}
+    if publishes:
+        fields["publish"] = publishes
+    result = await service.propose("txn", txn_id=principal.scoped(txn_id), **fields)
+    topics_api.wake_fetches(service, result)
     if isinstance(result.get("txn_id"), str):
         result = {**result, "txn_id": principal.unscoped(result["txn_id"])}
     return respond(request, result)

@@ -101,8 +101,10 @@ def adds_data(op: str, fields: dict[str, Any], queue_exists: Callable[[str], boo
         return False
     if op == "queue_put":
         return not queue_exists(str(fields.get("name", "")))
-    if op == "txn":
-        return any(s.get("messages") for s in fields.get("send") or () if isinstance(s, dict))
+    if op == "txn":  # sends and topic publishes add data; acks and offset commits do not
+        return bool(fields.get("publish")) or any(
+            s.get("messages") for s in fields.get("send") or () if isinstance(s, dict)
+        )
     return True
 
 

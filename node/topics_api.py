@@ -222,6 +222,77 @@ async def append_records(request: web.Request) -> web.Response:
     return respond(request, result)
 
 
+# ---------------------------------------------------------------- in transactions
+
+
+def txn_publishes(service: QueueService, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A transaction's `publish`: [{topic, records}], records as an append takes them."""
+    items = body.get("publish")
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise bad_request("publish must be an array of {topic, records}", field="publish")
+    out = []
+    for i, item in enumerate(items):
+        where = f"publish[{i}]"
+        if not isinstance(item, dict):
+            raise bad_request(f"{where} must be an object {{topic, records}}")
+        reject_unknown(item, {"topic", "records"}, where)
+        topic = item.get("topic")
+        if not valid_queue_name(topic):
+            raise bad_request(f"{where}.topic must name a topic", field=f"{where}.topic")
+        out.append({"topic": topic, "records": parse_records(service, item)})
+    return out
+
+
+def txn_offsets(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A transaction's `commit_offsets`: [{group, generation, topic, partition, offset,
+    member_id?}]; the topic is required here, where the caller's `read` on it is checked."""
+    items = body.get("commit_offsets")
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise bad_request("commit_offsets must be an array", field="commit_offsets")
+    out = []
+    for i, item in enumerate(items):
+        where = f"commit_offsets[{i}]"
+        if not isinstance(item, dict):
+            raise bad_request(f"{where} must be an object")
+        reject_unknown(
+            item, {"group", "generation", "topic", "partition", "offset", "member_id"}, where
+        )
+        checked: dict[str, Any] = {}
+        for key in ("group", "topic"):
+            value = item.get(key)
+            if not valid_queue_name(value):
+                raise bad_request(f"{where}.{key} must be a name", field=f"{where}.{key}")
+            checked[key] = value
+        for key, hi in (
+            ("generation", 1 << 62),
+            ("partition", MAX_PARTITIONS - 1),
+            ("offset", 1 << 62),
+        ):
+            value = get_int(item, key, None, 0, hi, where)
+            if value is None:
+                raise bad_request(f"{where}.{key} is required", field=f"{where}.{key}")
+            checked[key] = value
+        member_id = item.get("member_id")
+        if member_id is not None:
+            if not isinstance(member_id, str) or not 0 < len(member_id) <= 128:
+                raise bad_request(f"{where}.member_id must be a string of 1..128 characters")
+            checked["member_id"] = member_id
+        out.append(checked)
+    return out
+
+
+def wake_fetches(service: QueueService, result: dict[str, Any]) -> None:
+    """Wake the fetches of the partitions a committed transaction published to."""
+    results = result.get("results")
+    for item in results.get("publish", ()) if isinstance(results, dict) else ():
+        for p in sorted({r["partition"] for r in item["records"]}):
+            service.wake(fetch_key(item["topic"], p))
+
+
 # ---------------------------------------------------------------- fetch
 
 

@@ -352,3 +352,55 @@ def info(ctx: Ctx, name: str, group: dict[str, Any]) -> dict[str, Any]:
 
 def all_groups(ctx: Ctx) -> list[tuple[str, dict[str, Any]]]:
     return [(bytes(k).decode(), unpack(v)) for k, v in ctx.txn.cursor(db=ctx.tables.groups)]
+
+
+def txn_commit_offsets(ctx: Ctx, items: list[Any]) -> int:
+    """The commit_offsets of a transaction: each item {group, generation, topic?,
+    partition, offset, member_id?} fenced by the group's generation (and, with a member_id,
+    by that member's assignment). A refusal raises, which aborts the whole transaction."""
+    checked = []
+    for i, item in enumerate(items):
+        where = f"commit_offsets[{i}]"
+        if not isinstance(item, dict):
+            raise BadRequest(f"{where} must be a map", field=where)
+        name = check_group_name(item.get("group"), f"{where}.group")
+        generation = fields.int_field(item.get("generation"), f"{where}.generation", 0, 1 << 62)
+        partition = fields.int_field(item.get("partition"), f"{where}.partition", 0, 1 << 20)
+        offset = fields.int_field(item.get("offset"), f"{where}.offset", 0, 1 << 62)
+        member_id = fields.optional_id(item.get("member_id"), f"{where}.member_id")
+        checked.append((where, name, generation, partition, offset, member_id, item.get("topic")))
+    touched: dict[str, dict[str, Any]] = {}
+    for where, name, generation, partition, offset, member_id, topic_name in checked:
+        group = touched.get(name) or _require_group(ctx, name)
+        touched[name] = group
+        if generation != group["generation"]:
+            raise Conflict(
+                f"{where}: generation {generation} of group {name!r} is over; it is "
+                f"{group['generation']} now",
+                reason="stale_generation",
+                generation=group["generation"],
+            )
+        if topic_name is not None and topic_name != group["topic"]:
+            raise BadRequest(f"{where}.topic must be {group['topic']!r}", field=f"{where}.topic")
+        topic = topics.get_topic(ctx, group["topic"])
+        assert topic is not None
+        if partition >= topic["partitions"]:
+            raise BadRequest(f"{where}.partition is past the topic's", field=f"{where}.partition")
+        if member_id is not None:
+            member = _find(group, member_id)
+            owners = assignment([m[0] for m in group["members"]], topic["partitions"])
+            if member is None or partition not in owners.get(member_id, []):
+                raise Conflict(
+                    f"{where}: partition {partition} is not assigned to {member_id!r}",
+                    reason="not_assigned",
+                    generation=group["generation"],
+                )
+        hw = topics.get_part(ctx, topic["id"], partition)[1]
+        if offset > hw:
+            raise BadRequest(f"{where}.offset is past the high watermark {hw}", field=where)
+        while len(group["offsets"]) < topic["partitions"]:
+            group["offsets"].append(None)
+        group["offsets"][partition] = offset
+    for name, group in touched.items():
+        _store(ctx, name, group)
+    return len(checked)

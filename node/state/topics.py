@@ -449,3 +449,17 @@ def fetch(
         "high_watermark": hw,
         "log_start": start,
     }
+
+
+def txn_publish(ctx: Ctx, items: list[Any]) -> list[dict[str, Any]]:
+    """The publish of a transaction: each item {topic, records} appended (no producer
+    session: the transaction's txn_id makes a retry apply nothing)."""
+    out = []
+    for i, item in enumerate(items):
+        where = f"publish[{i}]"
+        if not isinstance(item, dict) or set(item) != {"topic", "records"}:
+            raise BadRequest(f"{where} must be a map {{topic, records}}", field=where)
+        topic = require_topic(ctx, item["topic"], field=f"{where}.topic")
+        batch = check_records(item["records"], topic["partitions"])
+        out.append({"topic": topic["name"], "records": append_records(ctx, topic, batch)})
+    return out

@@ -32,7 +32,7 @@ FIELDS = [
     "name", "permissions", "read", "write", "admin", "token",
     "records", "key", "value", "value_b64", "headers", "partition", "partitions",
     "retention_bytes", "topic", "member_id", "session_timeout_s", "start", "generation",
-    "offsets", "offset",
+    "offsets", "offset", "publish", "commit_offsets", "group",
 ]  # fmt: skip
 
 leaves = (

@@ -169,6 +169,38 @@ class TopicComparison(RuleBasedStateMachine):
             offsets=[{"partition": partition, "offset": offset}],
         )
 
+    @rule(
+        txn_id=st.sampled_from(["x1", "x2", "x3"]),
+        topic=st.sampled_from(TOPICS),
+        batch=st.none() | records,
+        group=st.none() | st.sampled_from(GROUPS),
+        data=st.data(),
+        stale=st.integers(0, 3),
+        partition=st.integers(0, 3),
+        delta=st.integers(-1, 2),
+    )
+    def txn(self, txn_id, topic, batch, group, data, stale, partition, delta) -> None:
+        fields: dict[str, Any] = {"txn_id": txn_id}
+        if batch is not None:
+            fields["publish"] = [{"topic": topic, "records": batch}]
+        if group is not None:
+            g = self.model.state.groups.get(group)
+            end = 0
+            if g is not None and g.topic in self.model.state.topics:
+                ends = self.model.state.topics[g.topic].ends
+                end = ends[partition] if partition < len(ends) else 0
+            item = {
+                "group": group,
+                "generation": (g.generation if g else 1) - (1 if stale == 0 else 0),
+                "partition": partition,
+                "offset": max(0, end + delta - 1),
+            }
+            if data.draw(st.booleans()):
+                item["member_id"] = self.member_of(group, data)
+            fields["commit_offsets"] = [item]
+        if len(fields) > 1:
+            self.run("txn", **fields)
+
     @invariant()
     def same_logs_and_groups(self) -> None:
         if not hasattr(self, "sm"):

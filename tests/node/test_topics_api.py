@@ -278,3 +278,75 @@ async def test_bad_input_is_refused_and_changes_nothing(api, method, path, body,
     assert got == status, answer
     assert answer["error"]["code"] and answer["error"]["message"]
     assert await _state(api) == before
+
+
+async def test_a_transaction_acks_sends_publishes_and_commits_offsets_atomically(api):
+    await api.put("/v1/queues/txq-in", {})
+    await api.put("/v1/topics/txt-out", {"partitions": 2})
+    await api.put("/v1/topics/txt-in", {"partitions": 1})
+    await api.post("/v1/topics/txt-in/records", {"records": [{"value": "job"}]})
+    _, member = await api.post("/v1/groups/txg/join", {"topic": "txt-in", "member_id": "w"})
+    await api.post("/v1/queues/txq-in/messages", {"messages": [{"body": "m"}]})
+    _, got = await api.post("/v1/queues/txq-in/receive", {"max": 1})
+    receipt = got["messages"][0]["receipt"]
+    body = {
+        "txn_id": "tx-topics-1",
+        "ack": [{"queue": "txq-in", "receipt": receipt}],
+        "publish": [{"topic": "txt-out", "records": [{"value": "out", "key": "k"}]}],
+        "commit_offsets": [
+            {
+                "group": "txg",
+                "generation": member["generation"],
+                "member_id": "w",
+                "topic": "txt-in",
+                "partition": 0,
+                "offset": 1,
+            }
+        ],
+    }
+    status, done = await api.post("/v1/transactions", body)
+    assert status == 200 and done["committed"] and not done["duplicate"], done
+    assert done["results"]["ack"] == 1 and done["results"]["commit_offsets"] == 1
+    placed = done["results"]["publish"][0]["records"][0]
+    status, again = await api.post("/v1/transactions", body)
+    assert status == 200 and again["duplicate"]
+    _, info = await api.get("/v1/topics/txt-out")
+    assert sum(p["high_watermark"] for p in info["partition_stats"]) == 1  # once
+    _, page = await api.get(f"/v1/topics/txt-out/partitions/{placed['partition']}/records")
+    assert [r["value"] for r in page["records"]] == ["out"]
+    _, group = await api.get("/v1/groups/txg")
+    assert group["offsets"][0]["committed"] == 1 and group["offsets"][0]["lag"] == 0
+
+
+async def test_a_stale_generation_aborts_the_whole_transaction(api):
+    await api.put("/v1/topics/txs-out", {"partitions": 1})
+    await api.put("/v1/topics/txs-in", {"partitions": 2})
+    await api.post("/v1/topics/txs-in/records", {"records": [{"value": "x", "partition": 0}]})
+    _, first = await api.post("/v1/groups/txsg/join", {"topic": "txs-in", "member_id": "a"})
+    await api.post("/v1/groups/txsg/join", {"topic": "txs-in", "member_id": "b"})  # rebalance
+    before = await _state(api)
+    body = {
+        "txn_id": "tx-stale",
+        "publish": [{"topic": "txs-out", "records": [{"value": "zombie output"}]}],
+        "commit_offsets": [
+            {
+                "group": "txsg",
+                "generation": first["generation"],
+                "topic": "txs-in",
+                "partition": 0,
+                "offset": 1,
+            }
+        ],
+    }
+    status, refused = await api.post("/v1/transactions", body)
+    assert status == 409 and refused["error"]["reason"] == "stale_generation"
+    assert await _state(api) == before  # nothing published, nothing committed
+    for bad in (
+        {"txn_id": "t", "publish": [{"topic": "txs-out"}]},
+        {"txn_id": "t", "publish": [{"topic": "nope", "records": [{"value": "x"}]}]},
+        {"txn_id": "t", "commit_offsets": [{"group": "txsg", "topic": "txs-in"}]},
+        {"txn_id": "t", "publish": "x"},
+    ):
+        status, answer = await api.post("/v1/transactions", bad)
+        assert 400 <= status < 500, (bad, answer)
+        assert await _state(api) == before

@@ -51,6 +51,7 @@ class State:
         default_factory=dict
     )
     next_member: int = 0
+    txns: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def assignment(members: list[str], partitions: int) -> dict[str, list[int]]:
@@ -271,6 +272,51 @@ class TopicModel:
             g.offsets[item["partition"]] = item["offset"]
         g.members[member_id][1] = s.now_ms + g.members[member_id][0]
         return {"group": group, "committed": len(offsets), "generation": g.generation}
+
+    def _op_txn(
+        self, s: State, txn_id: str, publish=(), commit_offsets=(), ack=(), send=()
+    ) -> dict[str, Any]:
+        """Topic publishes and group offset commits in a transaction (no queue items here:
+        tests/node/model.py covers those)."""
+        seen = s.txns.get(txn_id)
+        if seen is not None and seen["expire"] > s.now_ms:
+            return {**seen["result"], "duplicate": True}
+        results: dict[str, Any] = {"send": [], "ack": 0}
+        if publish:
+            out = []
+            for item in publish:
+                t = s.topics.get(item["topic"])
+                if t is None:
+                    raise ModelError("not_found")
+                for r in item["records"]:
+                    if r.get("partition") is not None and not 0 <= r["partition"] < t.partitions:
+                        raise ModelError("bad_request")
+                out.append({"topic": item["topic"], "records": self._append(s, t, item["records"])})
+            results["publish"] = out
+        if commit_offsets:
+            for item in commit_offsets:
+                g = s.groups.get(item["group"])
+                if g is None:
+                    raise ModelError("not_found")
+                if item["generation"] != g.generation:
+                    raise ModelError("conflict")
+                t = s.topics[g.topic]
+                p = item["partition"]
+                if p >= t.partitions:
+                    raise ModelError("bad_request")
+                member = item.get("member_id")
+                if member is not None and p not in assignment(list(g.members), t.partitions).get(
+                    member, []
+                ):
+                    raise ModelError("conflict")
+                if item["offset"] > t.ends[p]:
+                    raise ModelError("bad_request")
+                g.offsets += [None] * (t.partitions - len(g.offsets))
+                g.offsets[p] = item["offset"]
+            results["commit_offsets"] = len(commit_offsets)
+        result = {"committed": True, "txn_id": txn_id, "results": results}
+        s.txns[txn_id] = {"result": result, "expire": s.now_ms + 300_000}
+        return {**result, "duplicate": False}
 
     def _op_tick(self, s: State) -> dict[str, Any]:
         return {}

@@ -82,16 +82,19 @@ async def test_publishing_across_a_leader_kill_keeps_order_and_has_no_duplicates
             assert ns == list(range(per_key)), (p, k)  # every record, in order
 
 
-async def test_two_groups_each_receive_every_record(cluster3: LocalCluster) -> None:
+@pytest.mark.parametrize("protocol", ["http", "raftq"])
+async def test_two_groups_each_receive_every_record(cluster3: LocalCluster, protocol: str) -> None:
+    """Over HTTP and over the binary protocol (msgpack: values travel as bytes)."""
     total = 2000
-    async with AsyncClient(cluster3.urls, timeout_s=30) as client:
-        topic = client.topic("fanout")
+    urls = cluster3.urls if protocol == "http" else cluster3.binary_urls
+    async with AsyncClient(urls, timeout_s=30) as client:
+        topic = client.topic(f"fanout-{protocol}")
         await topic.create(partitions=3)
         for start in range(0, total, 500):
             await asyncio.gather(*(topic.publish(str(i)) for i in range(start, start + 500)))
-        got: dict[str, list[int]] = {"audit": [], "billing": []}
+        got: dict[str, list[int]] = {f"audit-{protocol}": [], f"billing-{protocol}": []}
         subscribers = {
-            g: client.subscriber("fanout", g, lambda r, g=g: got[g].append(int(r.text)))
+            g: client.subscriber(topic.name, g, lambda r, g=g: got[g].append(int(r.text)))
             for g in got
         }
         runs = [asyncio.create_task(s.run()) for s in subscribers.values()]

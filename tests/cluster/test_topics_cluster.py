@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from cluster import AsyncClient, LocalCluster
+from cluster import AsyncClient, LocalCluster, NotFound
 from cluster.topics import GroupSubscriber, TopicRecord
 
 pytestmark = pytest.mark.integration
@@ -135,7 +135,11 @@ async def test_members_split_the_partitions_and_a_leave_hands_them_over(
         runs = {m: asyncio.create_task(s.run()) for m, s in members.items()}
         deadline = time.monotonic() + 30
         while True:  # everyone joined and took its share
-            info = await client.group(group)
+            try:
+                info = await client.group(group)
+            except NotFound:  # no member has joined yet
+                await asyncio.sleep(0.05)
+                continue
             shares = [s.partitions for s in members.values()]
             settled = all(s.generation == info["generation"] for s in members.values())
             if len(info["members"]) == 3 and settled and all(len(p) == 2 for p in shares):

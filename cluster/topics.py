@@ -18,7 +18,8 @@ positions, calls the handler for each record, commits after the handler (auto-co
 per fetched batch), heartbeats, and follows rebalances: a new generation (from a
 heartbeat or a refused commit) gives it new partitions and positions. Delivery is
 at-least-once: a record handled but not yet committed when partitions move is handled
-again by its next owner.
+again by its next owner. A handler that raises stops the loop with that exception (its
+batch is not committed) and the member leaves the group.
 """
 
 from __future__ import annotations

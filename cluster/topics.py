@@ -88,6 +88,23 @@ def _wire_value(value: Any) -> dict[str, str]:
     return {"value": json.dumps(value, separators=(",", ":"))}
 
 
+def wire_record(
+    value: Any,
+    key: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    partition: int | None = None,
+) -> dict[str, Any]:
+    """One record as the API takes it (the value as text, JSON, or base64 bytes)."""
+    record: dict[str, Any] = _wire_value(value)
+    if key is not None:
+        record["key"] = key
+    if headers:
+        record["headers"] = dict(headers)
+    if partition is not None:
+        record["partition"] = partition
+    return record
+
+
 def _record_of(topic: str, partition: int, raw: Mapping[str, Any]) -> TopicRecord:
     if "value_b64" in raw:
         value = base64.b64decode(raw["value_b64"])
@@ -151,14 +168,7 @@ class AsyncTopic:
     ) -> tuple[int, int]:
         """Append one record (str, bytes, or anything JSON); returns (partition, offset).
         Concurrent publishes share requests (see the module doc)."""
-        record: dict[str, Any] = _wire_value(value)
-        if key is not None:
-            record["key"] = key
-        if headers:
-            record["headers"] = dict(headers)
-        if partition is not None:
-            record["partition"] = partition
-        return await self._publishes.call(record)
+        return await self._publishes.call(wire_record(value, key, headers, partition))
 
     async def publish_many(
         self, values: Iterable[Any], *, key: str | None = None

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from cluster import AsyncClient, LocalCluster, NotFound
+from cluster import AsyncClient, Client, LocalCluster, NotFound, TransactionAborted
 from cluster.topics import GroupSubscriber, TopicRecord
 
 pytestmark = pytest.mark.integration
@@ -177,3 +177,35 @@ async def test_members_split_the_partitions_and_a_leave_hands_them_over(
         resumed = [o for m, q, o in after if q == p]
         expected = committed[p] if committed[p] is not None else 0
         assert resumed and min(resumed) == expected, (p, committed, resumed[:5])
+
+
+def test_a_client_transaction_publishes_and_commits_offsets_once(cluster3: LocalCluster) -> None:
+    """Consume-transform-produce on topics with the blocking client: the output records and
+    the input offset commit together; a zombie of an older generation commits nothing."""
+    with Client(cluster3.servers, timeout_s=30) as client:
+        client.topic("tx-in").create(partitions=1)
+        client.topic("tx-out").create(partitions=1)
+        client.topic("tx-in").publish_many(["a", "b"])
+        joined = client.request(
+            "POST", "/v1/groups/tx-g/join", json_body={"topic": "tx-in", "member_id": "w1"}
+        )
+        page = client.topic("tx-in").fetch(0)
+        with client.transaction("tx-batch-1") as txn:
+            for record in page.records:
+                txn.publish("tx-out", record.text.upper(), key=record.text)
+            txn.commit_offset("tx-g", joined["generation"], "tx-in", 0, page.next_offset, "w1")
+        assert txn.result is not None and not txn.result.duplicate
+        again = client.transaction("tx-batch-1")
+        again.publish("tx-out", "A")
+        assert again.commit().duplicate  # the same txn id applies nothing twice
+        assert [r.text for r in client.topic("tx-out").fetch(0).records] == ["A", "B"]
+        assert client.group("tx-g")["offsets"][0]["committed"] == 2
+        client.request(
+            "POST", "/v1/groups/tx-g/join", json_body={"topic": "tx-in", "member_id": "w2"}
+        )
+        zombie = client.transaction()
+        zombie.publish("tx-out", "late")
+        zombie.commit_offset("tx-g", joined["generation"], "tx-in", 0, 2)
+        with pytest.raises(TransactionAborted):
+            zombie.commit()
+        assert client.topic("tx-out").info()["partition_stats"][0]["high_watermark"] == 2

@@ -114,6 +114,18 @@ class QueueStateReader(Protocol):
 
     def applied_state(self) -> tuple[int, str]: ...
 
+    # topics and consumer groups (node/topics_api.py, node/groups_api.py)
+
+    def list_topics(self) -> list[dict[str, Any]]: ...
+
+    def topic_info(self, name: str) -> dict[str, Any] | None: ...
+
+    def topic_fetch(
+        self, name: str, partition: int, offset: int, max_records: int, max_bytes: int
+    ) -> dict[str, Any]: ...
+
+    def group_info(self, name: str) -> dict[str, Any] | None: ...
+
 
 class QueueService:
     """Proposes commands for the API and wakes long-polls when applies make work visible."""

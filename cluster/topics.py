@@ -332,12 +332,16 @@ class GroupSubscriber:
 
     async def _fetch_some(self) -> list[tuple[int, FetchResult]]:
         """One record batch per partition that has any; long-polls when none has."""
+        if not self.positions:  # more members than partitions: idle until a rebalance
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.wait_s)
+            return []
         out = []
         for p, offset in sorted(self.positions.items()):
             result = await self._fetch(p, offset, 0.0)
             if result is not None and result.records:
                 out.append((p, result))
-        if out or not self.positions:
+        if out or not self.positions:  # (a fetch may have dropped a partition meanwhile)
             return out
         # nothing anywhere: wait on every partition at once, take what comes first
         tasks = {

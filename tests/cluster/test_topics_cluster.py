@@ -26,6 +26,22 @@ async def _leader_after(cluster: LocalCluster, not_id: int | None, timeout_s: fl
     raise TimeoutError("no new leader")
 
 
+async def _replicas_agree(cluster: LocalCluster, timeout_s: float = 30) -> None:
+    """Every node reaches the same applied index with the same state hash (the logs, their
+    partitions, producer sessions and timers are all replicated state)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = set()
+        for i in cluster.ids:
+            async with AsyncClient([cluster.url(i)], timeout_s=5) as one:
+                state = await one.request("GET", "/v1/admin/state")
+            found.add((state["applied_index"], state["state_hash"]))
+        if len(found) == 1:
+            return
+        assert time.monotonic() < deadline, found
+        await asyncio.sleep(0.2)
+
+
 async def _read_all(client: AsyncClient, topic: str) -> dict[int, list[TopicRecord]]:
     """Every retained record of every partition, by partition, in offset order."""
     info = await client.topic(topic).info()
@@ -71,6 +87,7 @@ async def test_publishing_across_a_leader_kill_keeps_order_and_has_no_duplicates
         assert len(published) == keys * per_key == len(set(published))
         assert at_kill and at_kill[0] < keys * per_key  # the kill came mid-way
         logs = await _read_all(client, "orders")
+        await _replicas_agree(cluster)
     assert sum(len(records) for records in logs.values()) == keys * per_key  # no duplicate
     for p, records in logs.items():
         assert [r.offset for r in records] == list(range(len(records)))
@@ -209,3 +226,39 @@ def test_a_client_transaction_publishes_and_commits_offsets_once(cluster3: Local
         with pytest.raises(TransactionAborted):
             zombie.commit()
         assert client.topic("tx-out").info()["partition_stats"][0]["high_watermark"] == 2
+
+
+async def test_a_member_without_partitions_waits_and_takes_over(cluster3: LocalCluster) -> None:
+    """Two members, one partition: the second idles (without spinning the loop) until the
+    first leaves, then reads on from the first's committed offset."""
+    seen: dict[str, list[int]] = {"first": [], "second": []}
+    async with AsyncClient(cluster3.urls, timeout_s=30) as client:
+        topic = client.topic("single")
+        await topic.create(partitions=1)
+        await topic.publish_many([str(i) for i in range(10)])
+        first = client.subscriber(
+            "single", "solo", lambda r: seen["first"].append(r.offset), member_id="a", wait_s=0.5
+        )
+        second = client.subscriber(
+            "single", "solo", lambda r: seen["second"].append(r.offset), member_id="b", wait_s=0.5
+        )
+        runs = [asyncio.create_task(first.run())]
+        while len(seen["first"]) < 10:
+            await asyncio.sleep(0.05)
+        runs.append(asyncio.create_task(second.run()))
+        ticks = 0
+        started = time.monotonic()
+        while time.monotonic() - started < 1.5:  # the loop stays responsive meanwhile
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert ticks > 50 and seen["second"] == []
+        first.stop()
+        await runs[0]
+        await topic.publish_many([str(i) for i in range(10, 15)])
+        deadline = time.monotonic() + 20
+        while len(seen["second"]) < 5:
+            assert time.monotonic() < deadline, seen
+            await asyncio.sleep(0.05)
+        second.stop()
+        await runs[1]
+    assert seen["first"] == list(range(10)) and seen["second"] == list(range(10, 15))

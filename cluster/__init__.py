@@ -29,7 +29,8 @@ from cluster.exchanges import AsyncExchange, Exchange, PublishMessage, PublishRe
 from cluster.launcher import ClusterStartError, LeaderInfo, LocalCluster, free_ports
 from cluster.message import AckResult, Message, OutgoingMessage, SendResult
 from cluster.rpc import RequestTimeout
-from cluster.sync_client import Client, Queue
+from cluster.sync_client import Client, Queue, Topic
+from cluster.topics import AsyncTopic, FetchResult, GroupSubscriber, TopicRecord
 from cluster.transactions import (
     AsyncTransaction,
     Transaction,
@@ -43,6 +44,7 @@ __all__ = [
     "AsyncClient",
     "AsyncExchange",
     "AsyncQueue",
+    "AsyncTopic",
     "AsyncTransaction",
     "BadRequest",
     "Client",
@@ -52,7 +54,9 @@ __all__ = [
     "Consumer",
     "ConsumerStats",
     "Exchange",
+    "FetchResult",
     "Forbidden",
+    "GroupSubscriber",
     "InsufficientStorage",
     "LeaderInfo",
     "LocalCluster",
@@ -67,6 +71,8 @@ __all__ = [
     "SendResult",
     "ServerError",
     "TooLarge",
+    "Topic",
+    "TopicRecord",
     "Transaction",
     "TransactionAborted",
     "TxnResult",

@@ -35,6 +35,14 @@ from typing import Any, NoReturn, TextIO
 import structlog
 
 from cluster.cli_exchanges import ExchangeUsage, add_exchange_parsers, cmd_exchange
+from cluster.cli_topics import (
+    TopicUsageProblem,
+    add_topic_parsers,
+    cmd_group,
+    cmd_publish,
+    cmd_subscribe,
+    cmd_topic,
+)
 from cluster.cli_users import UsageProblem, add_user_parsers, cmd_token, cmd_user
 from cluster.errors import ClusterUnavailable, RaftqError
 from cluster.launcher import ClusterStartError, LocalCluster
@@ -663,6 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_user_parsers(sub, common)
     add_exchange_parsers(sub, common)
+    add_topic_parsers(sub, common)
 
     ap = sub.add_parser("ack", parents=[common], help="ack receipts printed by recv")
     ap.add_argument("queue")
@@ -782,10 +791,14 @@ def main(
         "leader": lambda: cmd_leader(args, client, out),
         "user": lambda: cmd_user(args, client, out),
         "exchange": lambda: cmd_exchange(args, client, out),
+        "topic": lambda: cmd_topic(args, client, out),
+        "publish": lambda: cmd_publish(args, client, out, stdin or sys.stdin),
+        "subscribe": lambda: cmd_subscribe(args, client, out),
+        "group": lambda: cmd_group(args, client, out),
     }
     try:
         return handlers[args.command]()
-    except (UsageError, UsageProblem, ExchangeUsage) as exc:
+    except (UsageError, UsageProblem, ExchangeUsage, TopicUsageProblem) as exc:
         err_stream.write(f"raftq {args.command}: error: {exc}\n")
         return EXIT_USAGE
     except ClusterUnavailable as exc:

@@ -46,6 +46,7 @@ from cluster.exchanges import AsyncExchange
 from cluster.grouping import GroupedCalls
 from cluster.message import AckResult, Message, OutgoingMessage, SendResult
 from cluster.tls import client_ssl_context
+from cluster.topics import AsyncTopic, GroupSubscriber, RecordHandler, SubscriberStats
 
 #: The API's long-poll limit: a longer `wait_s` is served as several polls.
 MAX_POLL_WAIT_S = 20.0
@@ -582,6 +583,7 @@ class AsyncClient:
             ssl_context=tls,
         )
         self._queues: dict[str, AsyncQueue] = {}
+        self._topics: dict[str, AsyncTopic] = {}
 
     def __repr__(self) -> str:
         return (
@@ -604,6 +606,8 @@ class AsyncClient:
         """Close connections (idempotent); sends still waiting to leave are cancelled."""
         for q in self._queues.values():
             q._sends.cancel_all()
+        for t in self._topics.values():
+            t._publishes.cancel_all()
         await self._router.close()
 
     async def request(self, method: str, path: str, **options: Unpack[CallOptions]) -> Any:
@@ -646,6 +650,36 @@ class AsyncClient:
         """Every exchange with its type, binding count and totals."""
         answer = await self.request("GET", "/v1/exchanges") or {}
         return list(answer.get("exchanges") or [])
+
+    def topic(self, name: str) -> AsyncTopic:
+        """The handle of topic `name` (not created on the server: call `create()`)."""
+        t = self._topics.get(name)
+        if t is None:
+            t = self._topics[name] = AsyncTopic(self, name)
+        return t
+
+    async def topics(self) -> list[dict[str, Any]]:
+        """Every topic the caller may see, with its partitions' offsets."""
+        answer = await self.request("GET", "/v1/topics") or {}
+        return list(answer.get("topics") or [])
+
+    async def group(self, name: str) -> dict[str, Any]:
+        """A consumer group: members, generation, committed offsets and lag."""
+        return await self.request("GET", f"/v1/groups/{quote(name, safe='')}") or {}
+
+    def subscriber(
+        self, topic: str, group: str, handler: RecordHandler, **options: Any
+    ) -> GroupSubscriber:
+        """A member of `group` on `topic` that runs `handler` per record (`run()` until
+        `stop()`); options: member_id, session_timeout_s, start, max_records, wait_s."""
+        return GroupSubscriber(self, self.topic(topic), group, handler, **options)
+
+    async def subscribe(
+        self, topic: str, group: str, handler: RecordHandler, **options: Any
+    ) -> SubscriberStats:
+        """Consume `topic` as a member of `group`: the handler per record, offsets committed
+        after it, until the task is cancelled (then the member leaves the group)."""
+        return await self.subscriber(topic, group, handler, **options).run()
 
     async def queues(self) -> list[dict[str, Any]]:
         """Every queue with its depth, in_flight and delayed counts."""

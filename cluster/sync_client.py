@@ -34,6 +34,7 @@ from cluster.client import MAX_POLL_WAIT_S, AsyncClient, AsyncQueue, MessageRef
 from cluster.consumer import Consumer, ConsumerStats, Handler
 from cluster.exchanges import Exchange
 from cluster.message import AckResult, Message, SendResult
+from cluster.topics import AsyncTopic, RecordHandler, SubscriberStats
 from cluster.transactions import Transaction, exactly_once_consumer
 
 T = TypeVar("T")
@@ -238,6 +239,33 @@ class Queue:
         self.client._loop.loop.call_soon_threadsafe(self._async.stop)
 
 
+class Topic:
+    """Blocking handle on one topic; same methods as `AsyncTopic`."""
+
+    def __init__(self, client: Client, atopic: AsyncTopic) -> None:
+        self.client = client
+        self._async = atopic
+        self.name = atopic.name
+
+    def __repr__(self) -> str:
+        return f"Topic(name={self.name!r})"
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.client._run(coro)
+
+    create = _blocking(AsyncTopic.create)
+    info = _blocking(AsyncTopic.info)
+    delete = _blocking(AsyncTopic.delete)
+    publish = _blocking(AsyncTopic.publish)
+    fetch = _blocking(AsyncTopic.fetch)
+
+    def publish_many(
+        self, values: Iterable[Any], *, key: str | None = None
+    ) -> list[tuple[int, int]]:
+        """Append several records (read here, in the caller's thread) in as few requests."""
+        return self._run(self._async.publish_many(list(values), key=key))
+
+
 class Client:
     """Blocking client of a raftq cluster; see `AsyncClient` for the parameters.
 
@@ -276,6 +304,7 @@ class Client:
         self.servers = self._async.servers
         self.timeout_s = timeout_s
         self._queues: dict[str, Queue] = {}
+        self._topics: dict[str, Topic] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -330,6 +359,53 @@ class Client:
 
     exchanges = _blocking(AsyncClient.exchanges)
     request_reply = _blocking(AsyncClient.request_reply)
+
+    def topic(self, name: str) -> Topic:
+        """The handle of topic `name` (call `create()` to create it on the server)."""
+        t = self._topics.get(name)
+        if t is None:
+            t = self._topics[name] = Topic(self, self._async.topic(name))
+        return t
+
+    def subscribe(
+        self,
+        topic: str,
+        group: str,
+        handler: RecordHandler,
+        *,
+        stop_event: threading.Event | None = None,
+        handle_signals: bool = True,
+        **options: Any,
+    ) -> SubscriberStats:
+        """Consume `topic` as a member of `group` until Ctrl-C / SIGTERM or `stop_event`:
+        the handler (called on the client's loop thread) per record, offsets committed
+        after it; the member leaves the group at the end. Options as
+        `AsyncClient.subscriber`."""
+        subscriber = self._async.subscriber(topic, group, handler, **options)
+        loop = self._loop.loop
+        future = asyncio.run_coroutine_threadsafe(subscriber.run(), loop)
+        restore: list[tuple[int, Any]] = []
+        if handle_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                restore.append((sig, signal.getsignal(sig)))
+                signal.signal(sig, lambda *_: loop.call_soon_threadsafe(subscriber.stop))
+        try:
+            while True:
+                try:
+                    return future.result(timeout=0.1)
+                except concurrent.futures.TimeoutError:
+                    if stop_event is not None and stop_event.is_set():
+                        loop.call_soon_threadsafe(subscriber.stop)
+        except BaseException:
+            future.cancel()
+            raise
+        finally:
+            for sig, previous in restore:
+                with contextlib.suppress(TypeError, ValueError):
+                    signal.signal(sig, previous)
+
+    topics = _blocking(AsyncClient.topics)
+    group = _blocking(AsyncClient.group)
     queues = _blocking(AsyncClient.queues)
     cluster = _blocking(AsyncClient.cluster)
     members = _blocking(AsyncClient.members)
@@ -347,4 +423,4 @@ class Client:
     request = _blocking(AsyncClient.request)
 
 
-__all__ = ["Client", "Queue"]
+__all__ = ["Client", "Queue", "Topic"]

@@ -34,6 +34,7 @@ from cluster.discovery import CallOptions
 from cluster.errors import BadRequest, Conflict, TooLarge
 from cluster.grouping import GroupedCalls
 from cluster.message import Message, OutgoingMessage, new_dedup_id
+from cluster.topics import wire_record
 
 log = structlog.get_logger("raftq.transactions")
 
@@ -58,7 +59,8 @@ class ExactlyOnceQueue(ConsumedQueue, Protocol):
 
 
 class TransactionAborted(Conflict):
-    """The cluster refused the commit as a whole (a stale receipt): nothing was applied."""
+    """The cluster refused the commit as a whole (a stale receipt or group generation):
+    nothing was applied."""
 
 
 @dataclass(slots=True)
@@ -82,6 +84,8 @@ class AsyncTransaction:
         self.txn_id = txn_id or new_dedup_id()  # time-ordered, like dedup ids
         self._acks: list[dict[str, str]] = []
         self._sends: dict[str, list[dict[str, Any]]] = {}
+        self._publishes: dict[str, list[dict[str, Any]]] = {}
+        self._offsets: list[dict[str, Any]] = []
         self.result: TxnResult | None = None
 
     def __repr__(self) -> str:
@@ -101,14 +105,45 @@ class AsyncTransaction:
         wire.pop("dedup_id", None)  # the txn id already makes the commit idempotent
         self._sends.setdefault(queue, []).append(wire)
 
+    def publish(self, topic: str, value: Any, **options: Any) -> None:
+        """Append `value` to `topic` when the transaction commits (options as in
+        `topic.publish`: key, headers, partition)."""
+        self._publishes.setdefault(topic, []).append(wire_record(value, **options))
+
+    def commit_offset(
+        self,
+        group: str,
+        generation: int,
+        topic: str,
+        partition: int,
+        offset: int,
+        member_id: str | None = None,
+    ) -> None:
+        """Commit a consumer group's offset with the transaction: refused whole (409) if the
+        group's generation moved on (or `member_id` no longer owns the partition)."""
+        item: dict[str, Any] = {
+            "group": group,
+            "generation": generation,
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+        }
+        if member_id is not None:
+            item["member_id"] = member_id
+        self._offsets.append(item)
+
     async def commit(self, timeout_s: float | None = None) -> TxnResult:
         if self.result is not None:
             return self.result
-        body = {
+        body: dict[str, Any] = {
             "txn_id": self.txn_id,
             "ack": self._acks,
             "send": [{"queue": q, "messages": m} for q, m in self._sends.items()],
         }
+        if self._publishes:
+            body["publish"] = [{"topic": t, "records": r} for t, r in self._publishes.items()]
+        if self._offsets:
+            body["commit_offsets"] = self._offsets
         try:
             answer = await self.client.request(
                 "POST", "/v1/transactions", json_body=body, timeout_s=timeout_s
@@ -259,6 +294,20 @@ class Transaction:
 
     def send(self, queue: str, body: Any, **options: Any) -> None:
         self._inner.send(queue, body, **options)
+
+    def publish(self, topic: str, value: Any, **options: Any) -> None:
+        self._inner.publish(topic, value, **options)
+
+    def commit_offset(
+        self,
+        group: str,
+        generation: int,
+        topic: str,
+        partition: int,
+        offset: int,
+        member_id: str | None = None,
+    ) -> None:
+        self._inner.commit_offset(group, generation, topic, partition, offset, member_id)
 
     def commit(self, timeout_s: float | None = None) -> TxnResult:
         return self._run(self._inner.commit(timeout_s))

@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from node import exchanges_api, users_api
+from node import exchanges_api, groups_api, topics_api, users_api
 from node.app_context import (
     AUTH_KEY,
     NODE_KEY,
@@ -505,21 +505,29 @@ async def transaction(request: web.Request) -> web.Response:
     txn_id = body.get("txn_id")
     if not isinstance(txn_id, str) or not 0 < len(txn_id) <= 256:
         raise bad_request("txn_id must be a string of 1 to 256 characters", field="txn_id")
-    if body.get("publish") or body.get("commit_offsets"):
-        raise bad_request("publish and commit_offsets need topics, which this version lacks")
     acks, sends = _txn_acks(body), _txn_sends(service, body)
-    if not acks and not sends:
-        raise bad_request("a transaction needs at least one ack or send")
+    publishes = topics_api.txn_publishes(service, body)
+    offsets = topics_api.txn_offsets(body)
+    if not acks and not sends and not publishes and not offsets:
+        raise bad_request("a transaction needs at least one ack, send, publish or commit_offsets")
     principal = principal_of(request)
     for ack in acks:
         principal.require("read", ack["queue"])
     for send in sends:
         principal.require("write", send["queue"])
-    if len(acks) + sum(len(s["messages"]) for s in sends) > service.config.limits.max_batch:
+    for publish in publishes:
+        principal.require("write", publish["topic"])
+    for offset in offsets:
+        principal.require("read", offset["topic"])
+    items = len(acks) + len(offsets) + sum(len(s["messages"]) for s in sends)
+    items += sum(len(p["records"]) for p in publishes)
+    if items > service.config.limits.max_batch:
         raise too_large(f"a transaction may hold at most {service.config.limits.max_batch} items")
-    result = await service.propose(
-        "txn", txn_id=principal.scoped(txn_id), ack=acks, send=sends, commit_offsets=[]
-    )
+    fields: dict[str, Any] = {"ack": acks, "send": sends, "commit_offsets": offsets}
+    if publishes:
+        fields["publish"] = publishes
+    result = await service.propose("txn", txn_id=principal.scoped(txn_id), **fields)
+    topics_api.wake_fetches(service, result)
     if isinstance(result.get("txn_id"), str):
         result = {**result, "txn_id": principal.unscoped(result["txn_id"])}
     return respond(request, result)
@@ -626,6 +634,18 @@ ROUTES: tuple[tuple[str, str, Any, str], ...] = (
     ("DELETE", "/v1/exchanges/{name}/bindings", exchanges_api.unbind, ADMIN),
     ("POST", "/v1/exchanges/{name}/bindings/delete", exchanges_api.unbind, ADMIN),
     ("POST", "/v1/exchanges/{name}/publish", exchanges_api.publish, WRITE),
+    # topics (node/topics_api.py) and consumer groups (node/groups_api.py)
+    ("GET", "/v1/topics", topics_api.list_topics, USER),
+    ("PUT", "/v1/topics/{name}", topics_api.put_topic, ADMIN),
+    ("GET", "/v1/topics/{name}", topics_api.show_topic, READ),
+    ("DELETE", "/v1/topics/{name}", topics_api.delete_topic, ADMIN),
+    ("POST", "/v1/topics/{name}/records", topics_api.append_records, WRITE),
+    ("GET", "/v1/topics/{name}/partitions/{p}/records", topics_api.fetch_records, READ),
+    ("POST", "/v1/groups/{group}/join", groups_api.join, IN_HANDLER),
+    ("POST", "/v1/groups/{group}/heartbeat", groups_api.heartbeat, IN_HANDLER),
+    ("POST", "/v1/groups/{group}/leave", groups_api.leave, IN_HANDLER),
+    ("POST", "/v1/groups/{group}/commit", groups_api.commit, IN_HANDLER),
+    ("GET", "/v1/groups/{group}", groups_api.show_group, IN_HANDLER),
 )
 ROUTE_ACCESS: dict[tuple[str, str], str] = {(m, p): a for m, p, _h, a in ROUTES}
 

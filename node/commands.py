@@ -38,10 +38,22 @@ EXACTLY_ONCE_OPS = frozenset({"producer_init", "txn"})
 USER_OPS = frozenset({"user_add", "user_update", "user_delete"})
 # Ops the leader may coalesce into one `batch` entry: concurrent requests then share one
 # Raft entry, one proposal and one decode on every replica. Each still runs on its own.
-BATCHABLE_OPS = frozenset({"send", "receive", "ack", "nack", "extend", "txn"})
+BATCHABLE_OPS = frozenset({"send", "receive", "ack", "nack", "extend", "txn", "topic_append"})
+# Topics (partitioned logs) and their consumer groups (node/state/topics.py, groups.py).
+TOPIC_OPS = frozenset(
+    {
+        "topic_put",
+        "topic_delete",
+        "topic_append",
+        "group_join",
+        "group_heartbeat",
+        "group_leave",
+        "group_commit",
+    }
+)
 # Ops of the cluster itself, proposed by the leader (not by a client request).
 CLUSTER_OPS = frozenset({"receipt_key"})
-OPS = QUEUE_OPS | EXACTLY_ONCE_OPS | USER_OPS | CLUSTER_OPS | {"batch"}
+OPS = QUEUE_OPS | EXACTLY_ONCE_OPS | USER_OPS | CLUSTER_OPS | TOPIC_OPS | {"batch"}
 # Exchanges (node/state/exchanges.py): routing into queues.
 EXCHANGE_OPS = frozenset(
     {"exchange_put", "exchange_delete", "exchange_bind", "exchange_unbind", "exchange_publish"}

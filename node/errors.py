@@ -55,6 +55,13 @@ class ProducerFenced(CommandError):
     http_status = 409
 
 
+class OffsetOutOfRange(CommandError):
+    """A fetch below a partition's log_start (retention dropped it) or past its end."""
+
+    code = "offset_out_of_range"
+    http_status = 409
+
+
 ERROR_HTTP_STATUS: dict[str, int] = {
     cls.code: cls.http_status
     for cls in (
@@ -65,5 +72,6 @@ ERROR_HTTP_STATUS: dict[str, int] = {
         TooLarge,
         OutOfOrderSequence,
         ProducerFenced,
+        OffsetOutOfRange,
     )
 }

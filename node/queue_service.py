@@ -114,6 +114,18 @@ class QueueStateReader(Protocol):
 
     def applied_state(self) -> tuple[int, str]: ...
 
+    # topics and consumer groups (node/topics_api.py, node/groups_api.py)
+
+    def list_topics(self) -> list[dict[str, Any]]: ...
+
+    def topic_info(self, name: str) -> dict[str, Any] | None: ...
+
+    def topic_fetch(
+        self, name: str, partition: int, offset: int, max_records: int, max_bytes: int
+    ) -> dict[str, Any]: ...
+
+    def group_info(self, name: str) -> dict[str, Any] | None: ...
+
 
 class QueueService:
     """Proposes commands for the API and wakes long-polls when applies make work visible."""
@@ -535,6 +547,19 @@ class QueueService:
         publish): let their long-polls look again."""
         for name in names:
             self._wake(name)
+
+    def wake(self, key: str) -> None:
+        """Wake the long-polls waiting on `key`: a queue name, or another route's own key
+        (topic fetches wait on keys no queue name can have: node/topics_api.py)."""
+        self._wake(key)
+
+    def take_long_poll(self) -> None:
+        """Count a long-poll of another route (a topic fetch) against the node's cap
+        (503 too_many_long_polls past it); give it back with release_long_poll."""
+        self._take_long_poll()
+
+    def release_long_poll(self) -> None:
+        self.long_polls -= 1
 
     def wake_all(self) -> None:
         """Leadership changed: let every long-poll retry (and find out it must redirect)."""

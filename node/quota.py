@@ -60,7 +60,7 @@ MIN_MEASURE_EVERY_BYTES = 64 << 10
 #: txn). Every other op drains, frees or only moves data, and must keep working past the
 #: quota: receive, ack, nack, extend, tick, redrive (moves dead letters back, adds
 #: nothing), queue_delete, queue_purge.
-ADDING_OPS = frozenset({"send", "queue_put", "producer_init", "txn", "user_add"})
+ADDING_OPS = frozenset({"send", "queue_put", "producer_init", "txn", "user_add", "topic_append"})
 # An exchange, a binding and a publish's copies add data; deleting and unbinding free it.
 ADDING_OPS = ADDING_OPS | {"exchange_put", "exchange_bind", "exchange_publish"}
 # user_update replaces a record in place (a token rotated on a full disk must still work);
@@ -78,6 +78,16 @@ NEVER_REFUSED_OPS = frozenset(
         "user_update",
         "user_delete",
         "receipt_key",
+        # topics: appends add data; a topic's record (and its partitions' small records) is
+        # tens of bytes, and lowering its retention is how a full disk frees topic data;
+        # group ops keep consumers joining, rebalancing and committing past the quota (a
+        # group is one bounded record; fetches are reads, not ops)
+        "topic_put",
+        "topic_delete",
+        "group_join",
+        "group_heartbeat",
+        "group_leave",
+        "group_commit",
     }
 ) | {"exchange_delete", "exchange_unbind"}
 
@@ -93,8 +103,10 @@ def adds_data(op: str, fields: dict[str, Any], queue_exists: Callable[[str], boo
         return False
     if op == "queue_put":
         return not queue_exists(str(fields.get("name", "")))
-    if op == "txn":
-        return any(s.get("messages") for s in fields.get("send") or () if isinstance(s, dict))
+    if op == "txn":  # sends and topic publishes add data; acks and offset commits do not
+        return bool(fields.get("publish")) or any(
+            s.get("messages") for s in fields.get("send") or () if isinstance(s, dict)
+        )
     return True
 
 

@@ -32,6 +32,7 @@ from node.state import (
     dead_letters,
     delivery,
     exchanges,
+    groups,
     keys,
     messages,
     producers,
@@ -39,7 +40,9 @@ from node.state import (
     queue_expiry,
     queues,
     sending,
+    streams,
     timers,
+    topics,
     transactions,
     users,
 )
@@ -135,6 +138,13 @@ HANDLERS: dict[str, Handler] = {
     "exchange_bind": exchanges.exchange_bind,
     "exchange_unbind": exchanges.exchange_unbind,
     "exchange_publish": exchanges.exchange_publish,
+    "topic_put": streams.topic_put,
+    "topic_delete": streams.topic_delete,
+    "topic_append": topics.append,
+    "group_join": groups.group_join,
+    "group_heartbeat": groups.group_heartbeat,
+    "group_leave": groups.group_leave,
+    "group_commit": groups.group_commit,
 }
 
 
@@ -354,6 +364,41 @@ class QueueStateMachine:
     def list_exchanges(self) -> list[dict[str, Any]]:
         def read(txn: lmdb.Transaction) -> list[dict[str, Any]]:
             return [exchanges.public(r) for r in exchanges.all_exchanges(self._ctx(txn, 0))]
+
+        return self.env.read(read)
+
+    # ---- topics and groups (read-only; the API maps a CommandError to its status) ---------
+
+    def list_topics(self) -> list[dict[str, Any]]:
+        def read(txn: lmdb.Transaction) -> list[dict[str, Any]]:
+            ctx = self._ctx(txn, 0)
+            return [topics.info(ctx, t) for t in topics.all_topics(ctx)]
+
+        return self.env.read(read)
+
+    def topic_info(self, name: str) -> dict[str, Any] | None:
+        def read(txn: lmdb.Transaction) -> dict[str, Any] | None:
+            ctx = self._ctx(txn, 0)
+            topic = topics.get_topic(ctx, name)
+            return None if topic is None else topics.info(ctx, topic)
+
+        return self.env.read(read)
+
+    def topic_fetch(
+        self, name: str, partition: int, offset: int, max_records: int, max_bytes: int
+    ) -> dict[str, Any]:
+        """Records of one partition from `offset` (raises NotFound / OffsetOutOfRange)."""
+        return self.env.read(
+            lambda txn: topics.fetch(
+                self._ctx(txn, 0), name, partition, offset, max_records, max_bytes
+            )
+        )
+
+    def group_info(self, name: str) -> dict[str, Any] | None:
+        def read(txn: lmdb.Transaction) -> dict[str, Any] | None:
+            ctx = self._ctx(txn, 0)
+            group = groups.get_group(ctx, name)
+            return None if group is None else groups.info(ctx, name, group)
 
         return self.env.read(read)
 

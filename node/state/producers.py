@@ -13,6 +13,7 @@ Layout in node.producers:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from node.errors import BadRequest, OutOfOrderSequence, ProducerFenced
@@ -94,6 +95,62 @@ def send_with_session(
 def drop_sessions(ctx: Ctx, qid: int) -> None:
     """Forget every producer session of a deleted queue."""
     prefix = b"S" + keys.u64(qid)
+    cur = ctx.txn.cursor(db=ctx.tables.producers)
+    cur.set_range(prefix)
+    while True:
+        key = cur.key()
+        if not key or not key.startswith(prefix):
+            break
+        cur.delete()
+
+
+def topic_session_key(topic_id: int, producer_id: str) -> bytes:
+    """node.producers: a producer's session with one topic (its seqs count appends to it)."""
+    return b"T" + keys.u64(topic_id) + producer_id.encode()
+
+
+def run_with_session(
+    ctx: Ctx,
+    session_key: Callable[[str], bytes],
+    producer: Any,
+    run: Callable[[], dict[str, Any]],
+    items: str,
+) -> dict[str, Any]:
+    """`run()` once per (producer, epoch, seq) in the session `session_key(producer id)`:
+    the same rules as send_with_session (a repeat of the last seq answers its result with
+    every item of `result[items]` marked duplicate; a gap is out_of_order_sequence; an
+    older epoch is fenced), for writes other than queue sends (topic appends)."""
+    producer_id, epoch, seq = check_producer(producer)
+    record = ctx.get(ctx.tables.producers, _producer_key(producer_id))
+    latest_epoch = -1 if record is None else record["epoch"]
+    skey = session_key(producer_id)
+    session = ctx.get(ctx.tables.producers, skey)
+    if session is not None:
+        latest_epoch = max(latest_epoch, session["epoch"])
+    if epoch < latest_epoch:
+        raise ProducerFenced(
+            f"producer {producer_id!r} epoch {epoch} is fenced by epoch {latest_epoch}",
+            producer_id=producer_id,
+            epoch=latest_epoch,
+        )
+    if session is not None and session["epoch"] == epoch:
+        if seq == session["seq"]:
+            return {items: [{**m, "duplicate": True} for m in session["result"][items]]}
+        if seq != session["seq"] + 1:
+            raise OutOfOrderSequence(
+                f"producer {producer_id!r} sent seq {seq}; expected {session['seq'] + 1}",
+                expected_seq=session["seq"] + 1,
+                last_seq=session["seq"],
+            )
+    if record is None or record["epoch"] < epoch:
+        ctx.put(ctx.tables.producers, _producer_key(producer_id), {"epoch": epoch})
+    result = run()
+    ctx.put(ctx.tables.producers, skey, {"epoch": epoch, "seq": seq, "result": result})
+    return result
+
+
+def drop_prefix(ctx: Ctx, prefix: bytes) -> None:
+    """Forget every producer session whose key starts with `prefix`."""
     cur = ctx.txn.cursor(db=ctx.tables.producers)
     cur.set_range(prefix)
     while True:

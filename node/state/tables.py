@@ -43,6 +43,13 @@ TABLE_NAMES: tuple[str, ...] = (
     "node.queue_bindings",
     "node.queue_expiry",
     "node.queue_used",
+    # topics and consumer groups (node/state/topics.py, groups.py)
+    "node.topics",
+    "node.topic_ids",
+    "node.topic_parts",
+    "node.records",
+    "node.topic_timers",
+    "node.groups",
 )
 
 # The timer indexes (keys start with a big-endian u64 deadline), by position in Ctx.floors.
@@ -53,7 +60,10 @@ TIMER_TABLES: tuple[str, ...] = (
     "node.delayed",
     "node.dedup_expiry",
     "node.txn_expiry",
+    "node.topic_timers",
 )
+# Topic retention and group member sessions share one index (node/state/streams.py).
+TIMER_TOPICS = 5
 UNKNOWN_FLOOR = 0  # no bound known: look at the index
 EMPTY_FLOOR = 1 << 64  # the index is empty: nothing is due until something is added
 
@@ -65,6 +75,8 @@ META_NEXT_PRODUCER = b"next_producer_id"
 META_USERS_BOOTSTRAPPED = b"users_bootstrapped"
 #: The cluster's receipt key, once its first leader proposed one (messages.set_receipt_key).
 META_RECEIPT_KEY = b"receipt_key"
+META_NEXT_TOPIC_ID = b"next_topic_id"
+META_NEXT_MEMBER = b"next_member_id"
 
 
 class Tables:
@@ -96,6 +108,12 @@ class Tables:
         self.queue_bindings = h["node.queue_bindings"]
         self.queue_expiry = h["node.queue_expiry"]
         self.queue_used = h["node.queue_used"]
+        self.topics = h["node.topics"]
+        self.topic_ids = h["node.topic_ids"]
+        self.topic_parts = h["node.topic_parts"]
+        self.records = h["node.records"]
+        self.topic_timers = h["node.topic_timers"]
+        self.groups = h["node.groups"]
 
 
 def unpack(data: bytes) -> Any:

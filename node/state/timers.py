@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from node.state import counters, dedup, keys, messages, transactions
+from node.state import counters, dedup, keys, messages, streams, transactions
 from node.state.tables import TIMER_DELAYED, TIMER_LEASES, TIMER_RETENTION, Ctx
 
 RELEASE_LIMIT = 10_000
@@ -67,6 +67,7 @@ def release_due(ctx: Ctx, limit: int | None = None) -> dict[str, int]:
         delayed += 1
     dedup_expired = dedup.expire_due(ctx, limit)
     txns_expired = transactions.expire_due(ctx, limit)
+    streams.expire_due(ctx, limit)  # topic retention, group sessions (not in the result)
     return {
         "expired": expired,
         "leases_expired": leases,
@@ -77,14 +78,15 @@ def release_due(ctx: Ctx, limit: int | None = None) -> dict[str, int]:
 
 
 def next_deadline_ms(ctx: Ctx) -> int | None:
-    """The earliest lease / delay / retention / queue-expiry deadline (dedup expiry is not
-    urgent). Queue expiry (node/state/queue_expiry.py) happens in ticks only."""
+    """The earliest lease / delay / retention / queue-expiry / topic timer deadline (dedup
+    expiry is not urgent). Queue expiry (node/state/queue_expiry.py) happens in ticks only."""
     earliest = None
     for db in (
         ctx.tables.retention,
         ctx.tables.leases,
         ctx.tables.delayed,
         ctx.tables.queue_expiry,
+        ctx.tables.topic_timers,
     ):
         cur = ctx.txn.cursor(db=db)
         if cur.first():

@@ -1,4 +1,5 @@
-"""Transactional commit: acks and sends applied all or nothing, once per txn_id.
+"""Transactional commit: acks, sends, topic publishes and group offset commits applied all
+or nothing, once per txn_id.
 
 Why: a consumer that reads from one queue and writes to another must not duplicate its
 output when it crashes and retries, and a zombie consumer whose lease already expired
@@ -13,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from node.errors import BadRequest, Conflict
-from node.state import counters, delivery, fields, keys, messages, sending
+from node.state import counters, delivery, fields, groups, keys, messages, sending, topics
 from node.state.queues import require_queue
 from node.state.tables import TIMER_TXN_EXPIRY, Ctx
 
@@ -37,10 +38,8 @@ def txn(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest("txn_id is required", field="txn_id")
     acks = _list_field(cmd, "ack")
     sends = _list_field(cmd, "send")
-    if _list_field(cmd, "commit_offsets"):
-        raise BadRequest(
-            "commit_offsets is not supported by the queue state machine", field="commit_offsets"
-        )
+    publishes = _list_field(cmd, "publish")
+    offsets = _list_field(cmd, "commit_offsets")
     seen = ctx.get(ctx.tables.txns, txn_id.encode())
     if seen is not None and seen["expire"] > ctx.now_ms:
         return {**seen["result"], "duplicate": True}
@@ -73,11 +72,12 @@ def txn(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
         send_results.append(
             {"queue": queue["name"], "messages": sending.enqueue(ctx, queue, batch)}
         )
-    result = {
-        "committed": True,
-        "txn_id": txn_id,
-        "results": {"send": send_results, "ack": acked},
-    }
+    results: dict[str, Any] = {"send": send_results, "ack": acked}
+    if publishes:  # topics (node/state/topics.py): only then in the result, as before
+        results["publish"] = topics.txn_publish(ctx, publishes)
+    if offsets:
+        results["commit_offsets"] = groups.txn_commit_offsets(ctx, offsets)
+    result = {"committed": True, "txn_id": txn_id, "results": results}
     expire = ctx.now_ms + TXN_DEDUP_WINDOW_MS
     ctx.put(ctx.tables.txns, txn_id.encode(), {"result": result, "expire": expire})
     ctx.txn.put(keys.expiry_key(expire, txn_id.encode()), b"", db=ctx.tables.txn_expiry)

@@ -31,6 +31,9 @@ FIELDS = [
     "producer_id", "epoch", "seq", "id", "url", "raft_addr", "to", "limit", "from",
     "name", "permissions", "read", "write", "admin", "token",
     "type", "alternate_queue", "routing_key", "pattern", "headers", "match", "expires_s",
+    "records", "key", "value", "value_b64", "headers", "partition", "partitions",
+    "retention_bytes", "topic", "member_id", "session_timeout_s", "start", "generation",
+    "offsets", "offset", "publish", "commit_offsets", "group",
 ]  # fmt: skip
 
 leaves = (
@@ -72,8 +75,14 @@ ROUTES = [
     ("DELETE", "/v1/exchanges/{name}/bindings"),
     ("POST", "/v1/exchanges/{name}/bindings/delete"),
     ("POST", "/v1/exchanges/{name}/publish"),
+    ("PUT", "/v1/topics/{name}"),
+    ("POST", "/v1/topics/{name}/records"),
+    ("POST", "/v1/groups/{name}/join"),
+    ("POST", "/v1/groups/{name}/heartbeat"),
+    ("POST", "/v1/groups/{name}/leave"),
+    ("POST", "/v1/groups/{name}/commit"),
 ]
-names = st.sampled_from(["fz", "fz-dlq", "missing"]) | st.text(max_size=12)
+names = st.sampled_from(["fz", "fz-dlq", "missing", "fzt", "fzg"]) | st.text(max_size=12)
 
 
 class Node:
@@ -122,6 +131,13 @@ def node(single_node: LocalCluster) -> Node:
             200,
             201,
         )
+    # a topic and a group of it, so topic and group bodies reach past "not found"
+    assert n.call("PUT", "/v1/topics/fzt", b'{"partitions": 2}', "application/json")[0] in (
+        200,
+        201,
+    )
+    join = b'{"topic": "fzt", "member_id": "m", "session_timeout_s": 3600}'
+    assert n.call("POST", "/v1/groups/fzg/join", join, "application/json")[0] == 200
     return n
 
 

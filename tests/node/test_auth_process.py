@@ -32,7 +32,15 @@ ACCESS_BY_ROUTE = {(m, p): a for m, p, _h, a in ROUTES}
 
 def _concrete(path: str) -> str:
     """A route's path on a scratch queue (the admin's pass deletes and purges it)."""
-    return path.replace("{name}", "scratch").replace("{id}", "9").replace("{user}", "ghost")
+    for param, value in (
+        ("{name}", "scratch"),
+        ("{id}", "9"),
+        ("{user}", "ghost"),
+        ("{group}", "scratch"),
+        ("{p}", "0"),
+    ):
+        path = path.replace(param, value)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -292,3 +300,45 @@ def test_cli_adds_lists_and_removes_users(
     assert run("user", "remove", "cli-app")[0] == 0
     code, out, err = run("user", "whoami", token_file=str(token_file))
     assert code != 0 and "unauthorized" in err, (code, out, err)
+
+
+def test_topic_and_group_permissions_follow_topic_names(
+    secured: LocalCluster, admin: Client
+) -> None:
+    """Topics take the queue rules by name (admin creates, write appends, read fetches);
+    every group route needs read on the group's topic."""
+    admin.topic("events.eu").create(partitions=2)
+    admin.topic("billing.log").create(partitions=1)
+    admin.topic("events.eu").publish("hello", partition=0)
+    _user, token = admin.add_user("reader", {"read": ["events.*"], "write": [], "admin": []})
+    with Client(secured.servers, token=token) as reader:
+        page = reader.topic("events.eu").fetch(0)
+        assert [r.text for r in page.records] == ["hello"]
+        with pytest.raises(Forbidden):
+            reader.topic("events.eu").publish("no")
+        with pytest.raises(Forbidden):
+            reader.topic("billing.log").fetch(0)
+        with pytest.raises(Forbidden):
+            reader.topic("events.new").create()
+        joined = reader.request(
+            "POST", "/v1/groups/eu-readers/join", json_body={"topic": "events.eu"}
+        )
+        assert joined["partitions"] == [0, 1]
+        assert reader.group("eu-readers")["topic"] == "events.eu"
+        with pytest.raises(Forbidden):
+            reader.request("POST", "/v1/groups/bill/join", json_body={"topic": "billing.log"})
+        assert [t["name"] for t in reader.topics()] == ["events.eu"]
+    admin.request("POST", "/v1/groups/bill/join", json_body={"topic": "billing.log"})
+    _user, other = admin.add_user("outsider", {"read": ["billing.*"]})
+    with Client(secured.servers, token=other) as outsider:
+        with pytest.raises(Forbidden):
+            outsider.group("eu-readers")
+        with pytest.raises(Forbidden):
+            outsider.request(
+                "POST",
+                "/v1/groups/eu-readers/heartbeat",
+                json_body={"member_id": joined["member_id"]},
+            )
+        assert outsider.group("bill")["topic"] == "billing.log"
+    for name in ("reader", "outsider"):
+        admin.remove_user(name)

@@ -97,19 +97,58 @@ class _LoopThread:
             self.loop.close()
 
 
-class Queue:
-    """Blocking handle on one queue; same methods and rules as `AsyncQueue`."""
+def run_until_stopped(
+    loop: asyncio.AbstractEventLoop,
+    coro: Coroutine[Any, Any, T],
+    stop: Callable[[], Any],
+    stop_event: threading.Event | None,
+    handle_signals: bool,
+) -> T:
+    """Run a consumer loop's `coro` on the client's `loop` and wait for its result here;
+    SIGINT/SIGTERM (in the main thread, when `handle_signals`) or `stop_event` call
+    `stop()` (thread-safe), and the previous signal handlers come back at the end."""
+    future = asyncio.run_coroutine_threadsafe(coro, loop)
+    restore: list[tuple[int, Any]] = []
+    if handle_signals and threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            restore.append((sig, signal.getsignal(sig)))
+            signal.signal(sig, lambda *_: stop())
+    try:
+        while True:
+            try:
+                return future.result(timeout=0.1)
+            except concurrent.futures.TimeoutError:
+                if stop_event is not None and stop_event.is_set():
+                    stop()
+    except BaseException:
+        future.cancel()
+        raise
+    finally:
+        for sig, previous in restore:
+            with contextlib.suppress(TypeError, ValueError):
+                signal.signal(sig, previous)
 
-    def __init__(self, client: Client, aqueue: AsyncQueue) -> None:
+
+class _Handle:
+    """What every blocking handle (queue, topic) shares: its client, the async handle it
+    wraps, its name, and running coroutines on the client's loop."""
+
+    def __init__(self, client: Client, ahandle: Any) -> None:
         self.client = client
-        self._async = aqueue
-        self.name = aqueue.name
+        self._async = ahandle
+        self.name: str = ahandle.name
 
     def __repr__(self) -> str:
-        return f"Queue(name={self.name!r})"
+        return f"{type(self).__name__}(name={self.name!r})"
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.client._run(coro)
+
+
+class Queue(_Handle):
+    """Blocking handle on one queue; same methods and rules as `AsyncQueue`."""
+
+    _async: AsyncQueue
 
     create = _blocking(AsyncQueue.create)
     info = _blocking(AsyncQueue.info)
@@ -213,45 +252,23 @@ class Queue:
         self, consumer: Consumer, stop_event: threading.Event | None, handle_signals: bool
     ) -> ConsumerStats:
         """Run an async consumer on the client's loop; signals and stop_event stop it."""
-        future = asyncio.run_coroutine_threadsafe(consumer.run(), self.client._loop.loop)
-        restore: list[tuple[int, Any]] = []
-        if handle_signals and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                restore.append((sig, signal.getsignal(sig)))
-                signal.signal(sig, lambda *_: consumer.stop_threadsafe())
-        try:
-            while True:
-                try:
-                    return future.result(timeout=0.1)
-                except concurrent.futures.TimeoutError:
-                    if stop_event is not None and stop_event.is_set():
-                        consumer.stop_threadsafe()
-        except BaseException:
-            future.cancel()
-            raise
-        finally:
-            for sig, previous in restore:
-                with contextlib.suppress(TypeError, ValueError):
-                    signal.signal(sig, previous)
+        return run_until_stopped(
+            self.client._loop.loop,
+            consumer.run(),
+            consumer.stop_threadsafe,
+            stop_event,
+            handle_signals,
+        )
 
     def stop(self) -> None:
         """Stop every consumer loop running on this handle (thread-safe)."""
         self.client._loop.loop.call_soon_threadsafe(self._async.stop)
 
 
-class Topic:
+class Topic(_Handle):
     """Blocking handle on one topic; same methods as `AsyncTopic`."""
 
-    def __init__(self, client: Client, atopic: AsyncTopic) -> None:
-        self.client = client
-        self._async = atopic
-        self.name = atopic.name
-
-    def __repr__(self) -> str:
-        return f"Topic(name={self.name!r})"
-
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self.client._run(coro)
+    _async: AsyncTopic
 
     create = _blocking(AsyncTopic.create)
     info = _blocking(AsyncTopic.info)
@@ -383,26 +400,13 @@ class Client:
         `AsyncClient.subscriber`."""
         subscriber = self._async.subscriber(topic, group, handler, **options)
         loop = self._loop.loop
-        future = asyncio.run_coroutine_threadsafe(subscriber.run(), loop)
-        restore: list[tuple[int, Any]] = []
-        if handle_signals and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                restore.append((sig, signal.getsignal(sig)))
-                signal.signal(sig, lambda *_: loop.call_soon_threadsafe(subscriber.stop))
-        try:
-            while True:
-                try:
-                    return future.result(timeout=0.1)
-                except concurrent.futures.TimeoutError:
-                    if stop_event is not None and stop_event.is_set():
-                        loop.call_soon_threadsafe(subscriber.stop)
-        except BaseException:
-            future.cancel()
-            raise
-        finally:
-            for sig, previous in restore:
-                with contextlib.suppress(TypeError, ValueError):
-                    signal.signal(sig, previous)
+        return run_until_stopped(
+            loop,
+            subscriber.run(),
+            lambda: loop.call_soon_threadsafe(subscriber.stop),
+            stop_event,
+            handle_signals,
+        )
 
     topics = _blocking(AsyncClient.topics)
     group = _blocking(AsyncClient.group)

@@ -23,6 +23,7 @@ from node.app_context import (
     PRINCIPAL_KEY,
     SERVICE_KEY,
     NodeAdmin,
+    parse_producer,
     principal_of,
     request_body,
 )
@@ -307,11 +308,7 @@ async def list_queues(request: web.Request) -> web.Response:
     """The queues the caller holds any permission on (every queue when auth is off)."""
     service = await _read_consistent(request)
     principal = principal_of(request)
-    queues = [
-        q
-        for q in service.sm.list_queues(service.stamp_ms())
-        if any(principal.may(perm, q["name"]) for perm in ("read", "write", "admin"))
-    ]
+    queues = [q for q in service.sm.list_queues(service.stamp_ms()) if principal.sees(q["name"])]
     return respond(request, {"queues": queues})
 
 
@@ -346,23 +343,6 @@ def _queue_limits(service: QueueService, name: str) -> tuple[int, bool]:
     return max_bytes, bool(info.get("fifo"))
 
 
-def _producer(request: web.Request, body: dict[str, Any]) -> dict[str, Any] | None:
-    """The body's producer session, its id in the caller's namespace (node/auth.py)."""
-    producer = body.get("producer")
-    if producer is None:
-        return None
-    if not isinstance(producer, dict):
-        raise bad_request("producer must be an object {id, epoch, seq}")
-    reject_unknown(producer, {"id", "epoch", "seq"}, "producer")
-    if not isinstance(producer.get("id"), str) or not producer["id"]:
-        raise bad_request("producer.id must be a non-empty string")
-    return {
-        "id": principal_of(request).scoped(producer["id"]),
-        "epoch": get_int(producer, "epoch", 0, 0, 1 << 62, "producer"),
-        "seq": get_int(producer, "seq", None, 0, 1 << 62, "producer"),
-    }
-
-
 async def send_messages(request: web.Request) -> web.Response:
     service: QueueService = request.app[SERVICE_KEY]
     name = _queue_name(request)
@@ -375,10 +355,8 @@ async def send_messages(request: web.Request) -> web.Response:
     max_bytes, fifo = _queue_limits(service, name)
     messages = parse_messages(body, service.config.limits, max_bytes, fifo)
     fields: dict[str, Any] = {"queue": name, "messages": messages}
-    producer = _producer(request, body)
+    producer = parse_producer(request, body)
     if producer is not None:
-        if producer["seq"] is None:
-            raise bad_request("producer.seq is required")
         fields["producer"] = producer
     if ack == "none":
         service.propose_detached("send", **fields)

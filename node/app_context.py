@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from node.auth import ANYONE, Authenticator, Principal, unauthorized
-from node.http import read_body
+from node.http import bad_request, get_int, read_body, reject_unknown
 from node.queue_service import QueueService
 
 
@@ -53,3 +53,23 @@ async def request_body(request: web.Request) -> dict[str, Any]:
     """The request's JSON or msgpack object, within this node's body size and depth limits."""
     limits = request.app[SERVICE_KEY].config.limits
     return await read_body(request, limits.max_body_bytes, limits.max_json_depth)
+
+
+def parse_producer(request: web.Request, body: dict[str, Any]) -> dict[str, Any] | None:
+    """The body's producer session {id, epoch, seq}, its id in the caller's namespace."""
+    producer = body.get("producer")
+    if producer is None:
+        return None
+    if not isinstance(producer, dict):
+        raise bad_request("producer must be an object {id, epoch, seq}")
+    reject_unknown(producer, {"id", "epoch", "seq"}, "producer")
+    if not isinstance(producer.get("id"), str) or not 0 < len(producer["id"]) <= 128:
+        raise bad_request("producer.id must be a string of 1 to 128 characters")
+    seq = get_int(producer, "seq", None, 0, 1 << 62, "producer")
+    if seq is None:
+        raise bad_request("producer.seq is required")
+    return {
+        "id": principal_of(request).scoped(producer["id"]),
+        "epoch": get_int(producer, "epoch", 0, 0, (1 << 31) - 1, "producer"),
+        "seq": seq,
+    }

@@ -88,6 +88,10 @@ class Principal:
             return CLUSTER in patterns
         return any(fnmatchcase(resource, p) for p in patterns)
 
+    def sees(self, name: str) -> bool:
+        """Whether any permission names `name`: what list routes show this caller."""
+        return any(self.may(perm, name) for perm in ("read", "write", "admin"))
+
     def may_any(self, perm: str) -> bool:
         return bool(self.permissions.get(perm))
 

@@ -93,11 +93,7 @@ async def list_exchanges(request: web.Request) -> web.Response:
     service.require_leader()
     await service.linearizable()
     principal = principal_of(request)
-    found = [
-        e
-        for e in service.sm.list_exchanges()
-        if any(principal.may(perm, e["name"]) for perm in ("read", "write", "admin"))
-    ]
+    found = [e for e in service.sm.list_exchanges() if principal.sees(e["name"])]
     return respond(request, {"exchanges": found})
 
 

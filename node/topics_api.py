@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 from typing import Any
 
 from aiohttp import web
 
-from node.app_context import SERVICE_KEY, principal_of, request_body
+from node.app_context import SERVICE_KEY, parse_producer, principal_of, request_body
 from node.errors import CommandError
 from node.http import (
     ApiError,
@@ -31,7 +30,7 @@ from node.http import (
 from node.queue_service import QueueService
 from node.state.queue_config import valid_queue_name
 from node.state.topics import DEFAULTS, MAX_FETCH, MAX_KEY_BYTES, MAX_PARTITIONS
-from node.validation import check_attributes
+from node.validation import check_attributes, decode_body
 
 TOPIC_CONFIG_FIELDS = frozenset(DEFAULTS)
 RECORD_FIELDS = frozenset({"key", "value", "value_b64", "headers", "partition"})
@@ -100,11 +99,7 @@ async def list_topics(request: web.Request) -> web.Response:
     service.require_leader()
     await service.linearizable()
     principal = principal_of(request)
-    found = [
-        t
-        for t in service.sm.list_topics()
-        if any(principal.may(perm, t["name"]) for perm in ("read", "write", "admin"))
-    ]
+    found = [t for t in service.sm.list_topics() if principal.sees(t["name"])]
     return respond(request, {"topics": found})
 
 
@@ -127,29 +122,6 @@ async def delete_topic(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------- append
 
 
-def _value(rec: dict[str, Any], where: str) -> bytes:
-    has_text, has_b64 = "value" in rec, "value_b64" in rec
-    if has_text == has_b64:
-        raise bad_request(f"{where} needs exactly one of value or value_b64")
-    if has_text:
-        value = rec["value"]
-        if isinstance(value, bytes):  # msgpack clients may send raw bytes
-            return value
-        if not isinstance(value, str):
-            raise bad_request(f"{where}.value must be a string (use value_b64 for bytes)")
-        try:
-            return value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise bad_request(f"{where}.value is not valid Unicode (use value_b64)") from None
-    b64 = rec["value_b64"]
-    if not isinstance(b64, str):
-        raise bad_request(f"{where}.value_b64 must be a base64 string")
-    try:
-        return base64.b64decode(b64, validate=True)
-    except (binascii.Error, ValueError):
-        raise bad_request(f"{where}.value_b64 is not valid base64") from None
-
-
 def parse_records(service: QueueService, body: dict[str, Any]) -> list[dict[str, Any]]:
     limits = service.config.limits
     records = body.get("records")
@@ -163,7 +135,7 @@ def parse_records(service: QueueService, body: dict[str, Any]) -> list[dict[str,
         if not isinstance(rec, dict):
             raise bad_request(f"{where} must be an object")
         reject_unknown(rec, RECORD_FIELDS, where)
-        value = _value(rec, where)
+        value = decode_body(rec, where, "value")
         if len(value) > limits.max_message_bytes:
             raise too_large(
                 f"{where} value is {len(value)} bytes; at most {limits.max_message_bytes}",
@@ -183,26 +155,6 @@ def parse_records(service: QueueService, body: dict[str, Any]) -> list[dict[str,
             item["headers"] = {k: headers[k] for k in sorted(headers)}
         out.append(item)
     return out
-
-
-def parse_producer(request: web.Request, body: dict[str, Any]) -> dict[str, Any] | None:
-    """The body's producer session {id, epoch, seq}, its id in the caller's namespace."""
-    producer = body.get("producer")
-    if producer is None:
-        return None
-    if not isinstance(producer, dict):
-        raise bad_request("producer must be an object {id, epoch, seq}")
-    reject_unknown(producer, {"id", "epoch", "seq"}, "producer")
-    if not isinstance(producer.get("id"), str) or not 0 < len(producer["id"]) <= 128:
-        raise bad_request("producer.id must be a string of 1 to 128 characters")
-    seq = get_int(producer, "seq", None, 0, 1 << 62, "producer")
-    if seq is None:
-        raise bad_request("producer.seq is required")
-    return {
-        "id": principal_of(request).scoped(producer["id"]),
-        "epoch": get_int(producer, "epoch", 0, 0, (1 << 31) - 1, "producer"),
-        "seq": seq,
-    }
 
 
 async def append_records(request: web.Request) -> web.Response:

@@ -46,29 +46,32 @@ def parse_queue_config(body: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def decode_body(msg: dict[str, Any], where: str) -> bytes:
-    has_text, has_b64 = "body" in msg, "body_b64" in msg
+def decode_body(msg: dict[str, Any], where: str, name: str = "body") -> bytes:
+    """The bytes of `msg[name]` (UTF-8 text) or `msg[name + "_b64"]` (base64): exactly
+    one of the two. `name` is "body" for messages, "value" for topic records."""
+    b64_name = f"{name}_b64"
+    has_text, has_b64 = name in msg, b64_name in msg
     if has_text == has_b64:
-        raise bad_request(f"{where} needs exactly one of body or body_b64")
+        raise bad_request(f"{where} needs exactly one of {name} or {b64_name}")
     if has_text:
-        body = msg["body"]
+        body = msg[name]
         if isinstance(body, bytes):  # msgpack clients may send raw bytes
             return body
         if not isinstance(body, str):
-            raise bad_request(f"{where}.body must be a string (use body_b64 for bytes)")
+            raise bad_request(f"{where}.{name} must be a string (use {b64_name} for bytes)")
         try:  # read_body refused lone surrogates already; never store invalid UTF-8 anyway
             return body.encode("utf-8")
         except UnicodeEncodeError:
             raise bad_request(
-                f"{where}.body is not valid Unicode (send bytes as body_b64)", field="body"
+                f"{where}.{name} is not valid Unicode (send bytes as {b64_name})", field=name
             ) from None
-    b64 = msg["body_b64"]
+    b64 = msg[b64_name]
     if not isinstance(b64, str):
-        raise bad_request(f"{where}.body_b64 must be a base64 string")
+        raise bad_request(f"{where}.{b64_name} must be a base64 string")
     try:
         return base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
-        raise bad_request(f"{where}.body_b64 is not valid base64") from None
+        raise bad_request(f"{where}.{b64_name} is not valid base64") from None
 
 
 def check_attributes(value: Any, limits: Limits, where: str) -> dict[str, str]:

@@ -61,47 +61,20 @@ def check_producer(value: Any) -> tuple[str, int, int]:
 def send_with_session(
     ctx: Ctx, queue: dict[str, Any], batch: list[dict[str, Any]], producer: Any
 ) -> dict[str, Any]:
-    producer_id, epoch, seq = check_producer(producer)
-    record = ctx.get(ctx.tables.producers, _producer_key(producer_id))
-    latest_epoch = -1 if record is None else record["epoch"]
-    skey = _session_key(queue["id"], producer_id)
-    session = ctx.get(ctx.tables.producers, skey)
-    if session is not None:
-        latest_epoch = max(latest_epoch, session["epoch"])
-    if epoch < latest_epoch:
-        raise ProducerFenced(
-            f"producer {producer_id!r} epoch {epoch} is fenced by epoch {latest_epoch}",
-            producer_id=producer_id,
-            epoch=latest_epoch,
-        )
-    if session is not None and session["epoch"] == epoch:
-        if seq == session["seq"]:
-            original = session["result"]["messages"]
-            return {"messages": [{**m, "duplicate": True} for m in original]}
-        if seq != session["seq"] + 1:
-            raise OutOfOrderSequence(
-                f"producer {producer_id!r} sent seq {seq}; expected {session['seq'] + 1}",
-                expected_seq=session["seq"] + 1,
-                last_seq=session["seq"],
-            )
-    # A new session (or a new epoch) starts at whatever seq the producer sends first.
-    if record is None or record["epoch"] < epoch:
-        ctx.put(ctx.tables.producers, _producer_key(producer_id), {"epoch": epoch})
-    result = {"messages": sending.enqueue(ctx, queue, batch)}
-    ctx.put(ctx.tables.producers, skey, {"epoch": epoch, "seq": seq, "result": result})
-    return result
+    """Enqueue `batch` once per (producer, epoch, seq) in the producer's session with
+    `queue` (run_with_session has the rules)."""
+    return run_with_session(
+        ctx,
+        lambda producer_id: _session_key(queue["id"], producer_id),
+        producer,
+        lambda: {"messages": sending.enqueue(ctx, queue, batch)},
+        "messages",
+    )
 
 
 def drop_sessions(ctx: Ctx, qid: int) -> None:
     """Forget every producer session of a deleted queue."""
-    prefix = b"S" + keys.u64(qid)
-    cur = ctx.txn.cursor(db=ctx.tables.producers)
-    cur.set_range(prefix)
-    while True:
-        key = cur.key()
-        if not key or not key.startswith(prefix):
-            break
-        cur.delete()
+    drop_prefix(ctx, b"S" + keys.u64(qid))
 
 
 def topic_session_key(topic_id: int, producer_id: str) -> bytes:
@@ -116,10 +89,11 @@ def run_with_session(
     run: Callable[[], dict[str, Any]],
     items: str,
 ) -> dict[str, Any]:
-    """`run()` once per (producer, epoch, seq) in the session `session_key(producer id)`:
-    the same rules as send_with_session (a repeat of the last seq answers its result with
-    every item of `result[items]` marked duplicate; a gap is out_of_order_sequence; an
-    older epoch is fenced), for writes other than queue sends (topic appends)."""
+    """`run()` once per (producer, epoch, seq) in the session `session_key(producer id)`
+    (a queue's or a topic's): a repeat of the last seq answers its result with every item
+    of `result[items]` marked duplicate; a gap is out_of_order_sequence; an older epoch
+    than the latest producer_init or session is fenced (producer_fenced). A new session
+    (or a new epoch) starts at whatever seq the producer sends first."""
     producer_id, epoch, seq = check_producer(producer)
     record = ctx.get(ctx.tables.producers, _producer_key(producer_id))
     latest_epoch = -1 if record is None else record["epoch"]

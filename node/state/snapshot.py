@@ -148,15 +148,24 @@ def restore_snapshot(
     txn: lmdb.Transaction, handles: dict[str, Any], table_names: tuple[str, ...], path: str
 ) -> int:
     """Replace every table of `table_names` by the file's records, inside `txn` (the
-    caller's write transaction); returns the snapshot's applied index."""
+    caller's write transaction); returns the snapshot's applied index.
+
+    A snapshot may name fewer tables than this build has: one written by an older build
+    during a rolling upgrade, whose state has no records in the tables added since (they
+    are left empty). A snapshot naming a table this build does not know is refused
+    before anything changes: its state could not be kept whole (a downgrade)."""
     with open(path, "rb", buffering=_WRITE_BUFFER) as fh:
         header = read_header(fh)
         names = tuple(header["tables"])
-        if names != table_names:
-            raise SnapshotFormatError(f"snapshot tables {names} differ from this build's")
+        unknown = [name for name in names if name not in table_names]
+        if unknown or len(set(names)) != len(names):
+            raise SnapshotFormatError(
+                f"snapshot tables {unknown or names} are not this build's: it was written "
+                "by a newer raftq (upgrade this node first)"
+            )
         for name in table_names:
             txn.drop(handles[name], delete=False)
-        dbs = [handles[name] for name in table_names]
+        dbs = [handles[name] for name in names]
         for number, key, value in records(fh, len(names)):
             if not txn.put(key, value, db=dbs[number], append=True):
                 raise SnapshotFormatError(f"records of {names[number]} out of key order")

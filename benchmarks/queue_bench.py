@@ -30,6 +30,12 @@ Workloads:
               until it is a voter holding the leader's state
   failover    (own cluster) --trials times each: kill -9, then SIGSTOP, of the leader
               while the client library sends; the time to the first acknowledged send
+  publish100  topic appends, 100 records per request to one partition, --batch-concurrency
+              in flight (benchmarks/pubsub_workloads.py)
+  fetch       --consumers readers each read one partition (--prefill records) from offset
+              0, 1,000 records per request, over and over: served from applied state
+  fanout10    100 messages per request to a fanout exchange bound to 10 queues,
+              --batch-concurrency in flight (each message lands in all 10)
 
 Beside other systems: `make compare` runs NATS JetStream, RabbitMQ and raftq through the
 same workloads, taking turns (../shared/bench/peers); `python -m benchmarks.ab` compares
@@ -55,7 +61,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from benchmarks import failover
+from benchmarks import failover, pubsub_workloads
 from benchmarks.lean_http import LeanHttp
 from benchmarks.process_probe import CpuProbe, has_proc
 from benchmarks.queue_workloads import SNAP_BUSY, SNAP_IDLE, Bench, Result
@@ -75,6 +81,9 @@ WORKLOADS = (
     "memory",
     "snapshot",
     "failover",
+    "publish100",
+    "fetch",
+    "fanout10",
 )
 PEERS_HELP = """raftq beside its peers: `make compare` (from the project root) installs NATS
 JetStream 2.15 and RabbitMQ once (../shared/bench/peers/setup.sh, as root), then runs the
@@ -151,6 +160,12 @@ async def _run_one(
             return await run(args.txn_workers, args.prefill)
         except RuntimeError as exc:
             return Result(name, 0, 0, 0, [], 1, f"unavailable: {exc}"[:80])
+    if name == "publish100":
+        return await pubsub_workloads.publish100(bench, args.batch_concurrency)
+    if name == "fanout10":
+        return await pubsub_workloads.fanout10(bench, args.batch_concurrency)
+    if name == "fetch":
+        return await pubsub_workloads.fetch(bench, args.consumers, args.prefill)
     assert name == "memory", name
     return await bench.memory(args.messages, cluster)
 

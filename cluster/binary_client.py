@@ -27,6 +27,7 @@ from common.binwire import (
     FRAME_HEADER_BYTES,
     MAGIC,
     SCHEME,
+    SESSION_PATH,
     TLS_SCHEME,
     BadFrame,
     decode_answer,
@@ -78,10 +79,6 @@ class _SessionRefused(Exception):
     def __init__(self, answer: tuple[int, dict[str, str], Any]) -> None:
         super().__init__(answer[0])
         self.answer = answer
-
-
-#: The route that authenticates a connection (docs/API.md "Binary protocol").
-SESSION_PATH = "/v1/auth"
 
 
 class BinaryConnection:

@@ -42,6 +42,8 @@ import structlog
 from cluster.binary_client import BinaryConnection
 from cluster.errors import DEFINITE_STATUSES, ClusterUnavailable, error_from_response
 from cluster.watch import Abandoned, await_or_abandon
+from common.binwire import SCHEME as BINARY_SCHEME
+from common.binwire import TLS_SCHEME as BINARY_TLS_SCHEME
 
 log = structlog.get_logger("raftq.client")
 
@@ -52,9 +54,6 @@ DEFAULT_SERVERS: tuple[str, ...] = (
     "raftq://127.0.0.1:7202",
     "raftq://127.0.0.1:7203",
 )
-BINARY_SCHEME = "raftq"
-#: The binary protocol over TLS (a node with --tls-cert).
-BINARY_TLS_SCHEME = "raftqs"
 BINARY_SCHEMES = (BINARY_SCHEME, BINARY_TLS_SCHEME)
 #: How long discovery waits past a majority for the leader's own answer, which tells a
 #: router given raftq URLs which of them is the leader's (see `_learn_leader_binary`).

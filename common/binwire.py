@@ -35,6 +35,9 @@ FRAME_HEADER_BYTES = 4
 SCHEME = "raftq"
 #: The same port over TLS (a node started with --tls-cert): `raftqs://host:port`.
 TLS_SCHEME = "raftqs"
+#: The route whose answer authenticates a connection: every later request on it runs as
+#: the token's user (docs/API.md "Binary protocol", Sessions).
+SESSION_PATH = "/v1/auth"
 #: A node listens for binary clients on its HTTP port plus this, unless told otherwise
 #: (node i: HTTP 7000+i, Raft 7100+i, binary 7200+i).
 DEFAULT_PORT_OFFSET = 200

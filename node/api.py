@@ -8,9 +8,7 @@ middleware, so statuses and error bodies are the same everywhere.
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
-import uuid
 from typing import Any
 
 import structlog
@@ -47,9 +45,9 @@ from node.http import (
     get_number,
     not_found,
     reject_unknown,
+    render_bytes,
     respond,
     too_large,
-    wants_msgpack,
 )
 from node.membership import add_member, conf_view, promote_member, remove_member
 from node.queue_service import QueueService
@@ -66,22 +64,6 @@ from raft.errors import RaftError
 log = structlog.get_logger("node.api")
 
 FORWARDER_KEY = web.AppKey("forwarder", LeaderForwarder)
-
-
-def render_messages(request: web.Request, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Bodies are bytes inside raftq; JSON clients get `body` (UTF-8) or `body_b64`."""
-    if wants_msgpack(request):
-        return messages
-    out = []
-    for m in messages:
-        m = dict(m)
-        body = m.pop("body", b"")
-        try:
-            m["body"] = body.decode("utf-8")
-        except UnicodeDecodeError:
-            m["body_b64"] = base64.b64encode(body).decode("ascii")
-        out.append(m)
-    return out
 
 
 async def serve_request(request: web.Request, handler: Any, route: str) -> web.StreamResponse:
@@ -163,7 +145,6 @@ def _stale_ok(request: web.Request) -> bool:
 async def _read_consistent(request: web.Request) -> QueueService:
     service: QueueService = request.app[SERVICE_KEY]
     if not _stale_ok(request):
-        service.require_leader()
         await service.linearizable()
     return service
 
@@ -396,7 +377,7 @@ async def receive_messages(request: web.Request) -> web.Response:
             break
         service.require_leader()
     service.metrics.count_received(name, len(messages))
-    return respond(request, {"messages": render_messages(request, messages)})
+    return respond(request, {"messages": render_bytes(request, messages, "body")})
 
 
 async def _receipt_op(request: web.Request, op: str, extra: dict[str, Any]) -> web.Response:
@@ -524,10 +505,10 @@ async def producer_init(request: web.Request) -> web.Response:
     principal = principal_of(request)
     if not principal.may_any("write"):
         principal.require("write", CLUSTER)  # 403: a producer needs somewhere to write
-    fields = {"producer_id": principal.scoped(producer_id)} if producer_id else {}
-    if principal.name is not None and not producer_id:
-        # ids handed out are namespaced too: another user cannot re-init (fence) them
-        fields = {"producer_id": principal.scoped(f"p{uuid.uuid4().hex[:16]}")}
+    if producer_id:
+        fields = {"producer_id": principal.scoped(producer_id)}
+    else:  # ids handed out are namespaced too: another user cannot re-init (fence) them
+        fields = {"scope": principal.scoped("")} if principal.name is not None else {}
     result = await service.propose("producer_init", **fields)
     return respond(request, {**result, "producer_id": principal.unscoped(result["producer_id"])})
 

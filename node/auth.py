@@ -139,7 +139,6 @@ class Authenticator:
         self._known: dict[bytes, tuple[str, bytes]] = {}
         self._wrong: dict[bytes, int] = {}
         self._slow = asyncio.Semaphore(1)
-        self.failures = 0
 
     async def principal(self, authorization: str | None) -> Principal:
         if not self.enabled:
@@ -178,7 +177,6 @@ class Authenticator:
         raise self._refused()
 
     def _refused(self) -> ApiError:
-        self.failures += 1
         return unauthorized("the token is not valid (unknown user, wrong, or rotated)")
 
     @staticmethod

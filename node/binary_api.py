@@ -42,6 +42,7 @@ from common.binwire import (
     FRAME_HEADER_BYTES,
     FRAME_OVERHEAD_BYTES,
     MAGIC,
+    SESSION_PATH,
     BadFrame,
     decode_request,
     encode_answer,
@@ -71,8 +72,6 @@ IDLE_TIMEOUT_S = 300.0
 #: Once a frame's header is in, its payload must follow within this (a slow-loris
 #: client trickling bytes holds a connection for no longer).
 READ_TIMEOUT_S = 30.0
-#: The route that authenticates a connection (its token in the body).
-SESSION_PATH = "/v1/auth"
 _MSGPACK_HEADERS = CIMultiDictProxy(CIMultiDict({"Content-Type": MSGPACK, "Accept": MSGPACK}))
 #: Headers of a handler's answer that the frame itself replaces.
 _FRAME_OWN_HEADERS = frozenset({"content-type", "content-length"})

@@ -17,18 +17,13 @@ from node.auth import CLUSTER
 from node.http import bad_request, get_int, get_number, get_str, not_found, reject_unknown, respond
 from node.queue_service import QueueService
 from node.state.queue_config import valid_queue_name
+from node.validation import check_queue_name
 
 MAX_MEMBER_ID_CHARS = 128
 
 
 def _group_name(request: web.Request) -> str:
-    name = request.match_info["group"]
-    if not valid_queue_name(name):
-        raise bad_request(
-            f"invalid group name {name[:100]!r}: use 1-80 characters of A-Z a-z 0-9 _ . -",
-            field="group",
-        )
-    return name
+    return check_queue_name(request.match_info["group"], "group", field="group")
 
 
 def _member_id(body: dict[str, Any], required: bool) -> str | None:
@@ -142,7 +137,6 @@ async def show_group(request: web.Request) -> web.Response:
     service: QueueService = request.app[SERVICE_KEY]
     name = _group_name(request)
     _may_read_something(request)
-    service.require_leader()
     await service.linearizable()
     info = service.sm.group_info(name)
     if info is None:

@@ -10,6 +10,7 @@ encoded surrogates, which the decoder lets through so that the refusal can name 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import math
 from typing import Any
@@ -388,3 +389,22 @@ def get_list(body: dict[str, Any], key: str, where: str = "body", required: bool
     if not isinstance(value, list):
         raise bad_request(f"{where}.{key} must be an array", field=key)
     return value
+
+
+def render_bytes(
+    request: web.Request, items: list[dict[str, Any]], name: str
+) -> list[dict[str, Any]]:
+    """Bytes field `name` of each item (a message's body, a record's value) as JSON
+    clients get it: `name` (UTF-8 text) or `{name}_b64`; msgpack clients get bytes."""
+    if wants_msgpack(request):
+        return items
+    out = []
+    for item in items:
+        item = dict(item)
+        raw = item.pop(name, b"")
+        try:
+            item[name] = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            item[f"{name}_b64"] = base64.b64encode(raw).decode("ascii")
+        out.append(item)
+    return out

@@ -9,8 +9,9 @@ place keeps the handlers declarative.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -230,7 +231,9 @@ class QueueService:
             raise self.leader_hint(self.raft.leader_id)
 
     async def linearizable(self) -> None:
-        """Wait until local state reflects every write acknowledged before this call."""
+        """Wait until local state reflects every write acknowledged before this call
+        (on the leader only: a follower answers the leader hint at once)."""
+        self.require_leader()
         try:
             await asyncio.wait_for(self.raft.read_index(), self.config.propose_timeout_s)
         except NotLeader as exc:
@@ -450,14 +453,13 @@ class QueueService:
         event fires meanwhile: the receive leases messages and only this caller can hand
         them out.
         """
-        self._take_long_poll()
-        try:
+        with self.long_poll():
             return await self._wait_with_next_send(queue, fields, event, timeout_s)
-        finally:
-            self.long_polls -= 1
 
-    def _take_long_poll(self) -> None:
-        """Count one more waiting receive, or refuse it (503, Retry-After) past the cap.
+    @contextlib.contextmanager
+    def long_poll(self) -> Iterator[None]:
+        """Count one more waiting long-poll (a receive, a topic fetch) while inside, or
+        refuse it (503, Retry-After) past the cap.
 
         Why a cap: every waiting receive holds a connection, a task and a place in the
         wake-ups of its queue, and a leader change wakes them all at once; a client that
@@ -476,6 +478,10 @@ class QueueService:
                 limit=limit,
             )
         self.long_polls += 1
+        try:
+            yield
+        finally:
+            self.long_polls -= 1
 
     async def _wait_with_next_send(
         self, queue: str, fields: dict[str, Any], event: asyncio.Event, timeout_s: float
@@ -530,41 +536,24 @@ class QueueService:
             ev = self._queue_events[queue] = asyncio.Event()
         return ev
 
-    def _wake(self, queue: str) -> None:
-        ev = self._queue_events.pop(queue, None)
+    def wake(self, key: str) -> None:
+        """Wake the long-polls waiting on `key`: a queue name, or another route's own key
+        (topic fetches wait on keys no queue name can have: node/topics_api.py)."""
+        ev = self._queue_events.pop(key, None)
         if ev is not None:
             ev.set()
 
     def _wake_after(self, op: str, fields: dict[str, Any]) -> None:
         if op in WAKE_ALL_OPS:
             for q in list(self._queue_events):
-                self._wake(q)
+                self.wake(q)
         elif op in ("send", "nack") and "queue" in fields:
-            self._wake(fields["queue"])
-
-    def wake_queues(self, names: list[str]) -> None:
-        """Messages reached these queues other than by a send to one (an exchange's
-        publish): let their long-polls look again."""
-        for name in names:
-            self._wake(name)
-
-    def wake(self, key: str) -> None:
-        """Wake the long-polls waiting on `key`: a queue name, or another route's own key
-        (topic fetches wait on keys no queue name can have: node/topics_api.py)."""
-        self._wake(key)
-
-    def take_long_poll(self) -> None:
-        """Count a long-poll of another route (a topic fetch) against the node's cap
-        (503 too_many_long_polls past it); give it back with release_long_poll."""
-        self._take_long_poll()
-
-    def release_long_poll(self) -> None:
-        self.long_polls -= 1
+            self.wake(fields["queue"])
 
     def wake_all(self) -> None:
         """Leadership changed: let every long-poll retry (and find out it must redirect)."""
         for q in list(self._queue_events):
-            self._wake(q)
+            self.wake(q)
 
     # ------------------------------------------------------------ deadlines
 

@@ -10,7 +10,7 @@ with no Raft entry per read, woken by the appends this leader applies.
 from __future__ import annotations
 
 import asyncio
-import base64
+import contextlib
 from typing import Any
 
 from aiohttp import web
@@ -23,14 +23,14 @@ from node.http import (
     get_int,
     not_found,
     reject_unknown,
+    render_bytes,
     respond,
     too_large,
-    wants_msgpack,
 )
 from node.queue_service import QueueService
 from node.state.queue_config import valid_queue_name
 from node.state.topics import DEFAULTS, MAX_FETCH, MAX_KEY_BYTES, MAX_PARTITIONS
-from node.validation import check_attributes, decode_body
+from node.validation import check_attributes, check_queue_name, decode_body
 
 TOPIC_CONFIG_FIELDS = frozenset(DEFAULTS)
 RECORD_FIELDS = frozenset({"key", "value", "value_b64", "headers", "partition"})
@@ -39,13 +39,7 @@ MAX_FETCH_BYTES = 4 << 20
 
 
 def topic_name(request: web.Request) -> str:
-    name = request.match_info["name"]
-    if not valid_queue_name(name):
-        raise bad_request(
-            f"invalid topic name {name[:100]!r}: use 1-80 characters of A-Z a-z 0-9 _ . -",
-            field="name",
-        )
-    return name
+    return check_queue_name(request.match_info["name"], "topic")
 
 
 def fetch_key(topic: str, partition: int) -> str:
@@ -56,22 +50,6 @@ def fetch_key(topic: str, partition: int) -> str:
 def command_error(exc: CommandError) -> ApiError:
     """A refusal read from the state (a fetch is not a command) as the API's error."""
     return ApiError(exc.http_status, exc.code, exc.message, **exc.extra)
-
-
-def render_records(request: web.Request, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Values are bytes inside raftq; JSON clients get `value` (UTF-8) or `value_b64`."""
-    if wants_msgpack(request):
-        return records
-    out = []
-    for r in records:
-        r = dict(r)
-        value = r.pop("value")
-        try:
-            r["value"] = value.decode("utf-8")
-        except UnicodeDecodeError:
-            r["value_b64"] = base64.b64encode(value).decode("ascii")
-        out.append(r)
-    return out
 
 
 # ---------------------------------------------------------------- admin
@@ -96,7 +74,6 @@ async def put_topic(request: web.Request) -> web.Response:
 async def list_topics(request: web.Request) -> web.Response:
     """The topics the caller holds any permission on (every topic when auth is off)."""
     service: QueueService = request.app[SERVICE_KEY]
-    service.require_leader()
     await service.linearizable()
     principal = principal_of(request)
     found = [t for t in service.sm.list_topics() if principal.sees(t["name"])]
@@ -106,7 +83,6 @@ async def list_topics(request: web.Request) -> web.Response:
 async def show_topic(request: web.Request) -> web.Response:
     service: QueueService = request.app[SERVICE_KEY]
     name = topic_name(request)
-    service.require_leader()
     await service.linearizable()
     info = service.sm.topic_info(name)
     if info is None:
@@ -282,7 +258,6 @@ async def fetch_records(request: web.Request) -> web.Response:
         raise bad_request(
             f"wait_s must be between 0 and {service.config.limits.max_wait_s}", field="wait_s"
         )
-    service.require_leader()
     await service.linearizable()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
@@ -295,15 +270,14 @@ async def fetch_records(request: web.Request) -> web.Response:
         remaining = deadline - loop.time()
         if result["records"] or remaining <= 0 or service.closing:
             break
-        service.take_long_poll()
-        try:
+        with service.long_poll(), contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), remaining)
-        except TimeoutError:
-            pass
-        finally:
-            service.release_long_poll()
         service.require_leader()
     return respond(
         request,
-        {**result, "partition": partition, "records": render_records(request, result["records"])},
+        {
+            **result,
+            "partition": partition,
+            "records": render_bytes(request, result["records"], "value"),
+        },
     )

@@ -44,7 +44,6 @@ async def _credential(service: QueueService, user: str) -> tuple[str, dict[str, 
 
 async def list_users(request: web.Request) -> web.Response:
     service: QueueService = request.app[SERVICE_KEY]
-    service.require_leader()
     await service.linearizable()
     return respond(request, {"users": service.sm.list_users()})
 
@@ -52,7 +51,6 @@ async def list_users(request: web.Request) -> web.Response:
 async def show_user(request: web.Request) -> web.Response:
     service: QueueService = request.app[SERVICE_KEY]
     name = _user_name(request)
-    service.require_leader()
     await service.linearizable()
     record = service.sm.user(name)
     if record is None:

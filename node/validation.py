@@ -22,10 +22,12 @@ MESSAGE_FIELDS = frozenset(
 )
 
 
-def check_queue_name(name: str) -> str:
-    """The state machine's rule (queue_config.valid_queue_name), refused before proposing."""
+def check_queue_name(name: str, what: str = "queue", field: str = "name") -> str:
+    """The state machine's rule (queue_config.valid_queue_name), refused before proposing;
+    `what` names the kind in the message (a topic, an exchange or a group name follows the
+    same rule), `field` the offending field."""
     if not valid_queue_name(name):
-        raise bad_request(queue_name_message(name), field="name")
+        raise bad_request(queue_name_message(name, what), field=field)
     return name
 
 

@@ -37,8 +37,9 @@ def producer_init(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     """A new producer id at epoch 0, or the next epoch of an existing one (fencing the old)."""
     producer_id = fields.optional_id(cmd.get("producer_id"), "producer_id", MAX_PRODUCER_ID_CHARS)
     if producer_id is None:
-        producer_id = format(ctx.next_counter(META_NEXT_PRODUCER), "016x")
-        producer_id = f"p{producer_id}"
+        # a new id, in the caller's namespace when the API gives one ("user/", node/auth.py)
+        scope = fields.optional_id(cmd.get("scope"), "scope", fields.MAX_SCOPE_CHARS) or ""
+        producer_id = f"{scope}p{ctx.next_counter(META_NEXT_PRODUCER):016x}"
     record = ctx.get(ctx.tables.producers, _producer_key(producer_id))
     epoch = 0 if record is None else record["epoch"] + 1
     if epoch > MAX_EPOCH:

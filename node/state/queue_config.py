@@ -52,9 +52,10 @@ def valid_queue_name(name: Any) -> bool:
     )
 
 
-def queue_name_message(name: Any) -> str:
-    """The refusal text for a bad name, the same from the API edge and the state machine."""
-    return f"invalid queue name {str(name)[:100]!r}: use 1-80 characters of A-Z a-z 0-9 _ . -"
+def queue_name_message(name: Any, what: str = "queue") -> str:
+    """The refusal text for a bad name, the same from the API edge and the state machine
+    (topics, exchanges and groups follow the queue-name rule: `what` says which)."""
+    return f"invalid {what} name {str(name)[:100]!r}: use 1-80 characters of A-Z a-z 0-9 _ . -"
 
 
 def check_queue_name(name: Any, field: str = "name") -> str:
